@@ -1,0 +1,47 @@
+//! voicehub's database schema, as SeaORM migrations.
+//!
+//! The same migrations run on SQLite (the embedded default) and PostgreSQL.
+//! [`run`] is the only entry point the service uses: on PostgreSQL it applies
+//! every pending migration inside one transaction that first takes an advisory
+//! lock, so replicas starting together apply the schema exactly once and a
+//! failed migration leaves no half-built schema behind.
+
+pub use sea_orm_migration::prelude::*;
+use sea_orm_migration::sea_orm::{DatabaseConnection, DbBackend, TransactionTrait};
+
+mod m20261126_000001_create_voices;
+
+/// Advisory lock key held while migrating ("voicehub" in ASCII, as an i64).
+const MIGRATION_LOCK_KEY: i64 = 0x766f_6963_6568_7562;
+
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261126_000001_create_voices::Migration)]
+    }
+}
+
+/// Applies every pending migration.
+///
+/// # Errors
+/// Returns the database error of the first statement that fails; on
+/// PostgreSQL nothing of the run is then kept.
+pub async fn run(db: &DatabaseConnection) -> Result<(), DbErr> {
+    match db.get_database_backend() {
+        DbBackend::Postgres => {
+            // A transaction-scoped lock: it is released by COMMIT or ROLLBACK, and
+            // also if this process dies, so a crashed replica never blocks the rest.
+            let txn = db.begin().await?;
+            txn.execute_unprepared(&format!(
+                "SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})"
+            ))
+            .await?;
+            Migrator::up(&txn, None).await?;
+            txn.commit().await
+        }
+        // SQLite serialises writers on the file itself; it is single-replica by design.
+        _ => Migrator::up(db, None).await,
+    }
+}

@@ -1,0 +1,145 @@
+//! The gRPC surface: `voicehub.v1.VoiceService` over the store.
+//!
+//! Handlers are thin: authenticate (the interceptor already did; we read the
+//! caller), validate every field before touching storage, run one store call,
+//! convert. Every failure is an [`Error`] turned into a `Status` in one place.
+//! The write RPCs and WatchVoiceStatus answer UNIMPLEMENTED until their
+//! issues land.
+
+mod convert;
+mod page_token;
+
+use std::pin::Pin;
+
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status, service::interceptor::InterceptedService};
+
+pub use convert::timestamp;
+
+use crate::{
+    auth::{Authenticator, caller},
+    error::Error,
+    pb::{self, voice_service_server::VoiceServiceServer},
+    store::{ListQuery, Store},
+};
+use page_token::Listing;
+
+/// Page size when the request leaves it at 0.
+pub const DEFAULT_PAGE_SIZE: u64 = 50;
+/// Larger page sizes are lowered to this.
+pub const MAX_PAGE_SIZE: u64 = 200;
+
+/// The VoiceService implementation.
+#[derive(Clone)]
+pub struct VoiceApi {
+    store: Store,
+}
+
+/// The service as mounted on the server: every call passes the authenticator first.
+pub type AuthenticatedVoiceService =
+    InterceptedService<VoiceServiceServer<VoiceApi>, Authenticator>;
+
+impl VoiceApi {
+    pub fn new(store: Store) -> Self {
+        VoiceApi { store }
+    }
+
+    /// Wraps the API in the auth interceptor; the only way it is mounted.
+    pub fn into_service(self, auth: Authenticator) -> AuthenticatedVoiceService {
+        VoiceServiceServer::with_interceptor(self, auth)
+    }
+
+    async fn get(&self, request: Request<pb::GetVoiceRequest>) -> Result<pb::Voice, Error> {
+        let user = caller(&request)?;
+        let id = convert::parse_voice_id("voice_id", &request.get_ref().voice_id)?;
+        let voice = self.store.get_visible(user.0, id).await?;
+        voice.map(Into::into).ok_or(Error::NotFound("voice"))
+    }
+
+    async fn list(
+        &self,
+        request: Request<pb::ListUserVoicesRequest>,
+    ) -> Result<pb::ListUserVoicesResponse, Error> {
+        let user = caller(&request)?;
+        let pb::ListUserVoicesRequest {
+            page_size,
+            page_token,
+            scope,
+            status,
+        } = request.into_inner();
+        let limit = match u64::try_from(page_size) {
+            Err(_) => return Err(Error::invalid("page_size", "must not be negative")),
+            Ok(0) => DEFAULT_PAGE_SIZE,
+            Ok(n) => n.min(MAX_PAGE_SIZE),
+        };
+        let listing = Listing {
+            user: user.0,
+            scope: convert::parse_scope(scope)?,
+            status: convert::parse_status_filter(status)?,
+        };
+        let after = listing.decode(&page_token)?;
+        let page = self
+            .store
+            .list(&ListQuery {
+                caller: user.0,
+                scope: listing.scope,
+                status: listing.status,
+                after,
+                limit,
+            })
+            .await?;
+        Ok(pb::ListUserVoicesResponse {
+            next_page_token: page.next.map(|c| listing.encode(c)).unwrap_or_default(),
+            voices: page.voices.into_iter().map(Into::into).collect(),
+        })
+    }
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<pb::VoiceStatusEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::voice_service_server::VoiceService for VoiceApi {
+    async fn create_voice_clone(
+        &self,
+        _request: Request<pb::CreateVoiceCloneRequest>,
+    ) -> Result<Response<pb::Voice>, Status> {
+        Err(Error::Unimplemented("CreateVoiceClone").into())
+    }
+
+    async fn get_voice(
+        &self,
+        request: Request<pb::GetVoiceRequest>,
+    ) -> Result<Response<pb::Voice>, Status> {
+        Ok(Response::new(self.get(request).await?))
+    }
+
+    async fn list_user_voices(
+        &self,
+        request: Request<pb::ListUserVoicesRequest>,
+    ) -> Result<Response<pb::ListUserVoicesResponse>, Status> {
+        Ok(Response::new(self.list(request).await?))
+    }
+
+    async fn update_voice(
+        &self,
+        _request: Request<pb::UpdateVoiceRequest>,
+    ) -> Result<Response<pb::Voice>, Status> {
+        Err(Error::Unimplemented("UpdateVoice").into())
+    }
+
+    async fn delete_voice(
+        &self,
+        _request: Request<pb::DeleteVoiceRequest>,
+    ) -> Result<Response<pb::DeleteVoiceResponse>, Status> {
+        Err(Error::Unimplemented("DeleteVoice").into())
+    }
+
+    type WatchVoiceStatusStream = EventStream;
+
+    async fn watch_voice_status(
+        &self,
+        _request: Request<pb::WatchVoiceStatusRequest>,
+    ) -> Result<Response<Self::WatchVoiceStatusStream>, Status> {
+        Err(Error::Unimplemented("WatchVoiceStatus").into())
+    }
+}

@@ -1,0 +1,167 @@
+//! Queries on the `voices` table.
+
+use chrono::{DateTime, Utc};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, Condition, DbErr, EntityTrait, IntoActiveModel, QueryFilter,
+    QueryOrder, QuerySelect,
+    sea_query::{Expr, ExprTrait, SimpleExpr},
+};
+use uuid::Uuid;
+
+use super::{
+    Store,
+    entity::{Column, Entity, Model as Voice, Visibility, VoiceStatus},
+};
+
+/// Which voices a listing covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// The caller's own voices.
+    Owned,
+    /// Every user's public voices.
+    Public,
+    /// The caller's own voices plus every other user's public voices.
+    All,
+}
+
+/// A position in the newest-first order: listing continues strictly after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cursor {
+    pub created_at: DateTime<Utc>,
+    pub id: Uuid,
+}
+
+impl From<&Voice> for Cursor {
+    fn from(v: &Voice) -> Self {
+        Cursor {
+            created_at: v.created_at,
+            id: v.id,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ListQuery {
+    pub caller: Uuid,
+    pub scope: Scope,
+    /// `None`: every status except DELETED.
+    pub status: Option<VoiceStatus>,
+    pub after: Option<Cursor>,
+    pub limit: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Page {
+    pub voices: Vec<Voice>,
+    /// Set when more voices follow the last one of this page.
+    pub next: Option<Cursor>,
+}
+
+impl Store {
+    /// Stores a new voice as given.
+    ///
+    /// # Errors
+    /// A constraint violation (duplicate id or request id) or a database failure.
+    pub async fn insert(&self, voice: Voice) -> Result<Voice, DbErr> {
+        voice.into_active_model().insert(&self.db).await
+    }
+
+    /// The voice `id` if `caller` may see it: their own in any status but
+    /// DELETED, or anyone's public one.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn get_visible(&self, caller: Uuid, id: Uuid) -> Result<Option<Voice>, DbErr> {
+        Entity::find_by_id(id)
+            .filter(Column::Status.ne(VoiceStatus::Deleted))
+            .filter(
+                Condition::any()
+                    .add(Column::OwnerUserId.eq(caller))
+                    .add(Column::Visibility.eq(Visibility::Public)),
+            )
+            .one(&self.db)
+            .await
+    }
+
+    /// One page of a listing, newest first.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn list(&self, query: &ListQuery) -> Result<Page, DbErr> {
+        // One row more than asked tells whether another page follows.
+        let fetch = query.limit + 1;
+        let mut voices = match query.scope {
+            Scope::Owned => {
+                self.list_where(query, Column::OwnerUserId.eq(query.caller), fetch)
+                    .await?
+            }
+            Scope::Public => self.list_where(query, public(), fetch).await?,
+            // Two index-ordered reads merged here, rather than one `owner = ? OR
+            // public` that the database would have to sort in full for every page.
+            Scope::All => {
+                let own = self.list_where(query, Column::OwnerUserId.eq(query.caller), fetch);
+                let others = self.list_where(
+                    query,
+                    public().and(Column::OwnerUserId.ne(query.caller)),
+                    fetch,
+                );
+                let (own, others) = tokio::try_join!(own, others)?;
+                merge_newest_first(own, others)
+            }
+        };
+        let more = voices.len() as u64 > query.limit;
+        voices.truncate(query.limit as usize);
+        let next = if more {
+            voices.last().map(Cursor::from)
+        } else {
+            None
+        };
+        Ok(Page { voices, next })
+    }
+
+    async fn list_where(
+        &self,
+        query: &ListQuery,
+        scope: SimpleExpr,
+        fetch: u64,
+    ) -> Result<Vec<Voice>, DbErr> {
+        let status = match query.status {
+            Some(status) => Column::Status.eq(status),
+            None => Column::Status.ne(VoiceStatus::Deleted),
+        };
+        let mut select = Entity::find().filter(scope).filter(status);
+        if let Some(after) = query.after {
+            // A row-value comparison, so both backends walk the (…, created_at, id) index.
+            select = select.filter(
+                Expr::tuple([Expr::col(Column::CreatedAt), Expr::col(Column::Id)]).lt(Expr::tuple(
+                    [Expr::value(after.created_at), Expr::value(after.id)],
+                )),
+            );
+        }
+        select
+            .order_by_desc(Column::CreatedAt)
+            .order_by_desc(Column::Id)
+            .limit(fetch)
+            .all(&self.db)
+            .await
+    }
+}
+
+fn public() -> SimpleExpr {
+    Column::Visibility.eq(Visibility::Public)
+}
+
+/// Merges two newest-first lists into one newest-first list.
+fn merge_newest_first(a: Vec<Voice>, b: Vec<Voice>) -> Vec<Voice> {
+    let mut out = Vec::with_capacity(a.len() + b.len());
+    let (mut a, mut b) = (a.into_iter().peekable(), b.into_iter().peekable());
+    loop {
+        let take_a = match (a.peek(), b.peek()) {
+            (Some(x), Some(y)) => (x.created_at, x.id) > (y.created_at, y.id),
+            (Some(_), None) => true,
+            (None, Some(_)) => false,
+            (None, None) => return out,
+        };
+        out.extend(if take_a { a.next() } else { b.next() });
+    }
+}

@@ -1,0 +1,121 @@
+//! The `voicehub` command line: migrate, token, and start-up validation.
+
+use std::process::Command;
+
+use uuid::Uuid;
+use voicehub::{
+    auth::Authenticator,
+    config::{AuthArgs, DEV_SECRET_FILE},
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_voicehub");
+
+fn voicehub(dir: &std::path::Path) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.current_dir(dir)
+        .env_remove("DATABASE_URL")
+        .env_remove("VOICEHUB_JWT_SECRET")
+        .env_remove("VOICEHUB_JWT_ISSUER")
+        .env_remove("VOICEHUB_JWT_AUDIENCE")
+        .env_remove("VOICEHUB_LISTEN");
+    cmd
+}
+
+#[test]
+fn migrate_creates_the_default_sqlite_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = voicehub(dir.path()).arg("migrate").output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(dir.path().join("voicehub.db").exists());
+    let again = voicehub(dir.path()).arg("migrate").output().unwrap();
+    assert!(again.status.success());
+}
+
+#[test]
+fn token_is_signed_with_the_configured_secret_and_names_the_user() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = "a-production-secret-of-enough-length!";
+    let user = Uuid::new_v4();
+    let out = voicehub(dir.path())
+        .args(["token", "--user", &user.to_string(), "--ttl", "5m"])
+        .env("VOICEHUB_JWT_SECRET", secret)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap();
+    let auth = AuthArgs {
+        jwt_secret: Some(secret.into()),
+        jwt_issuer: None,
+        jwt_audience: None,
+    }
+    .into_config(dir.path())
+    .unwrap();
+    let verified = Authenticator::new(&auth)
+        .verify(Some(&format!("Bearer {}", token.trim())))
+        .unwrap();
+    assert_eq!(verified.0, user);
+    assert!(
+        !dir.path().join(DEV_SECRET_FILE).exists(),
+        "no dev secret with a configured one"
+    );
+}
+
+#[test]
+fn token_refuses_a_user_that_is_not_a_uuid() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = voicehub(dir.path())
+        .args(["token", "--user", "alice"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--user"));
+}
+
+#[test]
+fn serve_refuses_bad_configuration_with_the_variable_named() {
+    let dir = tempfile::tempdir().unwrap();
+    for (var, value, needle) in [
+        ("VOICEHUB_JWT_SECRET", "short", "VOICEHUB_JWT_SECRET"),
+        ("DATABASE_URL", "mysql://localhost/x", "DATABASE_URL"),
+        ("VOICEHUB_LISTEN", "not-an-address", "VOICEHUB_LISTEN"),
+        ("REDIS_URL", "http://localhost", "REDIS_URL"),
+    ] {
+        let out = voicehub(dir.path())
+            .arg("serve")
+            .env(var, value)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{var}={value} accepted");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(needle) || stderr.contains("--listen"),
+            "{var}: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn serve_reports_an_address_in_use_clearly() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let out = voicehub(dir.path())
+        .arg("serve")
+        .env("VOICEHUB_LISTEN", &addr)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&addr) && stderr.contains("VOICEHUB_LISTEN"),
+        "{stderr}"
+    );
+}

@@ -1,0 +1,146 @@
+use tonic::Code;
+use uuid::Uuid;
+use voicehub::{
+    pb::{self, GetVoiceRequest},
+    store::{Visibility, VoiceStatus},
+};
+
+use crate::{
+    helpers::{Backend, assert_invalid_field, spawn_app},
+    on_both_backends,
+};
+
+fn get(id: impl ToString) -> GetVoiceRequest {
+    GetVoiceRequest {
+        voice_id: id.to_string(),
+    }
+}
+
+async fn owner_gets_every_field_of_their_private_voice(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let owner = Uuid::new_v4();
+    let stored = app
+        .seed(owner, Visibility::Private, VoiceStatus::Completed)
+        .await;
+    let voice = app
+        .client(owner)
+        .get_voice(get(stored.id))
+        .await
+        .unwrap()
+        .into_inner();
+    let expected = pb::Voice {
+        voice_id: stored.id.to_string(),
+        owner_user_id: owner.to_string(),
+        provider_voice_id: stored.provider_voice_id.clone().unwrap(),
+        name: stored.name.clone(),
+        description: "a test voice".into(),
+        language: "en".into(),
+        gender: "female".into(),
+        category: "cloned".into(),
+        visibility: pb::Visibility::Private as i32,
+        status: pb::VoiceStatus::Completed as i32,
+        failure_reason: String::new(),
+        preview_url: stored.preview_url.clone().unwrap(),
+        labels: [("accent".to_owned(), "british".to_owned())].into(),
+        created_at: Some(voicehub::grpc::timestamp(stored.created_at)),
+        updated_at: Some(voicehub::grpc::timestamp(stored.updated_at)),
+        completed_at: Some(voicehub::grpc::timestamp(stored.created_at)),
+        revision: 1,
+    };
+    assert_eq!(voice, expected);
+}
+
+async fn another_users_private_voice_is_not_found_exactly_like_a_missing_one(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (alice, bob) = (Uuid::new_v4(), Uuid::new_v4());
+    let private = app
+        .seed(bob, Visibility::Private, VoiceStatus::Completed)
+        .await;
+    let hidden = app
+        .client(alice)
+        .get_voice(get(private.id))
+        .await
+        .unwrap_err();
+    let missing = app
+        .client(alice)
+        .get_voice(get(Uuid::new_v4()))
+        .await
+        .unwrap_err();
+    assert_eq!(hidden.code(), Code::NotFound);
+    assert_eq!(
+        (hidden.code(), hidden.message()),
+        (missing.code(), missing.message())
+    );
+}
+
+async fn another_users_public_voice_is_readable(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (alice, bob) = (Uuid::new_v4(), Uuid::new_v4());
+    let public = app
+        .seed(bob, Visibility::Public, VoiceStatus::Processing)
+        .await;
+    let voice = app
+        .client(alice)
+        .get_voice(get(public.id))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(voice.voice_id, public.id.to_string());
+    assert_eq!(voice.owner_user_id, bob.to_string());
+    assert_eq!(voice.status, pb::VoiceStatus::Processing as i32);
+}
+
+async fn a_deleted_voice_is_not_found_even_for_its_owner(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let owner = Uuid::new_v4();
+    for visibility in [Visibility::Private, Visibility::Public] {
+        let deleted = app.seed(owner, visibility, VoiceStatus::Deleted).await;
+        let status = app
+            .client(owner)
+            .get_voice(get(deleted.id))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::NotFound);
+        let status = app
+            .client(Uuid::new_v4())
+            .get_voice(get(deleted.id))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::NotFound);
+    }
+}
+
+async fn failed_and_processing_voices_are_returned_to_their_owner(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let owner = Uuid::new_v4();
+    let failed = app
+        .seed(owner, Visibility::Private, VoiceStatus::Failed)
+        .await;
+    let voice = app
+        .client(owner)
+        .get_voice(get(failed.id))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(voice.status, pb::VoiceStatus::Failed as i32);
+    assert_eq!(voice.failure_reason, "provider rejected the samples");
+    assert_eq!(voice.completed_at, None);
+}
+
+async fn a_malformed_voice_id_is_invalid_argument_naming_the_field(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let mut client = app.client(Uuid::new_v4());
+    for bad in ["", "not-a-uuid", "123", "' OR 1=1 --"] {
+        let status = client.get_voice(get(bad)).await.unwrap_err();
+        assert_invalid_field(&status, "voice_id");
+    }
+}
+
+on_both_backends!(
+    owner_gets_every_field_of_their_private_voice,
+    another_users_private_voice_is_not_found_exactly_like_a_missing_one,
+    another_users_public_voice_is_readable,
+    a_deleted_voice_is_not_found_even_for_its_owner,
+    failed_and_processing_voices_are_returned_to_their_owner,
+    a_malformed_voice_id_is_invalid_argument_naming_the_field,
+);

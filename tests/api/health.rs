@@ -1,0 +1,124 @@
+use std::time::Duration;
+
+use tokio_stream::StreamExt;
+use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
+use tonic_reflection::pb::v1::{
+    ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+    server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+};
+
+use crate::{
+    helpers::{Backend, spawn_app, spawn_app_with},
+    on_both_backends,
+};
+
+fn check(service: &str) -> HealthCheckRequest {
+    HealthCheckRequest {
+        service: service.to_owned(),
+    }
+}
+
+async fn health_is_serving_for_the_server_and_the_voice_service(backend: Backend) {
+    let app = spawn_app(backend).await;
+    for service in ["", "voicehub.v1.VoiceService"] {
+        let status = app
+            .health()
+            .check(check(service))
+            .await
+            .unwrap()
+            .into_inner()
+            .status;
+        assert_eq!(status, ServingStatus::Serving as i32, "service {service:?}");
+    }
+}
+
+on_both_backends!(health_is_serving_for_the_server_and_the_voice_service);
+
+#[tokio::test]
+async fn reflection_lists_the_voice_service_and_health_without_a_token() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let mut client = ServerReflectionClient::new(app.channel.clone());
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = client
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let response = responses.next().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!("unexpected reflection response {response:?}");
+    };
+    let names: Vec<_> = list.service.into_iter().map(|s| s.name).collect();
+    for expected in [
+        "voicehub.v1.VoiceService",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+    ] {
+        assert!(
+            names.iter().any(|n| n == expected),
+            "{expected} missing from {names:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn health_goes_not_serving_when_shutdown_begins() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let mut watch = app
+        .health()
+        .watch(check("voicehub.v1.VoiceService"))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = watch.next().await.unwrap().unwrap();
+    assert_eq!(first.status, ServingStatus::Serving as i32);
+    app.shutdown.cancel();
+    let next = tokio::time::timeout(Duration::from_secs(10), watch.next())
+        .await
+        .expect("a health update before the stream closes")
+        .expect("stream still open when NOT_SERVING is sent")
+        .unwrap();
+    assert_eq!(next.status, ServingStatus::NotServing as i32);
+}
+
+#[tokio::test]
+async fn health_goes_not_serving_when_storage_becomes_unreachable() {
+    let app = spawn_app_with(Backend::Sqlite, |c| {
+        c.health_interval = Duration::from_millis(20)
+    })
+    .await;
+    let mut watch = app.health().watch(check("")).await.unwrap().into_inner();
+    assert_eq!(
+        watch.next().await.unwrap().unwrap().status,
+        ServingStatus::Serving as i32
+    );
+    // Closing the shared pool makes every later ping fail, as a lost database would.
+    app.store.clone().close().await;
+    let next = tokio::time::timeout(Duration::from_secs(10), watch.next())
+        .await
+        .expect("health reports the outage")
+        .unwrap()
+        .unwrap();
+    assert_eq!(next.status, ServingStatus::NotServing as i32);
+}
+
+#[tokio::test]
+async fn server_stops_cleanly_on_shutdown() {
+    let app = spawn_app(Backend::Sqlite).await;
+    app.shutdown.cancel();
+    let server = take_server(app);
+    let result = tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .expect("server stops after shutdown")
+        .unwrap();
+    assert!(result.is_ok(), "{result:?}");
+}
+
+/// Moves the server's join handle out of the app (which is dropped, cancelling again: harmless).
+fn take_server(mut app: crate::helpers::TestApp) -> tokio::task::JoinHandle<anyhow::Result<()>> {
+    std::mem::replace(&mut app.server, tokio::spawn(async { Ok(()) }))
+}

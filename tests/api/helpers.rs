@@ -1,0 +1,266 @@
+//! `spawn_app()` and what tests need around it.
+
+use std::time::Duration;
+
+use sea_orm::{ConnectionTrait, Database};
+use secrecy::SecretString;
+use tokio_util::sync::CancellationToken;
+use tonic::{
+    Request, Status,
+    service::{Interceptor, interceptor::InterceptedService},
+    transport::{Channel, Endpoint},
+};
+use tonic_health::pb::health_client::HealthClient;
+use uuid::Uuid;
+use voicehub::{
+    Application,
+    auth::Authenticator,
+    config::{AuthConfig, Config, DatabaseConfig},
+    pb::voice_service_client::VoiceServiceClient,
+    store::{self, Labels, Store, Visibility, Voice, VoiceStatus},
+};
+
+pub const JWT_SECRET: &str = "test-secret-test-secret-test-secret!";
+
+/// Generates one `#[tokio::test]` per backend for each named `async fn(Backend)`.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name($crate::helpers::Backend::Sqlite).await
+            })*
+        }
+        mod postgres {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name($crate::helpers::Backend::Postgres).await
+            })*
+        }
+    };
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A fresh, empty database for one test.
+pub struct TestDatabase {
+    pub url: String,
+    // Keeps the SQLite file alive for the test's duration.
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestDatabase {
+    pub async fn new(backend: Backend) -> Self {
+        match backend {
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().expect("temp dir");
+                let url = format!(
+                    "sqlite://{}?mode=rwc",
+                    dir.path().join("voicehub.db").display()
+                );
+                TestDatabase {
+                    url,
+                    _dir: Some(dir),
+                }
+            }
+            Backend::Postgres => {
+                let admin_url = std::env::var("VOICEHUB_TEST_PG_URL").expect(
+                    "VOICEHUB_TEST_PG_URL is not set: PostgreSQL tests need a server; run them with scripts/test",
+                );
+                let admin = Database::connect(&admin_url).await.unwrap_or_else(|e| {
+                    panic!("cannot reach PostgreSQL at VOICEHUB_TEST_PG_URL: {e}")
+                });
+                let name = format!("vh_{}", Uuid::new_v4().simple());
+                admin
+                    .execute_unprepared(&format!("CREATE DATABASE {name}"))
+                    .await
+                    .expect("create test database");
+                admin.close().await.expect("close admin connection");
+                let base = admin_url
+                    .rsplit_once('/')
+                    .expect("database URL has a path")
+                    .0;
+                TestDatabase {
+                    url: format!("{base}/{name}"),
+                    _dir: None,
+                }
+            }
+        }
+    }
+
+    pub fn config(&self) -> DatabaseConfig {
+        DatabaseConfig {
+            url: SecretString::from(self.url.clone()),
+            max_connections: 5,
+        }
+    }
+}
+
+pub fn auth_config() -> AuthConfig {
+    AuthConfig {
+        secret: SecretString::from(JWT_SECRET.to_owned()),
+        issuer: None,
+        audience: None,
+        development: false,
+    }
+}
+
+pub struct TestApp {
+    pub store: Store,
+    pub auth: Authenticator,
+    pub channel: Channel,
+    pub shutdown: CancellationToken,
+    pub server: tokio::task::JoinHandle<anyhow::Result<()>>,
+    _db: TestDatabase,
+}
+
+/// Starts the real server on 127.0.0.1:0 over a fresh database of `backend`.
+pub async fn spawn_app(backend: Backend) -> TestApp {
+    spawn_app_with(backend, |_| {}).await
+}
+
+/// As [`spawn_app`], letting the test adjust the configuration first.
+pub async fn spawn_app_with(backend: Backend, adjust: impl FnOnce(&mut Config)) -> TestApp {
+    let db = TestDatabase::new(backend).await;
+    let mut config = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        migrate_on_start: true,
+        redis_url: None,
+        health_interval: Duration::from_secs(5),
+        database: db.config(),
+        auth: auth_config(),
+    };
+    adjust(&mut config);
+    let auth = Authenticator::new(&config.auth);
+    let app = Application::build(config)
+        .await
+        .expect("application builds");
+    let addr = app.local_addr();
+    let store = app.store().clone();
+    let shutdown = CancellationToken::new();
+    let server = tokio::spawn(app.run_until_stopped(shutdown.clone()));
+    // The listener is already bound, so connecting needs no waiting.
+    let channel = Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .expect("connect to the test server");
+    TestApp {
+        store,
+        auth,
+        channel,
+        shutdown,
+        server,
+        _db: db,
+    }
+}
+
+/// Adds a fixed `authorization` header to every call.
+#[derive(Clone)]
+pub struct Bearer(pub String);
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        request
+            .metadata_mut()
+            .insert("authorization", self.0.parse().expect("ascii header"));
+        Ok(request)
+    }
+}
+
+pub type Client = VoiceServiceClient<InterceptedService<Channel, Bearer>>;
+
+impl TestApp {
+    /// A client that sends no credentials.
+    pub fn anonymous(&self) -> VoiceServiceClient<Channel> {
+        VoiceServiceClient::new(self.channel.clone())
+    }
+
+    /// A client that sends exactly `authorization: <header>`.
+    pub fn with_authorization(&self, header: &str) -> Client {
+        VoiceServiceClient::with_interceptor(self.channel.clone(), Bearer(header.to_owned()))
+    }
+
+    /// A client acting as `user`, with a valid token.
+    pub fn client(&self, user: Uuid) -> Client {
+        let token = self.auth.mint(user, Duration::from_secs(600)).unwrap();
+        self.with_authorization(&format!("Bearer {token}"))
+    }
+
+    pub fn health(&self) -> HealthClient<Channel> {
+        HealthClient::new(self.channel.clone())
+    }
+
+    /// Stores a voice directly, as the write path will.
+    pub async fn seed(&self, owner: Uuid, visibility: Visibility, status: VoiceStatus) -> Voice {
+        self.store
+            .insert(voice(owner, visibility, status, store::now()))
+            .await
+            .expect("seed voice")
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// A fully populated voice row.
+pub fn voice(
+    owner: Uuid,
+    visibility: Visibility,
+    status: VoiceStatus,
+    at: chrono::DateTime<chrono::Utc>,
+) -> Voice {
+    let id = Uuid::now_v7();
+    Voice {
+        id,
+        owner_user_id: owner,
+        provider_voice_id: Some(format!("el{}", &id.simple().to_string()[..18])),
+        name: format!("voice {}", &id.simple().to_string()[24..]),
+        description: "a test voice".into(),
+        language: "en".into(),
+        gender: "female".into(),
+        category: "cloned".into(),
+        visibility,
+        status,
+        failure_reason: (status == VoiceStatus::Failed)
+            .then(|| "provider rejected the samples".into()),
+        preview_url: (status == VoiceStatus::Completed)
+            .then(|| format!("https://cdn.example/{id}.mp3")),
+        labels: Labels([("accent".to_owned(), "british".to_owned())].into()),
+        request_id: None,
+        revision: 1,
+        created_at: at,
+        updated_at: at,
+        completed_at: (status == VoiceStatus::Completed).then_some(at),
+        deleted_at: (status == VoiceStatus::Deleted).then_some(at),
+        processing_deadline: (status == VoiceStatus::Processing)
+            .then(|| at + chrono::Duration::minutes(30)),
+    }
+}
+
+/// Asserts a gRPC error's code and, for INVALID_ARGUMENT, the field its BadRequest names.
+pub fn assert_invalid_field(status: &Status, field: &str) {
+    use tonic_types::StatusExt;
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    let bad = status
+        .get_details_bad_request()
+        .unwrap_or_else(|| panic!("no BadRequest details in {status:?}"));
+    let fields: Vec<_> = bad
+        .field_violations
+        .iter()
+        .map(|v| v.field.as_str())
+        .collect();
+    assert_eq!(fields, [field], "{status:?}");
+    assert!(
+        status.message().contains(field),
+        "message names the field: {status:?}"
+    );
+}

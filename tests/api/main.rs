@@ -1,0 +1,14 @@
+//! Behaviour tests: the real server in-process on 127.0.0.1:0, called with
+//! the generated tonic clients, on SQLite and on PostgreSQL.
+//!
+//! One test binary (modules below) so the suite links once.
+
+mod helpers;
+
+mod auth;
+mod cli;
+mod get_voice;
+mod grpcurl;
+mod health;
+mod list_user_voices;
+mod migrations;

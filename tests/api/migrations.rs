@@ -1,0 +1,70 @@
+use sea_orm::{ConnectionTrait, DbBackend, Statement};
+use voicehub::store::Store;
+
+use crate::{
+    helpers::{Backend, TestDatabase},
+    on_both_backends,
+};
+
+async fn applied_migrations(store: &Store) -> i64 {
+    let row = store
+        .connection()
+        .query_one_raw(Statement::from_string(
+            store.backend(),
+            "SELECT COUNT(*) AS n FROM seaql_migrations",
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    row.try_get("", "n").unwrap()
+}
+
+/// SQLite is the single-replica embedded default, so only PostgreSQL has replicas to race.
+#[tokio::test]
+async fn replicas_migrating_together_apply_the_schema_once() {
+    let backend = Backend::Postgres;
+    let db = TestDatabase::new(backend).await;
+    let mut stores = Vec::new();
+    for _ in 0..4 {
+        stores.push(Store::connect(&db.config()).await.unwrap());
+    }
+    let running: Vec<_> = stores
+        .iter()
+        .cloned()
+        .map(|store| tokio::spawn(async move { store.migrate().await }))
+        .collect();
+    for replica in running {
+        replica
+            .await
+            .unwrap()
+            .expect("every replica's migration succeeds");
+    }
+    assert_eq!(applied_migrations(&stores[0]).await, 1);
+    // Running again is a no-op.
+    stores[0].migrate().await.unwrap();
+    assert_eq!(applied_migrations(&stores[0]).await, 1);
+    assert_eq!(stores[0].backend(), DbBackend::Postgres);
+    {
+        let row = stores[0]
+            .connection()
+            .query_one_raw(Statement::from_string(
+                DbBackend::Postgres,
+                "SELECT COUNT(*) AS n FROM pg_indexes WHERE tablename = 'voices'",
+            ))
+            .await
+            .unwrap()
+            .unwrap();
+        // The primary key plus the four indexes of the migration.
+        assert_eq!(row.try_get::<i64>("", "n").unwrap(), 5);
+    }
+}
+
+async fn migrating_twice_is_a_no_op(backend: Backend) {
+    let db = TestDatabase::new(backend).await;
+    let store = Store::connect(&db.config()).await.unwrap();
+    store.migrate().await.unwrap();
+    store.migrate().await.unwrap();
+    assert_eq!(applied_migrations(&store).await, 1);
+}
+
+on_both_backends!(migrating_twice_is_a_no_op);
