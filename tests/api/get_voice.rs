@@ -144,3 +144,26 @@ on_both_backends!(
     failed_and_processing_voices_are_returned_to_their_owner,
     a_malformed_voice_id_is_invalid_argument_naming_the_field,
 );
+
+#[tokio::test]
+async fn a_storage_outage_is_unavailable_and_reveals_nothing_internal() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let owner = Uuid::new_v4();
+    let voice = app
+        .seed(owner, Visibility::Private, VoiceStatus::Completed)
+        .await;
+    app.store.clone().close().await;
+    let status = app
+        .client(owner)
+        .get_voice(get(voice.id))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_eq!(status.message(), "storage is unavailable, try again later");
+    let status = app
+        .client(owner)
+        .list_user_voices(pb::ListUserVoicesRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+}
