@@ -8,6 +8,9 @@ use std::{env, path::PathBuf};
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
     let mut config = prost_build::Config::new();
+    // Samples (up to 50 MiB) as `Bytes`: sliced from the request buffer and
+    // shared with the provider's upload (and its retries) without copying.
+    config.bytes([".voicehub.v1.AudioSample.data"]);
     let mut includes = vec![PathBuf::from("proto")];
     if env::var_os("PROTOC").is_none() {
         config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);

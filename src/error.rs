@@ -8,15 +8,15 @@
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
+use crate::provider::ProviderError;
+
 /// Everything that can go wrong while serving a request.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// A request field is malformed or out of range.
+    /// A request field is malformed or out of range. `field` is the field's
+    /// path in the request, e.g. `samples[2].content_type`.
     #[error("invalid {field}: {description}")]
-    InvalidArgument {
-        field: &'static str,
-        description: String,
-    },
+    InvalidArgument { field: String, description: String },
     /// The thing does not exist, or the caller may not see it: the two are
     /// deliberately indistinguishable.
     #[error("{0} not found")]
@@ -24,6 +24,18 @@ pub enum Error {
     /// The call carries no valid user token.
     #[error("{0}")]
     Unauthenticated(&'static str),
+    /// A per-user quota is used up.
+    #[error("{0}")]
+    ResourceExhausted(String),
+    /// The voice is not in a state that allows the operation.
+    #[error("{0}")]
+    FailedPrecondition(&'static str),
+    /// A concurrent change got in the way; retrying is safe.
+    #[error("{0}")]
+    Aborted(&'static str),
+    /// The voice provider failed or refused.
+    #[error(transparent)]
+    Provider(#[from] ProviderError),
     /// The RPC exists in the contract but is not served by this version.
     #[error("{0} is not implemented yet")]
     Unimplemented(&'static str),
@@ -36,10 +48,49 @@ pub enum Error {
 }
 
 impl Error {
-    pub fn invalid(field: &'static str, description: impl Into<String>) -> Self {
+    pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> Self {
         Error::InvalidArgument {
-            field,
+            field: field.into(),
             description: description.into(),
+        }
+    }
+}
+
+/// What a caller can do about a provider failure decides the code.
+fn provider_status(e: ProviderError) -> Status {
+    match e {
+        ProviderError::LimitReached(detail) => {
+            tracing::warn!(%detail, "the voice provider's account limit is reached");
+            Status::resource_exhausted("the voice provider has no capacity for more voices")
+        }
+        ProviderError::Rejected { field, message } => {
+            tracing::info!(?field, %message, "the voice provider rejected a request");
+            let text = format!("the voice provider rejected the request: {message}");
+            match field {
+                Some(field) => Status::with_error_details(
+                    Code::InvalidArgument,
+                    text,
+                    ErrorDetails::with_bad_request_violation(field, message),
+                ),
+                None => Status::invalid_argument(text),
+            }
+        }
+        ProviderError::NotFound => {
+            Status::failed_precondition("the voice no longer exists at the voice provider")
+        }
+        ProviderError::Unavailable(detail) => {
+            tracing::warn!(%detail, "the voice provider is unavailable");
+            Status::unavailable(
+                "the voice provider is unavailable; retry later (with the same request_id)",
+            )
+        }
+        ProviderError::Unauthorized(detail) => {
+            tracing::error!(%detail, "the voice provider refused our credentials: check ELEVENLABS_API_KEY and its permissions");
+            Status::internal("internal error")
+        }
+        ProviderError::Protocol(detail) => {
+            tracing::error!(%detail, "unexpected answer from the voice provider");
+            Status::internal("internal error")
         }
     }
 }
@@ -60,13 +111,20 @@ impl From<Error> for Status {
     fn from(err: Error) -> Self {
         match err {
             Error::InvalidArgument { field, description } => {
-                tracing::debug!(field, %description, "rejected invalid argument");
+                tracing::debug!(%field, %description, "rejected invalid argument");
                 Status::with_error_details(
                     Code::InvalidArgument,
                     format!("invalid {field}: {description}"),
                     ErrorDetails::with_bad_request_violation(field, description),
                 )
             }
+            Error::ResourceExhausted(why) => {
+                tracing::info!(reason = %why, "refused: resource exhausted");
+                Status::resource_exhausted(why)
+            }
+            Error::FailedPrecondition(why) => Status::failed_precondition(why),
+            Error::Aborted(why) => Status::aborted(why),
+            Error::Provider(e) => provider_status(e),
             Error::NotFound(what) => Status::not_found(format!("{what} not found")),
             Error::Unauthenticated(why) => {
                 tracing::debug!(reason = why, "rejected unauthenticated call");

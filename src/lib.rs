@@ -8,9 +8,11 @@ pub mod config;
 pub mod error;
 pub mod grpc;
 pub mod health;
+pub mod provider;
 pub mod server;
 pub mod store;
 pub mod telemetry;
+pub mod voices;
 
 /// Code generated from `proto/voicehub/v1/voice.proto`.
 pub mod pb {

@@ -26,7 +26,7 @@ async fn main() -> ExitCode {
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Serve(args) => {
-            let app = Application::build(args.into_config()?).await?;
+            let app = Application::build((*args).into_config()?).await?;
             let shutdown = CancellationToken::new();
             tokio::spawn(cancel_on_signal(shutdown.clone()));
             app.run_until_stopped(shutdown).await

@@ -21,8 +21,9 @@ use crate::{
     config::Config,
     grpc::VoiceApi,
     health::{self, StorageHealth},
-    pb,
+    pb, provider,
     store::Store,
+    voices::Voices,
 };
 
 pub struct Application {
@@ -30,6 +31,7 @@ pub struct Application {
     local_addr: SocketAddr,
     store: Store,
     auth: Authenticator,
+    voices: Voices,
     health_interval: Duration,
 }
 
@@ -48,6 +50,8 @@ impl Application {
                  set VOICEHUB_JWT_SECRET in production"
             );
         }
+        let provider = provider::from_config(&config.provider)?;
+        tracing::info!(provider = provider.name(), "voice provider");
         let store = Store::connect(&config.database)
             .await
             .context("connecting to the database (DATABASE_URL)")?;
@@ -62,11 +66,18 @@ impl Application {
             .await
             .with_context(|| format!("binding {} (VOICEHUB_LISTEN)", config.listen))?;
         let local_addr = listener.local_addr()?;
+        let voices = Voices::new(
+            store.clone(),
+            provider,
+            config.max_voices_per_user,
+            config.sync_max_age,
+        );
         Ok(Application {
             listener,
             local_addr,
             store,
             auth: Authenticator::new(&config.auth),
+            voices,
             health_interval: config.health_interval,
         })
     }
@@ -89,6 +100,7 @@ impl Application {
             local_addr,
             store,
             auth,
+            voices,
             health_interval,
         } = self;
         let (reporter, health_service) = tonic_health::server::health_reporter();
@@ -115,7 +127,7 @@ impl Application {
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(VoiceApi::new(store.clone()).into_service(auth))
+            .add_service(VoiceApi::new(store.clone(), voices).into_service(auth))
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
                 stopping.cancelled().await;
                 // Before the listener closes, so health watchers see it go.

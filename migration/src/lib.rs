@@ -1,15 +1,19 @@
 //! voicehub's database schema, as SeaORM migrations.
 //!
 //! The same migrations run on SQLite (the embedded default) and PostgreSQL.
-//! [`run`] is the only entry point the service uses: on PostgreSQL it applies
-//! every pending migration inside one transaction that first takes an advisory
-//! lock, so replicas starting together apply the schema exactly once and a
-//! failed migration leaves no half-built schema behind.
+//! [`run`] is the only entry point the service uses: it applies every pending
+//! migration inside one transaction that first takes a lock (an advisory lock
+//! on PostgreSQL, the write lock on SQLite), so processes starting together
+//! apply the schema exactly once and a failed migration leaves no half-built
+//! schema behind.
 
 pub use sea_orm_migration::prelude::*;
-use sea_orm_migration::sea_orm::{DatabaseConnection, DbBackend, TransactionTrait};
+use sea_orm_migration::sea_orm::{
+    DatabaseConnection, DbBackend, SqliteTransactionMode, TransactionOptions, TransactionTrait,
+};
 
 mod m20261126_000001_create_voices;
+mod m20261126_000002_create_provider_orphans;
 
 /// Advisory lock key held while migrating ("voicehub" in ASCII, as an i64).
 const MIGRATION_LOCK_KEY: i64 = 0x766f_6963_6568_7562;
@@ -19,7 +23,10 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m20261126_000001_create_voices::Migration)]
+        vec![
+            Box::new(m20261126_000001_create_voices::Migration),
+            Box::new(m20261126_000002_create_provider_orphans::Migration),
+        ]
     }
 }
 
@@ -41,7 +48,17 @@ pub async fn run(db: &DatabaseConnection) -> Result<(), DbErr> {
             Migrator::up(&txn, None).await?;
             txn.commit().await
         }
-        // SQLite serialises writers on the file itself; it is single-replica by design.
-        _ => Migrator::up(db, None).await,
+        // SQLite: one IMMEDIATE transaction holds the file's write lock for the
+        // whole run, so concurrent starts serialise and a failure keeps nothing.
+        _ => {
+            let txn = db
+                .begin_with_options(TransactionOptions {
+                    sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+                    ..TransactionOptions::default()
+                })
+                .await?;
+            Migrator::up(&txn, None).await?;
+            txn.commit().await
+        }
     }
 }

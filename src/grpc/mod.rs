@@ -1,13 +1,15 @@
 //! The gRPC surface: `voicehub.v1.VoiceService` over the store.
 //!
 //! Handlers are thin: authenticate (the interceptor already did; we read the
-//! caller), validate every field before touching storage, run one store call,
-//! convert. Every failure is an [`Error`] turned into a `Status` in one place.
-//! The write RPCs and WatchVoiceStatus answer UNIMPLEMENTED until their
-//! issues land.
+//! caller), validate every field before touching storage or the provider,
+//! run one store call or one write-path operation, convert. Every failure is
+//! an [`Error`] turned into a `Status` in one place. WatchVoiceStatus
+//! answers UNIMPLEMENTED until the status engine lands.
 
+mod audio;
 mod convert;
 mod page_token;
+mod validate;
 
 use std::pin::Pin;
 
@@ -15,12 +17,14 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status, service::interceptor::InterceptedService};
 
 pub use convert::timestamp;
+pub use validate::{MAX_REQUEST_BYTES, NewVoice};
 
 use crate::{
     auth::{Authenticator, caller},
     error::Error,
     pb::{self, voice_service_server::VoiceServiceServer},
     store::{ListQuery, Store},
+    voices::Voices,
 };
 use page_token::Listing;
 
@@ -33,6 +37,7 @@ pub const MAX_PAGE_SIZE: u64 = 200;
 #[derive(Clone)]
 pub struct VoiceApi {
     store: Store,
+    voices: Voices,
 }
 
 /// The service as mounted on the server: every call passes the authenticator first.
@@ -40,13 +45,40 @@ pub type AuthenticatedVoiceService =
     InterceptedService<VoiceServiceServer<VoiceApi>, Authenticator>;
 
 impl VoiceApi {
-    pub fn new(store: Store) -> Self {
-        VoiceApi { store }
+    pub fn new(store: Store, voices: Voices) -> Self {
+        VoiceApi { store, voices }
     }
 
     /// Wraps the API in the auth interceptor; the only way it is mounted.
+    /// Requests may be as large as CreateVoiceClone's limits allow, no larger.
     pub fn into_service(self, auth: Authenticator) -> AuthenticatedVoiceService {
-        VoiceServiceServer::with_interceptor(self, auth)
+        let server = VoiceServiceServer::new(self).max_decoding_message_size(MAX_REQUEST_BYTES);
+        InterceptedService::new(server, auth)
+    }
+
+    async fn create(
+        &self,
+        request: Request<pb::CreateVoiceCloneRequest>,
+    ) -> Result<pb::Voice, Error> {
+        let user = caller(&request)?;
+        let new = validate::create_request(request.into_inner())?;
+        Ok(self.voices.create(user.0, new).await?.into())
+    }
+
+    async fn update(&self, request: Request<pb::UpdateVoiceRequest>) -> Result<pb::Voice, Error> {
+        let user = caller(&request)?;
+        let (id, patch) = validate::update_request(request.into_inner())?;
+        Ok(self.voices.update(user.0, id, patch).await?.into())
+    }
+
+    async fn delete(
+        &self,
+        request: Request<pb::DeleteVoiceRequest>,
+    ) -> Result<pb::DeleteVoiceResponse, Error> {
+        let user = caller(&request)?;
+        let id = convert::parse_voice_id("voice_id", &request.get_ref().voice_id)?;
+        self.voices.delete(user.0, id).await?;
+        Ok(pb::DeleteVoiceResponse {})
     }
 
     async fn get(&self, request: Request<pb::GetVoiceRequest>) -> Result<pb::Voice, Error> {
@@ -101,9 +133,9 @@ type EventStream = Pin<Box<dyn Stream<Item = Result<pb::VoiceStatusEvent, Status
 impl pb::voice_service_server::VoiceService for VoiceApi {
     async fn create_voice_clone(
         &self,
-        _request: Request<pb::CreateVoiceCloneRequest>,
+        request: Request<pb::CreateVoiceCloneRequest>,
     ) -> Result<Response<pb::Voice>, Status> {
-        Err(Error::Unimplemented("CreateVoiceClone").into())
+        Ok(Response::new(self.create(request).await?))
     }
 
     async fn get_voice(
@@ -122,16 +154,16 @@ impl pb::voice_service_server::VoiceService for VoiceApi {
 
     async fn update_voice(
         &self,
-        _request: Request<pb::UpdateVoiceRequest>,
+        request: Request<pb::UpdateVoiceRequest>,
     ) -> Result<Response<pb::Voice>, Status> {
-        Err(Error::Unimplemented("UpdateVoice").into())
+        Ok(Response::new(self.update(request).await?))
     }
 
     async fn delete_voice(
         &self,
-        _request: Request<pb::DeleteVoiceRequest>,
+        request: Request<pb::DeleteVoiceRequest>,
     ) -> Result<Response<pb::DeleteVoiceResponse>, Status> {
-        Err(Error::Unimplemented("DeleteVoice").into())
+        Ok(Response::new(self.delete(request).await?))
     }
 
     type WatchVoiceStatusStream = EventStream;

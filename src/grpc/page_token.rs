@@ -130,10 +130,7 @@ mod tests {
         ] {
             assert!(matches!(
                 other.decode(&token),
-                Err(Error::InvalidArgument {
-                    field: "page_token",
-                    ..
-                })
+                Err(Error::InvalidArgument { ref field, .. }) if field == "page_token"
             ));
         }
     }

@@ -12,15 +12,18 @@
 //! `error.rs`; nothing here retries.
 
 mod entity;
+pub mod orphan;
 mod voices;
+mod writes;
 
 use std::time::Duration;
 
 use chrono::{DateTime, SubsecRound, Utc};
 use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbBackend, DbErr};
 
-pub use entity::{Labels, Model as Voice, Visibility, VoiceStatus};
+pub use entity::{Entity as VoiceEntity, Labels, Model as Voice, Visibility, VoiceStatus};
 pub use voices::{Cursor, ListQuery, Page, Scope};
+pub use writes::{Reservation, VoicePatch};
 
 use crate::config::DatabaseConfig;
 

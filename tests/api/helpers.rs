@@ -15,7 +15,7 @@ use uuid::Uuid;
 use voicehub::{
     Application,
     auth::Authenticator,
-    config::{AuthConfig, Config, DatabaseConfig},
+    config::{AuthConfig, Config, DatabaseConfig, ProviderConfig},
     pb::voice_service_client::VoiceServiceClient,
     store::{self, Labels, Store, Visibility, Voice, VoiceStatus},
 };
@@ -132,8 +132,13 @@ pub async fn spawn_app_with(backend: Backend, adjust: impl FnOnce(&mut Config)) 
         migrate_on_start: true,
         redis_url: None,
         health_interval: Duration::from_secs(5),
+        max_voices_per_user: 50,
+        sync_max_age: Duration::from_secs(30 * 60),
         database: db.config(),
         auth: auth_config(),
+        provider: ProviderConfig::Simulated {
+            ready_after: Duration::from_secs(1),
+        },
     };
     adjust(&mut config);
     let auth = Authenticator::new(&config.auth);
@@ -157,6 +162,92 @@ pub async fn spawn_app_with(backend: Backend, adjust: impl FnOnce(&mut Config)) 
         shutdown,
         server,
         _db: db,
+    }
+}
+
+/// A server whose provider is a fresh fake ElevenLabs.
+pub async fn spawn_app_with_fake(
+    backend: Backend,
+    adjust: impl FnOnce(&mut Config),
+) -> (TestApp, crate::fake_elevenlabs::FakeElevenLabs) {
+    let fake = crate::fake_elevenlabs::FakeElevenLabs::start().await;
+    let provider = fake.provider_config();
+    let app = spawn_app_with(backend, |c| {
+        c.provider = provider;
+        adjust(c);
+    })
+    .await;
+    (app, fake)
+}
+
+/// A real PCM WAV file: 16 kHz, 16-bit mono, a 440 Hz tone of `millis` ms.
+pub fn wav(millis: u32) -> Vec<u8> {
+    let samples = 16 * millis;
+    let data_len = samples * 2;
+    let mut out = Vec::with_capacity(44 + data_len as usize);
+    out.extend_from_slice(b"RIFF");
+    out.extend_from_slice(&(36 + data_len).to_le_bytes());
+    out.extend_from_slice(b"WAVEfmt ");
+    out.extend_from_slice(&16u32.to_le_bytes()); // fmt chunk size
+    out.extend_from_slice(&1u16.to_le_bytes()); // PCM
+    out.extend_from_slice(&1u16.to_le_bytes()); // mono
+    out.extend_from_slice(&16_000u32.to_le_bytes()); // sample rate
+    out.extend_from_slice(&32_000u32.to_le_bytes()); // byte rate
+    out.extend_from_slice(&2u16.to_le_bytes()); // block align
+    out.extend_from_slice(&16u16.to_le_bytes()); // bits per sample
+    out.extend_from_slice(b"data");
+    out.extend_from_slice(&data_len.to_le_bytes());
+    for i in 0..samples {
+        let t = i as f32 / 16_000.0;
+        let v = (f32::sin(2.0 * std::f32::consts::PI * 440.0 * t) * 8_000.0) as i16;
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    out
+}
+
+/// The start of an MPEG-1 Layer III stream with an ID3v2 tag.
+pub fn mp3() -> Vec<u8> {
+    let mut out = b"ID3\x04\x00\x00\x00\x00\x00\x00".to_vec();
+    out.extend_from_slice(&[0xFF, 0xFB, 0x90, 0x64]);
+    out.extend(std::iter::repeat_n(0u8, 413));
+    out
+}
+
+/// A valid request with one WAV and one MP3 sample.
+pub fn create_request(name: &str) -> voicehub::pb::CreateVoiceCloneRequest {
+    use voicehub::pb::{AudioSample, CreateVoiceCloneRequest, Visibility};
+    CreateVoiceCloneRequest {
+        name: name.to_owned(),
+        description: "Warm narrator voice".into(),
+        samples: vec![
+            AudioSample {
+                filename: "take-1.wav".into(),
+                content_type: "audio/wav".into(),
+                data: wav(200).into(),
+            },
+            AudioSample {
+                filename: "take-2.mp3".into(),
+                content_type: "audio/mpeg".into(),
+                data: mp3().into(),
+            },
+        ],
+        visibility: Visibility::Private as i32,
+        labels: [("accent".to_owned(), "british".to_owned())].into(),
+        language: "en-gb".into(),
+        gender: "female".into(),
+        request_id: String::new(),
+        remove_background_noise: true,
+    }
+}
+
+impl TestApp {
+    /// How many voice rows exist, deleted ones included.
+    pub async fn voice_rows(&self) -> u64 {
+        use sea_orm::{EntityTrait, PaginatorTrait};
+        voicehub::store::VoiceEntity::find()
+            .count(self.store.connection())
+            .await
+            .unwrap()
     }
 }
 

@@ -3,12 +3,16 @@
 //!
 //! One test binary (modules below) so the suite links once.
 
+mod fake_elevenlabs;
 mod helpers;
 
 mod auth;
 mod cli;
+mod create_voice_clone;
 mod get_voice;
 mod grpcurl;
 mod health;
 mod list_user_voices;
 mod migrations;
+mod provider_faults;
+mod update_delete_voice;

@@ -1,0 +1,364 @@
+//! Request validation for the write RPCs: every field is checked before
+//! anything is written or sent to the provider, and the first problem is
+//! reported as INVALID_ARGUMENT naming the field by its path in the request
+//! (`samples[2].content_type`, `voice.name`).
+
+use std::collections::{BTreeMap, HashMap};
+
+use uuid::Uuid;
+
+use crate::{
+    error::Error,
+    pb,
+    provider::AudioFile,
+    store::{Visibility, VoicePatch},
+};
+
+pub const MAX_NAME_CHARS: usize = 100;
+pub const MAX_DESCRIPTION_CHARS: usize = 500;
+pub const MAX_SAMPLES: usize = 25;
+pub const MAX_SAMPLE_BYTES: usize = 10 * 1024 * 1024;
+pub const MAX_TOTAL_SAMPLE_BYTES: usize = 50 * 1024 * 1024;
+/// The largest CreateVoiceClone message: every sample byte allowed, plus room
+/// for the other fields (bounded by the limits above) and protobuf framing.
+pub const MAX_REQUEST_BYTES: usize = MAX_TOTAL_SAMPLE_BYTES + 64 * 1024;
+pub const MAX_FILENAME_CHARS: usize = 255;
+pub const MAX_LABELS: usize = 10;
+pub const MAX_LABEL_KEY_CHARS: usize = 32;
+pub const MAX_LABEL_VALUE_CHARS: usize = 64;
+pub const MAX_GENDER_CHARS: usize = 32;
+pub const MAX_REQUEST_ID_CHARS: usize = 64;
+
+/// A validated CreateVoiceClone request.
+#[derive(Debug, Clone)]
+pub struct NewVoice {
+    pub name: String,
+    pub description: String,
+    pub language: String,
+    pub gender: String,
+    pub labels: BTreeMap<String, String>,
+    pub visibility: Visibility,
+    pub request_id: Option<String>,
+    pub samples: Vec<AudioFile>,
+    pub remove_background_noise: bool,
+}
+
+/// # Errors
+/// INVALID_ARGUMENT naming the first bad field.
+pub fn create_request(request: pb::CreateVoiceCloneRequest) -> Result<NewVoice, Error> {
+    let pb::CreateVoiceCloneRequest {
+        name,
+        description,
+        samples,
+        visibility,
+        labels,
+        language,
+        gender,
+        request_id,
+        remove_background_noise,
+    } = request;
+    Ok(NewVoice {
+        name: self::name("name", &name)?,
+        description: self::description("description", &description)?,
+        language: self::language(&language)?,
+        gender: self::gender(&gender)?,
+        labels: self::labels("labels", labels)?,
+        visibility: match pb::Visibility::try_from(visibility) {
+            Ok(pb::Visibility::Unspecified | pb::Visibility::Private) => Visibility::Private,
+            Ok(pb::Visibility::Public) => Visibility::Public,
+            Err(_) => {
+                return Err(Error::invalid(
+                    "visibility",
+                    format!("unknown Visibility value {visibility}"),
+                ));
+            }
+        },
+        request_id: self::request_id(&request_id)?,
+        samples: self::samples(samples)?,
+        remove_background_noise,
+    })
+}
+
+/// The update paths UpdateVoice accepts.
+const UPDATE_PATHS: [&str; 4] = ["name", "description", "visibility", "labels"];
+
+/// # Errors
+/// INVALID_ARGUMENT naming the first bad field (`update_mask`, `voice.*`).
+pub fn update_request(request: pb::UpdateVoiceRequest) -> Result<(Uuid, VoicePatch), Error> {
+    let voice = request
+        .voice
+        .ok_or_else(|| Error::invalid("voice", "is required"))?;
+    let id = super::convert::parse_voice_id("voice.voice_id", &voice.voice_id)?;
+    let paths = request.update_mask.map(|m| m.paths).unwrap_or_default();
+    if paths.is_empty() {
+        return Err(Error::invalid(
+            "update_mask",
+            format!("must name at least one of {}", UPDATE_PATHS.join(", ")),
+        ));
+    }
+    let mut patch = VoicePatch::default();
+    for path in paths {
+        match path.as_str() {
+            "name" => patch.name = Some(name("voice.name", &voice.name)?),
+            "description" => {
+                patch.description = Some(description("voice.description", &voice.description)?)
+            }
+            "visibility" => {
+                patch.visibility = Some(match pb::Visibility::try_from(voice.visibility) {
+                    Ok(pb::Visibility::Private) => Visibility::Private,
+                    Ok(pb::Visibility::Public) => Visibility::Public,
+                    _ => {
+                        return Err(Error::invalid(
+                            "voice.visibility",
+                            "must be VISIBILITY_PRIVATE or VISIBILITY_PUBLIC",
+                        ));
+                    }
+                })
+            }
+            "labels" => patch.labels = Some(labels("voice.labels", voice.labels.clone())?),
+            other => {
+                return Err(Error::invalid(
+                    "update_mask",
+                    format!(
+                        "path {other:?} cannot be updated; allowed: {}",
+                        UPDATE_PATHS.join(", ")
+                    ),
+                ));
+            }
+        }
+    }
+    Ok((id, patch))
+}
+
+fn has_control(s: &str) -> bool {
+    s.chars().any(char::is_control)
+}
+
+fn name(field: &'static str, value: &str) -> Result<String, Error> {
+    let name = value.trim();
+    let chars = name.chars().count();
+    if chars == 0 {
+        return Err(Error::invalid(field, "is required"));
+    }
+    if chars > MAX_NAME_CHARS {
+        return Err(Error::invalid(
+            field,
+            format!("must be at most {MAX_NAME_CHARS} characters"),
+        ));
+    }
+    if has_control(name) {
+        return Err(Error::invalid(field, "must not contain control characters"));
+    }
+    Ok(name.to_owned())
+}
+
+fn description(field: &'static str, value: &str) -> Result<String, Error> {
+    let description = value.trim();
+    if description.chars().count() > MAX_DESCRIPTION_CHARS {
+        return Err(Error::invalid(
+            field,
+            format!("must be at most {MAX_DESCRIPTION_CHARS} characters"),
+        ));
+    }
+    // Line breaks and tabs are text; other control characters are not.
+    if description
+        .chars()
+        .any(|c| c.is_control() && c != '\n' && c != '\t' && c != '\r')
+    {
+        return Err(Error::invalid(field, "must not contain control characters"));
+    }
+    Ok(description.to_owned())
+}
+
+fn gender(value: &str) -> Result<String, Error> {
+    let gender = value.trim();
+    if gender.chars().count() > MAX_GENDER_CHARS || has_control(gender) {
+        return Err(Error::invalid(
+            "gender",
+            format!("must be at most {MAX_GENDER_CHARS} characters without control characters"),
+        ));
+    }
+    Ok(gender.to_owned())
+}
+
+/// A BCP-47 tag of the common shape: language (2–3 letters), optional script
+/// (4 letters), optional region (2 letters or 3 digits), e.g. `en`, `ko`,
+/// `pt-BR`, `zh-Hant-TW`. Returned in canonical case.
+fn language(value: &str) -> Result<String, Error> {
+    let value = value.trim();
+    if value.is_empty() {
+        return Ok(String::new());
+    }
+    let invalid = || {
+        Error::invalid(
+            "language",
+            "must be a BCP-47 language tag such as en, ko or pt-BR",
+        )
+    };
+    let mut parts = value.split(['-', '_']);
+    let primary = parts
+        .next()
+        .filter(|p| (2..=3).contains(&p.len()) && p.chars().all(|c| c.is_ascii_alphabetic()));
+    let mut tag = primary.ok_or_else(invalid)?.to_ascii_lowercase();
+    let mut rest: Vec<&str> = parts.collect();
+    if let Some(script) = rest
+        .first()
+        .filter(|s| s.len() == 4 && s.chars().all(|c| c.is_ascii_alphabetic()))
+    {
+        tag.push('-');
+        tag.push_str(&script[..1].to_ascii_uppercase());
+        tag.push_str(&script[1..].to_ascii_lowercase());
+        rest.remove(0);
+    }
+    match rest.as_slice() {
+        [] => {}
+        [region]
+            if (region.len() == 2 && region.chars().all(|c| c.is_ascii_alphabetic()))
+                || (region.len() == 3 && region.chars().all(|c| c.is_ascii_digit())) =>
+        {
+            tag.push('-');
+            tag.push_str(&region.to_ascii_uppercase());
+        }
+        _ => return Err(invalid()),
+    }
+    Ok(tag)
+}
+
+fn labels(
+    field: &'static str,
+    labels: HashMap<String, String>,
+) -> Result<BTreeMap<String, String>, Error> {
+    if labels.len() > MAX_LABELS {
+        return Err(Error::invalid(
+            field,
+            format!("must hold at most {MAX_LABELS} labels"),
+        ));
+    }
+    // Sorted, so the same request always reports the same first problem.
+    let labels: BTreeMap<String, String> = labels.into_iter().collect();
+    for (key, value) in &labels {
+        let key_ok = (1..=MAX_LABEL_KEY_CHARS).contains(&key.len())
+            && key
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        if !key_ok {
+            return Err(Error::invalid(
+                format!("{field}[{key:?}]"),
+                format!("label keys must match [a-z0-9_]{{1,{MAX_LABEL_KEY_CHARS}}}"),
+            ));
+        }
+        if value.chars().count() > MAX_LABEL_VALUE_CHARS || has_control(value) {
+            return Err(Error::invalid(
+                format!("{field}[{key:?}]"),
+                format!(
+                    "label values must be at most {MAX_LABEL_VALUE_CHARS} characters without control characters"
+                ),
+            ));
+        }
+    }
+    Ok(labels)
+}
+
+fn request_id(value: &str) -> Result<Option<String>, Error> {
+    if value.is_empty() {
+        return Ok(None);
+    }
+    if value.len() > MAX_REQUEST_ID_CHARS
+        || !value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        return Err(Error::invalid(
+            "request_id",
+            format!("must be at most {MAX_REQUEST_ID_CHARS} of [A-Za-z0-9_-]"),
+        ));
+    }
+    Ok(Some(value.to_owned()))
+}
+
+fn samples(samples: Vec<pb::AudioSample>) -> Result<Vec<AudioFile>, Error> {
+    if samples.is_empty() || samples.len() > MAX_SAMPLES {
+        return Err(Error::invalid(
+            "samples",
+            format!("must hold 1 to {MAX_SAMPLES} audio samples"),
+        ));
+    }
+    let total: usize = samples.iter().map(|s| s.data.len()).sum();
+    if total > MAX_TOTAL_SAMPLE_BYTES {
+        return Err(Error::invalid(
+            "samples",
+            "must hold at most 50 MiB of audio in all",
+        ));
+    }
+    samples
+        .into_iter()
+        .enumerate()
+        .map(|(i, pb::AudioSample { filename, content_type, data })| {
+            let field = |name: &str| format!("samples[{i}].{name}");
+            let chars = filename.chars().count();
+            if chars == 0 || chars > MAX_FILENAME_CHARS {
+                return Err(Error::invalid(field("filename"), format!("must be 1 to {MAX_FILENAME_CHARS} characters")));
+            }
+            if filename.contains(['/', '\\']) || has_control(&filename) || filename == "." || filename == ".." {
+                return Err(Error::invalid(
+                    field("filename"),
+                    "must be a plain file name, without path separators or control characters",
+                ));
+            }
+            if data.is_empty() || data.len() > MAX_SAMPLE_BYTES {
+                return Err(Error::invalid(field("data"), "must be 1 byte to 10 MiB"));
+            }
+            let declared = super::audio::Format::from_content_type(&content_type).ok_or_else(|| {
+                Error::invalid(
+                    field("content_type"),
+                    format!("{content_type:?} is not a supported audio type (WAV, MP3, OGG/Opus, FLAC, M4A/MP4 audio, WebM)"),
+                )
+            })?;
+            let detected = super::audio::Format::sniff(&data).ok_or_else(|| {
+                Error::invalid(field("data"), "is not audio in a supported format (WAV, MP3, OGG/Opus, FLAC, M4A/MP4, WebM)")
+            })?;
+            if declared != detected {
+                return Err(Error::invalid(
+                    field("content_type"),
+                    format!("says {} but the data is {}", declared.name(), detected.name()),
+                ));
+            }
+            Ok(AudioFile {
+                filename,
+                content_type: declared.canonical_content_type().to_owned(),
+                data,
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn language_tags_are_checked_and_canonicalised() {
+        for (input, expected) in [
+            ("en", "en"),
+            ("KO", "ko"),
+            ("pt-br", "pt-BR"),
+            ("zh-hant-tw", "zh-Hant-TW"),
+            ("es-419", "es-419"),
+            ("", ""),
+        ] {
+            assert_eq!(language(input).unwrap(), expected, "{input}");
+        }
+        for bad in ["e", "english", "en-", "en-USA1", "12", "en-US-x"] {
+            assert!(language(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn names_are_trimmed_and_bounded() {
+        assert_eq!(name("name", "  Ada  ").unwrap(), "Ada");
+        assert!(name("name", "   ").is_err());
+        assert!(name("name", &"x".repeat(101)).is_err());
+        assert!(name("name", &"é".repeat(100)).is_ok());
+        assert!(name("name", "a\u{7}b").is_err());
+    }
+}

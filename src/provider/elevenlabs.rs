@@ -1,0 +1,583 @@
+//! The ElevenLabs voice API over HTTP (reqwest, rustls).
+//!
+//! Guarantees:
+//! - every attempt has a timeout, and at most `max_concurrency` requests are
+//!   in flight at once (ElevenLabs limits concurrent requests per plan; a
+//!   permit is held only while a request is on the wire, not while backing off);
+//! - 429 and 5xx answers and transport failures are retried with exponential
+//!   backoff and full jitter, honouring `Retry-After`/`retry-after-ms`, within
+//!   a bounded number of retries and total time; other 4xx are never retried.
+//!   Creating a voice is not idempotent at ElevenLabs, so a create is retried
+//!   only when it cannot have been processed (429, 502/503/504, connection
+//!   failures), never after a 500 or a timeout that may hide a success;
+//! - error bodies are read in all three shapes ElevenLabs sends (`detail` as
+//!   an object with `code`/`status`/`message`, as a 422 array, as a string);
+//! - the API key is sent as a sensitive header and never logged.
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use reqwest::{
+    Method, RequestBuilder, StatusCode, Url,
+    header::{HeaderMap, HeaderValue},
+    multipart::{Form, Part},
+};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use serde_json::Value;
+use tokio::{sync::Semaphore, time::Instant};
+
+use super::{CloneRequest, Cloned, ProviderError, ProviderVoice, VoiceEdit, VoiceProvider};
+
+/// How transient failures are retried.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    /// Retries after the first attempt.
+    pub max_retries: u32,
+    /// Backoff before the first retry; doubles each time (with full jitter).
+    pub base_delay: Duration,
+    /// Cap of one backoff.
+    pub max_delay: Duration,
+    /// Total time one call may take, retries included.
+    pub budget: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_retries: 3,
+            base_delay: Duration::from_millis(500),
+            max_delay: Duration::from_secs(8),
+            budget: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ElevenLabsConfig {
+    pub base_url: Url,
+    pub api_key: SecretString,
+    /// Timeout of one attempt (uploads of 50 MiB included).
+    pub timeout: Duration,
+    pub max_concurrency: usize,
+    pub retry: RetryPolicy,
+}
+
+pub struct ElevenLabs {
+    http: reqwest::Client,
+    base_url: Url,
+    api_key: HeaderValue,
+    timeout: Duration,
+    in_flight: Arc<Semaphore>,
+    retry: RetryPolicy,
+}
+
+/// Whether a request may be sent again after an ambiguous failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Idempotency {
+    Idempotent,
+    /// Retried only when the provider surely did not act on it.
+    NotIdempotent,
+}
+
+impl ElevenLabs {
+    /// # Errors
+    /// The API key is not a valid header value, or the HTTP client cannot be built.
+    pub fn new(config: ElevenLabsConfig) -> anyhow::Result<Self> {
+        let mut api_key = HeaderValue::from_str(config.api_key.expose_secret()).map_err(|_| {
+            anyhow::anyhow!("ELEVENLABS_API_KEY contains characters not allowed in a header")
+        })?;
+        api_key.set_sensitive(true);
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .user_agent(concat!("voicehub/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(ElevenLabs {
+            http,
+            base_url: config.base_url,
+            api_key,
+            timeout: config.timeout,
+            in_flight: Arc::new(Semaphore::new(config.max_concurrency.max(1))),
+            retry: config.retry,
+        })
+    }
+
+    fn url(&self, segments: &[&str]) -> Url {
+        let mut url = self.base_url.clone();
+        // Segments are escaped one by one, so an id can never change the path.
+        if let Ok(mut path) = url.path_segments_mut() {
+            path.pop_if_empty().extend(segments);
+        }
+        url
+    }
+
+    /// Sends one logical call, retrying transient failures as the module
+    /// documentation says. Returns the successful response's body.
+    async fn call(
+        &self,
+        op: &'static str,
+        idempotency: Idempotency,
+        build: impl Fn() -> RequestBuilder,
+    ) -> Result<Bytes, ProviderError> {
+        let started = Instant::now();
+        let mut retries = 0;
+        loop {
+            let attempt = self.attempt(&build).await;
+            let (error, retry_after) = match attempt {
+                Ok(body) => return Ok(body),
+                Err(Failure::Final(error)) => return Err(error),
+                Err(Failure::Transient {
+                    error,
+                    retry_after,
+                    surely_unprocessed,
+                }) => {
+                    if idempotency == Idempotency::NotIdempotent && !surely_unprocessed {
+                        return Err(error);
+                    }
+                    (error, retry_after)
+                }
+            };
+            retries += 1;
+            let delay = backoff(&self.retry, retries).max(retry_after.unwrap_or_default());
+            if retries > self.retry.max_retries || started.elapsed() + delay > self.retry.budget {
+                tracing::warn!(op, retries = retries - 1, error = %error, "voice provider call failed, giving up");
+                return Err(error);
+            }
+            tracing::info!(op, retry = retries, ?delay, error = %error, "voice provider call failed, retrying");
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    async fn attempt(&self, build: &impl Fn() -> RequestBuilder) -> Result<Bytes, Failure> {
+        // Held only for the request itself: a call backing off must not starve others.
+        let _permit = self.in_flight.acquire().await.map_err(|_| {
+            Failure::Final(ProviderError::Unavailable("provider client closed".into()))
+        })?;
+        let response = build()
+            .header("xi-api-key", self.api_key.clone())
+            .timeout(self.timeout)
+            .send()
+            .await
+            .map_err(|e| Failure::Transient {
+                surely_unprocessed: e.is_connect(),
+                error: ProviderError::Unavailable(transport_message(&e)),
+                retry_after: None,
+            })?;
+        let status = response.status();
+        let retry_after = retry_after(response.headers());
+        let body = response.bytes().await.map_err(|e| Failure::Transient {
+            surely_unprocessed: false,
+            error: ProviderError::Unavailable(transport_message(&e)),
+            retry_after: None,
+        })?;
+        if status.is_success() {
+            return Ok(body);
+        }
+        let error = classify(status, &body);
+        if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
+            Err(Failure::Transient {
+                error,
+                retry_after,
+                surely_unprocessed: matches!(
+                    status,
+                    StatusCode::TOO_MANY_REQUESTS
+                        | StatusCode::BAD_GATEWAY
+                        | StatusCode::SERVICE_UNAVAILABLE
+                        | StatusCode::GATEWAY_TIMEOUT
+                ),
+            })
+        } else {
+            Err(Failure::Final(error))
+        }
+    }
+}
+
+enum Failure {
+    Final(ProviderError),
+    Transient {
+        error: ProviderError,
+        retry_after: Option<Duration>,
+        /// The provider cannot have acted on the request.
+        surely_unprocessed: bool,
+    },
+}
+
+fn transport_message(e: &reqwest::Error) -> String {
+    if e.is_timeout() {
+        "request timed out".into()
+    } else if e.is_connect() {
+        "cannot connect".into()
+    } else {
+        "connection failed".into()
+    }
+}
+
+/// Exponential backoff with full jitter: uniform in [0, min(cap, base·2^(n-1))].
+fn backoff(policy: &RetryPolicy, retry: u32) -> Duration {
+    let ceiling = policy
+        .base_delay
+        .saturating_mul(1u32 << (retry - 1).min(16))
+        .min(policy.max_delay);
+    let unit = getrandom::u32().unwrap_or(u32::MAX / 2) as f64 / u32::MAX as f64;
+    ceiling.mul_f64(unit)
+}
+
+/// `retry-after-ms` (milliseconds) or `Retry-After` (seconds), when present.
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let number = |name: &str| -> Option<f64> {
+        headers
+            .get(name)?
+            .to_str()
+            .ok()?
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|v| v.is_finite() && *v >= 0.0)
+    };
+    number("retry-after-ms")
+        .map(|ms| Duration::from_secs_f64(ms / 1000.0))
+        .or_else(|| number("retry-after").map(Duration::from_secs_f64))
+}
+
+/// What an error body says, whichever of ElevenLabs' shapes it has.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct ErrorBody {
+    code: Option<String>,
+    message: String,
+    field: Option<&'static str>,
+}
+
+impl ErrorBody {
+    fn parse(body: &[u8]) -> Self {
+        let fallback = || String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
+        let Ok(json) = serde_json::from_slice::<Value>(body) else {
+            return ErrorBody {
+                message: fallback(),
+                ..Default::default()
+            };
+        };
+        match &json["detail"] {
+            Value::Object(detail) => {
+                let text = |key: &str| detail.get(key).and_then(Value::as_str).map(str::to_owned);
+                ErrorBody {
+                    // `code` is the current name; `status` the legacy one still sent.
+                    code: text("code").or_else(|| text("status")),
+                    message: text("message").unwrap_or_else(fallback),
+                    field: text("param").as_deref().and_then(our_field),
+                }
+            }
+            Value::Array(items) => ErrorBody {
+                code: None,
+                message: items
+                    .iter()
+                    .filter_map(|i| i["msg"].as_str())
+                    .collect::<Vec<_>>()
+                    .join("; "),
+                // FastAPI's loc is ["body", "<field>", ...].
+                field: items
+                    .iter()
+                    .find_map(|i| i["loc"].get(1)?.as_str().and_then(our_field)),
+            },
+            Value::String(message) => ErrorBody {
+                code: None,
+                message: message.clone(),
+                field: None,
+            },
+            _ => ErrorBody {
+                message: fallback(),
+                ..Default::default()
+            },
+        }
+    }
+}
+
+/// Our request field for an ElevenLabs form field.
+fn our_field(theirs: &str) -> Option<&'static str> {
+    match theirs {
+        "files" => Some("samples"),
+        "name" => Some("name"),
+        "description" => Some("description"),
+        "labels" => Some("labels"),
+        "remove_background_noise" => Some("remove_background_noise"),
+        _ => None,
+    }
+}
+
+fn classify(status: StatusCode, body: &[u8]) -> ProviderError {
+    let ErrorBody {
+        code,
+        message,
+        field,
+    } = ErrorBody::parse(body);
+    let message = if message.is_empty() {
+        format!("HTTP {status}")
+    } else {
+        message
+    };
+    match (status.as_u16(), code.as_deref()) {
+        (_, Some("voice_limit_reached" | "quota_exceeded")) => ProviderError::LimitReached(message),
+        (404, _) | (_, Some("voice_not_found" | "voice_does_not_exist")) => ProviderError::NotFound,
+        (401, _) | (_, Some("invalid_api_key" | "missing_permissions")) => {
+            ProviderError::Unauthorized(message)
+        }
+        (429 | 500..=599, _) => ProviderError::Unavailable(message),
+        (400..=499, _) => ProviderError::Rejected { field, message },
+        _ => ProviderError::Protocol(format!("HTTP {status}: {message}")),
+    }
+}
+
+#[derive(Deserialize)]
+struct AddVoiceResponse {
+    voice_id: String,
+    #[serde(default)]
+    requires_verification: bool,
+}
+
+#[derive(Deserialize)]
+struct VoiceResponse {
+    voice_id: String,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    category: Option<String>,
+    #[serde(default)]
+    preview_url: Option<String>,
+    #[serde(default)]
+    labels: Option<BTreeMap<String, Value>>,
+    #[serde(default)]
+    fine_tuning: Option<FineTuning>,
+    #[serde(default)]
+    voice_verification: Option<Verification>,
+    #[serde(default)]
+    safety_control: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct FineTuning {
+    #[serde(default)]
+    state: Option<BTreeMap<String, Value>>,
+    #[serde(default)]
+    message: Option<BTreeMap<String, Value>>,
+}
+
+#[derive(Deserialize)]
+struct Verification {
+    #[serde(default)]
+    requires_verification: bool,
+    #[serde(default)]
+    is_verified: bool,
+}
+
+/// String values of a JSON map; nulls dropped, other values rendered as JSON.
+fn strings(map: Option<BTreeMap<String, Value>>) -> BTreeMap<String, String> {
+    map.unwrap_or_default()
+        .into_iter()
+        .filter_map(|(k, v)| match v {
+            Value::Null => None,
+            Value::String(s) => Some((k, s)),
+            other => Some((k, other.to_string())),
+        })
+        .collect()
+}
+
+fn labels_json(labels: &BTreeMap<String, String>) -> String {
+    serde_json::to_string(labels).unwrap_or_else(|_| "{}".into())
+}
+
+#[async_trait::async_trait]
+impl VoiceProvider for ElevenLabs {
+    fn name(&self) -> &'static str {
+        "elevenlabs"
+    }
+
+    async fn clone_voice(&self, request: CloneRequest) -> Result<Cloned, ProviderError> {
+        let url = self.url(&["v1", "voices", "add"]);
+        let body = self
+            .call("voices.add", Idempotency::NotIdempotent, || {
+                let mut form = Form::new().text("name", request.name.clone()).text(
+                    "remove_background_noise",
+                    request.remove_background_noise.to_string(),
+                );
+                if let Some(description) = &request.description {
+                    form = form.text("description", description.clone());
+                }
+                if !request.labels.is_empty() {
+                    form = form.text("labels", labels_json(&request.labels));
+                }
+                for file in &request.files {
+                    // Bytes clone is a reference count: a retry re-sends without copying.
+                    let part = Part::stream_with_length(file.data.clone(), file.data.len() as u64)
+                        .file_name(file.filename.clone());
+                    let part = match part.mime_str(&file.content_type) {
+                        Ok(p) => p,
+                        Err(_) => {
+                            Part::stream_with_length(file.data.clone(), file.data.len() as u64)
+                                .file_name(file.filename.clone())
+                        }
+                    };
+                    form = form.part("files", part);
+                }
+                self.http.request(Method::POST, url.clone()).multipart(form)
+            })
+            .await?;
+        let added: AddVoiceResponse = serde_json::from_slice(&body)
+            .map_err(|e| ProviderError::Protocol(format!("voices/add answer: {e}")))?;
+        Ok(Cloned {
+            voice_id: added.voice_id,
+            requires_verification: added.requires_verification,
+        })
+    }
+
+    async fn get_voice(&self, voice_id: &str) -> Result<ProviderVoice, ProviderError> {
+        let url = self.url(&["v1", "voices", voice_id]);
+        let body = self
+            .call("voices.get", Idempotency::Idempotent, || {
+                self.http.get(url.clone())
+            })
+            .await?;
+        let v: VoiceResponse = serde_json::from_slice(&body)
+            .map_err(|e| ProviderError::Protocol(format!("voice answer: {e}")))?;
+        let (fine_tuning_state, fine_tuning_message) = match v.fine_tuning {
+            Some(ft) => (strings(ft.state), strings(ft.message)),
+            None => Default::default(),
+        };
+        let verification = v.voice_verification.unwrap_or(Verification {
+            requires_verification: false,
+            is_verified: false,
+        });
+        Ok(ProviderVoice {
+            voice_id: v.voice_id,
+            name: v.name.unwrap_or_default(),
+            category: v.category.unwrap_or_default(),
+            preview_url: v.preview_url.filter(|u| !u.is_empty()),
+            labels: strings(v.labels),
+            fine_tuning_state,
+            fine_tuning_message,
+            requires_verification: verification.requires_verification,
+            is_verified: verification.is_verified,
+            safety_control: v.safety_control,
+        })
+    }
+
+    async fn edit_voice(&self, voice_id: &str, edit: VoiceEdit) -> Result<(), ProviderError> {
+        let url = self.url(&["v1", "voices", voice_id, "edit"]);
+        // Setting the same metadata twice is harmless, so edits retry freely.
+        self.call("voices.edit", Idempotency::Idempotent, || {
+            let mut form = Form::new().text("name", edit.name.clone());
+            if let Some(description) = &edit.description {
+                form = form.text("description", description.clone());
+            }
+            if let Some(labels) = &edit.labels {
+                form = form.text("labels", labels_json(labels));
+            }
+            self.http.request(Method::POST, url.clone()).multipart(form)
+        })
+        .await
+        .map(drop)
+    }
+
+    async fn delete_voice(&self, voice_id: &str) -> Result<(), ProviderError> {
+        let url = self.url(&["v1", "voices", voice_id]);
+        self.call("voices.delete", Idempotency::Idempotent, || {
+            self.http.delete(url.clone())
+        })
+        .await
+        .map(drop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_bodies_are_read_in_all_three_shapes() {
+        let object = br#"{"detail":{"status":"voice_limit_reached","message":"maximum amount of custom voices (10 / 10)"}}"#;
+        assert_eq!(
+            ErrorBody::parse(object),
+            ErrorBody {
+                code: Some("voice_limit_reached".into()),
+                message: "maximum amount of custom voices (10 / 10)".into(),
+                field: None
+            }
+        );
+        let new_style = br#"{"detail":{"type":"validation_error","code":"invalid_parameters","status":"legacy","message":"bad","param":"name"}}"#;
+        let parsed = ErrorBody::parse(new_style);
+        assert_eq!(parsed.code.as_deref(), Some("invalid_parameters"));
+        assert_eq!(parsed.field, Some("name"));
+        let array = br#"{"detail":[{"loc":["body","files",0],"msg":"Expected UploadFile, received: <class 'str'>","type":"value_error"}]}"#;
+        let parsed = ErrorBody::parse(array);
+        assert_eq!(parsed.field, Some("samples"));
+        assert!(parsed.message.contains("Expected UploadFile"));
+        assert_eq!(
+            ErrorBody::parse(br#"{"detail":"Not Found"}"#).message,
+            "Not Found"
+        );
+        assert_eq!(
+            ErrorBody::parse(b"<html>502</html>").message,
+            "<html>502</html>"
+        );
+    }
+
+    #[test]
+    fn errors_are_classified_by_what_the_caller_can_do() {
+        let body = |code: &str| {
+            format!(r#"{{"detail":{{"status":"{code}","message":"m"}}}}"#).into_bytes()
+        };
+        assert_eq!(
+            classify(StatusCode::BAD_REQUEST, &body("voice_limit_reached")),
+            ProviderError::LimitReached("m".into())
+        );
+        assert_eq!(
+            classify(StatusCode::UNAUTHORIZED, &body("quota_exceeded")),
+            ProviderError::LimitReached("m".into())
+        );
+        assert_eq!(
+            classify(StatusCode::BAD_REQUEST, &body("voice_not_found")),
+            ProviderError::NotFound
+        );
+        assert_eq!(
+            classify(StatusCode::BAD_REQUEST, &body("voice_does_not_exist")),
+            ProviderError::NotFound
+        );
+        assert_eq!(
+            classify(StatusCode::NOT_FOUND, b"{}"),
+            ProviderError::NotFound
+        );
+        assert_eq!(
+            classify(StatusCode::UNAUTHORIZED, &body("invalid_api_key")),
+            ProviderError::Unauthorized("m".into())
+        );
+        assert_eq!(
+            classify(StatusCode::UNAUTHORIZED, &body("missing_permissions")),
+            ProviderError::Unauthorized("m".into())
+        );
+        assert_eq!(
+            classify(StatusCode::TOO_MANY_REQUESTS, &body("system_busy")),
+            ProviderError::Unavailable("m".into())
+        );
+        assert!(matches!(
+            classify(StatusCode::FORBIDDEN, &body("only_for_creator+")),
+            ProviderError::Rejected { .. }
+        ));
+    }
+
+    #[test]
+    fn backoff_grows_to_its_cap_and_retry_after_is_read() {
+        let policy = RetryPolicy {
+            max_retries: 10,
+            base_delay: Duration::from_millis(100),
+            max_delay: Duration::from_millis(400),
+            budget: Duration::from_secs(10),
+        };
+        for retry in 1..10 {
+            assert!(backoff(&policy, retry) <= Duration::from_millis(400));
+        }
+        assert!(backoff(&policy, 1) <= Duration::from_millis(100));
+        let mut headers = HeaderMap::new();
+        headers.insert("retry-after", HeaderValue::from_static("2"));
+        assert_eq!(retry_after(&headers), Some(Duration::from_secs(2)));
+        headers.insert("retry-after-ms", HeaderValue::from_static("150"));
+        assert_eq!(retry_after(&headers), Some(Duration::from_millis(150)));
+    }
+}

@@ -1,0 +1,272 @@
+//! The write path: create, update and delete voices across the provider and
+//! storage, so that the two never silently disagree.
+//!
+//! Guarantees:
+//! - **Idempotent create.** A `request_id` is reserved in storage (unique per
+//!   owner) *before* the provider is called, so two requests with one key —
+//!   sequential or racing, on any replica — make one provider call and return
+//!   one voice. A transient provider failure releases the reservation, so a
+//!   retry with the same key can succeed.
+//! - **No orphans.** If the provider created a voice that storage then cannot
+//!   record, the provider voice is deleted again (compensation); if that fails
+//!   too, its id is logged at error level and recorded in `provider_orphans`.
+//! - **Owner only.** Update and delete find the voice by owner; anyone else's
+//!   voice, public or not, is NOT_FOUND.
+//! - **Guarded writes.** Updates apply only to the revision that was read
+//!   (a concurrent change makes this one ABORTED, never lost).
+
+use std::{collections::BTreeMap, time::Duration};
+
+use uuid::Uuid;
+
+use crate::{
+    error::Error,
+    grpc::NewVoice,
+    provider::{CloneRequest, DynProvider, ProviderError, VoiceEdit},
+    store::{self, Labels, Reservation, Store, Voice, VoicePatch, VoiceStatus},
+};
+
+/// The category ElevenLabs gives an instant clone, the only kind we create.
+const INSTANT_CLONE: &str = "cloned";
+
+#[derive(Clone)]
+pub struct Voices {
+    store: Store,
+    provider: DynProvider,
+    max_per_user: u64,
+    max_age: Duration,
+}
+
+impl Voices {
+    pub fn new(store: Store, provider: DynProvider, max_per_user: u64, max_age: Duration) -> Self {
+        Voices {
+            store,
+            provider,
+            max_per_user,
+            max_age,
+        }
+    }
+
+    /// Clones a voice at the provider and stores it as PROCESSING.
+    ///
+    /// # Errors
+    /// RESOURCE_EXHAUSTED at the per-user limit, a provider failure, or a
+    /// storage failure (after compensation).
+    pub async fn create(&self, owner: Uuid, new: NewVoice) -> Result<Voice, Error> {
+        if let Some(request_id) = &new.request_id
+            && let Some(existing) = self.store.find_by_request_id(owner, request_id).await?
+        {
+            tracing::info!(voice_id = %existing.id, request_id, "repeated request_id: returning the same voice");
+            return Ok(existing);
+        }
+        let reserved = match self
+            .store
+            .reserve(self.reservation(owner, &new), self.max_per_user)
+            .await?
+        {
+            Reservation::Reserved(voice) => voice,
+            Reservation::Existing(voice) => return Ok(voice),
+            Reservation::LimitReached => {
+                return Err(Error::ResourceExhausted(format!(
+                    "voice limit reached: a user may have at most {} voices; delete one first",
+                    self.max_per_user
+                )));
+            }
+        };
+        let request = CloneRequest {
+            name: new.name.clone(),
+            description: Some(new.description.clone()).filter(|d| !d.is_empty()),
+            labels: provider_labels(&new.labels, &new.language, &new.gender),
+            files: new.samples,
+            remove_background_noise: new.remove_background_noise,
+        };
+        let cloned = match self.provider.clone_voice(request).await {
+            Ok(cloned) => cloned,
+            Err(e) => {
+                self.release(reserved.id).await;
+                return Err(e.into());
+            }
+        };
+        match self
+            .store
+            .accept(reserved.id, &cloned.voice_id, INSTANT_CLONE)
+            .await
+        {
+            Ok(Some(voice)) => {
+                tracing::info!(voice_id = %voice.id, provider_voice_id = cloned.voice_id, "voice cloned");
+                self.schedule_status_check(&voice);
+                Ok(voice)
+            }
+            Ok(None) => {
+                // Deleted by its owner while the provider was cloning it.
+                self.compensate(
+                    &cloned.voice_id,
+                    reserved.id,
+                    "the voice was deleted while it was being cloned",
+                )
+                .await;
+                Err(Error::Aborted(
+                    "the voice was deleted while it was being created",
+                ))
+            }
+            Err(e) => {
+                self.compensate(
+                    &cloned.voice_id,
+                    reserved.id,
+                    "storage failed to record the cloned voice",
+                )
+                .await;
+                self.release(reserved.id).await;
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Where the status engine takes over a freshly accepted voice: it will be
+    /// queued for checks here once the sync engine exists. Until then the
+    /// voice stays PROCESSING (GetVoice shows it as such).
+    fn schedule_status_check(&self, voice: &Voice) {
+        tracing::debug!(voice_id = %voice.id, "voice awaits its status check");
+    }
+
+    fn reservation(&self, owner: Uuid, new: &NewVoice) -> Voice {
+        let now = store::now();
+        Voice {
+            id: Uuid::now_v7(),
+            owner_user_id: owner,
+            provider_voice_id: None,
+            name: new.name.clone(),
+            description: new.description.clone(),
+            language: new.language.clone(),
+            gender: new.gender.clone(),
+            category: String::new(),
+            visibility: new.visibility,
+            status: VoiceStatus::Processing,
+            failure_reason: None,
+            preview_url: None,
+            labels: Labels(new.labels.clone()),
+            request_id: new.request_id.clone(),
+            revision: 1,
+            created_at: now,
+            updated_at: now,
+            completed_at: None,
+            deleted_at: None,
+            processing_deadline: Some(now + self.max_age),
+        }
+    }
+
+    async fn release(&self, id: Uuid) {
+        if let Err(e) = self.store.release(id).await {
+            // The row stays PROCESSING without a provider id; the sync engine's
+            // maximum age turns it FAILED, so it cannot linger for ever.
+            tracing::error!(voice_id = %id, error = %crate::error::chain(&e), "could not release a voice reservation");
+        }
+    }
+
+    /// Deletes a provider voice that storage does not hold; records it when
+    /// even that fails, so it can be cleaned up by hand.
+    async fn compensate(&self, provider_voice_id: &str, voice_id: Uuid, reason: &str) {
+        match self.provider.delete_voice(provider_voice_id).await {
+            Ok(()) | Err(ProviderError::NotFound) => {
+                tracing::warn!(provider_voice_id, %voice_id, reason, "deleted the provider voice again (compensation)");
+            }
+            Err(e) => {
+                tracing::error!(
+                    provider_voice_id,
+                    %voice_id,
+                    reason,
+                    error = %e,
+                    "ORPHANED provider voice: it exists at the provider but not in voicehub; delete it there"
+                );
+                if let Err(db) = self
+                    .store
+                    .record_orphan(
+                        self.provider.name(),
+                        provider_voice_id,
+                        Some(voice_id),
+                        reason,
+                    )
+                    .await
+                {
+                    tracing::error!(provider_voice_id, error = %crate::error::chain(&db), "could not record the orphaned provider voice");
+                }
+            }
+        }
+    }
+
+    /// Applies `patch` to the owner's voice, at the provider first for the
+    /// fields the provider holds.
+    ///
+    /// # Errors
+    /// NOT_FOUND unless the caller owns the live voice; a provider failure;
+    /// ABORTED when the voice changed meanwhile.
+    pub async fn update(&self, owner: Uuid, id: Uuid, patch: VoicePatch) -> Result<Voice, Error> {
+        let current = self
+            .store
+            .get_owned(owner, id)
+            .await?
+            .ok_or(Error::NotFound("voice"))?;
+        let provider_fields =
+            patch.name.is_some() || patch.description.is_some() || patch.labels.is_some();
+        // A FAILED voice may be gone at the provider; its metadata is ours alone.
+        if provider_fields
+            && current.status != VoiceStatus::Failed
+            && let Some(provider_voice_id) = &current.provider_voice_id
+        {
+            let description = patch.description.as_ref().unwrap_or(&current.description);
+            let labels = patch.labels.as_ref().unwrap_or(&current.labels.0);
+            let edit = VoiceEdit {
+                name: patch.name.clone().unwrap_or_else(|| current.name.clone()),
+                description: Some(description.clone()).filter(|d| !d.is_empty()),
+                labels: Some(provider_labels(labels, &current.language, &current.gender)),
+            };
+            self.provider.edit_voice(provider_voice_id, edit).await?;
+        }
+        self.store
+            .update_fields(id, current.revision, &patch)
+            .await?
+            .ok_or(Error::Aborted(
+                "the voice changed while it was being updated; retry",
+            ))
+    }
+
+    /// Deletes the owner's voice at the provider, then marks it DELETED.
+    ///
+    /// # Errors
+    /// NOT_FOUND unless the caller owns the live voice; a provider failure
+    /// (then nothing changed).
+    pub async fn delete(&self, owner: Uuid, id: Uuid) -> Result<Voice, Error> {
+        let current = self
+            .store
+            .get_owned(owner, id)
+            .await?
+            .ok_or(Error::NotFound("voice"))?;
+        if let Some(provider_voice_id) = &current.provider_voice_id {
+            match self.provider.delete_voice(provider_voice_id).await {
+                // Already gone there: the goal is reached.
+                Ok(()) | Err(ProviderError::NotFound) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.store
+            .mark_deleted(id)
+            .await?
+            .ok_or(Error::NotFound("voice"))
+    }
+}
+
+/// The labels the provider gets: the user's, plus `language` and `gender`
+/// (which ElevenLabs documents as label keys) when they are set.
+fn provider_labels(
+    labels: &BTreeMap<String, String>,
+    language: &str,
+    gender: &str,
+) -> BTreeMap<String, String> {
+    let mut out = labels.clone();
+    for (key, value) in [("language", language), ("gender", gender)] {
+        if !value.is_empty() {
+            out.insert(key.to_owned(), value.to_owned());
+        }
+    }
+    out
+}

@@ -1,0 +1,478 @@
+use tonic::Code;
+use uuid::Uuid;
+use voicehub::pb::{
+    self, AudioSample, CreateVoiceCloneRequest, GetVoiceRequest, ListUserVoicesRequest,
+};
+
+use crate::{
+    fake_elevenlabs::{API_KEY, Fault, Route},
+    helpers::{
+        Backend, TestApp, assert_invalid_field, create_request, mp3, spawn_app_with_fake, wav,
+    },
+    on_both_backends,
+};
+
+const MIB: usize = 1024 * 1024;
+
+async fn create_then_get_and_list_show_the_processing_voice(backend: Backend) {
+    let (app, fake) = spawn_app_with_fake(backend, |_| {}).await;
+    let owner = Uuid::new_v4();
+    let mut client = app.client(owner);
+    let voice = client
+        .create_voice_clone(create_request("Narrator"))
+        .await
+        .unwrap()
+        .into_inner();
+
+    assert_eq!(voice.status, pb::VoiceStatus::Processing as i32);
+    assert_eq!(voice.owner_user_id, owner.to_string());
+    assert_eq!(voice.name, "Narrator");
+    assert_eq!(voice.language, "en-GB", "language is canonicalised");
+    assert_eq!(voice.category, "cloned");
+    assert_eq!(voice.visibility, pb::Visibility::Private as i32);
+    assert_eq!(voice.revision, 2, "reserved, then accepted by the provider");
+    assert!(
+        fake.voice(&voice.provider_voice_id).is_some(),
+        "the provider holds the voice"
+    );
+
+    let got = client
+        .get_voice(GetVoiceRequest {
+            voice_id: voice.voice_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got, voice);
+    let listed = client
+        .list_user_voices(ListUserVoicesRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.voices, vec![voice.clone()]);
+
+    // What ElevenLabs received: one multipart POST /v1/voices/add, as its API expects.
+    let requests = fake.requests();
+    assert_eq!(requests.len(), 1);
+    let add = &requests[0];
+    assert_eq!(add.route, Route::Add);
+    assert_eq!(add.api_key.as_deref(), Some(API_KEY));
+    assert_eq!(add.text("name"), Some("Narrator"));
+    assert_eq!(add.text("description"), Some("Warm narrator voice"));
+    assert_eq!(add.text("remove_background_noise"), Some("true"));
+    let labels: serde_json::Value = serde_json::from_str(add.text("labels").unwrap()).unwrap();
+    assert_eq!(
+        labels,
+        serde_json::json!({"accent": "british", "language": "en-GB", "gender": "female"})
+    );
+    assert_eq!(
+        add.files,
+        vec![
+            (
+                "files".to_owned(),
+                "take-1.wav".to_owned(),
+                "audio/wav".to_owned(),
+                wav(200).len()
+            ),
+            (
+                "files".to_owned(),
+                "take-2.mp3".to_owned(),
+                "audio/mpeg".to_owned(),
+                mp3().len()
+            ),
+        ]
+    );
+}
+
+fn sample(filename: &str, content_type: &str, data: Vec<u8>) -> AudioSample {
+    AudioSample {
+        filename: filename.into(),
+        content_type: content_type.into(),
+        data: data.into(),
+    }
+}
+
+fn with(change: impl FnOnce(&mut CreateVoiceCloneRequest)) -> CreateVoiceCloneRequest {
+    let mut request = create_request("Valid name");
+    change(&mut request);
+    request
+}
+
+async fn every_invalid_create_request_is_refused_naming_the_field_and_nothing_is_written(
+    backend: Backend,
+) {
+    let (app, fake) = spawn_app_with_fake(backend, |_| {}).await;
+    let mut client = app.client(Uuid::new_v4());
+    let wav_sample = || sample("a.wav", "audio/wav", wav(50));
+    let long_key_field = format!("labels[{:?}]", "k".repeat(33));
+    let cases: Vec<(&str, CreateVoiceCloneRequest, &str)> = vec![
+        ("empty name", with(|r| r.name = String::new()), "name"),
+        ("blank name", with(|r| r.name = "   ".into()), "name"),
+        (
+            "name of 101 characters",
+            with(|r| r.name = "n".repeat(101)),
+            "name",
+        ),
+        (
+            "control character in name",
+            with(|r| r.name = "bad\u{0}name".into()),
+            "name",
+        ),
+        (
+            "description of 501 characters",
+            with(|r| r.description = "d".repeat(501)),
+            "description",
+        ),
+        ("no samples", with(|r| r.samples.clear()), "samples"),
+        (
+            "26 samples",
+            with(|r| r.samples = (0..26).map(|_| wav_sample()).collect()),
+            "samples",
+        ),
+        (
+            "empty sample",
+            with(|r| r.samples = vec![sample("a.wav", "audio/wav", Vec::new())]),
+            "samples[0].data",
+        ),
+        (
+            "sample over 10 MiB",
+            with(|r| {
+                let mut big = wav(50);
+                big.resize(10 * MIB + 1, 0);
+                r.samples = vec![sample("big.wav", "audio/wav", big)];
+            }),
+            "samples[0].data",
+        ),
+        (
+            "samples over 50 MiB in all",
+            with(|r| {
+                let mut ten = wav(50);
+                ten.resize(10 * MIB, 0);
+                r.samples = (0..5)
+                    .map(|i| sample(&format!("{i}.wav"), "audio/wav", ten.clone()))
+                    .collect();
+                r.samples.push(sample("extra.wav", "audio/wav", wav(50)));
+            }),
+            "samples",
+        ),
+        (
+            "empty filename",
+            with(|r| r.samples[0].filename = String::new()),
+            "samples[0].filename",
+        ),
+        (
+            "filename of 256 characters",
+            with(|r| r.samples[1].filename = "f".repeat(256)),
+            "samples[1].filename",
+        ),
+        (
+            "filename with a slash",
+            with(|r| r.samples[0].filename = "../etc/passwd".into()),
+            "samples[0].filename",
+        ),
+        (
+            "filename with a backslash",
+            with(|r| r.samples[0].filename = "c:\\x.wav".into()),
+            "samples[0].filename",
+        ),
+        (
+            "unsupported content type",
+            with(|r| r.samples[0].content_type = "image/png".into()),
+            "samples[0].content_type",
+        ),
+        (
+            "content type disagrees with the data",
+            with(|r| r.samples[0].content_type = "audio/mpeg".into()),
+            "samples[0].content_type",
+        ),
+        (
+            "data that is not audio",
+            with(|r| {
+                r.samples[1] = sample("doc.mp3", "audio/mpeg", b"%PDF-1.7 not audio".to_vec())
+            }),
+            "samples[1].data",
+        ),
+        (
+            "11 labels",
+            with(|r| r.labels = (0..11).map(|i| (format!("k{i}"), "v".into())).collect()),
+            "labels",
+        ),
+        (
+            "label key with capitals",
+            with(|r| r.labels = [("Accent".into(), "x".into())].into()),
+            "labels[\"Accent\"]",
+        ),
+        (
+            "label key of 33 characters",
+            with(|r| r.labels = [("k".repeat(33), "x".into())].into()),
+            &long_key_field,
+        ),
+        (
+            "label value of 65 characters",
+            with(|r| r.labels = [("accent".into(), "v".repeat(65))].into()),
+            "labels[\"accent\"]",
+        ),
+        (
+            "language that is not BCP-47",
+            with(|r| r.language = "english".into()),
+            "language",
+        ),
+        (
+            "gender of 33 characters",
+            with(|r| r.gender = "g".repeat(33)),
+            "gender",
+        ),
+        (
+            "request_id with a space",
+            with(|r| r.request_id = "has space".into()),
+            "request_id",
+        ),
+        (
+            "request_id of 65 characters",
+            with(|r| r.request_id = "r".repeat(65)),
+            "request_id",
+        ),
+        (
+            "unknown visibility",
+            with(|r| r.visibility = 7),
+            "visibility",
+        ),
+    ];
+    for (case, request, field) in cases {
+        let status = client.create_voice_clone(request).await.expect_err(case);
+        assert_invalid_field(&status, field);
+        assert_eq!(app.voice_rows().await, 0, "{case}: a row was written");
+        assert!(
+            fake.requests().is_empty(),
+            "{case}: the provider was called"
+        );
+    }
+}
+
+async fn a_message_larger_than_the_sample_limits_is_refused_by_the_transport(backend: Backend) {
+    let (app, fake) = spawn_app_with_fake(backend, |_| {}).await;
+    let mut nine = wav(50);
+    nine.resize(9 * MIB, 0);
+    let request = with(|r| {
+        r.samples = (0..6)
+            .map(|i| sample(&format!("{i}.wav"), "audio/wav", nine.clone()))
+            .collect()
+    });
+    let status = app
+        .client(Uuid::new_v4())
+        .create_voice_clone(request)
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+    assert_eq!(app.voice_rows().await, 0);
+    assert!(fake.requests().is_empty());
+}
+
+async fn repeating_a_request_id_returns_the_same_voice_without_a_second_clone(backend: Backend) {
+    let (app, fake) = spawn_app_with_fake(backend, |_| {}).await;
+    let mut client = app.client(Uuid::new_v4());
+    let request = with(|r| r.request_id = "create-7f3a_1".into());
+    let first = client
+        .create_voice_clone(request.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    let second = client
+        .create_voice_clone(request)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(first, second);
+    assert_eq!(fake.calls(Route::Add), 1);
+    assert_eq!(app.voice_rows().await, 1);
+    // The same key from another user is another voice.
+    let other = app
+        .client(Uuid::new_v4())
+        .create_voice_clone(with(|r| r.request_id = "create-7f3a_1".into()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_ne!(other.voice_id, first.voice_id);
+}
+
+async fn concurrent_requests_with_one_request_id_make_one_voice(backend: Backend) {
+    let (app, fake) = spawn_app_with_fake(backend, |_| {}).await;
+    // Slow the provider so both requests are in flight together.
+    fake.inject(
+        Route::Add,
+        1,
+        Fault::Slow(std::time::Duration::from_millis(200)),
+    );
+    let owner = Uuid::new_v4();
+    let request = with(|r| r.request_id = "race".into());
+    let (mut a, mut b) = (app.client(owner), app.client(owner));
+    let (ra, rb) = tokio::join!(
+        a.create_voice_clone(request.clone()),
+        b.create_voice_clone(request.clone())
+    );
+    let (va, vb) = (ra.unwrap().into_inner(), rb.unwrap().into_inner());
+    assert_eq!(va.voice_id, vb.voice_id);
+    assert_eq!(fake.calls(Route::Add), 1);
+    assert_eq!(app.voice_rows().await, 1);
+}
+
+async fn a_retry_after_a_transient_failure_succeeds_with_the_same_request_id(backend: Backend) {
+    let (app, fake) = spawn_app_with_fake(backend, |_| {}).await;
+    let mut client = app.client(Uuid::new_v4());
+    let request = with(|r| r.request_id = "retry-me".into());
+    fake.inject(Route::Add, 1, Fault::server_error());
+    let status = client
+        .create_voice_clone(request.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_eq!(app.voice_rows().await, 0, "the reservation is released");
+    let voice = client
+        .create_voice_clone(request.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(voice.status, pb::VoiceStatus::Processing as i32);
+    assert_eq!(
+        client
+            .create_voice_clone(request)
+            .await
+            .unwrap()
+            .into_inner()
+            .voice_id,
+        voice.voice_id
+    );
+    assert_eq!(fake.calls(Route::Add), 2);
+}
+
+async fn the_per_user_voice_limit_is_resource_exhausted_and_freed_by_delete(backend: Backend) {
+    let (app, fake) = spawn_app_with_fake(backend, |c| c.max_voices_per_user = 2).await;
+    let mut client = app.client(Uuid::new_v4());
+    let first = client
+        .create_voice_clone(create_request("one"))
+        .await
+        .unwrap()
+        .into_inner();
+    client
+        .create_voice_clone(create_request("two"))
+        .await
+        .unwrap();
+    let status = client
+        .create_voice_clone(create_request("three"))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains('2'), "{status:?}");
+    assert_eq!(fake.calls(Route::Add), 2, "refused before the provider");
+    // Another user has their own allowance.
+    app.client(Uuid::new_v4())
+        .create_voice_clone(create_request("theirs"))
+        .await
+        .unwrap();
+    client
+        .delete_voice(pb::DeleteVoiceRequest {
+            voice_id: first.voice_id,
+        })
+        .await
+        .unwrap();
+    client
+        .create_voice_clone(create_request("three"))
+        .await
+        .unwrap();
+}
+
+/// Makes storage fail, for real, whenever a voice named `name` is updated.
+async fn fail_updates_of_voices_named(app: &TestApp, backend: Backend, name: &str) {
+    use sea_orm::ConnectionTrait;
+    let statements = match backend {
+        Backend::Sqlite => vec![format!(
+            "CREATE TRIGGER injected_failure BEFORE UPDATE ON voices WHEN NEW.name = '{name}' \
+             BEGIN SELECT RAISE(ABORT, 'injected storage failure'); END"
+        )],
+        Backend::Postgres => vec![
+            "CREATE FUNCTION injected_failure() RETURNS trigger LANGUAGE plpgsql AS \
+             $$ BEGIN RAISE EXCEPTION 'injected storage failure'; END $$"
+                .to_owned(),
+            format!(
+                "CREATE TRIGGER injected_failure BEFORE UPDATE ON voices FOR EACH ROW \
+                 WHEN (NEW.name = '{name}') EXECUTE FUNCTION injected_failure()"
+            ),
+        ],
+    };
+    for sql in statements {
+        app.store
+            .connection()
+            .execute_unprepared(&sql)
+            .await
+            .unwrap();
+    }
+}
+
+async fn a_provider_voice_that_cannot_be_recorded_is_deleted_again(backend: Backend) {
+    let (app, fake) = spawn_app_with_fake(backend, |_| {}).await;
+    fail_updates_of_voices_named(&app, backend, "explode").await;
+    let status = app
+        .client(Uuid::new_v4())
+        .create_voice_clone(create_request("explode"))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Internal, "{status:?}");
+    assert_eq!(
+        status.message(),
+        "internal error",
+        "no internal detail leaks"
+    );
+    assert_eq!(fake.calls(Route::Add), 1);
+    assert_eq!(
+        fake.calls(Route::Delete),
+        1,
+        "compensation deleted the provider voice"
+    );
+    assert_eq!(fake.voice_count(), 0, "nothing orphaned at the provider");
+    assert_eq!(app.voice_rows().await, 0, "nothing half-written");
+    assert!(app.store.orphans().await.unwrap().is_empty());
+}
+
+async fn an_orphan_is_recorded_when_compensation_fails_too(backend: Backend) {
+    let (app, fake) = spawn_app_with_fake(backend, |_| {}).await;
+    fail_updates_of_voices_named(&app, backend, "explode").await;
+    fake.inject(Route::Delete, 10, Fault::server_error());
+    let status = app
+        .client(Uuid::new_v4())
+        .create_voice_clone(create_request("explode"))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Internal);
+    assert_eq!(fake.voice_count(), 1, "the provider still holds it");
+    let orphans = app.store.orphans().await.unwrap();
+    assert_eq!(orphans.len(), 1);
+    let provider_voice_id = fake
+        .requests()
+        .iter()
+        .find(|r| r.route == Route::Delete)
+        .unwrap()
+        .voice_id
+        .clone();
+    assert_eq!(
+        Some(orphans[0].provider_voice_id.clone()),
+        provider_voice_id
+    );
+    assert_eq!(orphans[0].provider, "elevenlabs");
+    assert_eq!(
+        fake.calls(Route::Delete),
+        4,
+        "deletion was retried, boundedly"
+    );
+}
+
+on_both_backends!(
+    create_then_get_and_list_show_the_processing_voice,
+    every_invalid_create_request_is_refused_naming_the_field_and_nothing_is_written,
+    a_message_larger_than_the_sample_limits_is_refused_by_the_transport,
+    repeating_a_request_id_returns_the_same_voice_without_a_second_clone,
+    concurrent_requests_with_one_request_id_make_one_voice,
+    a_retry_after_a_transient_failure_succeeds_with_the_same_request_id,
+    the_per_user_voice_limit_is_resource_exhausted_and_freed_by_delete,
+    a_provider_voice_that_cannot_be_recorded_is_deleted_again,
+    an_orphan_is_recorded_when_compensation_fails_too,
+);

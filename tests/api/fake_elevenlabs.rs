@@ -1,0 +1,441 @@
+//! A fake ElevenLabs: an HTTP server (axum) speaking the real API's request
+//! and response shapes for the voice endpoints voicehub uses (see
+//! shared/reference/elevenlabs-voices.md §10), recording every request and
+//! answering injected faults on demand. It is the only fake in the suite.
+
+use std::{
+    collections::{BTreeMap, HashMap, VecDeque},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use axum::{
+    Router,
+    extract::{DefaultBodyLimit, Multipart, Path, State},
+    http::{HeaderMap, StatusCode},
+    response::{IntoResponse, Response},
+    routing::{delete, get, post},
+};
+use secrecy::SecretString;
+use serde_json::{Value, json};
+use voicehub::{
+    config::ProviderConfig,
+    provider::{ElevenLabsConfig, RetryPolicy},
+};
+
+pub const API_KEY: &str = "xi-test-key-0123456789";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Route {
+    Add,
+    Get,
+    Edit,
+    Delete,
+}
+
+/// An injected answer, used once by the next request to its route.
+#[derive(Debug, Clone)]
+pub enum Fault {
+    /// Answer with this status and JSON body (and optional extra headers).
+    Respond {
+        status: u16,
+        body: Value,
+        headers: Vec<(&'static str, String)>,
+    },
+    /// Wait this long, then answer normally.
+    Slow(Duration),
+}
+
+impl Fault {
+    pub fn status(status: u16, body: Value) -> Self {
+        Fault::Respond {
+            status,
+            body,
+            headers: Vec::new(),
+        }
+    }
+    pub fn too_many_concurrent() -> Self {
+        Self::status(
+            429,
+            json!({"detail": {"status": "too_many_concurrent_requests", "message": "Too many concurrent requests for your plan."}}),
+        )
+    }
+    pub fn system_busy_new_style() -> Self {
+        Self::status(
+            429,
+            json!({"detail": {"type": "rate_limit_error", "code": "system_busy", "status": "system_busy", "message": "System busy, retry with backoff.", "request_id": "req_1"}}),
+        )
+    }
+    pub fn server_error() -> Self {
+        Self::status(
+            500,
+            json!({"detail": {"status": "internal_error", "message": "Internal Server Error"}}),
+        )
+    }
+    pub fn unavailable() -> Self {
+        Self::status(503, json!({"detail": "Service Unavailable"}))
+    }
+    pub fn voice_limit() -> Self {
+        Self::status(
+            400,
+            json!({"detail": {"status": "voice_limit_reached", "message": "You have reached your maximum amount of custom voices (10 / 10)."}}),
+        )
+    }
+    pub fn invalid_api_key() -> Self {
+        Self::status(
+            401,
+            json!({"detail": {"status": "invalid_api_key", "message": "Invalid API key"}}),
+        )
+    }
+    pub fn unprocessable_files() -> Self {
+        Self::status(
+            422,
+            json!({"detail": [{"loc": ["body", "files", 0], "msg": "Expected UploadFile, received: <class 'str'>", "type": "value_error"}]}),
+        )
+    }
+    pub fn not_found_404() -> Self {
+        Self::status(
+            404,
+            json!({"detail": {"status": "voice_not_found", "message": "A voice with the voice_id was not found."}}),
+        )
+    }
+    pub fn not_found_400() -> Self {
+        Self::status(
+            400,
+            json!({"detail": {"status": "voice_not_found", "message": "A voice with the voice_id was not found."}}),
+        )
+    }
+}
+
+/// One request as the fake received it.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub route: Route,
+    pub voice_id: Option<String>,
+    pub api_key: Option<String>,
+    /// Multipart text fields, in order.
+    pub texts: Vec<(String, String)>,
+    /// Multipart file parts: (field name, file name, content type, size).
+    pub files: Vec<(String, String, String, usize)>,
+}
+
+impl Recorded {
+    pub fn text(&self, name: &str) -> Option<&str> {
+        self.texts
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct FakeVoice {
+    pub name: String,
+    pub description: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    pub files: usize,
+}
+
+#[derive(Default)]
+struct Inner {
+    voices: HashMap<String, FakeVoice>,
+    requests: Vec<Recorded>,
+    faults: HashMap<Route, VecDeque<Fault>>,
+    next_id: u64,
+}
+
+#[derive(Clone)]
+pub struct FakeElevenLabs {
+    pub url: String,
+    inner: Arc<Mutex<Inner>>,
+}
+
+impl FakeElevenLabs {
+    /// Starts the fake on 127.0.0.1:0; it lives as long as the test's runtime.
+    pub async fn start() -> Self {
+        let inner = Arc::new(Mutex::new(Inner::default()));
+        let app = Router::new()
+            .route("/v1/voices/add", post(add))
+            .route("/v1/voices/{id}", get(get_voice))
+            .route("/v1/voices/{id}", delete(delete_voice))
+            .route("/v1/voices/{id}/edit", post(edit))
+            .layer(DefaultBodyLimit::max(64 * 1024 * 1024))
+            .with_state(inner.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        FakeElevenLabs { url, inner }
+    }
+
+    /// voicehub's provider configuration pointing here, with quick retries
+    /// and a short timeout so fault tests stay fast.
+    pub fn provider_config(&self) -> ProviderConfig {
+        ProviderConfig::ElevenLabs(ElevenLabsConfig {
+            base_url: self.url.parse().unwrap(),
+            api_key: SecretString::from(API_KEY.to_owned()),
+            timeout: Duration::from_millis(400),
+            max_concurrency: 4,
+            retry: RetryPolicy {
+                max_retries: 3,
+                base_delay: Duration::from_millis(5),
+                max_delay: Duration::from_millis(20),
+                budget: Duration::from_secs(10),
+            },
+        })
+    }
+
+    /// The next `times` requests to `route` get `fault`.
+    pub fn inject(&self, route: Route, times: usize, fault: Fault) {
+        let mut inner = self.inner.lock().unwrap();
+        let queue = inner.faults.entry(route).or_default();
+        queue.extend(std::iter::repeat_n(fault, times));
+    }
+
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.inner.lock().unwrap().requests.clone()
+    }
+
+    pub fn calls(&self, route: Route) -> usize {
+        self.requests().iter().filter(|r| r.route == route).count()
+    }
+
+    pub fn voice(&self, id: &str) -> Option<FakeVoice> {
+        self.inner.lock().unwrap().voices.get(id).cloned()
+    }
+
+    pub fn voice_count(&self) -> usize {
+        self.inner.lock().unwrap().voices.len()
+    }
+}
+
+type Shared = State<Arc<Mutex<Inner>>>;
+
+fn error(status: u16, body: Value) -> Response {
+    let mut response = (StatusCode::from_u16(status).unwrap(), axum::Json(body)).into_response();
+    response
+        .headers_mut()
+        .insert("x-trace-id", "fake-trace".parse().unwrap());
+    response
+}
+
+fn ok(body: Value) -> Response {
+    error(200, body)
+}
+
+/// Records the request, then applies a queued fault for the route, if any.
+async fn begin(inner: &Arc<Mutex<Inner>>, recorded: Recorded) -> Option<Response> {
+    let route = recorded.route;
+    let key_ok = recorded.api_key.as_deref() == Some(API_KEY);
+    let fault = {
+        let mut inner = inner.lock().unwrap();
+        inner.requests.push(recorded);
+        inner.faults.get_mut(&route).and_then(VecDeque::pop_front)
+    };
+    match fault {
+        Some(Fault::Respond {
+            status,
+            body,
+            headers,
+        }) => {
+            let mut response = error(status, body);
+            for (name, value) in headers {
+                response.headers_mut().insert(name, value.parse().unwrap());
+            }
+            return Some(response);
+        }
+        Some(Fault::Slow(delay)) => tokio::time::sleep(delay).await,
+        None => {}
+    }
+    if !key_ok {
+        return Some(error(
+            401,
+            json!({"detail": {"status": "invalid_api_key", "message": "Invalid API key"}}),
+        ));
+    }
+    None
+}
+
+fn api_key(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get("xi-api-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+async fn read_form(
+    route: Route,
+    voice_id: Option<String>,
+    headers: &HeaderMap,
+    mut form: Multipart,
+) -> Recorded {
+    let mut recorded = Recorded {
+        route,
+        voice_id,
+        api_key: api_key(headers),
+        texts: Vec::new(),
+        files: Vec::new(),
+    };
+    while let Ok(Some(field)) = form.next_field().await {
+        let name = field.name().unwrap_or_default().to_owned();
+        match field.file_name().map(str::to_owned) {
+            Some(file_name) => {
+                let content_type = field.content_type().unwrap_or_default().to_owned();
+                let size = field.bytes().await.map(|b| b.len()).unwrap_or_default();
+                recorded.files.push((name, file_name, content_type, size));
+            }
+            None => recorded
+                .texts
+                .push((name, field.text().await.unwrap_or_default())),
+        }
+    }
+    recorded
+}
+
+fn labels_of(recorded: &Recorded) -> BTreeMap<String, String> {
+    recorded
+        .text("labels")
+        .and_then(|l| serde_json::from_str(l).ok())
+        .unwrap_or_default()
+}
+
+async fn add(State(inner): Shared, headers: HeaderMap, form: Multipart) -> Response {
+    let recorded = read_form(Route::Add, None, &headers, form).await;
+    let (name, files_as_text) = (
+        recorded.text("name").map(str::to_owned),
+        recorded.texts.iter().any(|(n, _)| n == "files"),
+    );
+    let voice = FakeVoice {
+        name: name.clone().unwrap_or_default(),
+        description: recorded.text("description").map(str::to_owned),
+        labels: labels_of(&recorded),
+        files: recorded.files.iter().filter(|f| f.0 == "files").count(),
+    };
+    if let Some(response) = begin(&inner, recorded).await {
+        return response;
+    }
+    if files_as_text || voice.files == 0 {
+        return Fault::unprocessable_files().into_response_now();
+    }
+    if name.is_none_or(|n| n.is_empty()) {
+        return error(
+            422,
+            json!({"detail": [{"loc": ["body", "name"], "msg": "Field required", "type": "missing"}]}),
+        );
+    }
+    let mut inner = inner.lock().unwrap();
+    inner.next_id += 1;
+    let voice_id = format!("FakeVoice{:011}", inner.next_id);
+    inner.voices.insert(voice_id.clone(), voice);
+    ok(json!({"voice_id": voice_id, "requires_verification": false}))
+}
+
+impl Fault {
+    fn into_response_now(self) -> Response {
+        match self {
+            Fault::Respond { status, body, .. } => error(status, body),
+            Fault::Slow(_) => error(500, json!({})),
+        }
+    }
+}
+
+fn not_found() -> Response {
+    error(
+        400,
+        json!({"detail": {"status": "voice_not_found", "message": "A voice with the voice_id was not found."}}),
+    )
+}
+
+async fn get_voice(State(inner): Shared, Path(id): Path<String>, headers: HeaderMap) -> Response {
+    let recorded = Recorded {
+        route: Route::Get,
+        voice_id: Some(id.clone()),
+        api_key: api_key(&headers),
+        texts: Vec::new(),
+        files: Vec::new(),
+    };
+    if let Some(response) = begin(&inner, recorded).await {
+        return response;
+    }
+    let Some(voice) = inner.lock().unwrap().voices.get(&id).cloned() else {
+        return not_found();
+    };
+    ok(json!({
+        "voice_id": id,
+        "name": voice.name,
+        "category": "cloned",
+        "description": voice.description,
+        "labels": voice.labels,
+        "samples": (0..voice.files).map(|i| json!({
+            "sample_id": format!("sample{i}"), "file_name": format!("sample{i}.wav"),
+            "mime_type": "audio/wav", "size_bytes": 1024, "hash": "0"
+        })).collect::<Vec<_>>(),
+        "fine_tuning": {
+            "is_allowed_to_fine_tune": false, "state": {}, "verification_failures": [],
+            "verification_attempts_count": 0, "manual_verification_requested": false
+        },
+        "voice_verification": {
+            "requires_verification": false, "is_verified": false,
+            "verification_failures": [], "verification_attempts_count": 0
+        },
+        "preview_url": format!("https://storage.fake-elevenlabs.invalid/{id}/preview.mp3"),
+        "available_for_tiers": [],
+        "high_quality_base_model_ids": ["eleven_multilingual_v2"],
+        "safety_control": null,
+        "sharing": null,
+        "settings": null,
+    }))
+}
+
+async fn edit(
+    State(inner): Shared,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    form: Multipart,
+) -> Response {
+    let recorded = read_form(Route::Edit, Some(id.clone()), &headers, form).await;
+    let name = recorded.text("name").map(str::to_owned);
+    let description = recorded.text("description").map(str::to_owned);
+    let labels = recorded.text("labels").map(|_| labels_of(&recorded));
+    if let Some(response) = begin(&inner, recorded).await {
+        return response;
+    }
+    let Some(name) = name else {
+        return error(
+            422,
+            json!({"detail": [{"loc": ["body", "name"], "msg": "Field required", "type": "missing"}]}),
+        );
+    };
+    let mut inner = inner.lock().unwrap();
+    let Some(voice) = inner.voices.get_mut(&id) else {
+        return not_found();
+    };
+    voice.name = name;
+    if description.is_some() {
+        voice.description = description;
+    }
+    if let Some(labels) = labels {
+        voice.labels = labels;
+    }
+    ok(json!({"status": "ok"}))
+}
+
+async fn delete_voice(
+    State(inner): Shared,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let recorded = Recorded {
+        route: Route::Delete,
+        voice_id: Some(id.clone()),
+        api_key: api_key(&headers),
+        texts: Vec::new(),
+        files: Vec::new(),
+    };
+    if let Some(response) = begin(&inner, recorded).await {
+        return response;
+    }
+    match inner.lock().unwrap().voices.remove(&id) {
+        Some(_) => ok(json!({"status": "ok"})),
+        None => not_found(),
+    }
+}

@@ -1,0 +1,375 @@
+use prost_types::FieldMask;
+use tonic::Code;
+use uuid::Uuid;
+use voicehub::pb::{
+    self, DeleteVoiceRequest, GetVoiceRequest, ListUserVoicesRequest, UpdateVoiceRequest, Voice,
+};
+
+use crate::{
+    fake_elevenlabs::{Fault, Route},
+    helpers::{Backend, assert_invalid_field, create_request, spawn_app_with_fake},
+    on_both_backends,
+};
+
+fn update(voice: Voice, paths: &[&str]) -> UpdateVoiceRequest {
+    UpdateVoiceRequest {
+        voice: Some(voice),
+        update_mask: Some(FieldMask {
+            paths: paths.iter().map(|p| p.to_string()).collect(),
+        }),
+    }
+}
+
+fn later(a: &Option<prost_types::Timestamp>, b: &Option<prost_types::Timestamp>) -> bool {
+    let (a, b) = ((*a).unwrap(), (*b).unwrap());
+    (a.seconds, a.nanos) > (b.seconds, b.nanos)
+}
+
+async fn each_update_path_changes_its_field_and_advances_the_revision(backend: Backend) {
+    let (app, fake) = spawn_app_with_fake(backend, |_| {}).await;
+    let mut client = app.client(Uuid::new_v4());
+    let created = client
+        .create_voice_clone(create_request("Before"))
+        .await
+        .unwrap()
+        .into_inner();
+    let provider_id = created.provider_voice_id.clone();
+
+    let mut changed = created.clone();
+    changed.name = "  After  ".into();
+    changed.description = "should be ignored: not in the mask".into();
+    let v = client
+        .update_voice(update(changed, &["name"]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(v.name, "After");
+    assert_eq!(v.description, created.description);
+    assert_eq!(v.revision, created.revision + 1);
+    assert!(later(&v.updated_at, &created.updated_at));
+    assert_eq!(
+        fake.voice(&provider_id).unwrap().name,
+        "After",
+        "renamed at the provider"
+    );
+
+    let mut changed = v.clone();
+    changed.description = "Now brighter".into();
+    let v2 = client
+        .update_voice(update(changed, &["description"]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(v2.description, "Now brighter");
+    assert_eq!(v2.revision, v.revision + 1);
+    assert_eq!(
+        fake.voice(&provider_id).unwrap().description.as_deref(),
+        Some("Now brighter")
+    );
+
+    let mut changed = v2.clone();
+    changed.labels = [("use_case".to_owned(), "audiobook".to_owned())].into();
+    let v3 = client
+        .update_voice(update(changed, &["labels"]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        v3.labels,
+        [("use_case".to_owned(), "audiobook".to_owned())].into()
+    );
+    let at_provider = fake.voice(&provider_id).unwrap().labels;
+    assert_eq!(
+        at_provider.get("use_case").map(String::as_str),
+        Some("audiobook")
+    );
+    assert_eq!(
+        at_provider.get("language").map(String::as_str),
+        Some("en-GB")
+    );
+
+    let edits_before = fake.calls(Route::Edit);
+    let mut changed = v3.clone();
+    changed.visibility = pb::Visibility::Public as i32;
+    let v4 = client
+        .update_voice(update(changed, &["visibility"]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(v4.visibility, pb::Visibility::Public as i32);
+    assert_eq!(v4.revision, v3.revision + 1);
+    assert_eq!(
+        fake.calls(Route::Edit),
+        edits_before,
+        "visibility is ours alone"
+    );
+
+    // Every edit sent the name ElevenLabs requires.
+    assert!(
+        fake.requests()
+            .iter()
+            .filter(|r| r.route == Route::Edit)
+            .all(|r| r.text("name").is_some())
+    );
+    let got = client
+        .get_voice(GetVoiceRequest {
+            voice_id: v4.voice_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got, v4);
+}
+
+async fn every_invalid_update_is_refused_naming_the_field(backend: Backend) {
+    let (app, fake) = spawn_app_with_fake(backend, |_| {}).await;
+    let mut client = app.client(Uuid::new_v4());
+    let voice = client
+        .create_voice_clone(create_request("Mine"))
+        .await
+        .unwrap()
+        .into_inner();
+    let with = |change: fn(&mut Voice), paths: &[&str]| {
+        let mut v = voice.clone();
+        change(&mut v);
+        update(v, paths)
+    };
+    let cases: Vec<(&str, UpdateVoiceRequest, &str)> = vec![
+        ("empty mask", with(|_| {}, &[]), "update_mask"),
+        (
+            "no mask at all",
+            UpdateVoiceRequest {
+                voice: Some(voice.clone()),
+                update_mask: None,
+            },
+            "update_mask",
+        ),
+        ("unknown path", with(|_| {}, &["status"]), "update_mask"),
+        (
+            "output-only path",
+            with(|_| {}, &["provider_voice_id"]),
+            "update_mask",
+        ),
+        (
+            "no voice",
+            UpdateVoiceRequest {
+                voice: None,
+                update_mask: Some(FieldMask {
+                    paths: vec!["name".into()],
+                }),
+            },
+            "voice",
+        ),
+        (
+            "malformed voice_id",
+            with(|v| v.voice_id = "nope".into(), &["name"]),
+            "voice.voice_id",
+        ),
+        (
+            "empty name",
+            with(|v| v.name = String::new(), &["name"]),
+            "voice.name",
+        ),
+        (
+            "long description",
+            with(|v| v.description = "d".repeat(501), &["description"]),
+            "voice.description",
+        ),
+        (
+            "unspecified visibility",
+            with(|v| v.visibility = 0, &["visibility"]),
+            "voice.visibility",
+        ),
+        (
+            "bad label key",
+            with(
+                |v| v.labels = [("Bad".into(), "x".into())].into(),
+                &["labels"],
+            ),
+            "voice.labels[\"Bad\"]",
+        ),
+    ];
+    let before = fake.requests().len();
+    for (case, request, field) in cases {
+        let status = client.update_voice(request).await.expect_err(case);
+        assert_invalid_field(&status, field);
+    }
+    assert_eq!(
+        fake.requests().len(),
+        before,
+        "nothing reached the provider"
+    );
+    let unchanged = client
+        .get_voice(GetVoiceRequest {
+            voice_id: voice.voice_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(unchanged, voice);
+}
+
+async fn delete_removes_the_voice_at_the_provider_and_from_get_and_list(backend: Backend) {
+    let (app, fake) = spawn_app_with_fake(backend, |_| {}).await;
+    let mut client = app.client(Uuid::new_v4());
+    let voice = client
+        .create_voice_clone(create_request("Short-lived"))
+        .await
+        .unwrap()
+        .into_inner();
+    client
+        .delete_voice(DeleteVoiceRequest {
+            voice_id: voice.voice_id.clone(),
+        })
+        .await
+        .unwrap();
+    assert!(fake.voice(&voice.provider_voice_id).is_none());
+    let status = client
+        .get_voice(GetVoiceRequest {
+            voice_id: voice.voice_id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+    assert!(
+        client
+            .list_user_voices(ListUserVoicesRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .voices
+            .is_empty()
+    );
+    let again = client
+        .delete_voice(DeleteVoiceRequest {
+            voice_id: voice.voice_id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(again.code(), Code::NotFound, "deleting twice");
+    assert_eq!(fake.calls(Route::Delete), 1);
+    assert_eq!(app.voice_rows().await, 1, "kept for audit");
+    let status = client
+        .delete_voice(DeleteVoiceRequest {
+            voice_id: "x".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_invalid_field(&status, "voice_id");
+}
+
+async fn a_voice_already_gone_at_the_provider_counts_as_deleted(backend: Backend) {
+    let (app, fake) = spawn_app_with_fake(backend, |_| {}).await;
+    let mut client = app.client(Uuid::new_v4());
+    for fault in [Fault::not_found_404(), Fault::not_found_400()] {
+        let voice = client
+            .create_voice_clone(create_request("Gone"))
+            .await
+            .unwrap()
+            .into_inner();
+        fake.inject(Route::Delete, 1, fault);
+        client
+            .delete_voice(DeleteVoiceRequest {
+                voice_id: voice.voice_id.clone(),
+            })
+            .await
+            .unwrap();
+        let status = client
+            .get_voice(GetVoiceRequest {
+                voice_id: voice.voice_id,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::NotFound);
+    }
+}
+
+async fn a_failing_provider_delete_leaves_the_voice_as_it_was(backend: Backend) {
+    let (app, fake) = spawn_app_with_fake(backend, |_| {}).await;
+    let mut client = app.client(Uuid::new_v4());
+    let voice = client
+        .create_voice_clone(create_request("Sticky"))
+        .await
+        .unwrap()
+        .into_inner();
+    fake.inject(Route::Delete, 10, Fault::server_error());
+    let status = client
+        .delete_voice(DeleteVoiceRequest {
+            voice_id: voice.voice_id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_eq!(
+        fake.calls(Route::Delete),
+        4,
+        "one attempt and three retries"
+    );
+    let still = client
+        .get_voice(GetVoiceRequest {
+            voice_id: voice.voice_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(still, voice);
+}
+
+async fn another_user_can_neither_update_nor_delete_a_voice_public_or_private(backend: Backend) {
+    let (app, fake) = spawn_app_with_fake(backend, |_| {}).await;
+    let (alice, bob) = (app.client(Uuid::new_v4()), app.client(Uuid::new_v4()));
+    let (mut alice, mut bob) = (alice, bob);
+    let private = alice
+        .create_voice_clone(create_request("Private"))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut public_request = create_request("Public");
+    public_request.visibility = pb::Visibility::Public as i32;
+    let public = alice
+        .create_voice_clone(public_request)
+        .await
+        .unwrap()
+        .into_inner();
+    let calls = fake.requests().len();
+    for voice in [&private, &public] {
+        let mut renamed = voice.clone();
+        renamed.name = "Stolen".into();
+        let status = bob
+            .update_voice(update(renamed, &["name"]))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::NotFound, "update {}", voice.name);
+        let status = bob
+            .delete_voice(DeleteVoiceRequest {
+                voice_id: voice.voice_id.clone(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::NotFound, "delete {}", voice.name);
+        let unchanged = alice
+            .get_voice(GetVoiceRequest {
+                voice_id: voice.voice_id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(&unchanged, voice);
+    }
+    assert_eq!(fake.requests().len(), calls, "the provider was never asked");
+    // Bob can still read the public one.
+    bob.get_voice(GetVoiceRequest {
+        voice_id: public.voice_id,
+    })
+    .await
+    .unwrap();
+}
+
+on_both_backends!(
+    each_update_path_changes_its_field_and_advances_the_revision,
+    every_invalid_update_is_refused_naming_the_field,
+    delete_removes_the_voice_at_the_provider_and_from_get_and_list,
+    a_voice_already_gone_at_the_provider_counts_as_deleted,
+    a_failing_provider_delete_leaves_the_voice_as_it_was,
+    another_user_can_neither_update_nor_delete_a_voice_public_or_private,
+);
