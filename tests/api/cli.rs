@@ -17,7 +17,10 @@ fn voicehub(dir: &std::path::Path) -> Command {
         .env_remove("VOICEHUB_JWT_SECRET")
         .env_remove("VOICEHUB_JWT_ISSUER")
         .env_remove("VOICEHUB_JWT_AUDIENCE")
-        .env_remove("VOICEHUB_LISTEN");
+        .env_remove("VOICEHUB_LISTEN")
+        .env_remove("VOICEHUB_PROVIDER")
+        .env_remove("ELEVENLABS_API_KEY")
+        .env_remove("ELEVENLABS_BASE_URL");
     cmd
 }
 
@@ -82,23 +85,34 @@ fn token_refuses_a_user_that_is_not_a_uuid() {
 #[test]
 fn serve_refuses_bad_configuration_with_the_variable_named() {
     let dir = tempfile::tempdir().unwrap();
-    for (var, value, needle) in [
-        ("VOICEHUB_JWT_SECRET", "short", "VOICEHUB_JWT_SECRET"),
-        ("DATABASE_URL", "mysql://localhost/x", "DATABASE_URL"),
-        ("VOICEHUB_LISTEN", "not-an-address", "VOICEHUB_LISTEN"),
-        ("REDIS_URL", "http://localhost", "REDIS_URL"),
-    ] {
+    let cases: [(&[(&str, &str)], &str); 8] = [
+        (&[("VOICEHUB_JWT_SECRET", "short")], "VOICEHUB_JWT_SECRET"),
+        (&[("DATABASE_URL", "mysql://localhost/x")], "DATABASE_URL"),
+        (&[("VOICEHUB_LISTEN", "not-an-address")], "--listen"),
+        (&[("REDIS_URL", "http://localhost")], "REDIS_URL"),
+        (
+            &[("VOICEHUB_MAX_VOICES_PER_USER", "0")],
+            "VOICEHUB_MAX_VOICES_PER_USER",
+        ),
+        (&[("VOICEHUB_PROVIDER", "elevenlabs")], "ELEVENLABS_API_KEY"),
+        (&[("VOICEHUB_PROVIDER", "acme")], "--provider"),
+        (
+            &[
+                ("ELEVENLABS_API_KEY", "k"),
+                ("ELEVENLABS_BASE_URL", "ftp://files.example"),
+            ],
+            "ELEVENLABS_BASE_URL",
+        ),
+    ];
+    for (env, needle) in cases {
         let out = voicehub(dir.path())
             .arg("serve")
-            .env(var, value)
+            .envs(env.iter().copied())
             .output()
             .unwrap();
-        assert!(!out.status.success(), "{var}={value} accepted");
+        assert!(!out.status.success(), "{env:?} accepted");
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            stderr.contains(needle) || stderr.contains("--listen"),
-            "{var}: {stderr}"
-        );
+        assert!(stderr.contains(needle), "{env:?}: {stderr}");
     }
 }
 

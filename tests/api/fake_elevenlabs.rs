@@ -138,6 +138,8 @@ pub struct FakeVoice {
 
 #[derive(Default)]
 struct Inner {
+    in_flight: usize,
+    max_in_flight: usize,
     voices: HashMap<String, FakeVoice>,
     requests: Vec<Recorded>,
     faults: HashMap<Route, VecDeque<Fault>>,
@@ -160,6 +162,10 @@ impl FakeElevenLabs {
             .route("/v1/voices/{id}", delete(delete_voice))
             .route("/v1/voices/{id}/edit", post(edit))
             .layer(DefaultBodyLimit::max(64 * 1024 * 1024))
+            .layer(axum::middleware::from_fn_with_state(
+                inner.clone(),
+                count_in_flight,
+            ))
             .with_state(inner.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
@@ -203,12 +209,39 @@ impl FakeElevenLabs {
         self.inner.lock().unwrap().voices.get(id).cloned()
     }
 
+    /// The most requests that were being answered at the same moment.
+    pub fn max_in_flight(&self) -> usize {
+        self.inner.lock().unwrap().max_in_flight
+    }
+
     pub fn voice_count(&self) -> usize {
         self.inner.lock().unwrap().voices.len()
     }
 }
 
 type Shared = State<Arc<Mutex<Inner>>>;
+
+/// Counts requests in progress; the guard also counts down a request the
+/// client abandoned (its future is dropped).
+async fn count_in_flight(
+    State(inner): Shared,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    struct Leave(Arc<Mutex<Inner>>);
+    impl Drop for Leave {
+        fn drop(&mut self) {
+            self.0.lock().unwrap().in_flight -= 1;
+        }
+    }
+    {
+        let mut state = inner.lock().unwrap();
+        state.in_flight += 1;
+        state.max_in_flight = state.max_in_flight.max(state.in_flight);
+    }
+    let _leave = Leave(inner);
+    next.run(request).await
+}
 
 fn error(status: u16, body: Value) -> Response {
     let mut response = (StatusCode::from_u16(status).unwrap(), axum::Json(body)).into_response();

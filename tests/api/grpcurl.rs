@@ -15,7 +15,10 @@ use voicehub::{
     store::{Store, Visibility, VoiceStatus},
 };
 
-use crate::helpers::voice;
+use crate::{
+    fake_elevenlabs::{API_KEY, FakeElevenLabs, Route},
+    helpers::voice,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_voicehub");
 
@@ -31,6 +34,9 @@ fn voicehub(dir: &Path) -> Command {
         "VOICEHUB_JWT_ISSUER",
         "VOICEHUB_JWT_AUDIENCE",
         "VOICEHUB_LOG_FORMAT",
+        "VOICEHUB_PROVIDER",
+        "ELEVENLABS_API_KEY",
+        "ELEVENLABS_BASE_URL",
         "RUST_LOG",
     ] {
         cmd.env_remove(var);
@@ -45,13 +51,14 @@ struct Server {
     reader: Option<std::thread::JoinHandle<()>>,
 }
 
-/// Starts `voicehub serve` with zero configuration except a free port, and
-/// returns once it logged its bound address (no sleeping).
-fn serve(dir: &Path) -> Server {
+/// Starts `voicehub serve` with zero configuration except a free port (and
+/// `env`), and returns once it logged its bound address (no sleeping).
+fn serve(dir: &Path, env: &[(&str, &str)]) -> Server {
     let mut child = voicehub(dir)
         .arg("serve")
         .env("VOICEHUB_LISTEN", "127.0.0.1:0")
         .env("VOICEHUB_LOG_FORMAT", "json")
+        .envs(env.iter().copied())
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()
@@ -108,7 +115,7 @@ fn stdout_of(output: &Output) -> String {
 #[tokio::test]
 async fn grpcurl_lists_describes_checks_health_and_lists_voices_with_a_minted_token() {
     let dir = tempfile::tempdir().unwrap();
-    let server = serve(dir.path());
+    let server = serve(dir.path(), &[]);
     let addr = server.addr.as_str();
 
     let list = stdout_of(&grpcurl(&["-plaintext", addr, "list"]));
@@ -254,6 +261,138 @@ async fn grpcurl_lists_describes_checks_health_and_lists_voices_with_a_minted_to
     );
 
     stop_with_sigterm(server);
+}
+
+/// Mints a token with `voicehub token` in `dir` (zero configuration).
+fn token(dir: &Path, user: Uuid) -> String {
+    let out = voicehub(dir)
+        .args(["token", "--user", &user.to_string()])
+        .output()
+        .unwrap();
+    format!("authorization: Bearer {}", stdout_of(&out).trim())
+}
+
+fn call(addr: &str, auth: &str, method: &str, body: &str) -> serde_json::Value {
+    let out = grpcurl(&[
+        "-plaintext",
+        "-H",
+        auth,
+        "-d",
+        body,
+        addr,
+        &format!("voicehub.v1.VoiceService/{method}"),
+    ]);
+    serde_json::from_str(&stdout_of(&out)).unwrap()
+}
+
+/// Create (a real WAV, base64 in JSON), update, get, delete: the write path
+/// as a grpcurl user drives it. Returns the provider's voice id.
+fn write_path_through_grpcurl(dir: &Path, addr: &str) -> String {
+    use base64::Engine;
+    let auth = token(dir, Uuid::new_v4());
+    let wav = base64::engine::general_purpose::STANDARD.encode(crate::helpers::wav(250));
+    let create = serde_json::json!({
+        "name": "Narrator",
+        "description": "made with grpcurl",
+        "samples": [{"filename": "hello.wav", "content_type": "audio/wav", "data": wav}],
+        "labels": {"accent": "british"},
+        "language": "en",
+        "request_id": "e2e-create-1",
+    });
+    let created = call(addr, &auth, "CreateVoiceClone", &create.to_string());
+    println!("grpcurl CreateVoiceClone:\n{created:#}");
+    assert_eq!(created["status"], "VOICE_STATUS_PROCESSING", "{created}");
+    let voice_id = created["voiceId"].as_str().unwrap().to_owned();
+    let provider_voice_id = created["providerVoiceId"].as_str().unwrap().to_owned();
+    assert!(!provider_voice_id.is_empty());
+    let again = call(addr, &auth, "CreateVoiceClone", &create.to_string());
+    assert_eq!(
+        again["voiceId"],
+        voice_id.as_str(),
+        "the request_id made it idempotent"
+    );
+
+    let update = serde_json::json!({
+        "voice": {"voice_id": voice_id, "name": "Narrator (warm)", "visibility": "VISIBILITY_PUBLIC"},
+        "update_mask": {"paths": ["name", "visibility"]},
+    });
+    let updated = call(addr, &auth, "UpdateVoice", &update.to_string());
+    assert_eq!(updated["name"], "Narrator (warm)");
+    assert_eq!(updated["visibility"], "VISIBILITY_PUBLIC");
+    assert_eq!(
+        updated["revision"], "3",
+        "int64 is a JSON string: {updated}"
+    );
+
+    let get = format!(r#"{{"voice_id":"{voice_id}"}}"#);
+    assert_eq!(
+        call(addr, &auth, "GetVoice", &get)["name"],
+        "Narrator (warm)"
+    );
+    assert_eq!(
+        call(addr, &auth, "DeleteVoice", &get),
+        serde_json::json!({})
+    );
+    let gone = grpcurl(&[
+        "-plaintext",
+        "-H",
+        &auth,
+        "-d",
+        &get,
+        addr,
+        "voicehub.v1.VoiceService/GetVoice",
+    ]);
+    assert!(String::from_utf8_lossy(&gone.stderr).contains("NotFound"));
+    provider_voice_id
+}
+
+#[tokio::test]
+async fn grpcurl_creates_updates_and_deletes_a_voice_with_the_simulated_provider() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve(dir.path(), &[]);
+    write_path_through_grpcurl(dir.path(), &server.addr);
+    let logs = server.logs.lock().unwrap().join("\n");
+    assert!(
+        logs.contains("using the simulated voice provider"),
+        "{logs}"
+    );
+    assert!(logs.contains(r#""provider":"simulated""#), "{logs}");
+}
+
+#[tokio::test]
+async fn grpcurl_creates_updates_and_deletes_a_voice_at_a_fake_elevenlabs() {
+    let fake = FakeElevenLabs::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve(
+        dir.path(),
+        &[
+            ("ELEVENLABS_BASE_URL", &fake.url),
+            ("ELEVENLABS_API_KEY", API_KEY),
+            ("RUST_LOG", "debug"),
+        ],
+    );
+    // grpcurl blocks; the fake needs this runtime to answer meanwhile.
+    let addr = server.addr.clone();
+    let path = dir.path().to_owned();
+    let provider_voice_id =
+        tokio::task::spawn_blocking(move || write_path_through_grpcurl(&path, &addr))
+            .await
+            .unwrap();
+    let routes: Vec<Route> = fake.requests().iter().map(|r| r.route).collect();
+    assert_eq!(routes, [Route::Add, Route::Edit, Route::Delete]);
+    assert!(
+        fake.requests()
+            .iter()
+            .all(|r| r.api_key.as_deref() == Some(API_KEY))
+    );
+    assert_eq!(fake.requests()[0].files[0].1, "hello.wav");
+    assert!(
+        fake.voice(&provider_voice_id).is_none(),
+        "deleted at the provider"
+    );
+    let logs = server.logs.lock().unwrap().join("\n");
+    assert!(logs.contains(r#""provider":"elevenlabs""#), "{logs}");
+    assert!(!logs.contains(API_KEY), "the API key reached the log");
 }
 
 /// SIGTERM: health goes NOT_SERVING, the server drains and exits 0.

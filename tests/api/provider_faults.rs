@@ -217,3 +217,28 @@ async fn updating_a_voice_gone_at_the_provider_is_failed_precondition() {
         .unwrap_err();
     assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
 }
+
+#[tokio::test]
+async fn no_more_than_max_concurrency_requests_are_in_flight_at_the_provider() {
+    let (app, fake) = spawn_app_with_fake(Backend::Sqlite, |c| {
+        if let voicehub::config::ProviderConfig::ElevenLabs(e) = &mut c.provider {
+            e.max_concurrency = 2;
+        }
+    })
+    .await;
+    // Slow answers keep requests on the wire long enough to overlap.
+    fake.inject(Route::Add, 6, Fault::Slow(Duration::from_millis(150)));
+    let creates = (0..6).map(|i| {
+        let mut client = app.client(Uuid::new_v4());
+        async move {
+            client
+                .create_voice_clone(create_request(&format!("Voice {i}")))
+                .await
+        }
+    });
+    for result in futures_util::future::join_all(creates).await {
+        result.unwrap();
+    }
+    assert_eq!(fake.calls(Route::Add), 6);
+    assert_eq!(fake.max_in_flight(), 2, "the limit held, and was used");
+}
