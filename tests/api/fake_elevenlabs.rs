@@ -120,6 +120,16 @@ pub struct Recorded {
 }
 
 impl Recorded {
+    fn bodiless(route: Route, voice_id: &str, headers: &HeaderMap) -> Self {
+        Recorded {
+            route,
+            voice_id: Some(voice_id.to_owned()),
+            api_key: api_key(headers),
+            texts: Vec::new(),
+            files: Vec::new(),
+        }
+    }
+
     pub fn text(&self, name: &str) -> Option<&str> {
         self.texts
             .iter()
@@ -379,13 +389,7 @@ fn not_found() -> Response {
 }
 
 async fn get_voice(State(inner): Shared, Path(id): Path<String>, headers: HeaderMap) -> Response {
-    let recorded = Recorded {
-        route: Route::Get,
-        voice_id: Some(id.clone()),
-        api_key: api_key(&headers),
-        texts: Vec::new(),
-        files: Vec::new(),
-    };
+    let recorded = Recorded::bodiless(Route::Get, &id, &headers);
     if let Some(response) = begin(&inner, recorded).await {
         return response;
     }
@@ -457,13 +461,7 @@ async fn delete_voice(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let recorded = Recorded {
-        route: Route::Delete,
-        voice_id: Some(id.clone()),
-        api_key: api_key(&headers),
-        texts: Vec::new(),
-        files: Vec::new(),
-    };
+    let recorded = Recorded::bodiless(Route::Delete, &id, &headers);
     if let Some(response) = begin(&inner, recorded).await {
         return response;
     }

@@ -180,6 +180,16 @@ pub async fn spawn_app_with_fake(
     (app, fake)
 }
 
+/// The ElevenLabs settings inside a test configuration.
+pub fn elevenlabs(config: &mut Config) -> &mut voicehub::provider::ElevenLabsConfig {
+    match &mut config.provider {
+        ProviderConfig::ElevenLabs(e) => e,
+        ProviderConfig::Simulated { .. } => {
+            panic!("this test needs the (fake) ElevenLabs provider")
+        }
+    }
+}
+
 /// A real PCM WAV file: 16 kHz, 16-bit mono, a 440 Hz tone of `millis` ms.
 pub fn wav(millis: u32) -> Vec<u8> {
     let samples = 16 * millis;

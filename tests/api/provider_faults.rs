@@ -12,7 +12,7 @@ use voicehub::pb::{DeleteVoiceRequest, UpdateVoiceRequest};
 
 use crate::{
     fake_elevenlabs::{Fault, Route},
-    helpers::{Backend, create_request, spawn_app_with_fake},
+    helpers::{Backend, create_request, elevenlabs, spawn_app_with_fake},
 };
 
 #[tokio::test]
@@ -159,9 +159,7 @@ async fn a_rejected_api_key_is_internal_for_the_caller_and_not_retried() {
     assert_eq!(fake.calls(Route::Add), 1);
     // A wrongly configured key is refused by the fake itself the same way.
     let (app, fake) = spawn_app_with_fake(Backend::Sqlite, |c| {
-        if let voicehub::config::ProviderConfig::ElevenLabs(e) = &mut c.provider {
-            e.api_key = secrecy::SecretString::from("wrong-key".to_owned());
-        }
+        elevenlabs(c).api_key = secrecy::SecretString::from("wrong-key".to_owned())
     })
     .await;
     let status = app
@@ -220,12 +218,8 @@ async fn updating_a_voice_gone_at_the_provider_is_failed_precondition() {
 
 #[tokio::test]
 async fn no_more_than_max_concurrency_requests_are_in_flight_at_the_provider() {
-    let (app, fake) = spawn_app_with_fake(Backend::Sqlite, |c| {
-        if let voicehub::config::ProviderConfig::ElevenLabs(e) = &mut c.provider {
-            e.max_concurrency = 2;
-        }
-    })
-    .await;
+    let (app, fake) =
+        spawn_app_with_fake(Backend::Sqlite, |c| elevenlabs(c).max_concurrency = 2).await;
     // Slow answers keep requests on the wire long enough to overlap.
     fake.inject(Route::Add, 6, Fault::Slow(Duration::from_millis(150)));
     let creates = (0..6).map(|i| {
