@@ -18,7 +18,10 @@ use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 use secrecy::{ExposeSecret, SecretString};
 use uuid::Uuid;
 
-use crate::provider::{ElevenLabsConfig, RetryPolicy};
+use crate::{
+    provider::{ElevenLabsConfig, RetryPolicy},
+    sync::SyncConfig,
+};
 
 /// The default database: a SQLite file in the working directory, created if missing.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://voicehub.db?mode=rwc";
@@ -77,6 +80,30 @@ pub struct ServeArgs {
     /// A voice still PROCESSING this long after creation is FAILED.
     #[arg(long, env = "VOICEHUB_SYNC_MAX_AGE", default_value = "30m", value_parser = humantime::parse_duration)]
     pub sync_max_age: Duration,
+    /// Longest a Redis command may take (then the caller gets an error).
+    #[arg(long, env = "VOICEHUB_REDIS_TIMEOUT", default_value = "3s", value_parser = humantime::parse_duration)]
+    pub redis_timeout: Duration,
+    /// Prefix of every Redis key and channel voicehub uses.
+    #[arg(long, env = "VOICEHUB_REDIS_PREFIX", default_value = "voicehub")]
+    pub redis_prefix: String,
+    /// Run the status sync worker in this process (API-only replicas may turn it off).
+    #[arg(long, env = "VOICEHUB_SYNC_WORKER", default_value_t = true, action = ArgAction::Set)]
+    pub sync_worker: bool,
+    /// Most voices one sync step claims.
+    #[arg(long, env = "VOICEHUB_SYNC_BATCH", default_value_t = 32)]
+    pub sync_batch: usize,
+    /// How long a claimed voice is reserved for the replica that claimed it.
+    #[arg(long, env = "VOICEHUB_SYNC_LEASE", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub sync_lease: Duration,
+    /// Longest the sync worker sleeps when nothing is due.
+    #[arg(long, env = "VOICEHUB_SYNC_IDLE", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub sync_idle: Duration,
+    /// Longest delay between two checks of one voice.
+    #[arg(long, env = "VOICEHUB_SYNC_MAX_BACKOFF", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub sync_max_backoff: Duration,
+    /// How often the due-queue is reconciled with storage regardless.
+    #[arg(long, env = "VOICEHUB_SYNC_RECONCILE_INTERVAL", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub sync_reconcile_interval: Duration,
     #[command(flatten)]
     pub database: DatabaseArgs,
     #[command(flatten)]
@@ -219,6 +246,11 @@ pub struct Config {
     pub health_interval: Duration,
     pub max_voices_per_user: u64,
     pub sync_max_age: Duration,
+    pub redis_prefix: String,
+    pub redis_timeout: Duration,
+    /// Run the sync worker loop in this process.
+    pub sync_worker: bool,
+    pub sync: SyncConfig,
     pub database: DatabaseConfig,
     pub auth: AuthConfig,
     pub provider: ProviderConfig,
@@ -257,6 +289,17 @@ impl ServeArgs {
         if self.sync_max_age.is_zero() {
             bail!("VOICEHUB_SYNC_MAX_AGE must be above zero");
         }
+        if self.sync_batch == 0 || self.sync_lease.is_zero() || self.sync_idle.is_zero() {
+            bail!(
+                "VOICEHUB_SYNC_BATCH, VOICEHUB_SYNC_LEASE and VOICEHUB_SYNC_IDLE must be above zero"
+            );
+        }
+        if self.redis_timeout.is_zero() {
+            bail!("VOICEHUB_REDIS_TIMEOUT must be above zero");
+        }
+        if self.redis_prefix.is_empty() || self.redis_prefix.contains(char::is_whitespace) {
+            bail!("VOICEHUB_REDIS_PREFIX must be a non-empty word");
+        }
         Ok(Config {
             listen: self.listen,
             migrate_on_start: self.migrate_on_start,
@@ -264,6 +307,17 @@ impl ServeArgs {
             health_interval: self.health_interval,
             max_voices_per_user: self.max_voices_per_user,
             sync_max_age: self.sync_max_age,
+            redis_prefix: self.redis_prefix,
+            redis_timeout: self.redis_timeout,
+            sync_worker: self.sync_worker,
+            sync: SyncConfig {
+                batch: self.sync_batch,
+                lease: self.sync_lease,
+                idle: self.sync_idle,
+                max_backoff: self.sync_max_backoff.max(SyncConfig::default().min_backoff),
+                reconcile_every: self.sync_reconcile_interval,
+                ..SyncConfig::default()
+            },
             database: self.database.into_config()?,
             auth: self.auth.into_config(Path::new("."))?,
             provider: self.provider.into_config()?,

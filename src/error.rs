@@ -36,9 +36,6 @@ pub enum Error {
     /// The voice provider failed or refused.
     #[error(transparent)]
     Provider(#[from] ProviderError),
-    /// The RPC exists in the contract but is not served by this version.
-    #[error("{0} is not implemented yet")]
-    Unimplemented(&'static str),
     /// The database failed or is unreachable.
     #[error("storage error")]
     Storage(#[from] sea_orm::DbErr),
@@ -129,9 +126,6 @@ impl From<Error> for Status {
             Error::Unauthenticated(why) => {
                 tracing::debug!(reason = why, "rejected unauthenticated call");
                 Status::unauthenticated(why)
-            }
-            Error::Unimplemented(rpc) => {
-                Status::unimplemented(format!("{rpc} is not implemented yet"))
             }
             Error::Storage(ref cause) => {
                 tracing::error!(error = %chain(cause), "storage failure");

@@ -6,11 +6,14 @@
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod events;
 pub mod grpc;
 pub mod health;
 pub mod provider;
+pub mod redis;
 pub mod server;
 pub mod store;
+pub mod sync;
 pub mod telemetry;
 pub mod voices;
 

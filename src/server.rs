@@ -1,13 +1,19 @@
-//! The server as a whole: storage, auth, health, reflection and the API on
-//! one listener.
+//! The server as a whole: storage, provider, sync engine, events, auth,
+//! health, reflection and the API on one listener.
 //!
 //! [`Application::build`] does everything that can fail at start-up (connect,
 //! migrate, bind) and returns a server that knows its address, so tests bind
 //! `127.0.0.1:0` and call it without waiting. [`Application::run_until_stopped`]
-//! serves until the shutdown token is cancelled: health goes NOT_SERVING,
-//! the listener closes, in-flight calls finish, background tasks stop.
+//! serves until the shutdown token is cancelled — the one token every
+//! background task and every watch stream listens to: health goes
+//! NOT_SERVING, watch streams end with UNAVAILABLE, the listener closes,
+//! in-flight calls finish, background tasks stop, connections close.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{
+    net::SocketAddr,
+    sync::{Arc, atomic::AtomicBool},
+    time::Duration,
+};
 
 use anyhow::Context;
 use tokio::net::TcpListener;
@@ -19,12 +25,25 @@ use tonic_health::ServingStatus;
 use crate::{
     auth::Authenticator,
     config::Config,
+    events::{DynBus, Hub, LocalBus, RedisBus},
     grpc::VoiceApi,
     health::{self, StorageHealth},
     pb, provider,
+    redis::Redis,
     store::Store,
-    voices::Voices,
+    sync::{DynQueue, LocalQueue, RedisQueue, Scheduler, Worker},
+    voices::{Limits, Voices},
 };
+
+/// How long one blocking read of the event stream waits.
+const EVENT_READ_BLOCK: Duration = Duration::from_secs(5);
+
+/// The Redis side of a replica, when REDIS_URL is set.
+struct RedisParts {
+    redis: Redis,
+    queue: Arc<RedisQueue>,
+    bus: Arc<RedisBus>,
+}
 
 pub struct Application {
     listener: TcpListener,
@@ -32,16 +51,21 @@ pub struct Application {
     store: Store,
     auth: Authenticator,
     voices: Voices,
+    worker: Worker,
+    run_worker: bool,
+    queue: DynQueue,
+    bus: DynBus,
+    redis: Option<RedisParts>,
     health_interval: Duration,
 }
 
 impl Application {
-    /// Connects to storage, applies migrations (unless disabled) and binds the
-    /// listen address.
+    /// Builds the provider, connects to storage (and Redis), applies
+    /// migrations (unless disabled) and binds the listen address.
     ///
     /// # Errors
-    /// Storage unreachable, a migration failing, or the address in use; each
-    /// with its context.
+    /// A bad provider setting, storage unreachable, a migration failing, or
+    /// the address in use; each with its context.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         if config.auth.development {
             tracing::warn!(
@@ -62,22 +86,70 @@ impl Application {
                 .context("applying database migrations")?;
         }
         store.ping().await.context("checking the database")?;
+
+        let (queue, bus, redis): (DynQueue, DynBus, _) = match &config.redis_url {
+            Some(url) => {
+                use secrecy::ExposeSecret;
+                let redis =
+                    Redis::connect(url.expose_secret(), config.redis_timeout, EVENT_READ_BLOCK)
+                        .await?;
+                let queue = Arc::new(RedisQueue::new(
+                    redis.commands.clone(),
+                    &config.redis_prefix,
+                ));
+                let bus = Arc::new(RedisBus::new(redis.commands.clone(), &config.redis_prefix));
+                tracing::info!(
+                    prefix = config.redis_prefix,
+                    "due-queue and events in Redis: replicas share the work"
+                );
+                (
+                    queue.clone(),
+                    bus.clone(),
+                    Some(RedisParts { redis, queue, bus }),
+                )
+            }
+            None => {
+                tracing::info!(
+                    "no REDIS_URL: in-process due-queue and event bus (a single replica only)"
+                );
+                (Arc::new(LocalQueue::new()), Arc::new(LocalBus::new()), None)
+            }
+        };
+        let reconcile_needed = Arc::new(AtomicBool::new(true));
+        let worker = Worker::new(
+            queue.clone(),
+            store.clone(),
+            provider.clone(),
+            bus.clone(),
+            config.sync.clone(),
+            reconcile_needed.clone(),
+        );
+        let voices = Voices::new(
+            store.clone(),
+            provider,
+            Scheduler::new(queue.clone(), reconcile_needed),
+            bus.clone(),
+            Limits {
+                max_per_user: config.max_voices_per_user,
+                max_age: config.sync_max_age,
+            },
+        );
+
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("binding {} (VOICEHUB_LISTEN)", config.listen))?;
         let local_addr = listener.local_addr()?;
-        let voices = Voices::new(
-            store.clone(),
-            provider,
-            config.max_voices_per_user,
-            config.sync_max_age,
-        );
         Ok(Application {
             listener,
             local_addr,
             store,
             auth: Authenticator::new(&config.auth),
             voices,
+            worker,
+            run_worker: config.sync_worker,
+            queue,
+            bus,
+            redis,
             health_interval: config.health_interval,
         })
     }
@@ -88,6 +160,20 @@ impl Application {
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// A handle on the sync worker, to drive single steps (tests, tools).
+    pub fn worker(&self) -> Worker {
+        self.worker.clone()
+    }
+
+    /// This replica's event hub (watch streams subscribe here).
+    pub fn hub(&self) -> Arc<Hub> {
+        self.bus.hub().clone()
+    }
+
+    pub fn queue(&self) -> DynQueue {
+        self.queue.clone()
     }
 
     /// Serves until `shutdown` is cancelled, then drains and returns.
@@ -101,6 +187,11 @@ impl Application {
             store,
             auth,
             voices,
+            worker,
+            run_worker,
+            queue: _,
+            bus,
+            redis,
             health_interval,
         } = self;
         let (reporter, health_service) = tonic_health::server::health_reporter();
@@ -114,7 +205,24 @@ impl Application {
             StorageHealth::new(store.clone(), reporter.clone(), health_interval, true)
                 .run(shutdown.clone()),
         );
+        if run_worker {
+            tasks.spawn(worker.run(shutdown.clone()));
+        } else {
+            tracing::info!("sync worker disabled in this process (VOICEHUB_SYNC_WORKER=false)");
+        }
+        if let Some(parts) = &redis {
+            tasks.spawn(
+                parts
+                    .bus
+                    .clone()
+                    .read(parts.redis.reader.clone(), shutdown.clone()),
+            );
+            let queue = parts.queue.clone();
+            let (subscriber, stop) = (parts.redis.subscriber.clone(), shutdown.clone());
+            tasks.spawn(async move { queue.listen(subscriber, stop).await });
+        }
 
+        let api = VoiceApi::new(store.clone(), voices, bus.hub().clone(), shutdown.clone());
         tracing::info!(%local_addr, "voicehub serving gRPC");
         let stopping = shutdown.clone();
         let served = Server::builder()
@@ -127,17 +235,20 @@ impl Application {
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(VoiceApi::new(store.clone(), voices).into_service(auth))
+            .add_service(api.into_service(auth))
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
                 stopping.cancelled().await;
                 // Before the listener closes, so health watchers see it go.
                 health::set_all(&reporter, ServingStatus::NotServing).await;
-                tracing::info!("shutting down: NOT_SERVING, draining calls");
+                tracing::info!("shutting down: NOT_SERVING, ending watch streams, draining calls");
             })
             .await;
         shutdown.cancel();
         tasks.close();
         tasks.wait().await;
+        if let Some(parts) = redis {
+            parts.redis.quit().await;
+        }
         store.close().await;
         tracing::info!("voicehub stopped");
         served.context("serving gRPC")

@@ -14,6 +14,8 @@
 //!   voice, public or not, is NOT_FOUND.
 //! - **Guarded writes.** Updates apply only to the revision that was read
 //!   (a concurrent change makes this one ABORTED, never lost).
+//! - **Every stored change is published** (creation, update, delete) once it
+//!   is stored, and a new voice is handed to the status engine.
 
 use std::{collections::BTreeMap, time::Duration};
 
@@ -21,9 +23,11 @@ use uuid::Uuid;
 
 use crate::{
     error::Error,
+    events::DynBus,
     grpc::NewVoice,
     provider::{CloneRequest, DynProvider, ProviderError, VoiceEdit},
     store::{self, Labels, Reservation, Store, Voice, VoicePatch, VoiceStatus},
+    sync::Scheduler,
 };
 
 /// The category ElevenLabs gives an instant clone, the only kind we create.
@@ -33,17 +37,33 @@ const INSTANT_CLONE: &str = "cloned";
 pub struct Voices {
     store: Store,
     provider: DynProvider,
-    max_per_user: u64,
-    max_age: Duration,
+    scheduler: Scheduler,
+    bus: DynBus,
+    limits: Limits,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Live voices per user.
+    pub max_per_user: u64,
+    /// How long a voice may stay PROCESSING.
+    pub max_age: Duration,
 }
 
 impl Voices {
-    pub fn new(store: Store, provider: DynProvider, max_per_user: u64, max_age: Duration) -> Self {
+    pub fn new(
+        store: Store,
+        provider: DynProvider,
+        scheduler: Scheduler,
+        bus: DynBus,
+        limits: Limits,
+    ) -> Self {
         Voices {
             store,
             provider,
-            max_per_user,
-            max_age,
+            scheduler,
+            bus,
+            limits,
         }
     }
 
@@ -61,7 +81,7 @@ impl Voices {
         }
         let reserved = match self
             .store
-            .reserve(self.reservation(owner, &new), self.max_per_user)
+            .reserve(self.reservation(owner, &new), self.limits.max_per_user)
             .await?
         {
             Reservation::Reserved(voice) => voice,
@@ -69,7 +89,7 @@ impl Voices {
             Reservation::LimitReached => {
                 return Err(Error::ResourceExhausted(format!(
                     "voice limit reached: a user may have at most {} voices; delete one first",
-                    self.max_per_user
+                    self.limits.max_per_user
                 )));
             }
         };
@@ -94,7 +114,8 @@ impl Voices {
         {
             Ok(Some(voice)) => {
                 tracing::info!(voice_id = %voice.id, provider_voice_id = cloned.voice_id, "voice cloned");
-                self.schedule_status_check(&voice);
+                self.bus.publish(&voice).await;
+                self.scheduler.schedule(voice.id).await;
                 Ok(voice)
             }
             Ok(None) => {
@@ -122,13 +143,6 @@ impl Voices {
         }
     }
 
-    /// Where the status engine takes over a freshly accepted voice: it will be
-    /// queued for checks here once the sync engine exists. Until then the
-    /// voice stays PROCESSING (GetVoice shows it as such).
-    fn schedule_status_check(&self, voice: &Voice) {
-        tracing::debug!(voice_id = %voice.id, "voice awaits its status check");
-    }
-
     fn reservation(&self, owner: Uuid, new: &NewVoice) -> Voice {
         let now = store::now();
         Voice {
@@ -151,7 +165,7 @@ impl Voices {
             updated_at: now,
             completed_at: None,
             deleted_at: None,
-            processing_deadline: Some(now + self.max_age),
+            processing_deadline: Some(now + self.limits.max_age),
         }
     }
 
@@ -222,12 +236,15 @@ impl Voices {
             };
             self.provider.edit_voice(provider_voice_id, edit).await?;
         }
-        self.store
+        let updated = self
+            .store
             .update_fields(id, current.revision, &patch)
             .await?
             .ok_or(Error::Aborted(
                 "the voice changed while it was being updated; retry",
-            ))
+            ))?;
+        self.bus.publish(&updated).await;
+        Ok(updated)
     }
 
     /// Deletes the owner's voice at the provider, then marks it DELETED.
@@ -248,10 +265,13 @@ impl Voices {
                 Err(e) => return Err(e.into()),
             }
         }
-        self.store
+        let deleted = self
+            .store
             .mark_deleted(id)
             .await?
-            .ok_or(Error::NotFound("voice"))
+            .ok_or(Error::NotFound("voice"))?;
+        self.bus.publish(&deleted).await;
+        Ok(deleted)
     }
 }
 

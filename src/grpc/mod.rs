@@ -3,17 +3,17 @@
 //! Handlers are thin: authenticate (the interceptor already did; we read the
 //! caller), validate every field before touching storage or the provider,
 //! run one store call or one write-path operation, convert. Every failure is
-//! an [`Error`] turned into a `Status` in one place. WatchVoiceStatus
-//! answers UNIMPLEMENTED until the status engine lands.
+//! an [`Error`] turned into a `Status` in one place.
 
 mod audio;
 mod convert;
 mod page_token;
 mod validate;
+mod watch;
 
-use std::pin::Pin;
+use std::sync::Arc;
 
-use tokio_stream::Stream;
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, service::interceptor::InterceptedService};
 
 pub use convert::timestamp;
@@ -22,6 +22,7 @@ pub use validate::{MAX_REQUEST_BYTES, NewVoice};
 use crate::{
     auth::{Authenticator, caller},
     error::Error,
+    events::Hub,
     pb::{self, voice_service_server::VoiceServiceServer},
     store::{ListQuery, Store},
     voices::Voices,
@@ -38,6 +39,9 @@ pub const MAX_PAGE_SIZE: u64 = 200;
 pub struct VoiceApi {
     store: Store,
     voices: Voices,
+    hub: Arc<Hub>,
+    /// Ends every watch stream (with UNAVAILABLE) when the server stops.
+    shutdown: CancellationToken,
 }
 
 /// The service as mounted on the server: every call passes the authenticator first.
@@ -45,8 +49,13 @@ pub type AuthenticatedVoiceService =
     InterceptedService<VoiceServiceServer<VoiceApi>, Authenticator>;
 
 impl VoiceApi {
-    pub fn new(store: Store, voices: Voices) -> Self {
-        VoiceApi { store, voices }
+    pub fn new(store: Store, voices: Voices, hub: Arc<Hub>, shutdown: CancellationToken) -> Self {
+        VoiceApi {
+            store,
+            voices,
+            hub,
+            shutdown,
+        }
     }
 
     /// Wraps the API in the auth interceptor; the only way it is mounted.
@@ -127,8 +136,6 @@ impl VoiceApi {
     }
 }
 
-type EventStream = Pin<Box<dyn Stream<Item = Result<pb::VoiceStatusEvent, Status>> + Send>>;
-
 #[tonic::async_trait]
 impl pb::voice_service_server::VoiceService for VoiceApi {
     async fn create_voice_clone(
@@ -166,12 +173,16 @@ impl pb::voice_service_server::VoiceService for VoiceApi {
         Ok(Response::new(self.delete(request).await?))
     }
 
-    type WatchVoiceStatusStream = EventStream;
+    type WatchVoiceStatusStream = watch::EventStream;
 
     async fn watch_voice_status(
         &self,
-        _request: Request<pb::WatchVoiceStatusRequest>,
+        request: Request<pb::WatchVoiceStatusRequest>,
     ) -> Result<Response<Self::WatchVoiceStatusStream>, Status> {
-        Err(Error::Unimplemented("WatchVoiceStatus").into())
+        let user = caller(&request)?;
+        let ids = request.into_inner().voice_ids;
+        let stream =
+            watch::open(&self.store, &self.hub, self.shutdown.clone(), user.0, ids).await?;
+        Ok(Response::new(stream))
     }
 }

@@ -146,3 +146,109 @@ pub fn from_config(config: &crate::config::ProviderConfig) -> anyhow::Result<Dyn
         }
     })
 }
+
+/// What a provider's report means for a voice's status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Not ready yet: check again later.
+    Processing,
+    /// Ready to use.
+    Completed {
+        preview_url: Option<String>,
+        labels: BTreeMap<String, String>,
+    },
+    /// Will never be ready; the reason is meant for people.
+    Failed(String),
+}
+
+/// The reason given for a voice that vanished at the provider.
+pub const GONE_AT_PROVIDER: &str = "voice no longer exists at the provider";
+
+impl ProviderVoice {
+    /// Maps ElevenLabs' facts to a status (see elevenlabs-voices.md §2, §7):
+    /// a banned voice failed; a professional clone follows its per-model
+    /// training state; an instant clone is ready once it exists, unless it
+    /// still awaits verification.
+    pub fn verdict(&self) -> Verdict {
+        if matches!(
+            self.safety_control.as_deref(),
+            Some("BAN" | "ENTERPRISE_BAN")
+        ) {
+            return Verdict::Failed("the voice provider banned this voice (safety control)".into());
+        }
+        if self.category == "professional" {
+            if let Some((model, _)) = self.fine_tuning_state.iter().find(|(_, s)| *s == "failed") {
+                let message = self
+                    .fine_tuning_message
+                    .get(model)
+                    .filter(|m| !m.is_empty());
+                return Verdict::Failed(match message {
+                    Some(m) => format!("training failed at the provider: {m}"),
+                    None => format!("training failed at the provider for model {model}"),
+                });
+            }
+            if !self.fine_tuning_state.values().any(|s| s == "fine_tuned") {
+                // queued, fine_tuning, delayed (re-queued), not_started: still on its way.
+                return Verdict::Processing;
+            }
+        } else if self.requires_verification && !self.is_verified {
+            return Verdict::Processing;
+        }
+        Verdict::Completed {
+            preview_url: self.preview_url.clone(),
+            labels: self.labels.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn voice(category: &str) -> ProviderVoice {
+        ProviderVoice {
+            voice_id: "v".into(),
+            category: category.into(),
+            preview_url: Some("https://p/1.mp3".into()),
+            ..ProviderVoice::default()
+        }
+    }
+
+    #[test]
+    fn an_existing_instant_clone_is_completed_unless_verification_is_pending() {
+        assert!(matches!(
+            voice("cloned").verdict(),
+            Verdict::Completed { .. }
+        ));
+        let mut pending = voice("cloned");
+        pending.requires_verification = true;
+        assert_eq!(pending.verdict(), Verdict::Processing);
+        pending.is_verified = true;
+        assert!(matches!(pending.verdict(), Verdict::Completed { .. }));
+    }
+
+    #[test]
+    fn a_professional_clone_follows_its_training_state() {
+        let mut pro = voice("professional");
+        for state in ["not_started", "queued", "fine_tuning", "delayed"] {
+            pro.fine_tuning_state = [("eleven_multilingual_v2".into(), state.into())].into();
+            assert_eq!(pro.verdict(), Verdict::Processing, "{state}");
+        }
+        pro.fine_tuning_state = [("eleven_multilingual_v2".into(), "fine_tuned".into())].into();
+        assert!(matches!(pro.verdict(), Verdict::Completed { .. }));
+        pro.fine_tuning_state = [("eleven_multilingual_v2".into(), "failed".into())].into();
+        pro.fine_tuning_message =
+            [("eleven_multilingual_v2".into(), "audio too noisy".into())].into();
+        assert_eq!(
+            pro.verdict(),
+            Verdict::Failed("training failed at the provider: audio too noisy".into())
+        );
+    }
+
+    #[test]
+    fn a_banned_voice_failed() {
+        let mut banned = voice("cloned");
+        banned.safety_control = Some("BAN".into());
+        assert!(matches!(banned.verdict(), Verdict::Failed(_)));
+    }
+}

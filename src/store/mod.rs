@@ -13,10 +13,17 @@
 
 mod entity;
 pub mod orphan;
+mod sync;
 mod voices;
 mod writes;
 
-use std::time::Duration;
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use chrono::{DateTime, SubsecRound, Utc};
 use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbBackend, DbErr};
@@ -31,6 +38,29 @@ use crate::config::DatabaseConfig;
 #[derive(Clone, Debug)]
 pub struct Store {
     db: DatabaseConnection,
+    statements: Arc<Statements>,
+}
+
+/// SQL statements this process has run, by kind: the proof that idle work
+/// costs no queries, and that a batch is read with one.
+#[derive(Debug, Default)]
+pub struct Statements {
+    reads: AtomicU64,
+    writes: AtomicU64,
+}
+
+impl Statements {
+    pub fn reads(&self) -> u64 {
+        self.reads.load(Ordering::Relaxed)
+    }
+
+    pub fn writes(&self) -> u64 {
+        self.writes.load(Ordering::Relaxed)
+    }
+
+    pub fn total(&self) -> u64 {
+        self.reads() + self.writes()
+    }
 }
 
 impl Store {
@@ -53,9 +83,19 @@ impl Store {
                 opts.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
                     .busy_timeout(Duration::from_secs(5))
             });
-        Ok(Store {
-            db: Database::connect(options).await?,
-        })
+        let mut db = Database::connect(options).await?;
+        let statements = Arc::new(Statements::default());
+        let counter = statements.clone();
+        db.set_metric_callback(move |info| {
+            let sql = info.statement.sql.trim_start();
+            let read = sql.get(..6).is_some_and(|verb| verb.eq_ignore_ascii_case("select"));
+            let kind = if read { &counter.reads } else { &counter.writes };
+            kind.fetch_add(1, Ordering::Relaxed);
+            if info.elapsed > Duration::from_secs(1) {
+                tracing::warn!(elapsed = ?info.elapsed, sql = %info.statement.sql, "slow SQL statement");
+            }
+        });
+        Ok(Store { db, statements })
     }
 
     /// Applies pending migrations (under a lock on PostgreSQL).
@@ -76,6 +116,11 @@ impl Store {
 
     pub fn backend(&self) -> DbBackend {
         self.db.get_database_backend()
+    }
+
+    /// Statements run so far through this store (and its clones).
+    pub fn statements(&self) -> &Statements {
+        &self.statements
     }
 
     /// The underlying connection, for tests and administrative tools.

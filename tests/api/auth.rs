@@ -153,14 +153,8 @@ async fn the_minted_token_of_the_app_is_accepted() {
 }
 
 #[tokio::test]
-async fn every_rpc_needs_a_token_and_watch_is_unimplemented_until_its_issue() {
+async fn every_rpc_needs_a_token() {
     let app = spawn_app(Backend::Sqlite).await;
-    let mut client = app.client(Uuid::new_v4());
-    let status = client
-        .watch_voice_status(WatchVoiceStatusRequest::default())
-        .await
-        .unwrap_err();
-    assert_eq!(status.code(), Code::Unimplemented);
     let mut anonymous = app.anonymous();
     let refused = [
         anonymous

@@ -144,6 +144,53 @@ pub struct FakeVoice {
     pub description: Option<String>,
     pub labels: BTreeMap<String, String>,
     pub files: usize,
+    /// What GET /v1/voices/{id} reports about its readiness.
+    pub report: Report,
+}
+
+/// The readiness fields of a voice as ElevenLabs reports them. The default
+/// is a ready instant clone.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub category: &'static str,
+    pub requires_verification: bool,
+    pub is_verified: bool,
+    /// Professional clones: model id → state (`queued`, `fine_tuning`, `fine_tuned`, `failed`, ...).
+    pub fine_tuning_state: BTreeMap<String, String>,
+    pub fine_tuning_message: BTreeMap<String, String>,
+    pub safety_control: Option<&'static str>,
+}
+
+impl Default for Report {
+    fn default() -> Self {
+        Report {
+            category: "cloned",
+            requires_verification: false,
+            is_verified: false,
+            fine_tuning_state: BTreeMap::new(),
+            fine_tuning_message: BTreeMap::new(),
+            safety_control: None,
+        }
+    }
+}
+
+impl Report {
+    /// An instant clone that awaits voice verification.
+    pub fn awaiting_verification() -> Self {
+        Report {
+            requires_verification: true,
+            ..Report::default()
+        }
+    }
+
+    /// A professional clone whose training for `eleven_multilingual_v2` is in `state`.
+    pub fn professional(state: &str) -> Self {
+        Report {
+            category: "professional",
+            fine_tuning_state: [("eleven_multilingual_v2".to_owned(), state.to_owned())].into(),
+            ..Report::default()
+        }
+    }
 }
 
 #[derive(Default)]
@@ -154,6 +201,7 @@ struct Inner {
     requests: Vec<Recorded>,
     faults: HashMap<Route, VecDeque<Fault>>,
     next_id: u64,
+    default_report: Report,
 }
 
 #[derive(Clone)]
@@ -222,6 +270,27 @@ impl FakeElevenLabs {
     /// The most requests that were being answered at the same moment.
     pub fn max_in_flight(&self) -> usize {
         self.inner.lock().unwrap().max_in_flight
+    }
+
+    /// What new voices will report until changed.
+    pub fn set_default_report(&self, report: Report) {
+        self.inner.lock().unwrap().default_report = report;
+    }
+
+    /// Changes what the voice reports from now on.
+    pub fn set_report(&self, id: &str, report: Report) {
+        self.inner
+            .lock()
+            .unwrap()
+            .voices
+            .get_mut(id)
+            .expect("fake voice")
+            .report = report;
+    }
+
+    /// Removes a voice as if deleted at ElevenLabs by someone else.
+    pub fn forget(&self, id: &str) {
+        self.inner.lock().unwrap().voices.remove(id);
     }
 
     pub fn voice_count(&self) -> usize {
@@ -352,6 +421,7 @@ async fn add(State(inner): Shared, headers: HeaderMap, form: Multipart) -> Respo
         description: recorded.text("description").map(str::to_owned),
         labels: labels_of(&recorded),
         files: recorded.files.iter().filter(|f| f.0 == "files").count(),
+        report: inner.lock().unwrap().default_report.clone(),
     };
     if let Some(response) = begin(&inner, recorded).await {
         return response;
@@ -399,7 +469,7 @@ async fn get_voice(State(inner): Shared, Path(id): Path<String>, headers: Header
     ok(json!({
         "voice_id": id,
         "name": voice.name,
-        "category": "cloned",
+        "category": voice.report.category,
         "description": voice.description,
         "labels": voice.labels,
         "samples": (0..voice.files).map(|i| json!({
@@ -407,17 +477,18 @@ async fn get_voice(State(inner): Shared, Path(id): Path<String>, headers: Header
             "mime_type": "audio/wav", "size_bytes": 1024, "hash": "0"
         })).collect::<Vec<_>>(),
         "fine_tuning": {
-            "is_allowed_to_fine_tune": false, "state": {}, "verification_failures": [],
-            "verification_attempts_count": 0, "manual_verification_requested": false
+            "is_allowed_to_fine_tune": voice.report.category == "professional",
+            "state": voice.report.fine_tuning_state, "message": voice.report.fine_tuning_message,
+            "verification_failures": [], "verification_attempts_count": 0, "manual_verification_requested": false
         },
         "voice_verification": {
-            "requires_verification": false, "is_verified": false,
+            "requires_verification": voice.report.requires_verification, "is_verified": voice.report.is_verified,
             "verification_failures": [], "verification_attempts_count": 0
         },
         "preview_url": format!("https://storage.fake-elevenlabs.invalid/{id}/preview.mp3"),
         "available_for_tiers": [],
         "high_quality_base_model_ids": ["eleven_multilingual_v2"],
-        "safety_control": null,
+        "safety_control": voice.report.safety_control,
         "sharing": null,
         "settings": null,
     }))

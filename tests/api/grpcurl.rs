@@ -319,10 +319,9 @@ fn write_path_through_grpcurl(dir: &Path, addr: &str) -> String {
     let updated = call(addr, &auth, "UpdateVoice", &update.to_string());
     assert_eq!(updated["name"], "Narrator (warm)");
     assert_eq!(updated["visibility"], "VISIBILITY_PUBLIC");
-    assert_eq!(
-        updated["revision"], "3",
-        "int64 is a JSON string: {updated}"
-    );
+    // int64 is a JSON string; the sync engine may have completed the voice meanwhile.
+    let revision = |v: &serde_json::Value| v["revision"].as_str().unwrap().parse::<i64>().unwrap();
+    assert!(revision(&updated) > revision(&created), "{updated}");
 
     let get = format!(r#"{{"voice_id":"{voice_id}"}}"#);
     assert_eq!(
@@ -378,7 +377,13 @@ async fn grpcurl_creates_updates_and_deletes_a_voice_at_a_fake_elevenlabs() {
         tokio::task::spawn_blocking(move || write_path_through_grpcurl(&path, &addr))
             .await
             .unwrap();
-    let routes: Vec<Route> = fake.requests().iter().map(|r| r.route).collect();
+    // The status engine's GETs interleave as it pleases; the writes are ours.
+    let routes: Vec<Route> = fake
+        .requests()
+        .iter()
+        .map(|r| r.route)
+        .filter(|r| *r != Route::Get)
+        .collect();
     assert_eq!(routes, [Route::Add, Route::Edit, Route::Delete]);
     assert!(
         fake.requests()

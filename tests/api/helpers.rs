@@ -1,9 +1,9 @@
 //! `spawn_app()` and what tests need around it.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use sea_orm::{ConnectionTrait, Database};
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use tokio_util::sync::CancellationToken;
 use tonic::{
     Request, Status,
@@ -16,8 +16,10 @@ use voicehub::{
     Application,
     auth::Authenticator,
     config::{AuthConfig, Config, DatabaseConfig, ProviderConfig},
+    events::Hub,
     pb::voice_service_client::VoiceServiceClient,
     store::{self, Labels, Store, Visibility, Voice, VoiceStatus},
+    sync::{DynQueue, SyncConfig, Worker},
 };
 
 pub const JWT_SECRET: &str = "test-secret-test-secret-test-secret!";
@@ -41,10 +43,33 @@ macro_rules! on_both_backends {
     };
 }
 
+/// The two stacks every behaviour test runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
+    /// The embedded default: a SQLite file, in-process queue and event bus.
     Sqlite,
+    /// Production: PostgreSQL, plus Redis for the queue and the event bus.
     Postgres,
+}
+
+/// The shared test Redis (started by scripts/test).
+pub fn redis_url() -> String {
+    std::env::var("VOICEHUB_TEST_REDIS_URL").expect(
+        "VOICEHUB_TEST_REDIS_URL is not set: Redis tests need a server; run them with scripts/test",
+    )
+}
+
+/// Sync settings that make tests deterministic: re-checks are due at once,
+/// and nothing is reconciled unless a test asks.
+pub fn test_sync_config() -> SyncConfig {
+    SyncConfig {
+        batch: 32,
+        lease: Duration::from_secs(30),
+        min_backoff: Duration::ZERO,
+        max_backoff: Duration::ZERO,
+        idle: Duration::from_millis(200),
+        reconcile_every: Duration::from_secs(3600),
+    }
 }
 
 /// A fresh, empty database for one test.
@@ -112,6 +137,13 @@ pub fn auth_config() -> AuthConfig {
 
 pub struct TestApp {
     pub store: Store,
+    /// The sync worker, for driving single steps (its loop is off unless a
+    /// test turns `sync_worker` on).
+    pub worker: Worker,
+    pub hub: Arc<Hub>,
+    pub queue: DynQueue,
+    pub database: DatabaseConfig,
+    pub redis: Option<(String, String)>,
     pub auth: Authenticator,
     pub channel: Channel,
     pub shutdown: CancellationToken,
@@ -130,10 +162,14 @@ pub async fn spawn_app_with(backend: Backend, adjust: impl FnOnce(&mut Config)) 
     let mut config = Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         migrate_on_start: true,
-        redis_url: None,
         health_interval: Duration::from_secs(5),
         max_voices_per_user: 50,
         sync_max_age: Duration::from_secs(30 * 60),
+        redis_url: (backend == Backend::Postgres).then(|| SecretString::from(redis_url())),
+        redis_prefix: format!("vhtest-{}", Uuid::new_v4().simple()),
+        redis_timeout: Duration::from_secs(1),
+        sync_worker: false,
+        sync: test_sync_config(),
         database: db.config(),
         auth: auth_config(),
         provider: ProviderConfig::Simulated {
@@ -142,11 +178,17 @@ pub async fn spawn_app_with(backend: Backend, adjust: impl FnOnce(&mut Config)) 
     };
     adjust(&mut config);
     let auth = Authenticator::new(&config.auth);
+    let database = config.database.clone();
+    let redis = config
+        .redis_url
+        .as_ref()
+        .map(|u| (u.expose_secret().to_owned(), config.redis_prefix.clone()));
     let app = Application::build(config)
         .await
         .expect("application builds");
     let addr = app.local_addr();
     let store = app.store().clone();
+    let (worker, hub, queue) = (app.worker(), app.hub(), app.queue());
     let shutdown = CancellationToken::new();
     let server = tokio::spawn(app.run_until_stopped(shutdown.clone()));
     // The listener is already bound, so connecting needs no waiting.
@@ -157,6 +199,11 @@ pub async fn spawn_app_with(backend: Backend, adjust: impl FnOnce(&mut Config)) 
         .expect("connect to the test server");
     TestApp {
         store,
+        worker,
+        hub,
+        queue,
+        database,
+        redis,
         auth,
         channel,
         shutdown,

@@ -15,4 +15,8 @@ mod health;
 mod list_user_voices;
 mod migrations;
 mod provider_faults;
+mod redis_server;
+mod replicas;
+mod status_engine;
 mod update_delete_voice;
+mod watch_voice_status;

@@ -1,0 +1,152 @@
+//! The Redis Streams event bus.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use fred::prelude::*;
+use tokio_util::sync::CancellationToken;
+
+use super::{EventBus, Hub};
+use crate::store::Voice;
+
+/// Entries kept in the stream (approximately): enough for a replica that
+/// reconnects after a short outage to catch up.
+const MAX_LEN: i64 = 10_000;
+/// How long one blocking read waits for new entries.
+const BLOCK_MS: u64 = 5_000;
+
+pub struct RedisBus {
+    client: Client,
+    stream: String,
+    hub: Arc<Hub>,
+}
+
+impl RedisBus {
+    /// `client` publishes; the reader needs its own connection (see [`RedisBus::read`]).
+    pub fn new(client: Client, prefix: &str) -> Self {
+        RedisBus {
+            client,
+            stream: format!("{prefix}:events"),
+            hub: Hub::new(),
+        }
+    }
+
+    /// Reads the stream into this replica's hub until `shutdown`. `reader`
+    /// must be a client of its own: a blocking XREAD holds its connection.
+    pub async fn read(self: Arc<Self>, reader: Client, shutdown: CancellationToken) {
+        // Start after the newest entry present now; from then on, resume from
+        // the last id seen, across reconnects.
+        let mut last = "$".to_owned();
+        let mut failing = false;
+        loop {
+            if last == "$" {
+                match reader
+                    .xrevrange::<Vec<(String, HashMap<String, String>)>, _, _, _>(
+                        &self.stream,
+                        "+",
+                        "-",
+                        Some(1),
+                    )
+                    .await
+                {
+                    Ok(newest) => {
+                        last = newest
+                            .first()
+                            .map_or_else(|| "0-0".to_owned(), |(id, _)| id.clone())
+                    }
+                    Err(e) => {
+                        failing = outage(failing, &e);
+                        if sleep_or_stop(&shutdown).await {
+                            return;
+                        }
+                        continue;
+                    }
+                }
+            }
+            let read = reader.xread_map::<String, String, String, String, _, _>(
+                Some(100),
+                Some(BLOCK_MS),
+                self.stream.as_str(),
+                last.as_str(),
+            );
+            let entries = tokio::select! {
+                () = shutdown.cancelled() => return,
+                entries = read => entries,
+            };
+            match entries {
+                Ok(streams) => {
+                    if failing {
+                        tracing::info!("event stream reachable again");
+                        failing = false;
+                    }
+                    for (id, fields) in streams.into_values().flatten() {
+                        last = id;
+                        match fields
+                            .get("voice")
+                            .map(|json| serde_json::from_str::<Voice>(json))
+                        {
+                            Some(Ok(voice)) => self.hub.dispatch(&voice),
+                            _ => tracing::warn!(id = last, "skipping an unreadable event"),
+                        }
+                    }
+                }
+                Err(e) => {
+                    failing = outage(failing, &e);
+                    if sleep_or_stop(&shutdown).await {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Logs the first error of an outage at WARN, the rest at DEBUG.
+fn outage(failing: bool, e: &Error) -> bool {
+    if failing {
+        tracing::debug!(error = %e, "event stream still unreachable");
+    } else {
+        tracing::warn!(error = %e, "event stream unreachable; retrying (logged once per outage)");
+    }
+    true
+}
+
+/// Waits a retry interval; true if shutdown came first.
+async fn sleep_or_stop(shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        () = shutdown.cancelled() => true,
+        () = tokio::time::sleep(Duration::from_millis(500)) => false,
+    }
+}
+
+#[async_trait::async_trait]
+impl EventBus for RedisBus {
+    async fn publish(&self, voice: &Voice) {
+        let json = match serde_json::to_string(voice) {
+            Ok(json) => json,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot serialise a voice event");
+                return;
+            }
+        };
+        let added: Result<String, Error> = self
+            .client
+            .xadd(
+                &self.stream,
+                false,
+                ("MAXLEN", "~", MAX_LEN),
+                "*",
+                ("voice", json),
+            )
+            .await;
+        if let Err(e) = added {
+            // Stored already; at least this replica's watchers hear of it.
+            tracing::error!(voice_id = %voice.id, revision = voice.revision, error = %e,
+                "could not publish a voice event to Redis; only this replica's watchers get it");
+            self.hub.dispatch(voice);
+        }
+    }
+
+    fn hub(&self) -> &Arc<Hub> {
+        &self.hub
+    }
+}

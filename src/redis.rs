@@ -1,0 +1,93 @@
+//! Redis connections, configured for outages: fred has no reconnect policy
+//! and no command timeout unless told, so without this a Redis restart
+//! would hang every caller. Here every command times out, and every
+//! connection reconnects for ever with exponential backoff.
+//!
+//! Three connections: commands (queue scripts, XADD), a reader for the event
+//! stream (a blocking XREAD holds its connection), and a subscriber for
+//! wake-ups (re-subscribes after a reconnect).
+
+use std::time::Duration;
+
+use anyhow::Context;
+use fred::{clients::SubscriberClient, prelude::*};
+
+/// Longest a command may take before the caller gets an error, by default.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long start-up waits for a first connection before going on without.
+const FIRST_CONNECT: Duration = Duration::from_secs(5);
+
+pub struct Redis {
+    pub commands: Client,
+    pub reader: Client,
+    pub subscriber: SubscriberClient,
+}
+
+fn builder(
+    url: &str,
+    command_timeout: Duration,
+    connect_timeout: Duration,
+) -> anyhow::Result<Builder> {
+    let config = Config::from_url(url).context("REDIS_URL is not a valid Redis URL")?;
+    let mut builder = Builder::from_config(config);
+    builder
+        .with_connection_config(|c| {
+            c.connection_timeout = connect_timeout;
+            c.internal_command_timeout = connect_timeout;
+        })
+        .with_performance_config(|p| p.default_command_timeout = command_timeout)
+        // 0 = no limit on attempts: keep trying, 100 ms doubling to 5 s apart.
+        .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2));
+    Ok(builder)
+}
+
+impl Redis {
+    /// Builds and connects the clients. An unreachable Redis is logged, not
+    /// fatal: the clients keep reconnecting and the service works without
+    /// the sync engine meanwhile.
+    ///
+    /// # Errors
+    /// A malformed URL.
+    pub async fn connect(
+        url: &str,
+        timeout: Duration,
+        blocking_read: Duration,
+    ) -> anyhow::Result<Self> {
+        let commands = builder(url, timeout, timeout)?.build()?;
+        let reader = builder(url, blocking_read + timeout, timeout)?.build()?;
+        let subscriber = builder(url, timeout, timeout)?.build_subscriber_client()?;
+        for client in [&commands, &reader] {
+            client.connect();
+        }
+        subscriber.connect();
+        let first = async {
+            commands.wait_for_connect().await?;
+            reader.wait_for_connect().await?;
+            subscriber.wait_for_connect().await
+        };
+        match tokio::time::timeout(FIRST_CONNECT, first).await {
+            Ok(Ok(())) => tracing::info!("connected to Redis"),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "Redis unreachable at start-up; reconnecting in the background")
+            }
+            Err(_) => {
+                tracing::warn!("Redis unreachable at start-up; reconnecting in the background")
+            }
+        }
+        Ok(Redis {
+            commands,
+            reader,
+            subscriber,
+        })
+    }
+
+    /// Closes every connection.
+    pub async fn quit(&self) {
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            let _ = self.subscriber.quit().await;
+            let _ = self.reader.quit().await;
+            let _ = self.commands.quit().await;
+        })
+        .await;
+    }
+}

@@ -1,0 +1,172 @@
+//! The in-process due-queue: a `BTreeMap` ordered by due time plus a
+//! `Notify`, for the single-replica embedded default. It lives and dies with
+//! the process; start-up reconciliation refills it from storage.
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use tokio::{sync::Notify, time::Instant};
+use uuid::Uuid;
+
+use super::queue::{Claim, DueQueue, QueueError};
+
+#[derive(Default)]
+struct Entries {
+    by_due: BTreeSet<(Instant, Uuid)>,
+    due_of: HashMap<Uuid, Instant>,
+}
+
+impl Entries {
+    fn set(&mut self, id: Uuid, due: Instant) {
+        if let Some(old) = self.due_of.insert(id, due) {
+            self.by_due.remove(&(old, id));
+        }
+        self.by_due.insert((due, id));
+    }
+
+    fn remove(&mut self, id: Uuid) {
+        if let Some(old) = self.due_of.remove(&id) {
+            self.by_due.remove(&(old, id));
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct LocalQueue {
+    entries: Mutex<Entries>,
+    wakeup: Arc<Notify>,
+    round_trips: AtomicU64,
+}
+
+impl LocalQueue {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn entries(&self) -> std::sync::MutexGuard<'_, Entries> {
+        self.round_trips.fetch_add(1, Ordering::Relaxed);
+        self.entries.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[async_trait::async_trait]
+impl DueQueue for LocalQueue {
+    async fn enqueue(&self, id: Uuid, delay: Duration) -> Result<(), QueueError> {
+        self.entries().set(id, Instant::now() + delay);
+        self.wakeup.notify_one();
+        Ok(())
+    }
+
+    async fn claim(&self, max: usize, lease: Duration) -> Result<Claim, QueueError> {
+        let now = Instant::now();
+        let mut entries = self.entries();
+        let ids: Vec<Uuid> = entries
+            .by_due
+            .iter()
+            .take_while(|(due, _)| *due <= now)
+            .take(max)
+            .map(|(_, id)| *id)
+            .collect();
+        for id in &ids {
+            entries.set(*id, now + lease);
+        }
+        let next_due = entries
+            .by_due
+            .first()
+            .map(|(due, _)| due.saturating_duration_since(now));
+        Ok(Claim::Claimed { ids, next_due })
+    }
+
+    async fn reschedule(&self, id: Uuid, delay: Duration) -> Result<(), QueueError> {
+        let mut entries = self.entries();
+        if entries.due_of.contains_key(&id) {
+            entries.set(id, Instant::now() + delay);
+        }
+        Ok(())
+    }
+
+    async fn finish(&self, ids: &[Uuid]) -> Result<(), QueueError> {
+        let mut entries = self.entries();
+        ids.iter().for_each(|id| entries.remove(*id));
+        Ok(())
+    }
+
+    async fn restore(&self, ids: &[Uuid]) -> Result<(), QueueError> {
+        let now = Instant::now();
+        let mut entries = self.entries();
+        for id in ids {
+            if !entries.due_of.contains_key(id) {
+                entries.set(*id, now);
+            }
+        }
+        drop(entries);
+        self.wakeup.notify_one();
+        Ok(())
+    }
+
+    fn wakeup(&self) -> Arc<Notify> {
+        self.wakeup.clone()
+    }
+
+    fn round_trips(&self) -> u64 {
+        self.round_trips.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn claims_lease_and_expired_leases_come_back() {
+        let queue = LocalQueue::new();
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        queue.enqueue(a, Duration::ZERO).await.unwrap();
+        queue.enqueue(b, Duration::from_secs(5)).await.unwrap();
+        let lease = Duration::from_secs(30);
+        assert_eq!(
+            queue.claim(10, lease).await.unwrap(),
+            Claim::Claimed {
+                ids: vec![a],
+                next_due: Some(Duration::from_secs(5))
+            }
+        );
+        // Leased: not claimable again until the lease ends.
+        tokio::time::advance(Duration::from_secs(6)).await;
+        assert_eq!(
+            queue.claim(10, lease).await.unwrap(),
+            Claim::Claimed {
+                ids: vec![b],
+                next_due: Some(Duration::from_secs(24))
+            }
+        );
+        tokio::time::advance(Duration::from_secs(25)).await;
+        let Claim::Claimed { ids, .. } = queue.claim(10, lease).await.unwrap() else {
+            panic!()
+        };
+        assert_eq!(ids, vec![a], "the expired lease made it due again");
+        queue.finish(&[a, b]).await.unwrap();
+        assert_eq!(
+            queue.claim(10, lease).await.unwrap(),
+            Claim::Claimed {
+                ids: vec![],
+                next_due: None
+            }
+        );
+        queue.reschedule(a, Duration::ZERO).await.unwrap();
+        assert_eq!(
+            queue.claim(10, lease).await.unwrap(),
+            Claim::Claimed {
+                ids: vec![],
+                next_due: None
+            },
+            "finished stays finished"
+        );
+    }
+}

@@ -1,0 +1,92 @@
+//! The status engine: after CreateVoiceClone a voice is PROCESSING until the
+//! provider says it is ready or failed; this module finds out.
+//!
+//! ```text
+//! create ─▶ enqueue(id, due now) ─▶ wake workers (Notify here, pub/sub elsewhere)
+//!                                        │
+//!   worker: claim due ids (lease) ◀──────┘   one round trip, no SQL when idle
+//!        ─▶ read the k claimed voices (one query)
+//!        ─▶ ask the provider about each
+//!        ─▶ COMPLETED / FAILED (guarded write) ─▶ publish event ─▶ watchers
+//!        └▶ still processing: re-score with backoff
+//! ```
+//!
+//! Guarantees: every PROCESSING voice is on the queue or will be put back on
+//! it (at start-up, when the queue reports data loss, after an outage, and
+//! periodically); a claimed voice that is not finished comes back when its
+//! lease ends; a voice past its deadline is FAILED with a reason. Checks
+//! are at-least-once; transitions are written only from PROCESSING, so a
+//! repeated check is harmless.
+
+mod local_queue;
+mod queue;
+mod redis_queue;
+mod worker;
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+pub use local_queue::LocalQueue;
+pub use queue::{Claim, DueQueue, DynQueue, QueueError};
+pub use redis_queue::RedisQueue;
+use uuid::Uuid;
+pub use worker::{Step, SyncError, Worker};
+
+#[derive(Debug, Clone)]
+pub struct SyncConfig {
+    /// Most voices claimed in one step.
+    pub batch: usize,
+    /// How long a claim keeps other replicas away.
+    pub lease: Duration,
+    /// Delay between the first checks of a new voice.
+    pub min_backoff: Duration,
+    /// Longest delay between checks of one voice.
+    pub max_backoff: Duration,
+    /// Longest sleep when nothing is due.
+    pub idle: Duration,
+    /// How often the queue is reconciled with storage regardless.
+    pub reconcile_every: Duration,
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        SyncConfig {
+            batch: 32,
+            lease: Duration::from_secs(30),
+            min_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(60),
+            idle: Duration::from_secs(30),
+            reconcile_every: Duration::from_secs(600),
+        }
+    }
+}
+
+/// How the write path hands a new voice to the engine.
+#[derive(Clone)]
+pub struct Scheduler {
+    queue: DynQueue,
+    reconcile_needed: Arc<AtomicBool>,
+}
+
+impl Scheduler {
+    pub fn new(queue: DynQueue, reconcile_needed: Arc<AtomicBool>) -> Self {
+        Scheduler {
+            queue,
+            reconcile_needed,
+        }
+    }
+
+    /// Queues `id` for a check now. Never fails the caller: if the queue is
+    /// unreachable, the next reconciliation puts the voice on it.
+    pub async fn schedule(&self, id: Uuid) {
+        if let Err(e) = self.queue.enqueue(id, Duration::ZERO).await {
+            tracing::warn!(voice_id = %id, error = %e, "could not queue a status check; reconciliation will");
+            self.reconcile_needed.store(true, Ordering::Relaxed);
+        }
+    }
+}

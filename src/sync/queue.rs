@@ -1,0 +1,59 @@
+//! The due-queue: which PROCESSING voices to check, and when.
+//!
+//! A voice id is scored by the time it is next due. [`DueQueue::claim`] takes
+//! up to N due ids atomically and re-scores them to now + lease, so no other
+//! replica takes them while the lease lasts; if the claimer dies, the lease
+//! expires and they are simply due again (at-least-once, no reaper).
+//!
+//! All times are relative ("due in 2 s"): the Redis queue turns them into
+//! scores with the Redis server's clock, so replicas with skewed clocks still
+//! agree on what is due.
+
+use std::{sync::Arc, time::Duration};
+
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+/// What one claim found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// The queue's marker is gone: the queue lost its data (restart without
+    /// persistence, failover, FLUSHALL) and must be rebuilt from storage.
+    Lost,
+    Claimed {
+        ids: Vec<Uuid>,
+        /// When the earliest remaining entry is due; `None` if the queue is empty.
+        next_due: Option<Duration>,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("due-queue unavailable: {0}")]
+pub struct QueueError(pub String);
+
+#[async_trait::async_trait]
+pub trait DueQueue: Send + Sync + 'static {
+    /// Makes `id` due after `delay` (replacing its current score), and wakes
+    /// the workers of every replica.
+    async fn enqueue(&self, id: Uuid, delay: Duration) -> Result<(), QueueError>;
+
+    /// Claims up to `max` due ids for `lease`, in one round trip.
+    async fn claim(&self, max: usize, lease: Duration) -> Result<Claim, QueueError>;
+
+    /// Makes a claimed id due again after `delay`; a no-op if it was finished.
+    async fn reschedule(&self, id: Uuid, delay: Duration) -> Result<(), QueueError>;
+
+    /// Removes ids that need no more checks.
+    async fn finish(&self, ids: &[Uuid]) -> Result<(), QueueError>;
+
+    /// Adds `ids` as due now unless already queued, and (re)sets the marker.
+    async fn restore(&self, ids: &[Uuid]) -> Result<(), QueueError>;
+
+    /// Notified when work was enqueued, here or on another replica.
+    fn wakeup(&self) -> Arc<Notify>;
+
+    /// Round trips to the queue's store so far (for tests and metrics).
+    fn round_trips(&self) -> u64;
+}
+
+pub type DynQueue = Arc<dyn DueQueue>;

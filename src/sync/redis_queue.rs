@@ -1,0 +1,213 @@
+//! The Redis due-queue: a sorted set scored by due time (milliseconds on the
+//! Redis server's clock), a marker key, and a pub/sub channel for wake-ups.
+//!
+//! - Claiming is one Lua script: it checks the marker, takes up to N due ids,
+//!   re-scores them to now + lease and returns how long until the next entry
+//!   is due — one round trip per worker wake-up, whatever it finds.
+//! - The sorted set has no TTL: a quiet period must not drop pending voices.
+//! - The marker is set when the queue is (re)built from storage. Redis losing
+//!   its data loses the marker too, which the next claim reports, so the
+//!   queue is rebuilt and no voice stays PROCESSING for ever.
+//! - Wake-ups are at-most-once pub/sub messages; a lost one only delays a
+//!   check until the worker's next timed wake-up.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use fred::{clients::SubscriberClient, prelude::*, types::scripts::Script};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::queue::{Claim, DueQueue, QueueError};
+
+/// Milliseconds now on the Redis server's clock.
+const NOW: &str = "local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+";
+
+const CLAIM: &str = "if redis.call('EXISTS', KEYS[2]) == 0 then return {-2} end
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
+for _, id in ipairs(ids) do redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[2]), id) end
+local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+local wait = -1
+if #first > 0 then wait = math.max(0, tonumber(first[2]) - now) end
+table.insert(ids, 1, wait)
+return ids";
+
+const ENQUEUE: &str = "redis.call('ZADD', KEYS[1], now + tonumber(ARGV[1]), ARGV[2])
+redis.call('PUBLISH', ARGV[3], 'due')
+return 1";
+
+const RESCHEDULE: &str =
+    "return redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[1]), ARGV[2])";
+
+const RESTORE: &str = "for i = 1, #ARGV do redis.call('ZADD', KEYS[1], 'NX', now, ARGV[i]) end
+redis.call('SET', KEYS[2], '1')
+return #ARGV";
+
+/// Ids restored per script call, so one call never blocks Redis for long.
+const RESTORE_CHUNK: usize = 1_000;
+
+fn script(body: &str) -> Script {
+    Script::from_lua(format!("{NOW}{body}"))
+}
+
+pub struct RedisQueue {
+    client: Client,
+    queue_key: String,
+    marker_key: String,
+    channel: String,
+    claim: Script,
+    enqueue: Script,
+    reschedule: Script,
+    restore: Script,
+    wakeup: Arc<Notify>,
+    round_trips: AtomicU64,
+}
+
+fn err(e: Error) -> QueueError {
+    QueueError(e.to_string())
+}
+
+impl RedisQueue {
+    pub fn new(client: Client, prefix: &str) -> Self {
+        RedisQueue {
+            client,
+            queue_key: format!("{prefix}:sync:due"),
+            marker_key: format!("{prefix}:sync:marker"),
+            channel: format!("{prefix}:sync:wake"),
+            claim: script(CLAIM),
+            enqueue: script(ENQUEUE),
+            reschedule: script(RESCHEDULE),
+            restore: script(RESTORE),
+            wakeup: Arc::new(Notify::new()),
+            round_trips: AtomicU64::new(0),
+        }
+    }
+
+    /// Forwards wake-ups published by any replica to this replica's worker
+    /// until `shutdown`. The subscriber re-subscribes after reconnects.
+    pub async fn listen(&self, subscriber: SubscriberClient, shutdown: CancellationToken) {
+        let _resubscribe = subscriber.manage_subscriptions();
+        let mut messages = subscriber.message_rx();
+        if let Err(e) = subscriber.subscribe(self.channel.as_str()).await {
+            tracing::warn!(error = %e, "cannot subscribe to sync wake-ups yet; the subscriber retries after reconnecting");
+        }
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                message = messages.recv() => match message {
+                    Ok(_) => self.wakeup.notify_one(),
+                    // Lagged: wake-ups were dropped, which only means "work is due".
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => self.wakeup.notify_one(),
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                },
+            }
+        }
+    }
+
+    async fn eval<R: FromValue>(
+        &self,
+        script: &Script,
+        keys: Vec<&str>,
+        args: Vec<Value>,
+    ) -> Result<R, QueueError> {
+        self.round_trips.fetch_add(1, Ordering::Relaxed);
+        script
+            .evalsha_with_reload(&self.client, keys, args)
+            .await
+            .map_err(err)
+    }
+}
+
+fn millis(d: Duration) -> Value {
+    Value::Integer(i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+#[async_trait::async_trait]
+impl DueQueue for RedisQueue {
+    async fn enqueue(&self, id: Uuid, delay: Duration) -> Result<(), QueueError> {
+        let args = vec![
+            millis(delay),
+            id.to_string().into(),
+            self.channel.as_str().into(),
+        ];
+        let _: i64 = self
+            .eval(&self.enqueue, vec![&self.queue_key], args)
+            .await?;
+        // This replica's worker need not wait for the round trip through pub/sub.
+        self.wakeup.notify_one();
+        Ok(())
+    }
+
+    async fn claim(&self, max: usize, lease: Duration) -> Result<Claim, QueueError> {
+        let args = vec![Value::Integer(max as i64), millis(lease)];
+        let reply: Vec<Value> = self
+            .eval(&self.claim, vec![&self.queue_key, &self.marker_key], args)
+            .await?;
+        let mut reply = reply.into_iter();
+        let wait = reply.next().and_then(|v| v.as_i64()).unwrap_or(-1);
+        if wait == -2 {
+            return Ok(Claim::Lost);
+        }
+        let ids = reply
+            .filter_map(|v| v.as_string().and_then(|s| Uuid::parse_str(&s).ok()))
+            .collect();
+        let next_due = u64::try_from(wait).ok().map(Duration::from_millis);
+        Ok(Claim::Claimed { ids, next_due })
+    }
+
+    async fn reschedule(&self, id: Uuid, delay: Duration) -> Result<(), QueueError> {
+        let _: i64 = self
+            .eval(
+                &self.reschedule,
+                vec![&self.queue_key],
+                vec![millis(delay), id.to_string().into()],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn finish(&self, ids: &[Uuid]) -> Result<(), QueueError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        self.round_trips.fetch_add(1, Ordering::Relaxed);
+        let members: Vec<String> = ids.iter().map(Uuid::to_string).collect();
+        let _: i64 = self
+            .client
+            .zrem(&self.queue_key, members)
+            .await
+            .map_err(err)?;
+        Ok(())
+    }
+
+    async fn restore(&self, ids: &[Uuid]) -> Result<(), QueueError> {
+        let keys = || vec![self.queue_key.as_str(), self.marker_key.as_str()];
+        if ids.is_empty() {
+            let _: i64 = self.eval(&self.restore, keys(), Vec::new()).await?;
+        }
+        // The marker is (re)set with every chunk; a restore cut short is
+        // completed by the next periodic reconciliation.
+        for chunk in ids.chunks(RESTORE_CHUNK) {
+            let args = chunk.iter().map(|id| Value::from(id.to_string())).collect();
+            let _: i64 = self.eval(&self.restore, keys(), args).await?;
+        }
+        self.wakeup.notify_one();
+        Ok(())
+    }
+
+    fn wakeup(&self) -> Arc<Notify> {
+        self.wakeup.clone()
+    }
+
+    fn round_trips(&self) -> u64 {
+        self.round_trips.load(Ordering::Relaxed)
+    }
+}

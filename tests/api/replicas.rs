@@ -1,0 +1,249 @@
+//! Several replicas on one PostgreSQL and one Redis, and Redis misbehaving.
+
+use std::time::Duration;
+
+use secrecy::SecretString;
+use uuid::Uuid;
+use voicehub::{
+    pb::{self, GetVoiceRequest, ListUserVoicesRequest},
+    sync::Claim,
+};
+
+use crate::{
+    fake_elevenlabs::{FakeElevenLabs, Report, Route},
+    helpers::{Backend, TestApp, create_request, spawn_app_with, spawn_app_with_fake},
+    redis_server::RedisServer,
+    status_engine::{next, watch},
+};
+
+/// Another replica of `app`: same database, same Redis and prefix, same provider.
+async fn replica_of(app: &TestApp, fake: &FakeElevenLabs) -> TestApp {
+    let (url, prefix) = app.redis.clone().expect("a Redis-backed app");
+    let (database, provider) = (app.database.clone(), fake.provider_config());
+    spawn_app_with(Backend::Postgres, |c| {
+        c.database = database;
+        c.redis_url = Some(SecretString::from(url));
+        c.redis_prefix = prefix;
+        c.provider = provider;
+    })
+    .await
+}
+
+async fn status_of(app: &TestApp, user: Uuid, voice_id: &str) -> pb::VoiceStatus {
+    let request = GetVoiceRequest {
+        voice_id: voice_id.to_owned(),
+    };
+    app.client(user)
+        .get_voice(request)
+        .await
+        .unwrap()
+        .into_inner()
+        .status()
+}
+
+#[tokio::test]
+async fn a_watcher_on_one_replica_sees_a_completion_made_by_another() {
+    let (a, fake) = spawn_app_with_fake(Backend::Postgres, |_| {}).await;
+    let b = replica_of(&a, &fake).await;
+    let user = Uuid::new_v4();
+    let mut on_a = a.client(user);
+    let voice = on_a
+        .create_voice_clone(create_request("Shared"))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut stream = watch(&mut on_a, &[&voice.voice_id]).await;
+    assert!(next(&mut stream).await.unwrap().snapshot);
+
+    let step = b.worker.run_once().await.unwrap();
+    assert_eq!(step.completed, 1, "replica B did the work: {step:?}");
+    let event = next(&mut stream).await.unwrap();
+    assert_eq!(
+        event.voice.unwrap().status(),
+        pb::VoiceStatus::Completed,
+        "seen on replica A"
+    );
+    assert!(next(&mut stream).await.is_none());
+}
+
+#[tokio::test]
+async fn no_voice_is_checked_twice_inside_a_lease() {
+    let (a, fake) = spawn_app_with_fake(Backend::Postgres, |_| {}).await;
+    let b = replica_of(&a, &fake).await;
+    a.worker.run_once().await.unwrap(); // start-up reconciliation: the queue is live
+    let mut client = a.client(Uuid::new_v4());
+    for i in 0..3 {
+        client
+            .create_voice_clone(create_request(&format!("Leased {i}")))
+            .await
+            .unwrap();
+    }
+    // Replica A's worker holds the claims (as if in the middle of its checks).
+    let Claim::Claimed { ids, .. } = a.queue.claim(10, Duration::from_secs(30)).await.unwrap()
+    else {
+        panic!("the queue is intact");
+    };
+    assert_eq!(ids.len(), 3);
+    for _ in 0..3 {
+        let step = b.worker.run_once().await.unwrap();
+        assert_eq!(step.claimed, 0, "{step:?}");
+    }
+    assert_eq!(fake.calls(Route::Get), 0, "nobody checked a leased voice");
+}
+
+#[tokio::test]
+async fn a_dead_replicas_claims_are_finished_by_another_after_the_lease() {
+    let (a, fake) = spawn_app_with_fake(Backend::Postgres, |_| {}).await;
+    let b = replica_of(&a, &fake).await;
+    a.worker.run_once().await.unwrap(); // start-up reconciliation: the queue is live
+    let user = Uuid::new_v4();
+    let mut client = b.client(user);
+    let mut voices = Vec::new();
+    for i in 0..3 {
+        voices.push(
+            client
+                .create_voice_clone(create_request(&format!("Orphaned {i}")))
+                .await
+                .unwrap()
+                .into_inner(),
+        );
+    }
+    let lease = Duration::from_millis(300);
+    let Claim::Claimed { ids, .. } = a.queue.claim(10, lease).await.unwrap() else {
+        panic!()
+    };
+    assert_eq!(ids.len(), 3);
+    drop(a); // replica A dies holding its claims
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut completed = 0;
+    while completed < 3 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "B never took over the expired claims"
+        );
+        completed += b.worker.run_once().await.unwrap().completed;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for voice in &voices {
+        assert_eq!(
+            status_of(&b, user, &voice.voice_id).await,
+            pb::VoiceStatus::Completed
+        );
+    }
+}
+
+/// An app on a private Redis that a test may flush, stop and restart.
+async fn app_on_private_redis(redis: &RedisServer) -> (TestApp, FakeElevenLabs) {
+    let url = redis.url();
+    spawn_app_with_fake(Backend::Postgres, move |c| {
+        c.redis_url = Some(SecretString::from(url));
+        c.redis_timeout = Duration::from_millis(300);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn voices_processing_during_a_redis_flushall_still_settle() {
+    let redis = RedisServer::start();
+    let (app, fake) = app_on_private_redis(&redis).await;
+    fake.set_default_report(Report::awaiting_verification());
+    let user = Uuid::new_v4();
+    let mut client = app.client(user);
+    let mut voices = Vec::new();
+    for i in 0..3 {
+        voices.push(
+            client
+                .create_voice_clone(create_request(&format!("Flushed {i}")))
+                .await
+                .unwrap()
+                .into_inner(),
+        );
+    }
+    app.worker.run_once().await.unwrap();
+    assert_eq!(redis.cli(&["FLUSHALL"]).trim(), "OK");
+    fake.set_default_report(Report::default());
+    for voice in &voices {
+        fake.set_report(&voice.provider_voice_id, Report::default());
+    }
+    let lost = app.worker.run_once().await.unwrap();
+    assert!(
+        lost.reconciled,
+        "the missing marker triggered a rebuild: {lost:?}"
+    );
+    let step = app.worker.run_once().await.unwrap();
+    assert_eq!(step.completed, 3, "{step:?}");
+    for voice in &voices {
+        assert_eq!(
+            status_of(&app, user, &voice.voice_id).await,
+            pb::VoiceStatus::Completed
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_redis_restart_loses_no_event_for_watchers_and_storage_rpcs_keep_working() {
+    let mut redis = RedisServer::start();
+    let (app, fake) = app_on_private_redis(&redis).await;
+    fake.set_default_report(Report::awaiting_verification());
+    let user = Uuid::new_v4();
+    let mut client = app.client(user);
+    let voice = client
+        .create_voice_clone(create_request("Survivor"))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut stream = watch(&mut client, &[&voice.voice_id]).await;
+    assert!(next(&mut stream).await.unwrap().snapshot);
+    app.worker.run_once().await.unwrap();
+
+    redis.stop();
+    // Storage-only calls do not need Redis.
+    client
+        .get_voice(GetVoiceRequest {
+            voice_id: voice.voice_id.clone(),
+        })
+        .await
+        .unwrap();
+    client
+        .list_user_voices(ListUserVoicesRequest::default())
+        .await
+        .unwrap();
+    // Creating needs Redis only to queue the check; reconciliation catches up.
+    fake.set_default_report(Report::default());
+    let during = client
+        .create_voice_clone(create_request("Born in an outage"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        app.worker.run_once().await.is_err(),
+        "the worker notices the outage"
+    );
+    fake.set_report(&voice.provider_voice_id, Report::default());
+
+    redis.restart();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let mut completed = 0;
+    while completed < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the engine never recovered"
+        );
+        if let Ok(step) = app.worker.run_once().await {
+            completed += step.completed;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let event = next(&mut stream).await.unwrap();
+    assert_eq!(
+        event.voice.unwrap().status(),
+        pb::VoiceStatus::Completed,
+        "the watcher got the terminal state"
+    );
+    assert!(next(&mut stream).await.is_none());
+    assert_eq!(
+        status_of(&app, user, &during.voice_id).await,
+        pb::VoiceStatus::Completed
+    );
+}

@@ -1,0 +1,315 @@
+//! The sync engine on one replica: SQLite with the in-process queue and bus,
+//! and PostgreSQL with Redis. Tests drive single worker steps.
+
+use std::time::Duration;
+
+use tonic::Streaming;
+use uuid::Uuid;
+use voicehub::pb::{
+    self, DeleteVoiceRequest, GetVoiceRequest, VoiceStatusEvent, WatchVoiceStatusRequest,
+};
+
+use crate::{
+    fake_elevenlabs::{Fault, Report, Route},
+    helpers::{Backend, Client, create_request, spawn_app_with_fake},
+    on_both_backends,
+};
+
+pub async fn watch(client: &mut Client, ids: &[&str]) -> Streaming<VoiceStatusEvent> {
+    let request = WatchVoiceStatusRequest {
+        voice_ids: ids.iter().map(|s| s.to_string()).collect(),
+    };
+    client
+        .watch_voice_status(request)
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// The next event, or `None` when the stream ended with OK.
+pub async fn next(stream: &mut Streaming<VoiceStatusEvent>) -> Option<VoiceStatusEvent> {
+    tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .expect("an event within 10 s")
+        .expect("the stream does not fail")
+}
+
+fn status(event: &VoiceStatusEvent) -> pb::VoiceStatus {
+    event.voice.as_ref().unwrap().status()
+}
+
+async fn a_watcher_sees_processing_then_completed_and_storage_agrees(backend: Backend) {
+    let (app, fake) = spawn_app_with_fake(backend, |_| {}).await;
+    fake.set_default_report(Report::awaiting_verification());
+    let mut client = app.client(Uuid::new_v4());
+    let voice = client
+        .create_voice_clone(create_request("Narrator"))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut stream = watch(&mut client, &[&voice.voice_id]).await;
+    let first = next(&mut stream).await.unwrap();
+    assert!(first.snapshot);
+    assert_eq!(status(&first), pb::VoiceStatus::Processing);
+
+    let step = app.worker.run_once().await.unwrap();
+    assert_eq!(
+        (step.claimed, step.rescheduled, step.completed),
+        (1, 1, 0),
+        "verification pending: {step:?}"
+    );
+    fake.set_report(
+        &voice.provider_voice_id,
+        Report {
+            is_verified: true,
+            ..Report::awaiting_verification()
+        },
+    );
+    let step = app.worker.run_once().await.unwrap();
+    assert_eq!(step.completed, 1, "{step:?}");
+
+    let done = next(&mut stream).await.unwrap();
+    assert!(!done.snapshot);
+    assert_eq!(status(&done), pb::VoiceStatus::Completed);
+    let completed = done.voice.unwrap();
+    assert!(completed.preview_url.contains(&voice.provider_voice_id));
+    assert!(completed.revision > first.voice.unwrap().revision);
+    assert!(
+        next(&mut stream).await.is_none(),
+        "every watched voice is terminal: the stream ends"
+    );
+
+    let stored = client
+        .get_voice(GetVoiceRequest {
+            voice_id: voice.voice_id,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stored, completed);
+    assert!(stored.completed_at.is_some());
+    assert_eq!(
+        stored.labels.get("language").map(String::as_str),
+        Some("en-GB"),
+        "labels as the provider reports them"
+    );
+}
+
+async fn provider_failures_become_failed_with_a_reason(backend: Backend) {
+    let (app, fake) = spawn_app_with_fake(backend, |_| {}).await;
+    let mut client = app.client(Uuid::new_v4());
+    let mut failed_training = Report::professional("failed");
+    failed_training.fine_tuning_message = [(
+        "eleven_multilingual_v2".to_owned(),
+        "audio too noisy".to_owned(),
+    )]
+    .into();
+    let banned = Report {
+        safety_control: Some("BAN"),
+        ..Report::default()
+    };
+    enum Case {
+        Report(Report),
+        Forgotten,
+        NotFound404,
+    }
+    for (case, expected) in [
+        (
+            Case::Report(failed_training),
+            "training failed at the provider: audio too noisy",
+        ),
+        (Case::Report(banned), "banned"),
+        (Case::Forgotten, "voice no longer exists at the provider"),
+        (Case::NotFound404, "voice no longer exists at the provider"),
+    ] {
+        let voice = client
+            .create_voice_clone(create_request("Doomed"))
+            .await
+            .unwrap()
+            .into_inner();
+        match case {
+            Case::Report(report) => fake.set_report(&voice.provider_voice_id, report),
+            Case::Forgotten => fake.forget(&voice.provider_voice_id),
+            Case::NotFound404 => fake.inject(Route::Get, 1, Fault::not_found_404()),
+        }
+        let mut stream = watch(&mut client, &[&voice.voice_id]).await;
+        assert!(next(&mut stream).await.unwrap().snapshot);
+        let step = app.worker.run_once().await.unwrap();
+        assert_eq!(step.failed, 1, "{expected}: {step:?}");
+        let failed = next(&mut stream).await.unwrap().voice.unwrap();
+        assert_eq!(failed.status(), pb::VoiceStatus::Failed);
+        assert!(
+            failed.failure_reason.contains(expected),
+            "{expected}: {}",
+            failed.failure_reason
+        );
+        assert!(next(&mut stream).await.is_none());
+    }
+}
+
+async fn a_professional_clone_follows_its_training_state(backend: Backend) {
+    let (app, fake) = spawn_app_with_fake(backend, |_| {}).await;
+    let mut client = app.client(Uuid::new_v4());
+    let voice = client
+        .create_voice_clone(create_request("Pro"))
+        .await
+        .unwrap()
+        .into_inner();
+    for state in [
+        "not_started",
+        "queued",
+        "fine_tuning",
+        "delayed",
+        "fine_tuning",
+    ] {
+        fake.set_report(&voice.provider_voice_id, Report::professional(state));
+        let step = app.worker.run_once().await.unwrap();
+        assert_eq!((step.rescheduled, step.completed), (1, 0), "{state}");
+    }
+    fake.set_report(&voice.provider_voice_id, Report::professional("fine_tuned"));
+    assert_eq!(app.worker.run_once().await.unwrap().completed, 1);
+    let stored = client
+        .get_voice(GetVoiceRequest {
+            voice_id: voice.voice_id,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stored.status(), pb::VoiceStatus::Completed);
+}
+
+async fn a_voice_past_its_maximum_age_fails_with_a_reason_that_says_so(backend: Backend) {
+    let (app, fake) =
+        spawn_app_with_fake(backend, |c| c.sync_max_age = Duration::from_millis(1)).await;
+    let mut client = app.client(Uuid::new_v4());
+    let voice = client
+        .create_voice_clone(create_request("Slowpoke"))
+        .await
+        .unwrap()
+        .into_inner();
+    let step = app.worker.run_once().await.unwrap();
+    assert_eq!(step.failed, 1, "{step:?}");
+    assert_eq!(
+        fake.calls(Route::Get),
+        0,
+        "past its deadline, the provider is not asked"
+    );
+    let stored = client
+        .get_voice(GetVoiceRequest {
+            voice_id: voice.voice_id,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stored.status(), pb::VoiceStatus::Failed);
+    assert!(
+        stored.failure_reason.contains("gave up"),
+        "{}",
+        stored.failure_reason
+    );
+}
+
+async fn an_idle_step_is_one_queue_round_trip_and_no_sql(backend: Backend) {
+    let (app, _fake) = spawn_app_with_fake(backend, |_| {}).await;
+    // The first step reconciles the queue with storage (start-up work).
+    assert!(app.worker.run_once().await.unwrap().reconciled);
+    let (statements, round_trips) = (app.store.statements().total(), app.queue.round_trips());
+    for _ in 0..5 {
+        let step = app.worker.run_once().await.unwrap();
+        assert_eq!(step.claimed, 0);
+        assert!(!step.reconciled);
+    }
+    assert_eq!(
+        app.store.statements().total(),
+        statements,
+        "idle steps ran SQL"
+    );
+    assert_eq!(
+        app.queue.round_trips(),
+        round_trips + 5,
+        "one queue round trip per idle step"
+    );
+}
+
+async fn claimed_voices_are_read_with_one_query(backend: Backend) {
+    let (app, fake) = spawn_app_with_fake(backend, |_| {}).await;
+    fake.set_default_report(Report::awaiting_verification());
+    let mut client = app.client(Uuid::new_v4());
+    for i in 0..5 {
+        client
+            .create_voice_clone(create_request(&format!("Voice {i}")))
+            .await
+            .unwrap();
+    }
+    app.worker.run_once().await.unwrap();
+    let (reads, writes) = (
+        app.store.statements().reads(),
+        app.store.statements().writes(),
+    );
+    let step = app.worker.run_once().await.unwrap();
+    assert_eq!((step.claimed, step.rescheduled), (5, 5), "{step:?}");
+    assert_eq!(
+        app.store.statements().reads(),
+        reads + 1,
+        "five claimed voices, one read"
+    );
+    assert_eq!(
+        app.store.statements().writes(),
+        writes,
+        "nothing changed, nothing written"
+    );
+}
+
+async fn a_deleted_voice_leaves_the_queue_without_a_provider_check(backend: Backend) {
+    let (app, fake) = spawn_app_with_fake(backend, |_| {}).await;
+    let mut client = app.client(Uuid::new_v4());
+    let voice = client
+        .create_voice_clone(create_request("Brief"))
+        .await
+        .unwrap()
+        .into_inner();
+    client
+        .delete_voice(DeleteVoiceRequest {
+            voice_id: voice.voice_id,
+        })
+        .await
+        .unwrap();
+    let step = app.worker.run_once().await.unwrap();
+    assert_eq!((step.claimed, step.completed, step.failed), (1, 0, 0));
+    assert_eq!(fake.calls(Route::Get), 0);
+    assert_eq!(
+        app.worker.run_once().await.unwrap().claimed,
+        0,
+        "finished, not rescheduled"
+    );
+}
+
+async fn a_provider_outage_reschedules_instead_of_failing(backend: Backend) {
+    let (app, fake) = spawn_app_with_fake(backend, |_| {}).await;
+    let mut client = app.client(Uuid::new_v4());
+    let voice = client
+        .create_voice_clone(create_request("Patient"))
+        .await
+        .unwrap()
+        .into_inner();
+    fake.inject(Route::Get, 4, Fault::server_error());
+    let step = app.worker.run_once().await.unwrap();
+    assert_eq!((step.rescheduled, step.failed), (1, 0), "{step:?}");
+    // The next check (once it is due) finds it ready.
+    app.queue
+        .reschedule(voice.voice_id.parse().unwrap(), Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(app.worker.run_once().await.unwrap().completed, 1);
+}
+
+on_both_backends!(
+    a_watcher_sees_processing_then_completed_and_storage_agrees,
+    provider_failures_become_failed_with_a_reason,
+    a_professional_clone_follows_its_training_state,
+    a_voice_past_its_maximum_age_fails_with_a_reason_that_says_so,
+    an_idle_step_is_one_queue_round_trip_and_no_sql,
+    claimed_voices_are_read_with_one_query,
+    a_deleted_voice_leaves_the_queue_without_a_provider_check,
+    a_provider_outage_reschedules_instead_of_failing,
+);
