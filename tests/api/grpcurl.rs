@@ -345,11 +345,64 @@ fn write_path_through_grpcurl(dir: &Path, addr: &str) -> String {
     provider_voice_id
 }
 
+/// Creates a voice and watches it until the sync engine completes it.
+fn watch_through_grpcurl(dir: &Path, addr: &str) {
+    use base64::Engine;
+    let auth = token(dir, Uuid::new_v4());
+    let wav = base64::engine::general_purpose::STANDARD.encode(crate::helpers::wav(250));
+    let create = serde_json::json!({
+        "name": "Watched",
+        "samples": [{"filename": "hello.wav", "content_type": "audio/wav", "data": wav}],
+    });
+    let created = call(addr, &auth, "CreateVoiceClone", &create.to_string());
+    let voice_id = created["voiceId"].as_str().unwrap();
+    let request = format!(r#"{{"voice_ids":["{voice_id}"]}}"#);
+    // The stream ends by itself once the voice is terminal.
+    let out = grpcurl(&[
+        "-plaintext",
+        "-H",
+        &auth,
+        "-d",
+        &request,
+        addr,
+        "voicehub.v1.VoiceService/WatchVoiceStatus",
+    ]);
+    let printed = stdout_of(&out);
+    println!("grpcurl WatchVoiceStatus:\n{printed}");
+    let events: Vec<serde_json::Value> = serde_json::Deserializer::from_str(&printed)
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(events.first().unwrap()["snapshot"], true, "{printed}");
+    assert_eq!(
+        events.first().unwrap()["voice"]["status"],
+        "VOICE_STATUS_PROCESSING",
+        "{printed}"
+    );
+    let last = events.last().unwrap();
+    assert_eq!(
+        last["voice"]["status"], "VOICE_STATUS_COMPLETED",
+        "{printed}"
+    );
+    assert!(
+        last.get("snapshot").is_none(),
+        "false is not printed: {printed}"
+    );
+    assert!(
+        last["voice"]["previewUrl"]
+            .as_str()
+            .unwrap()
+            .contains("simulated")
+    );
+}
+
 #[tokio::test]
 async fn grpcurl_creates_updates_and_deletes_a_voice_with_the_simulated_provider() {
     let dir = tempfile::tempdir().unwrap();
-    let server = serve(dir.path(), &[]);
+    // Long enough for the watch to open before the clone is ready.
+    let server = serve(dir.path(), &[("VOICEHUB_SIMULATED_READY_AFTER", "2s")]);
     write_path_through_grpcurl(dir.path(), &server.addr);
+    watch_through_grpcurl(dir.path(), &server.addr);
     let logs = server.logs.lock().unwrap().join("\n");
     assert!(
         logs.contains("using the simulated voice provider"),
