@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use fred::{clients::SubscriberClient, prelude::*};
+use fred::{clients::SubscriberClient, interfaces::ClientInterface, prelude::*};
 
 /// Longest a command may take before the caller gets an error, by default.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(3);
@@ -84,9 +84,13 @@ impl Redis {
     /// Closes every connection.
     pub async fn quit(&self) {
         let _ = tokio::time::timeout(Duration::from_secs(2), async {
-            let _ = self.subscriber.quit().await;
-            let _ = self.reader.quit().await;
-            let _ = self.commands.quit().await;
+            // The reader may sit in a blocking XREAD that QUIT would queue behind.
+            let _ = self.reader.unblock_self(None).await;
+            let _ = tokio::join!(
+                self.subscriber.quit(),
+                self.reader.quit(),
+                self.commands.quit()
+            );
         })
         .await;
     }

@@ -2,7 +2,7 @@
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
-use fred::prelude::*;
+use fred::{prelude::*, types::streams::XReadResponse};
 use tokio_util::sync::CancellationToken;
 
 use super::{EventBus, Hub};
@@ -62,12 +62,21 @@ impl RedisBus {
                     }
                 }
             }
-            let read = reader.xread_map::<String, String, String, String, _, _>(
-                Some(100),
-                Some(BLOCK_MS),
-                self.stream.as_str(),
-                last.as_str(),
-            );
+            let read = async {
+                let reply: Value = reader
+                    .xread(
+                        Some(100),
+                        Some(BLOCK_MS),
+                        self.stream.as_str(),
+                        last.as_str(),
+                    )
+                    .await?;
+                // A blocking read that times out answers nil: nothing new, not an error.
+                if reply.is_null() {
+                    return Ok(XReadResponse::default());
+                }
+                reply.into_xread_response::<String, String, String, String>()
+            };
             let entries = tokio::select! {
                 () = shutdown.cancelled() => return,
                 entries = read => entries,
