@@ -5,31 +5,23 @@
 //! variable; nothing downstream re-validates. Secrets are held in
 //! [`SecretString`] so they never reach a log line or a `Debug` print.
 
-use std::{
-    fs,
-    io::{self, Write},
-    net::SocketAddr,
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::{net::SocketAddr, path::Path, time::Duration};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 use secrecy::{ExposeSecret, SecretString};
 use uuid::Uuid;
 
-use crate::{
-    provider::{ElevenLabsConfig, RetryPolicy},
-    sync::SyncConfig,
-};
+mod auth;
+mod provider;
+
+pub use auth::{AuthArgs, AuthConfig, DEV_SECRET_FILE};
+pub use provider::{ProviderArgs, ProviderConfig, ProviderKind};
+
+use crate::sync::SyncConfig;
 
 /// The default database: a SQLite file in the working directory, created if missing.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://voicehub.db?mode=rwc";
-/// Where a development installation keeps its generated JWT secret.
-pub const DEV_SECRET_FILE: &str = ".voicehub-dev-secret";
-/// HS256 secrets shorter than this are guessable; production ones are refused.
-const MIN_SECRET_LEN: usize = 32;
-
 #[derive(Debug, Parser)]
 #[command(
     name = "voicehub",
@@ -112,95 +104,6 @@ pub struct ServeArgs {
     pub provider: ProviderArgs,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum ProviderKind {
-    Elevenlabs,
-    Simulated,
-}
-
-#[derive(Debug, Clone, Args)]
-pub struct ProviderArgs {
-    /// Voice provider. Unset: `elevenlabs` when ELEVENLABS_API_KEY is set, else `simulated`.
-    #[arg(long, env = "VOICEHUB_PROVIDER", value_enum)]
-    pub provider: Option<ProviderKind>,
-    /// ElevenLabs API key (sent as `xi-api-key`; never logged).
-    #[arg(long, env = "ELEVENLABS_API_KEY", hide_env_values = true)]
-    pub elevenlabs_api_key: Option<String>,
-    /// ElevenLabs API base URL.
-    #[arg(
-        long,
-        env = "ELEVENLABS_BASE_URL",
-        default_value = "https://api.elevenlabs.io"
-    )]
-    pub elevenlabs_base_url: String,
-    /// Timeout of one ElevenLabs request (sample uploads included).
-    #[arg(long, env = "ELEVENLABS_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
-    pub elevenlabs_timeout: Duration,
-    /// Most ElevenLabs requests in flight at once (ElevenLabs limits concurrency per plan).
-    #[arg(long, env = "ELEVENLABS_MAX_CONCURRENCY", default_value_t = 4)]
-    pub elevenlabs_max_concurrency: usize,
-    /// Retries of a failed ElevenLabs request (429, 5xx, transport errors).
-    #[arg(long, env = "ELEVENLABS_MAX_RETRIES", default_value_t = 3)]
-    pub elevenlabs_max_retries: u32,
-    /// Total time one ElevenLabs call may take, retries included.
-    #[arg(long, env = "ELEVENLABS_RETRY_BUDGET", default_value = "90s", value_parser = humantime::parse_duration)]
-    pub elevenlabs_retry_budget: Duration,
-    /// How long the simulated provider takes to make a clone ready.
-    #[arg(long, env = "VOICEHUB_SIMULATED_READY_AFTER", default_value = "3s", value_parser = humantime::parse_duration)]
-    pub simulated_ready_after: Duration,
-}
-
-/// The voice provider to use, resolved.
-#[derive(Debug, Clone)]
-pub enum ProviderConfig {
-    ElevenLabs(ElevenLabsConfig),
-    Simulated { ready_after: Duration },
-}
-
-impl ProviderArgs {
-    /// # Errors
-    /// `elevenlabs` chosen without a key, or a malformed base URL.
-    pub fn into_config(self) -> anyhow::Result<ProviderConfig> {
-        let key = self.elevenlabs_api_key.filter(|k| !k.trim().is_empty());
-        let kind = match (self.provider, &key) {
-            (Some(kind), _) => kind,
-            (None, Some(_)) => ProviderKind::Elevenlabs,
-            (None, None) => {
-                tracing::warn!("ELEVENLABS_API_KEY is not set: using the simulated voice provider");
-                ProviderKind::Simulated
-            }
-        };
-        match kind {
-            ProviderKind::Simulated => Ok(ProviderConfig::Simulated {
-                ready_after: self.simulated_ready_after,
-            }),
-            ProviderKind::Elevenlabs => {
-                let Some(key) = key else {
-                    bail!("VOICEHUB_PROVIDER=elevenlabs needs ELEVENLABS_API_KEY");
-                };
-                let base_url = reqwest::Url::parse(&self.elevenlabs_base_url)
-                    .ok()
-                    .filter(|u| matches!(u.scheme(), "http" | "https") && u.has_host())
-                    .context("ELEVENLABS_BASE_URL must be an http(s) URL")?;
-                if self.elevenlabs_max_concurrency == 0 || self.elevenlabs_timeout.is_zero() {
-                    bail!("ELEVENLABS_MAX_CONCURRENCY and ELEVENLABS_TIMEOUT must be above zero");
-                }
-                Ok(ProviderConfig::ElevenLabs(ElevenLabsConfig {
-                    base_url,
-                    api_key: SecretString::from(key),
-                    timeout: self.elevenlabs_timeout,
-                    max_concurrency: self.elevenlabs_max_concurrency,
-                    retry: RetryPolicy {
-                        max_retries: self.elevenlabs_max_retries,
-                        budget: self.elevenlabs_retry_budget,
-                        ..RetryPolicy::default()
-                    },
-                }))
-            }
-        }
-    }
-}
-
 #[derive(Debug, Clone, Args)]
 pub struct DatabaseArgs {
     /// `sqlite://FILE?mode=rwc` or `postgres://USER@HOST:PORT/DB`.
@@ -209,20 +112,6 @@ pub struct DatabaseArgs {
     /// Most database connections this process opens.
     #[arg(long, env = "VOICEHUB_DB_MAX_CONNECTIONS", default_value_t = 10)]
     pub db_max_connections: u32,
-}
-
-#[derive(Debug, Clone, Args)]
-pub struct AuthArgs {
-    /// HS256 secret that signs user tokens (at least 32 bytes). Unset: development
-    /// mode with a secret generated once into `.voicehub-dev-secret`.
-    #[arg(long, env = "VOICEHUB_JWT_SECRET", hide_env_values = true)]
-    pub jwt_secret: Option<String>,
-    /// When set, tokens must carry this `iss`.
-    #[arg(long, env = "VOICEHUB_JWT_ISSUER")]
-    pub jwt_issuer: Option<String>,
-    /// When set, tokens must carry this `aud`.
-    #[arg(long, env = "VOICEHUB_JWT_AUDIENCE")]
-    pub jwt_audience: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -260,15 +149,6 @@ pub struct Config {
 pub struct DatabaseConfig {
     pub url: SecretString,
     pub max_connections: u32,
-}
-
-#[derive(Debug, Clone)]
-pub struct AuthConfig {
-    pub secret: SecretString,
-    pub issuer: Option<String>,
-    pub audience: Option<String>,
-    /// True when the secret was generated locally rather than configured.
-    pub development: bool,
 }
 
 impl ServeArgs {
@@ -346,68 +226,6 @@ impl DatabaseArgs {
     }
 }
 
-impl AuthArgs {
-    /// Resolves the signing secret: the configured one, or in development the
-    /// one generated into `dir`/[`DEV_SECRET_FILE`] on first use.
-    ///
-    /// # Errors
-    /// A configured secret that is too short, or an unreadable secret file.
-    pub fn into_config(self, dir: &Path) -> anyhow::Result<AuthConfig> {
-        let empty_to_none = |v: Option<String>| v.filter(|s| !s.trim().is_empty());
-        let (secret, development) = match empty_to_none(self.jwt_secret) {
-            Some(secret) if secret.len() < MIN_SECRET_LEN => {
-                bail!("VOICEHUB_JWT_SECRET must be at least {MIN_SECRET_LEN} bytes long")
-            }
-            Some(secret) => (SecretString::from(secret), false),
-            None => (dev_secret(&dir.join(DEV_SECRET_FILE))?, true),
-        };
-        Ok(AuthConfig {
-            secret,
-            issuer: empty_to_none(self.jwt_issuer),
-            audience: empty_to_none(self.jwt_audience),
-            development,
-        })
-    }
-}
-
-/// Reads the development secret, creating it (mode 0600) on first use, so that
-/// `serve` and `token` agree without configuration and no two installations share one.
-fn dev_secret(path: &PathBuf) -> anyhow::Result<SecretString> {
-    match fs::read_to_string(path) {
-        Ok(s) if s.trim().len() >= MIN_SECRET_LEN => {
-            return Ok(SecretString::from(s.trim().to_owned()));
-        }
-        Ok(_) => bail!(
-            "{} is too short; delete it to generate a new one",
-            path.display()
-        ),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
-    }
-    let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no OS randomness: {e}"))?;
-    let secret: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    let mut options = fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    match options.open(path) {
-        Ok(mut file) => {
-            file.write_all(secret.as_bytes())
-                .and_then(|()| file.sync_all())
-                .with_context(|| format!("writing {}", path.display()))?;
-            Ok(SecretString::from(secret))
-        }
-        // Another process (say `token` beside `serve`) won the race: use its secret.
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-            let s =
-                fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-            Ok(SecretString::from(s.trim().to_owned()))
-        }
-        Err(e) => Err(e).with_context(|| format!("creating {}", path.display())),
-    }
-}
-
 impl DatabaseConfig {
     pub fn url(&self) -> &str {
         self.url.expose_secret()
@@ -417,35 +235,6 @@ impl DatabaseConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn auth(secret: Option<&str>) -> AuthArgs {
-        AuthArgs {
-            jwt_secret: secret.map(str::to_owned),
-            jwt_issuer: None,
-            jwt_audience: Some(" ".into()),
-        }
-    }
-
-    #[test]
-    fn short_configured_secret_is_refused_with_the_variable_named() {
-        let dir = tempfile::tempdir().unwrap();
-        let err = auth(Some("short")).into_config(dir.path()).unwrap_err();
-        assert!(err.to_string().contains("VOICEHUB_JWT_SECRET"), "{err}");
-    }
-
-    #[test]
-    fn development_secret_is_generated_once_and_reused() {
-        let dir = tempfile::tempdir().unwrap();
-        let first = auth(None).into_config(dir.path()).unwrap();
-        let second = auth(None).into_config(dir.path()).unwrap();
-        assert!(first.development);
-        assert_eq!(first.secret.expose_secret(), second.secret.expose_secret());
-        assert_eq!(first.secret.expose_secret().len(), 64);
-        assert_eq!(first.audience, None, "a blank audience means unset");
-        let other = tempfile::tempdir().unwrap();
-        let third = auth(None).into_config(other.path()).unwrap();
-        assert_ne!(first.secret.expose_secret(), third.secret.expose_secret());
-    }
 
     #[test]
     fn database_url_scheme_is_checked() {
