@@ -39,9 +39,6 @@ pub enum Error {
     /// The database failed or is unreachable.
     #[error("storage error")]
     Storage(#[from] sea_orm::DbErr),
-    /// A bug or an impossible state; the cause is logged, never sent.
-    #[error("internal error")]
-    Internal(#[source] anyhow::Error),
 }
 
 impl Error {
@@ -136,10 +133,6 @@ impl From<Error> for Status {
                     }
                     _ => Status::internal("internal error"),
                 }
-            }
-            Error::Internal(cause) => {
-                tracing::error!(error = format!("{cause:#}"), "internal error");
-                Status::internal("internal error")
             }
         }
     }

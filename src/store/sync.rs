@@ -69,12 +69,7 @@ impl Store {
     pub async fn get_visible_many(&self, caller: Uuid, ids: &[Uuid]) -> Result<Vec<Voice>, DbErr> {
         Entity::find()
             .filter(Column::Id.is_in(ids.iter().copied()))
-            .filter(Column::Status.ne(VoiceStatus::Deleted))
-            .filter(
-                sea_orm::Condition::any()
-                    .add(Column::OwnerUserId.eq(caller))
-                    .add(Column::Visibility.eq(super::Visibility::Public)),
-            )
+            .filter(super::voices::visible_to(caller))
             .all(&self.db)
             .await
     }

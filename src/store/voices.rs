@@ -73,12 +73,7 @@ impl Store {
     /// A database failure.
     pub async fn get_visible(&self, caller: Uuid, id: Uuid) -> Result<Option<Voice>, DbErr> {
         Entity::find_by_id(id)
-            .filter(Column::Status.ne(VoiceStatus::Deleted))
-            .filter(
-                Condition::any()
-                    .add(Column::OwnerUserId.eq(caller))
-                    .add(Column::Visibility.eq(Visibility::Public)),
-            )
+            .filter(visible_to(caller))
             .one(&self.db)
             .await
     }
@@ -145,6 +140,18 @@ impl Store {
             .all(&self.db)
             .await
     }
+}
+
+/// The one visibility rule of single-voice reads: the caller's own voice or
+/// anyone's public one, never a DELETED one.
+pub(super) fn visible_to(caller: Uuid) -> Condition {
+    Condition::all()
+        .add(Column::Status.ne(VoiceStatus::Deleted))
+        .add(
+            Condition::any()
+                .add(Column::OwnerUserId.eq(caller))
+                .add(Column::Visibility.eq(Visibility::Public)),
+        )
 }
 
 fn public() -> SimpleExpr {
