@@ -1,4 +1,7 @@
-//! Generates the gRPC code and the descriptor set (for reflection) from `proto/`.
+//! Generates the gRPC code and the descriptor set (for reflection) from
+//! `proto/voicehub/v1`, and the inter-replica event messages from
+//! `proto/voicehub/events/v1` (kept out of the descriptor set: they are not
+//! part of the served contract).
 //!
 //! protoc comes from the `protoc-bin-vendored` crate, so a fresh machine needs
 //! nothing installed; set `PROTOC` to use another one.
@@ -7,13 +10,13 @@ use std::{env, path::PathBuf};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
-    let mut config = prost_build::Config::new();
-    // Samples (up to 50 MiB) as `Bytes`: sliced from the request buffer and
-    // shared with the provider's upload (and its retries) without copying.
-    config.bytes([".voicehub.v1.AudioSample.data"]);
+    let mut api = prost_build::Config::new();
+    let mut events = prost_build::Config::new();
     let mut includes = vec![PathBuf::from("proto")];
     if env::var_os("PROTOC").is_none() {
-        config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
+        let protoc = protoc_bin_vendored::protoc_bin_path()?;
+        api.protoc_executable(&protoc);
+        events.protoc_executable(&protoc);
         includes.push(protoc_bin_vendored::include_path()?);
     }
     // tonic-prost-build prints no rerun-if-changed itself, and any rerun line we
@@ -21,12 +24,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-env-changed=PROTOC");
+
+    // Samples (up to 50 MiB) as `Bytes`: sliced from the request buffer and
+    // shared with the provider's upload (and its retries) without copying.
+    api.bytes([".voicehub.v1.AudioSample.data"]);
     tonic_prost_build::configure()
         .file_descriptor_set_path(out_dir.join("voicehub_descriptor.bin"))
         .compile_with_config(
-            config,
+            api,
             &[PathBuf::from("proto/voicehub/v1/voice.proto")],
             &includes,
         )?;
+
+    // The events embed `voicehub.v1.Voice`: use the type generated above.
+    events.extern_path(".voicehub.v1", "crate::pb");
+    events.compile_protos(
+        &[PathBuf::from("proto/voicehub/events/v1/events.proto")],
+        &includes,
+    )?;
     Ok(())
 }

@@ -10,12 +10,25 @@
 use std::{sync::Arc, time::Duration};
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use tonic::{Request, Status, service::Interceptor};
 use uuid::Uuid;
 
-use crate::{config::AuthConfig, error::Error};
+use crate::error::Error;
+
+/// How user tokens are signed and what they must carry.
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    /// The HS256 secret.
+    pub secret: SecretString,
+    /// When set, tokens must carry this `iss`.
+    pub issuer: Option<String>,
+    /// When set, tokens must carry this `aud`.
+    pub audience: Option<String>,
+    /// True when the secret was generated locally rather than configured.
+    pub development: bool,
+}
 
 /// The authenticated caller, as found in the token's `sub`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -172,7 +185,6 @@ pub fn caller<T>(request: &Request<T>) -> Result<UserId, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use secrecy::SecretString;
 
     fn config(secret: &str, issuer: Option<&str>, audience: Option<&str>) -> AuthConfig {
         AuthConfig {

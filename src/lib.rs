@@ -2,6 +2,12 @@
 //!
 //! `main.rs` parses the command line and calls into this library;
 //! [`server::Application`] is what both `voicehub serve` and the tests run.
+//!
+//! Layers, each importing only the ones below it:
+//! `server` → `grpc` → `write_path` → `status_engine`, `events` → `pb`,
+//! `provider`, `store` → `error`, `metrics`. `config` sits above them all: it
+//! turns flags into each component's settings and is imported by `main.rs`
+//! and `server` alone.
 
 pub mod auth;
 pub mod config;
@@ -9,21 +15,14 @@ pub mod error;
 pub mod events;
 pub mod grpc;
 pub mod health;
+pub mod metrics;
+pub mod pb;
 pub mod provider;
 pub mod redis;
 pub mod server;
+pub mod status_engine;
 pub mod store;
-pub mod sync;
 pub mod telemetry;
-pub mod voices;
-
-/// Code generated from `proto/voicehub/v1/voice.proto`.
-pub mod pb {
-    tonic::include_proto!("voicehub.v1");
-
-    /// The encoded descriptors of the contract, served by reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] =
-        tonic::include_file_descriptor_set!("voicehub_descriptor");
-}
+pub mod write_path;
 
 pub use server::Application;

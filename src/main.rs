@@ -6,6 +6,7 @@ use voicehub::{
     Application,
     auth::Authenticator,
     config::{Cli, Command},
+    metrics::Metrics,
     store::Store,
     telemetry,
 };
@@ -32,7 +33,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             app.run_until_stopped(shutdown).await
         }
         Command::Migrate(args) => {
-            let store = Store::connect(&args.into_config()?).await?;
+            let store = Store::connect(&args.into_config()?, &Metrics::new()).await?;
             store.migrate().await?;
             tracing::info!("migrations applied");
             store.close().await;

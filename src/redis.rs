@@ -12,14 +12,16 @@ use std::time::Duration;
 use anyhow::Context;
 use fred::{clients::SubscriberClient, interfaces::ClientInterface, prelude::*};
 
-/// Longest a command may take before the caller gets an error, by default.
-pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long start-up waits for a first connection before going on without.
 const FIRST_CONNECT: Duration = Duration::from_secs(5);
 
+/// One replica's Redis connections.
 pub struct Redis {
+    /// Queue scripts and XADD.
     pub commands: Client,
+    /// The event stream's blocking reads.
     pub reader: Client,
+    /// Wake-up subscriptions.
     pub subscriber: SubscriberClient,
 }
 

@@ -9,11 +9,7 @@
 //! NOT_SERVING, watch streams end with UNAVAILABLE, the listener closes,
 //! in-flight calls finish, background tasks stop, connections close.
 
-use std::{
-    net::SocketAddr,
-    sync::{Arc, atomic::AtomicBool},
-    time::Duration,
-};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use tokio::net::TcpListener;
@@ -25,18 +21,16 @@ use tonic_health::ServingStatus;
 use crate::{
     auth::Authenticator,
     config::Config,
-    events::{DynBus, Hub, LocalBus, RedisBus},
+    events::{self, DynBus, LocalBus, RedisBus},
     grpc::VoiceApi,
     health::{self, StorageHealth},
-    pb, provider,
+    metrics::Metrics,
+    pb,
     redis::Redis,
+    status_engine::{DynQueue, LocalQueue, RedisQueue, Worker},
     store::Store,
-    sync::{DynQueue, LocalQueue, RedisQueue, Scheduler, Worker},
-    voices::{Limits, Voices},
+    write_path::{Limits, WritePath},
 };
-
-/// How long one blocking read of the event stream waits.
-const EVENT_READ_BLOCK: Duration = Duration::from_secs(5);
 
 /// The Redis side of a replica, when REDIS_URL is set.
 struct RedisParts {
@@ -45,17 +39,18 @@ struct RedisParts {
     bus: Arc<RedisBus>,
 }
 
+/// A built server: bound, connected and migrated, not yet serving.
 pub struct Application {
     listener: TcpListener,
     local_addr: SocketAddr,
     store: Store,
     auth: Authenticator,
-    voices: Voices,
+    writes: WritePath,
     worker: Worker,
     run_worker: bool,
-    queue: DynQueue,
     bus: DynBus,
     redis: Option<RedisParts>,
+    metrics: Metrics,
     health_interval: Duration,
 }
 
@@ -74,9 +69,10 @@ impl Application {
                  set VOICEHUB_JWT_SECRET in production"
             );
         }
-        let provider = provider::from_config(&config.provider)?;
+        let provider = config.provider.build()?;
         tracing::info!(provider = provider.name(), "voice provider");
-        let store = Store::connect(&config.database)
+        let metrics = Metrics::new();
+        let store = Store::connect(&config.database, &metrics)
             .await
             .context("connecting to the database (DATABASE_URL)")?;
         if config.migrate_on_start {
@@ -90,14 +86,22 @@ impl Application {
         let (queue, bus, redis): (DynQueue, DynBus, _) = match &config.redis_url {
             Some(url) => {
                 use secrecy::ExposeSecret;
-                let redis =
-                    Redis::connect(url.expose_secret(), config.redis_timeout, EVENT_READ_BLOCK)
-                        .await?;
+                let redis = Redis::connect(
+                    url.expose_secret(),
+                    config.redis_timeout,
+                    events::READ_BLOCK,
+                )
+                .await?;
                 let queue = Arc::new(RedisQueue::new(
                     redis.commands.clone(),
                     &config.redis_prefix,
+                    metrics.queue_round_trips.clone(),
                 ));
-                let bus = Arc::new(RedisBus::new(redis.commands.clone(), &config.redis_prefix));
+                let bus = Arc::new(RedisBus::new(
+                    redis.commands.clone(),
+                    &config.redis_prefix,
+                    metrics.watch_streams.clone(),
+                ));
                 tracing::info!(
                     prefix = config.redis_prefix,
                     "due-queue and events in Redis: replicas share the work"
@@ -112,22 +116,24 @@ impl Application {
                 tracing::info!(
                     "no REDIS_URL: in-process due-queue and event bus (a single replica only)"
                 );
-                (Arc::new(LocalQueue::new()), Arc::new(LocalBus::new()), None)
+                (
+                    Arc::new(LocalQueue::new(metrics.queue_round_trips.clone())),
+                    Arc::new(LocalBus::new(metrics.watch_streams.clone())),
+                    None,
+                )
             }
         };
-        let reconcile_needed = Arc::new(AtomicBool::new(true));
         let worker = Worker::new(
-            queue.clone(),
+            queue,
             store.clone(),
             provider.clone(),
             bus.clone(),
             config.sync.clone(),
-            reconcile_needed.clone(),
         );
-        let voices = Voices::new(
+        let writes = WritePath::new(
             store.clone(),
             provider,
-            Scheduler::new(queue.clone(), reconcile_needed),
+            worker.scheduler(),
             bus.clone(),
             Limits {
                 max_per_user: config.max_voices_per_user,
@@ -144,36 +150,39 @@ impl Application {
             local_addr,
             store,
             auth: Authenticator::new(&config.auth),
-            voices,
+            writes,
             worker,
             run_worker: config.sync_worker,
-            queue,
             bus,
             redis,
+            metrics,
             health_interval: config.health_interval,
         })
     }
 
+    /// The address the listener is bound to (the real port when asked for 0).
+    #[must_use]
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
     }
 
+    /// The server's storage handle.
+    #[must_use]
     pub fn store(&self) -> &Store {
         &self.store
     }
 
-    /// A handle on the sync worker, to drive single steps (tests, tools).
+    /// A handle on the status engine's worker, to drive single steps
+    /// (`run_once`) from tests and tools.
+    #[must_use]
     pub fn worker(&self) -> Worker {
         self.worker.clone()
     }
 
-    /// This replica's event hub (watch streams subscribe here).
-    pub fn hub(&self) -> Arc<Hub> {
-        self.bus.hub().clone()
-    }
-
-    pub fn queue(&self) -> DynQueue {
-        self.queue.clone()
+    /// This server's metrics.
+    #[must_use]
+    pub fn metrics(&self) -> Metrics {
+        self.metrics.clone()
     }
 
     /// Serves until `shutdown` is cancelled, then drains and returns.
@@ -186,12 +195,12 @@ impl Application {
             local_addr,
             store,
             auth,
-            voices,
+            writes,
             worker,
             run_worker,
-            queue: _,
             bus,
             redis,
+            metrics: _,
             health_interval,
         } = self;
         let (reporter, health_service) = tonic_health::server::health_reporter();
@@ -222,7 +231,7 @@ impl Application {
             tasks.spawn(async move { queue.listen(subscriber, stop).await });
         }
 
-        let api = VoiceApi::new(store.clone(), voices, bus.hub().clone(), shutdown.clone());
+        let api = VoiceApi::new(store.clone(), writes, bus.hub().clone(), shutdown.clone());
         tracing::info!(%local_addr, "voicehub serving gRPC");
         let stopping = shutdown.clone();
         let served = Server::builder()

@@ -11,6 +11,8 @@ use anyhow::{Context, bail};
 use clap::Args;
 use secrecy::SecretString;
 
+use crate::auth::AuthConfig;
+
 /// Where a development installation keeps its generated JWT secret.
 pub const DEV_SECRET_FILE: &str = ".voicehub-dev-secret";
 /// HS256 secrets shorter than this are guessable; production ones are refused.
@@ -28,15 +30,6 @@ pub struct AuthArgs {
     /// When set, tokens must carry this `aud`.
     #[arg(long, env = "VOICEHUB_JWT_AUDIENCE")]
     pub jwt_audience: Option<String>,
-}
-
-#[derive(Debug, Clone)]
-pub struct AuthConfig {
-    pub secret: SecretString,
-    pub issuer: Option<String>,
-    pub audience: Option<String>,
-    /// True when the secret was generated locally rather than configured.
-    pub development: bool,
 }
 
 impl AuthArgs {

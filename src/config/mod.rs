@@ -1,24 +1,36 @@
 //! Command line and environment configuration, validated once at start-up.
 //!
 //! Every setting is a flag with an environment variable behind it (clap
-//! `env`). Parsing produces typed settings or a clear error that names the
-//! variable; nothing downstream re-validates. Secrets are held in
-//! [`SecretString`] so they never reach a log line or a `Debug` print.
+//! `env`), and its clap attribute is its one default. Parsing produces typed
+//! settings or a clear error that names the variable; nothing downstream
+//! re-validates. Secrets are held in [`SecretString`] so they never reach a
+//! log line or a `Debug` print.
+//!
+//! Direction: this module is the top of the tree. Each component owns the
+//! type of its own settings (`store::DatabaseConfig`, `auth::AuthConfig`,
+//! `provider::ElevenLabsConfig`, `status_engine::SyncConfig`); this module
+//! parses flags into them and builds the provider from them
+//! ([`ProviderConfig::build`]). No component imports this module.
 
 use std::{net::SocketAddr, path::Path, time::Duration};
 
 use anyhow::bail;
-use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
-use secrecy::{ExposeSecret, SecretString};
+use clap::{ArgAction, Args, Parser, Subcommand};
+use secrecy::SecretString;
 use uuid::Uuid;
 
 mod auth;
 mod provider;
 
-pub use auth::{AuthArgs, AuthConfig, DEV_SECRET_FILE};
+pub use auth::{AuthArgs, DEV_SECRET_FILE};
 pub use provider::{ProviderArgs, ProviderConfig, ProviderKind};
 
-use crate::sync::SyncConfig;
+use crate::{
+    auth::AuthConfig,
+    status_engine::{self, SyncConfig},
+    store::DatabaseConfig,
+    telemetry::LogFormat,
+};
 
 /// The default database: a SQLite file in the working directory, created if missing.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://voicehub.db?mode=rwc";
@@ -34,12 +46,6 @@ pub struct Cli {
     pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -145,12 +151,6 @@ pub struct Config {
     pub provider: ProviderConfig,
 }
 
-#[derive(Debug, Clone)]
-pub struct DatabaseConfig {
-    pub url: SecretString,
-    pub max_connections: u32,
-}
-
 impl ServeArgs {
     /// # Errors
     /// A setting that is malformed or unusable, named by its variable.
@@ -194,9 +194,9 @@ impl ServeArgs {
                 batch: self.sync_batch,
                 lease: self.sync_lease,
                 idle: self.sync_idle,
-                max_backoff: self.sync_max_backoff.max(SyncConfig::default().min_backoff),
+                min_backoff: status_engine::MIN_BACKOFF,
+                max_backoff: self.sync_max_backoff.max(status_engine::MIN_BACKOFF),
                 reconcile_every: self.sync_reconcile_interval,
-                ..SyncConfig::default()
             },
             database: self.database.into_config()?,
             auth: self.auth.into_config(Path::new("."))?,
@@ -223,12 +223,6 @@ impl DatabaseArgs {
             url: SecretString::from(url.to_owned()),
             max_connections: self.db_max_connections,
         })
-    }
-}
-
-impl DatabaseConfig {
-    pub fn url(&self) -> &str {
-        self.url.expose_secret()
     }
 }
 

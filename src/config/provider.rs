@@ -1,16 +1,20 @@
-//! Which voice provider to use, and the ElevenLabs client's settings.
+//! Which voice provider to use, and the ElevenLabs client's settings; the
+//! settings build the provider ([`ProviderConfig::build`]).
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 use secrecy::SecretString;
 
-use crate::provider::{ElevenLabsConfig, RetryPolicy};
+use crate::provider::{DynProvider, ElevenLabs, ElevenLabsConfig, RetryPolicy, Simulated};
 
+/// The voice providers voicehub can use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ProviderKind {
+    /// The real ElevenLabs API.
     Elevenlabs,
+    /// In-process, no network: for demos and `cargo run` without set-up.
     Simulated,
 }
 
@@ -49,8 +53,26 @@ pub struct ProviderArgs {
 /// The voice provider to use, resolved.
 #[derive(Debug, Clone)]
 pub enum ProviderConfig {
+    /// ElevenLabs with these client settings.
     ElevenLabs(ElevenLabsConfig),
-    Simulated { ready_after: Duration },
+    /// The simulated provider; clones are ready `ready_after` they were made.
+    Simulated {
+        /// How long a clone takes to become ready.
+        ready_after: Duration,
+    },
+}
+
+impl ProviderConfig {
+    /// Builds the provider these settings describe.
+    ///
+    /// # Errors
+    /// The ElevenLabs client cannot be built (a malformed key).
+    pub fn build(&self) -> anyhow::Result<DynProvider> {
+        Ok(match self {
+            ProviderConfig::ElevenLabs(c) => Arc::new(ElevenLabs::new(c.clone())?),
+            ProviderConfig::Simulated { ready_after } => Arc::new(Simulated::new(*ready_after)),
+        })
+    }
 }
 
 impl ProviderArgs {
@@ -86,11 +108,10 @@ impl ProviderArgs {
                     api_key: SecretString::from(key),
                     timeout: self.elevenlabs_timeout,
                     max_concurrency: self.elevenlabs_max_concurrency,
-                    retry: RetryPolicy {
-                        max_retries: self.elevenlabs_max_retries,
-                        budget: self.elevenlabs_retry_budget,
-                        ..RetryPolicy::default()
-                    },
+                    retry: RetryPolicy::new(
+                        self.elevenlabs_max_retries,
+                        self.elevenlabs_retry_budget,
+                    ),
                 }))
             }
         }

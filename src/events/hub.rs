@@ -8,17 +8,21 @@
 //! voice** — the newest revision. A fast reader sees every change; a slow one
 //! sees fewer intermediate states but always the latest, so a terminal state
 //! is never lost, and the mailbox's size is bounded by the number of voices
-//! it watches. Dropping a [`Subscription`] unregisters it at once.
+//! it watches. Events are shared (`Arc`): dispatching to a thousand streams
+//! copies no voice. Dropping a [`Subscription`] unregisters it at once; the
+//! `voicehub_watch_streams` gauge counts open subscriptions.
 
 use std::{
     collections::{HashMap, VecDeque, hash_map::Entry},
-    sync::{Arc, Mutex, MutexGuard, PoisonError},
+    sync::Arc,
 };
 
+use parking_lot::Mutex;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::Notify;
 use uuid::Uuid;
 
-use crate::store::Voice;
+use super::VoiceEvent;
 
 /// What a subscription watches.
 #[derive(Debug, Clone)]
@@ -29,9 +33,10 @@ pub enum Interest {
     Owner(Uuid),
 }
 
-#[derive(Default)]
+/// This replica's routing table from voices and owners to subscriptions.
 pub struct Hub {
     routes: Mutex<Routes>,
+    open: Gauge,
 }
 
 #[derive(Default)]
@@ -39,25 +44,24 @@ struct Routes {
     next_id: u64,
     by_voice: HashMap<Uuid, HashMap<u64, Arc<Mailbox>>>,
     by_owner: HashMap<Uuid, HashMap<u64, Arc<Mailbox>>>,
-    count: usize,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Plain maps stay consistent even if a holder panicked; keep serving.
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Hub {
-    pub fn new() -> Arc<Self> {
-        Arc::new(Hub::default())
+    /// An empty hub that counts its open subscriptions in `open`.
+    #[must_use]
+    pub fn new(open: Gauge) -> Arc<Self> {
+        Arc::new(Hub {
+            routes: Mutex::default(),
+            open,
+        })
     }
 
     /// Registers interest; events dispatched from now on reach the subscription.
     pub fn subscribe(self: &Arc<Self>, interest: Interest) -> Subscription {
         let mailbox = Arc::new(Mailbox::default());
-        let mut routes = lock(&self.routes);
+        let mut routes = self.routes.lock();
         routes.next_id += 1;
-        routes.count += 1;
+        self.open.inc();
         let id = routes.next_id;
         match &interest {
             Interest::Voices(ids) => {
@@ -86,27 +90,18 @@ impl Hub {
     }
 
     /// Hands a stored change to every subscription interested in it.
-    pub fn dispatch(&self, voice: &Voice) {
-        let routes = lock(&self.routes);
-        let by_voice = routes.by_voice.get(&voice.id).into_iter().flatten();
-        let by_owner = routes
-            .by_owner
-            .get(&voice.owner_user_id)
-            .into_iter()
-            .flatten();
+    pub fn dispatch(&self, event: &Arc<VoiceEvent>) {
+        let routes = self.routes.lock();
+        let by_voice = routes.by_voice.get(&event.voice_id).into_iter().flatten();
+        let by_owner = routes.by_owner.get(&event.owner).into_iter().flatten();
         for (_, mailbox) in by_voice.chain(by_owner) {
-            mailbox.offer(voice);
+            mailbox.offer(event);
         }
     }
 
-    /// Open subscriptions, for tests and metrics.
-    pub fn subscribers(&self) -> usize {
-        lock(&self.routes).count
-    }
-
     fn unsubscribe(&self, id: u64, interest: &Interest) {
-        let mut routes = lock(&self.routes);
-        routes.count -= 1;
+        let mut routes = self.routes.lock();
+        self.open.dec();
         let remove = |map: &mut HashMap<Uuid, HashMap<u64, Arc<Mailbox>>>, key: Uuid| {
             if let Entry::Occupied(mut e) = map.entry(key) {
                 e.get_mut().remove(&id);
@@ -131,30 +126,30 @@ struct Mailbox {
 #[derive(Default)]
 struct Pending {
     order: VecDeque<Uuid>,
-    latest: HashMap<Uuid, Voice>,
+    latest: HashMap<Uuid, Arc<VoiceEvent>>,
 }
 
 impl Mailbox {
-    fn offer(&self, voice: &Voice) {
-        let mut pending = lock(&self.pending);
-        match pending.latest.entry(voice.id) {
+    fn offer(&self, event: &Arc<VoiceEvent>) {
+        let mut pending = self.pending.lock();
+        match pending.latest.entry(event.voice_id) {
             Entry::Occupied(mut e) => {
                 // Coalesce: a newer state replaces one the reader has not taken yet.
-                if voice.revision > e.get().revision {
-                    e.insert(voice.clone());
+                if event.revision > e.get().revision {
+                    e.insert(event.clone());
                 }
             }
             Entry::Vacant(e) => {
-                e.insert(voice.clone());
-                pending.order.push_back(voice.id);
+                e.insert(event.clone());
+                pending.order.push_back(event.voice_id);
             }
         }
         drop(pending);
         self.notify.notify_one();
     }
 
-    fn take(&self) -> Option<Voice> {
-        let mut pending = lock(&self.pending);
+    fn take(&self) -> Option<Arc<VoiceEvent>> {
+        let mut pending = self.pending.lock();
         let id = pending.order.pop_front()?;
         pending.latest.remove(&id)
     }
@@ -170,7 +165,7 @@ pub struct Subscription {
 
 impl Subscription {
     /// The next change, oldest voice first; waits until there is one.
-    pub async fn next(&self) -> Voice {
+    pub async fn next(&self) -> Arc<VoiceEvent> {
         loop {
             if let Some(voice) = self.mailbox.take() {
                 return voice;
@@ -191,70 +186,62 @@ impl Drop for Subscription {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{Labels, Visibility, VoiceStatus};
+    use crate::{
+        pb,
+        store::{Visibility, VoiceStatus},
+    };
 
-    fn voice(id: Uuid, owner: Uuid, revision: i64, status: VoiceStatus) -> Voice {
-        let now = crate::store::now();
-        Voice {
-            id,
-            owner_user_id: owner,
-            provider_voice_id: None,
-            name: "v".into(),
-            description: String::new(),
-            language: String::new(),
-            gender: String::new(),
-            category: String::new(),
+    fn event(id: Uuid, owner: Uuid, revision: i64, status: VoiceStatus) -> Arc<VoiceEvent> {
+        Arc::new(VoiceEvent {
+            voice_id: id,
+            owner,
             visibility: Visibility::Private,
-            status,
-            failure_reason: None,
-            preview_url: None,
-            labels: Labels::default(),
-            request_id: None,
             revision,
-            created_at: now,
-            updated_at: now,
-            completed_at: None,
-            deleted_at: None,
-            processing_deadline: None,
-        }
+            voice: pb::Voice {
+                voice_id: id.to_string(),
+                status: pb::VoiceStatus::from(status).into(),
+                revision,
+                ..pb::Voice::default()
+            },
+        })
     }
 
     #[tokio::test]
     async fn a_slow_reader_gets_the_latest_state_of_each_voice_in_order() {
-        let hub = Hub::new();
+        let hub = Hub::new(Gauge::default());
         let owner = Uuid::new_v4();
         let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
         let sub = hub.subscribe(Interest::Owner(owner));
         for revision in 1..=50 {
-            hub.dispatch(&voice(a, owner, revision, VoiceStatus::Processing));
+            hub.dispatch(&event(a, owner, revision, VoiceStatus::Processing));
         }
-        hub.dispatch(&voice(b, owner, 1, VoiceStatus::Processing));
-        hub.dispatch(&voice(a, owner, 51, VoiceStatus::Completed));
-        hub.dispatch(&voice(a, owner, 7, VoiceStatus::Processing)); // late and old: ignored
+        hub.dispatch(&event(b, owner, 1, VoiceStatus::Processing));
+        hub.dispatch(&event(a, owner, 51, VoiceStatus::Completed));
+        hub.dispatch(&event(a, owner, 7, VoiceStatus::Processing)); // late and old: ignored
         let first = sub.next().await;
-        assert_eq!(
-            (first.id, first.revision, first.status),
-            (a, 51, VoiceStatus::Completed)
-        );
-        assert_eq!(sub.next().await.id, b);
+        assert_eq!((first.voice_id, first.revision), (a, 51));
+        assert!(first.is_terminal());
+        assert_eq!(sub.next().await.voice_id, b);
         assert!(sub.mailbox.take().is_none());
     }
 
     #[tokio::test]
     async fn events_reach_only_interested_subscriptions_and_drop_unregisters() {
-        let hub = Hub::new();
+        let open = Gauge::default();
+        let hub = Hub::new(open.clone());
         let (owner, other) = (Uuid::new_v4(), Uuid::new_v4());
         let watched = Uuid::new_v4();
         let by_voice = hub.subscribe(Interest::Voices(vec![watched]));
         let by_owner = hub.subscribe(Interest::Owner(owner));
-        assert_eq!(hub.subscribers(), 2);
-        hub.dispatch(&voice(Uuid::new_v4(), other, 1, VoiceStatus::Processing));
+        assert_eq!(open.get(), 2);
+        hub.dispatch(&event(Uuid::new_v4(), other, 1, VoiceStatus::Processing));
         assert!(by_voice.mailbox.take().is_none() && by_owner.mailbox.take().is_none());
-        hub.dispatch(&voice(watched, owner, 1, VoiceStatus::Processing));
+        hub.dispatch(&event(watched, owner, 1, VoiceStatus::Processing));
         assert!(by_voice.mailbox.take().is_some() && by_owner.mailbox.take().is_some());
         drop(by_voice);
         drop(by_owner);
-        assert_eq!(hub.subscribers(), 0);
-        assert!(lock(&hub.routes).by_voice.is_empty() && lock(&hub.routes).by_owner.is_empty());
+        assert_eq!(open.get(), 0);
+        let routes = hub.routes.lock();
+        assert!(routes.by_voice.is_empty() && routes.by_owner.is_empty());
     }
 }

@@ -2,6 +2,10 @@
 //! delete, creation) is published once, and reaches the watch streams of
 //! every replica through that replica's local [`Hub`].
 //!
+//! An event is converted from the stored row once, on the replica that
+//! stored it, into [`VoiceEvent`] (wire format: `wire.rs`), and shared by
+//! every watch stream.
+//!
 //! Two buses:
 //! - [`RedisBus`]: a Redis Stream (`XADD`, approximate `MAXLEN`). Each replica
 //!   runs one blocking reader that remembers the last id it saw and resumes
@@ -18,11 +22,14 @@
 
 mod hub;
 mod redis;
+mod wire;
 
 use std::sync::Arc;
 
 pub use hub::{Hub, Interest, Subscription};
-pub use redis::RedisBus;
+use prometheus_client::metrics::gauge::Gauge;
+pub use redis::{READ_BLOCK, RedisBus, stream_key};
+pub use wire::{DecodeError, STREAM_FIELD, VoiceEvent};
 
 use crate::store::Voice;
 
@@ -36,6 +43,7 @@ pub trait EventBus: Send + Sync + 'static {
     fn hub(&self) -> &Arc<Hub>;
 }
 
+/// The configured bus, shared.
 pub type DynBus = Arc<dyn EventBus>;
 
 /// The in-process bus: publishing is dispatching.
@@ -44,21 +52,19 @@ pub struct LocalBus {
 }
 
 impl LocalBus {
-    pub fn new() -> Self {
-        LocalBus { hub: Hub::new() }
-    }
-}
-
-impl Default for LocalBus {
-    fn default() -> Self {
-        Self::new()
+    /// A bus whose hub counts its watch streams in `watch_streams`.
+    #[must_use]
+    pub fn new(watch_streams: Gauge) -> Self {
+        LocalBus {
+            hub: Hub::new(watch_streams),
+        }
     }
 }
 
 #[async_trait::async_trait]
 impl EventBus for LocalBus {
     async fn publish(&self, voice: &Voice) {
-        self.hub.dispatch(voice);
+        self.hub.dispatch(&Arc::new(VoiceEvent::stored(voice)));
     }
 
     fn hub(&self) -> &Arc<Hub> {

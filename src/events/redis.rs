@@ -1,19 +1,24 @@
-//! The Redis Streams event bus.
+//! The Redis Streams event bus: one stream, `{prefix}:events`, whose entries
+//! hold one encoded [`VoiceEvent`] each under the field `v1`.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
+use bytes::Bytes;
 use fred::{prelude::*, types::streams::XReadResponse};
+use prometheus_client::metrics::gauge::Gauge;
 use tokio_util::sync::CancellationToken;
 
-use super::{EventBus, Hub};
+use super::{EventBus, Hub, VoiceEvent, wire::STREAM_FIELD};
 use crate::store::Voice;
 
 /// Entries kept in the stream (approximately): enough for a replica that
 /// reconnects after a short outage to catch up.
 const MAX_LEN: i64 = 10_000;
-/// How long one blocking read waits for new entries.
-const BLOCK_MS: u64 = 5_000;
+/// How long one blocking read waits for new entries. The reader's Redis
+/// connection must allow a command this long plus its usual timeout.
+pub const READ_BLOCK: Duration = Duration::from_secs(5);
 
+/// The event bus of replicas that share one Redis and key prefix.
 pub struct RedisBus {
     client: Client,
     stream: String,
@@ -21,12 +26,14 @@ pub struct RedisBus {
 }
 
 impl RedisBus {
-    /// `client` publishes; the reader needs its own connection (see [`RedisBus::read`]).
-    pub fn new(client: Client, prefix: &str) -> Self {
+    /// `client` publishes; the reader needs its own connection (see
+    /// [`RedisBus::read`]). The hub counts its watch streams in `watch_streams`.
+    #[must_use]
+    pub fn new(client: Client, prefix: &str, watch_streams: Gauge) -> Self {
         RedisBus {
             client,
-            stream: format!("{prefix}:events"),
-            hub: Hub::new(),
+            stream: stream_key(prefix),
+            hub: Hub::new(watch_streams),
         }
     }
 
@@ -40,12 +47,7 @@ impl RedisBus {
         loop {
             if last == "$" {
                 match reader
-                    .xrevrange::<Vec<(String, HashMap<String, String>)>, _, _, _>(
-                        &self.stream,
-                        "+",
-                        "-",
-                        Some(1),
-                    )
+                    .xrevrange::<Vec<(String, Value)>, _, _, _>(&self.stream, "+", "-", Some(1))
                     .await
                 {
                     Ok(newest) => {
@@ -66,7 +68,7 @@ impl RedisBus {
                 let reply: Value = reader
                     .xread(
                         Some(100),
-                        Some(BLOCK_MS),
+                        Some(u64::try_from(READ_BLOCK.as_millis()).unwrap_or(u64::MAX)),
                         self.stream.as_str(),
                         last.as_str(),
                     )
@@ -75,7 +77,7 @@ impl RedisBus {
                 if reply.is_null() {
                     return Ok(XReadResponse::default());
                 }
-                reply.into_xread_response::<String, String, String, String>()
+                reply.into_xread_response::<String, String, String, Bytes>()
             };
             let entries = tokio::select! {
                 () = shutdown.cancelled() => return,
@@ -88,14 +90,17 @@ impl RedisBus {
                         failing = false;
                     }
                     for (id, fields) in streams.into_values().flatten() {
-                        last = id;
-                        match fields
-                            .get("voice")
-                            .map(|json| serde_json::from_str::<Voice>(json))
-                        {
-                            Some(Ok(voice)) => self.hub.dispatch(&voice),
-                            _ => tracing::warn!(id = last, "skipping an unreadable event"),
+                        match fields.get(STREAM_FIELD).map(|b| VoiceEvent::decode(b)) {
+                            Some(Ok(event)) => self.hub.dispatch(&Arc::new(event)),
+                            Some(Err(e)) => {
+                                tracing::warn!(id, error = %e, "skipping an unreadable event");
+                            }
+                            None => tracing::warn!(
+                                id,
+                                "skipping an event without a `v1` field (written by a newer build?)"
+                            ),
                         }
+                        last = id;
                     }
                 }
                 Err(e) => {
@@ -130,13 +135,7 @@ async fn sleep_or_stop(shutdown: &CancellationToken) -> bool {
 #[async_trait::async_trait]
 impl EventBus for RedisBus {
     async fn publish(&self, voice: &Voice) {
-        let json = match serde_json::to_string(voice) {
-            Ok(json) => json,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot serialise a voice event");
-                return;
-            }
-        };
+        let event = VoiceEvent::stored(voice);
         let added: Result<String, Error> = self
             .client
             .xadd(
@@ -144,18 +143,24 @@ impl EventBus for RedisBus {
                 false,
                 ("MAXLEN", "~", MAX_LEN),
                 "*",
-                ("voice", json),
+                (STREAM_FIELD, Bytes::from(event.encode())),
             )
             .await;
         if let Err(e) = added {
             // Stored already; at least this replica's watchers hear of it.
             tracing::error!(voice_id = %voice.id, revision = voice.revision, error = %e,
                 "could not publish a voice event to Redis; only this replica's watchers get it");
-            self.hub.dispatch(voice);
+            self.hub.dispatch(&Arc::new(event));
         }
     }
 
     fn hub(&self) -> &Arc<Hub> {
         &self.hub
     }
+}
+
+/// The stream every replica under `prefix` publishes to and reads.
+#[must_use]
+pub fn stream_key(prefix: &str) -> String {
+    format!("{prefix}:events")
 }

@@ -1,12 +1,12 @@
-//! The gRPC surface: `voicehub.v1.VoiceService` over the store.
+//! The gRPC surface: `voicehub.v1.VoiceService`.
 //!
-//! Handlers are thin: authenticate (the interceptor already did; we read the
-//! caller), validate every field before touching storage or the provider,
-//! run one store call or one write-path operation, convert. Every failure is
-//! an [`Error`] turned into a `Status` in one place.
+//! Handlers are thin: the interceptor has authenticated the caller; a
+//! handler reads the caller, turns the request into checked values
+//! (`validate.rs`, before touching storage or the provider), runs one store
+//! read or one write-path operation, and converts the answer. Every failure
+//! is an [`Error`] turned into a `Status` in one place (`error.rs`).
 
 mod audio;
-mod convert;
 mod page_token;
 mod validate;
 mod watch;
@@ -16,29 +16,22 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, service::interceptor::InterceptedService};
 
-pub use convert::timestamp;
-pub use validate::{MAX_REQUEST_BYTES, NewVoice};
+pub use validate::MAX_REQUEST_BYTES;
 
 use crate::{
     auth::{Authenticator, caller},
     error::Error,
     events::Hub,
     pb::{self, voice_service_server::VoiceServiceServer},
-    store::{ListQuery, Store},
-    voices::Voices,
+    store::Store,
+    write_path::WritePath,
 };
-use page_token::Listing;
-
-/// Page size when the request leaves it at 0.
-pub const DEFAULT_PAGE_SIZE: u64 = 50;
-/// Larger page sizes are lowered to this.
-pub const MAX_PAGE_SIZE: u64 = 200;
 
 /// The VoiceService implementation.
 #[derive(Clone)]
 pub struct VoiceApi {
     store: Store,
-    voices: Voices,
+    writes: WritePath,
     hub: Arc<Hub>,
     /// Ends every watch stream (with UNAVAILABLE) when the server stops.
     shutdown: CancellationToken,
@@ -49,10 +42,17 @@ pub type AuthenticatedVoiceService =
     InterceptedService<VoiceServiceServer<VoiceApi>, Authenticator>;
 
 impl VoiceApi {
-    pub fn new(store: Store, voices: Voices, hub: Arc<Hub>, shutdown: CancellationToken) -> Self {
+    /// The API over storage (reads), the write path, and this replica's hub (watches).
+    #[must_use]
+    pub fn new(
+        store: Store,
+        writes: WritePath,
+        hub: Arc<Hub>,
+        shutdown: CancellationToken,
+    ) -> Self {
         VoiceApi {
             store,
-            voices,
+            writes,
             hub,
             shutdown,
         }
@@ -60,6 +60,7 @@ impl VoiceApi {
 
     /// Wraps the API in the auth interceptor; the only way it is mounted.
     /// Requests may be as large as CreateVoiceClone's limits allow, no larger.
+    #[must_use]
     pub fn into_service(self, auth: Authenticator) -> AuthenticatedVoiceService {
         let server = VoiceServiceServer::new(self).max_decoding_message_size(MAX_REQUEST_BYTES);
         InterceptedService::new(server, auth)
@@ -71,13 +72,13 @@ impl VoiceApi {
     ) -> Result<pb::Voice, Error> {
         let user = caller(&request)?;
         let new = validate::create_request(request.into_inner())?;
-        Ok(self.voices.create(user.0, new).await?.into())
+        Ok(self.writes.create(user.0, new).await?.into())
     }
 
     async fn update(&self, request: Request<pb::UpdateVoiceRequest>) -> Result<pb::Voice, Error> {
         let user = caller(&request)?;
         let (id, patch) = validate::update_request(request.into_inner())?;
-        Ok(self.voices.update(user.0, id, patch).await?.into())
+        Ok(self.writes.update(user.0, id, patch).await?.into())
     }
 
     async fn delete(
@@ -85,14 +86,14 @@ impl VoiceApi {
         request: Request<pb::DeleteVoiceRequest>,
     ) -> Result<pb::DeleteVoiceResponse, Error> {
         let user = caller(&request)?;
-        let id = convert::parse_voice_id("voice_id", &request.get_ref().voice_id)?;
-        self.voices.delete(user.0, id).await?;
+        let id = validate::voice_id("voice_id", &request.get_ref().voice_id)?;
+        self.writes.delete(user.0, id).await?;
         Ok(pb::DeleteVoiceResponse {})
     }
 
     async fn get(&self, request: Request<pb::GetVoiceRequest>) -> Result<pb::Voice, Error> {
         let user = caller(&request)?;
-        let id = convert::parse_voice_id("voice_id", &request.get_ref().voice_id)?;
+        let id = validate::voice_id("voice_id", &request.get_ref().voice_id)?;
         let voice = self.store.get_visible(user.0, id).await?;
         voice.map(Into::into).ok_or(Error::NotFound("voice"))
     }
@@ -102,37 +103,21 @@ impl VoiceApi {
         request: Request<pb::ListUserVoicesRequest>,
     ) -> Result<pb::ListUserVoicesResponse, Error> {
         let user = caller(&request)?;
-        let pb::ListUserVoicesRequest {
-            page_size,
-            page_token,
-            scope,
-            status,
-        } = request.into_inner();
-        let limit = match u64::try_from(page_size) {
-            Err(_) => return Err(Error::invalid("page_size", "must not be negative")),
-            Ok(0) => DEFAULT_PAGE_SIZE,
-            Ok(n) => n.min(MAX_PAGE_SIZE),
-        };
-        let listing = Listing {
-            user: user.0,
-            scope: convert::parse_scope(scope)?,
-            status: convert::parse_status_filter(status)?,
-        };
-        let after = listing.decode(&page_token)?;
-        let page = self
-            .store
-            .list(&ListQuery {
-                caller: user.0,
-                scope: listing.scope,
-                status: listing.status,
-                after,
-                limit,
-            })
-            .await?;
+        let (query, listing) = validate::list_request(user.0, request.into_inner())?;
+        let page = self.store.list(&query).await?;
         Ok(pb::ListUserVoicesResponse {
             next_page_token: page.next.map(|c| listing.encode(c)).unwrap_or_default(),
             voices: page.voices.into_iter().map(Into::into).collect(),
         })
+    }
+
+    async fn watch(
+        &self,
+        request: Request<pb::WatchVoiceStatusRequest>,
+    ) -> Result<watch::EventStream, Error> {
+        let user = caller(&request)?;
+        let ids = validate::watch_request(request.into_inner())?;
+        watch::open(&self.store, &self.hub, self.shutdown.clone(), user.0, ids).await
     }
 }
 
@@ -179,10 +164,6 @@ impl pb::voice_service_server::VoiceService for VoiceApi {
         &self,
         request: Request<pb::WatchVoiceStatusRequest>,
     ) -> Result<Response<Self::WatchVoiceStatusStream>, Status> {
-        let user = caller(&request)?;
-        let ids = request.into_inner().voice_ids;
-        let stream =
-            watch::open(&self.store, &self.hub, self.shutdown.clone(), user.0, ids).await?;
-        Ok(Response::new(stream))
+        Ok(Response::new(self.watch(request).await?))
     }
 }

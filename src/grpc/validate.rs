@@ -1,17 +1,34 @@
-//! Request validation for the write RPCs: every field is checked before
-//! anything is written or sent to the provider, and the first problem is
-//! reported as INVALID_ARGUMENT naming the field by its path in the request
-//! (`samples[2].content_type`, `voice.name`).
+//! Request checking for every RPC, in one place: each request is turned
+//! into validated values before anything is read, written or sent to the
+//! provider, and the first problem is reported as INVALID_ARGUMENT naming the
+//! field by its path in the request (`samples[2].content_type`, `voice.name`,
+//! `voice_ids[3]`).
+//!
+//! - CreateVoiceClone → [`NewVoice`]: name, description, language (BCP-47),
+//!   gender, labels, visibility, request_id, and every sample (size, file
+//!   name, content type agreeing with the data's format).
+//! - UpdateVoice → id and [`VoicePatch`]: `update_mask` paths and the fields
+//!   they name, with the same limits as on create.
+//! - GetVoice, DeleteVoice → `voice_id`, a UUID.
+//! - ListUserVoices → page size (0 = default, above the maximum = maximum,
+//!   negative refused), scope and status enums, and the page token, which
+//!   must belong to the same caller, scope and status.
+//! - WatchVoiceStatus → at most [`MAX_WATCHED`] voice ids, each a UUID;
+//!   duplicates are watched once.
+//!
+//! Enum numbers outside the contract are refused, never mapped to a default.
 
 use std::collections::{BTreeMap, HashMap};
 
 use uuid::Uuid;
 
+use super::{audio::Format, page_token::Listing};
 use crate::{
     error::Error,
     pb,
     provider::AudioFile,
-    store::{Visibility, VoicePatch},
+    store::{ListQuery, Scope, Visibility, VoiceStatus},
+    write_path::{NewVoice, VoicePatch},
 };
 
 pub const MAX_NAME_CHARS: usize = 100;
@@ -28,19 +45,110 @@ pub const MAX_LABEL_KEY_CHARS: usize = 32;
 pub const MAX_LABEL_VALUE_CHARS: usize = 64;
 pub const MAX_GENDER_CHARS: usize = 32;
 pub const MAX_REQUEST_ID_CHARS: usize = 64;
+/// Page size when the request leaves it at 0.
+pub const DEFAULT_PAGE_SIZE: u64 = 50;
+/// Larger page sizes are lowered to this.
+pub const MAX_PAGE_SIZE: u64 = 200;
+/// Most voices one stream may watch by id.
+pub const MAX_WATCHED: usize = 100;
 
-/// A validated CreateVoiceClone request.
-#[derive(Debug, Clone)]
-pub struct NewVoice {
-    pub name: String,
-    pub description: String,
-    pub language: String,
-    pub gender: String,
-    pub labels: BTreeMap<String, String>,
-    pub visibility: Visibility,
-    pub request_id: Option<String>,
-    pub samples: Vec<AudioFile>,
-    pub remove_background_noise: bool,
+/// A voice id from a request field.
+///
+/// # Errors
+/// INVALID_ARGUMENT naming `field` when it is empty or not a UUID.
+pub fn voice_id(field: &str, value: &str) -> Result<Uuid, Error> {
+    if value.is_empty() {
+        return Err(Error::invalid(field, "is required"));
+    }
+    Uuid::parse_str(value).map_err(|_| Error::invalid(field, "must be a UUID"))
+}
+
+/// The query a ListUserVoices request asks for, and the listing its page
+/// tokens belong to.
+///
+/// # Errors
+/// INVALID_ARGUMENT naming `page_size`, `scope`, `status` or `page_token`.
+pub fn list_request(
+    caller: Uuid,
+    request: pb::ListUserVoicesRequest,
+) -> Result<(ListQuery, Listing), Error> {
+    let pb::ListUserVoicesRequest {
+        page_size,
+        page_token,
+        scope,
+        status,
+    } = request;
+    let limit = match u64::try_from(page_size) {
+        Err(_) => return Err(Error::invalid("page_size", "must not be negative")),
+        Ok(0) => DEFAULT_PAGE_SIZE,
+        Ok(n) => n.min(MAX_PAGE_SIZE),
+    };
+    let listing = Listing {
+        user: caller,
+        scope: self::scope(scope)?,
+        status: status_filter(status)?,
+    };
+    let query = ListQuery {
+        caller,
+        scope: listing.scope,
+        status: listing.status,
+        after: listing.decode(&page_token)?,
+        limit,
+    };
+    Ok((query, listing))
+}
+
+/// The listing scope; UNSPECIFIED is OWNED.
+fn scope(value: i32) -> Result<Scope, Error> {
+    match pb::VoiceScope::try_from(value) {
+        Ok(pb::VoiceScope::Unspecified | pb::VoiceScope::Owned) => Ok(Scope::Owned),
+        Ok(pb::VoiceScope::Public) => Ok(Scope::Public),
+        Ok(pb::VoiceScope::All) => Ok(Scope::All),
+        Err(_) => Err(Error::invalid(
+            "scope",
+            format!("unknown VoiceScope value {value}"),
+        )),
+    }
+}
+
+/// The listing status filter; UNSPECIFIED is `None` (all but DELETED).
+fn status_filter(value: i32) -> Result<Option<VoiceStatus>, Error> {
+    match pb::VoiceStatus::try_from(value) {
+        Ok(pb::VoiceStatus::Unspecified) => Ok(None),
+        Ok(pb::VoiceStatus::Processing) => Ok(Some(VoiceStatus::Processing)),
+        Ok(pb::VoiceStatus::Completed) => Ok(Some(VoiceStatus::Completed)),
+        Ok(pb::VoiceStatus::Failed) => Ok(Some(VoiceStatus::Failed)),
+        Ok(pb::VoiceStatus::Deleted) => {
+            Err(Error::invalid("status", "deleted voices are not listed"))
+        }
+        Err(_) => Err(Error::invalid(
+            "status",
+            format!("unknown VoiceStatus value {value}"),
+        )),
+    }
+}
+
+/// The distinct voice ids a WatchVoiceStatus request names, in their order.
+///
+/// # Errors
+/// INVALID_ARGUMENT for too many ids or one that is not a UUID.
+pub fn watch_request(request: pb::WatchVoiceStatusRequest) -> Result<Vec<Uuid>, Error> {
+    let pb::WatchVoiceStatusRequest { voice_ids } = request;
+    if voice_ids.len() > MAX_WATCHED {
+        return Err(Error::invalid(
+            "voice_ids",
+            format!("may name at most {MAX_WATCHED} voices"),
+        ));
+    }
+    let mut ids = Vec::with_capacity(voice_ids.len());
+    for (i, raw) in voice_ids.iter().enumerate() {
+        let id = Uuid::parse_str(raw)
+            .map_err(|_| Error::invalid(format!("voice_ids[{i}]"), "must be a UUID"))?;
+        if !ids.contains(&id) {
+            ids.push(id);
+        }
+    }
+    Ok(ids)
 }
 
 /// # Errors
@@ -88,7 +196,7 @@ pub fn update_request(request: pb::UpdateVoiceRequest) -> Result<(Uuid, VoicePat
     let voice = request
         .voice
         .ok_or_else(|| Error::invalid("voice", "is required"))?;
-    let id = super::convert::parse_voice_id("voice.voice_id", &voice.voice_id)?;
+    let id = voice_id("voice.voice_id", &voice.voice_id)?;
     let paths = request.update_mask.map(|m| m.paths).unwrap_or_default();
     if paths.is_empty() {
         return Err(Error::invalid(
@@ -181,47 +289,31 @@ fn gender(value: &str) -> Result<String, Error> {
     Ok(gender.to_owned())
 }
 
-/// A BCP-47 tag of the common shape: language (2–3 letters), optional script
-/// (4 letters), optional region (2 letters or 3 digits), e.g. `en`, `ko`,
-/// `pt-BR`, `zh-Hant-TW`. Returned in canonical case.
+/// A BCP-47 tag (parsed by `oxilangtag`) of the shape the provider's
+/// language labels use: language (2–3 letters), optional script, optional
+/// region, e.g. `en`, `ko`, `pt-BR`, `zh-Hant-TW`; no extended language,
+/// variant, extension or private-use subtags. Returned in canonical case.
 fn language(value: &str) -> Result<String, Error> {
     let value = value.trim();
     if value.is_empty() {
         return Ok(String::new());
     }
-    let invalid = || {
-        Error::invalid(
-            "language",
-            "must be a BCP-47 language tag such as en, ko or pt-BR",
-        )
-    };
-    let mut parts = value.split(['-', '_']);
-    let primary = parts
-        .next()
-        .filter(|p| (2..=3).contains(&p.len()) && p.chars().all(|c| c.is_ascii_alphabetic()));
-    let mut tag = primary.ok_or_else(invalid)?.to_ascii_lowercase();
-    let mut rest: Vec<&str> = parts.collect();
-    if let Some(script) = rest
-        .first()
-        .filter(|s| s.len() == 4 && s.chars().all(|c| c.is_ascii_alphabetic()))
-    {
-        tag.push('-');
-        tag.push_str(&script[..1].to_ascii_uppercase());
-        tag.push_str(&script[1..].to_ascii_lowercase());
-        rest.remove(0);
-    }
-    match rest.as_slice() {
-        [] => {}
-        [region]
-            if (region.len() == 2 && region.chars().all(|c| c.is_ascii_alphabetic()))
-                || (region.len() == 3 && region.chars().all(|c| c.is_ascii_digit())) =>
-        {
-            tag.push('-');
-            tag.push_str(&region.to_ascii_uppercase());
-        }
-        _ => return Err(invalid()),
-    }
-    Ok(tag)
+    let tag = oxilangtag::LanguageTag::parse_and_normalize(value)
+        .ok()
+        .filter(|tag| {
+            (2..=3).contains(&tag.primary_language().len())
+                && tag.extended_language().is_none()
+                && tag.variant().is_none()
+                && tag.extension().is_none()
+                && tag.private_use().is_none()
+        })
+        .ok_or_else(|| {
+            Error::invalid(
+                "language",
+                "must be a BCP-47 language tag such as en, ko or pt-BR",
+            )
+        })?;
+    Ok(tag.into_inner())
 }
 
 fn labels(
@@ -308,13 +400,13 @@ fn samples(samples: Vec<pb::AudioSample>) -> Result<Vec<AudioFile>, Error> {
             if data.is_empty() || data.len() > MAX_SAMPLE_BYTES {
                 return Err(Error::invalid(field("data"), "must be 1 byte to 10 MiB"));
             }
-            let declared = super::audio::Format::from_content_type(&content_type).ok_or_else(|| {
+            let declared = Format::from_content_type(&content_type).ok_or_else(|| {
                 Error::invalid(
                     field("content_type"),
                     format!("{content_type:?} is not a supported audio type (WAV, MP3, OGG/Opus, FLAC, M4A/MP4 audio, WebM)"),
                 )
             })?;
-            let detected = super::audio::Format::sniff(&data).ok_or_else(|| {
+            let detected = Format::sniff(&data).ok_or_else(|| {
                 Error::invalid(field("data"), "is not audio in a supported format (WAV, MP3, OGG/Opus, FLAC, M4A/MP4, WebM)")
             })?;
             if declared != detected {
@@ -348,7 +440,20 @@ mod tests {
         ] {
             assert_eq!(language(input).unwrap(), expected, "{input}");
         }
-        for bad in ["e", "english", "en-", "en-USA1", "12", "en-US-x"] {
+        for bad in [
+            "e",
+            "english",
+            "en-",
+            "en-USA1",
+            "12",
+            "en-US-x",
+            "pt_BR",
+            "de-CH-1901",
+            "zh-yue",
+            "en-US-u-ca-gregory",
+            "x-private",
+            "en-x-private",
+        ] {
             assert!(language(bad).is_err(), "{bad}");
         }
     }

@@ -23,53 +23,36 @@ use tokio_util::sync::CancellationToken;
 use tonic::Status;
 use uuid::Uuid;
 
-use super::convert::{parse_voice_id, timestamp};
 use crate::{
     error::Error,
     events::{Hub, Interest},
-    pb,
-    store::{Store, Visibility, Voice},
+    pb::{self, timestamp},
+    store::{Store, may_see},
 };
 
-/// Most voices one stream may watch by id.
-pub const MAX_WATCHED: usize = 100;
-
+/// The stream of one WatchVoiceStatus call.
 pub type EventStream = Pin<Box<dyn Stream<Item = Result<pb::VoiceStatusEvent, Status>> + Send>>;
 
-fn event(voice: Voice, snapshot: bool) -> pb::VoiceStatusEvent {
+fn message(voice: pb::Voice, snapshot: bool) -> pb::VoiceStatusEvent {
     pb::VoiceStatusEvent {
-        voice: Some(voice.into()),
+        voice: Some(voice),
         snapshot,
         emitted_at: Some(timestamp(chrono::Utc::now())),
     }
 }
 
-/// Opens a watch for `user`.
+/// Opens a watch for `user` on `ids` (validated, distinct), or on all of the
+/// user's voices when `ids` is empty.
 ///
 /// # Errors
-/// INVALID_ARGUMENT for malformed or too many ids; NOT_FOUND (before the
-/// stream starts) if any id is not a voice the user may see.
-pub async fn open(
+/// NOT_FOUND (before the stream starts) if any id is not a voice the user may see.
+pub(super) async fn open(
     store: &Store,
     hub: &Arc<Hub>,
     shutdown: CancellationToken,
     user: Uuid,
-    voice_ids: Vec<String>,
+    ids: Vec<Uuid>,
 ) -> Result<EventStream, Error> {
-    if voice_ids.len() > MAX_WATCHED {
-        return Err(Error::invalid(
-            "voice_ids",
-            format!("may name at most {MAX_WATCHED} voices"),
-        ));
-    }
-    let mut ids = Vec::with_capacity(voice_ids.len());
-    for (i, raw) in voice_ids.iter().enumerate() {
-        let id = parse_voice_id("voice_ids", raw)
-            .map_err(|_| Error::invalid(format!("voice_ids[{i}]"), "must be a UUID"))?;
-        if !ids.contains(&id) {
-            ids.push(id);
-        }
-    }
     let explicit = !ids.is_empty();
     let (subscription, snapshot) = if explicit {
         let subscription = hub.subscribe(Interest::Voices(ids.clone()));
@@ -92,7 +75,7 @@ pub async fn open(
             if !voice.status.is_terminal() {
                 open.insert(voice.id);
             }
-            yield event(voice, true);
+            yield message(voice.into(), true);
         }
         if explicit && open.is_empty() {
             return;
@@ -102,22 +85,22 @@ pub async fn open(
                 () = shutdown.cancelled() => None,
                 voice = subscription.next() => Some(voice),
             };
-            let Some(voice) = next else {
+            let Some(event) = next else {
                 Err(Status::unavailable("the server is shutting down; reconnect to continue watching"))?;
                 return;
             };
-            if sent.get(&voice.id).is_some_and(|revision| voice.revision <= *revision) {
+            if sent.get(&event.voice_id).is_some_and(|revision| event.revision <= *revision) {
                 continue;
             }
-            if voice.owner_user_id != user && voice.visibility != Visibility::Public {
+            if !may_see(user, event.owner, event.visibility) {
                 // Made private by its owner while we watched it.
-                Err(Status::not_found(format!("voice {} is no longer visible", voice.id)))?;
+                Err(Status::not_found(format!("voice {} is no longer visible", event.voice_id)))?;
             }
-            sent.insert(voice.id, voice.revision);
-            if voice.status.is_terminal() {
-                open.remove(&voice.id);
+            sent.insert(event.voice_id, event.revision);
+            if event.is_terminal() {
+                open.remove(&event.voice_id);
             }
-            yield event(voice, false);
+            yield message(event.voice.clone(), false);
             if explicit && open.is_empty() {
                 return;
             }

@@ -6,36 +6,35 @@
 //! Voices live in memory: a restart forgets them, and the sync engine then
 //! finds them gone, exactly as it would for a voice deleted at ElevenLabs.
 
-use std::{collections::HashMap, sync::Mutex, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap},
+    time::Duration,
+};
 
+use parking_lot::Mutex;
 use tokio::time::Instant;
 
-use super::{CloneRequest, Cloned, ProviderError, ProviderVoice, VoiceEdit, VoiceProvider};
+use super::{CloneRequest, Cloned, ProviderError, Verdict, VoiceEdit, VoiceProvider};
 
 struct SimVoice {
-    name: String,
-    labels: std::collections::BTreeMap<String, String>,
+    labels: BTreeMap<String, String>,
     ready_at: Instant,
 }
 
+/// The simulated provider; its voices live in this value.
 pub struct Simulated {
     ready_after: Duration,
     voices: Mutex<HashMap<String, SimVoice>>,
 }
 
 impl Simulated {
+    /// A provider whose clones become ready `ready_after` they were made.
+    #[must_use]
     pub fn new(ready_after: Duration) -> Self {
         Simulated {
             ready_after,
             voices: Mutex::new(HashMap::new()),
         }
-    }
-
-    fn voices(&self) -> std::sync::MutexGuard<'_, HashMap<String, SimVoice>> {
-        // A panic while holding the lock leaves plain data behind; keep serving.
-        self.voices
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -58,10 +57,9 @@ impl VoiceProvider for Simulated {
 
     async fn clone_voice(&self, request: CloneRequest) -> Result<Cloned, ProviderError> {
         let voice_id = new_voice_id();
-        self.voices().insert(
+        self.voices.lock().insert(
             voice_id.clone(),
             SimVoice {
-                name: request.name,
                 labels: request.labels,
                 ready_at: Instant::now() + self.ready_after,
             },
@@ -72,27 +70,23 @@ impl VoiceProvider for Simulated {
         })
     }
 
-    async fn get_voice(&self, voice_id: &str) -> Result<ProviderVoice, ProviderError> {
-        let voices = self.voices();
+    async fn check_voice(&self, voice_id: &str) -> Result<Verdict, ProviderError> {
+        let voices = self.voices.lock();
         let voice = voices.get(voice_id).ok_or(ProviderError::NotFound)?;
-        let ready = Instant::now() >= voice.ready_at;
-        Ok(ProviderVoice {
-            voice_id: voice_id.to_owned(),
-            name: voice.name.clone(),
-            category: "cloned".into(),
-            preview_url: ready
-                .then(|| format!("https://simulated.voicehub.invalid/previews/{voice_id}.mp3")),
+        if Instant::now() < voice.ready_at {
+            return Ok(Verdict::Processing);
+        }
+        Ok(Verdict::Completed {
+            preview_url: Some(format!(
+                "https://simulated.voicehub.invalid/previews/{voice_id}.mp3"
+            )),
             labels: voice.labels.clone(),
-            requires_verification: !ready,
-            is_verified: ready,
-            ..ProviderVoice::default()
         })
     }
 
     async fn edit_voice(&self, voice_id: &str, edit: VoiceEdit) -> Result<(), ProviderError> {
-        let mut voices = self.voices();
+        let mut voices = self.voices.lock();
         let voice = voices.get_mut(voice_id).ok_or(ProviderError::NotFound)?;
-        voice.name = edit.name;
         if let Some(labels) = edit.labels {
             voice.labels = labels;
         }
@@ -100,7 +94,8 @@ impl VoiceProvider for Simulated {
     }
 
     async fn delete_voice(&self, voice_id: &str) -> Result<(), ProviderError> {
-        self.voices()
+        self.voices
+            .lock()
             .remove(voice_id)
             .map(drop)
             .ok_or(ProviderError::NotFound)

@@ -1,76 +1,65 @@
 //! Storage of voices in SQL (SQLite or PostgreSQL) through SeaORM.
 //!
-//! [`Store`] is the only code that talks SQL. Its guarantees:
+//! [`Store`] is the only code that talks SQL. Its files split by one rule:
+//! `reads.rs` holds every query that only reads, `writes.rs` every statement
+//! that changes a row; `entity/` holds the tables, `visibility.rs` the one
+//! rule of who may see a voice. Guarantees:
 //! - every read applies the visibility rule in SQL itself (a caller's own
 //!   voices, or public ones; never DELETED), so no handler can forget it;
 //! - listing is keyset-paginated on `(created_at, id)` newest first, served
 //!   by an index for each scope, never by OFFSET;
+//! - every write carries a guard in its WHERE clause (status, revision, no
+//!   provider id yet), so a write that lost a race changes nothing and says
+//!   so (`None`) instead of overwriting;
 //! - timestamps are UTC and truncated to microseconds (PostgreSQL's
 //!   precision), so what a caller gets back is exactly what is stored.
 //!
 //! Database failures are returned as [`DbErr`] and mapped to gRPC codes in
-//! `error.rs`; nothing here retries.
+//! `error.rs`; nothing here retries. Every statement is counted in
+//! `voicehub_sql_statements_total`.
 
-mod entity;
-pub mod orphan;
-mod sync;
-mod voices;
+pub mod entity;
+mod reads;
+mod visibility;
 mod writes;
 
-use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
-    time::Duration,
-};
+use std::time::Duration;
 
 use chrono::{DateTime, SubsecRound, Utc};
+use prometheus_client::metrics::{counter::Counter, family::Family};
 use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbBackend, DbErr};
+use secrecy::{ExposeSecret, SecretString};
 
-pub use entity::{Entity as VoiceEntity, Labels, Model as Voice, Visibility, VoiceStatus};
-pub use voices::{Cursor, ListQuery, Page, Scope};
-pub use writes::{Reservation, VoicePatch};
+pub use entity::voice::{Labels, Model as Voice, Visibility, VoiceStatus};
+pub use reads::{Cursor, ListQuery, Page, Scope};
+pub use visibility::may_see;
+pub use writes::Reservation;
 
-use crate::config::DatabaseConfig;
+use crate::metrics::{Metrics, StatementKind, StatementLabels};
+
+/// Where the database is and how many connections to open.
+#[derive(Debug, Clone)]
+pub struct DatabaseConfig {
+    /// `sqlite://FILE?mode=rwc` or `postgres://USER[:PASS]@HOST:PORT/DB`.
+    pub url: SecretString,
+    /// Most connections in the pool.
+    pub max_connections: u32,
+}
 
 /// Handle to the database; cheap to clone (a connection pool inside).
 #[derive(Clone, Debug)]
 pub struct Store {
     db: DatabaseConnection,
-    statements: Arc<Statements>,
-}
-
-/// SQL statements this process has run, by kind: the proof that idle work
-/// costs no queries, and that a batch is read with one.
-#[derive(Debug, Default)]
-pub struct Statements {
-    reads: AtomicU64,
-    writes: AtomicU64,
-}
-
-impl Statements {
-    pub fn reads(&self) -> u64 {
-        self.reads.load(Ordering::Relaxed)
-    }
-
-    pub fn writes(&self) -> u64 {
-        self.writes.load(Ordering::Relaxed)
-    }
-
-    pub fn total(&self) -> u64 {
-        self.reads() + self.writes()
-    }
 }
 
 impl Store {
     /// Opens the connection pool (and the SQLite file, creating it when the
-    /// URL says `mode=rwc`).
+    /// URL says `mode=rwc`), counting statements into `metrics`.
     ///
     /// # Errors
     /// The database is unreachable or the URL is malformed.
-    pub async fn connect(config: &DatabaseConfig) -> Result<Self, DbErr> {
-        let mut options = ConnectOptions::new(config.url().to_owned());
+    pub async fn connect(config: &DatabaseConfig, metrics: &Metrics) -> Result<Self, DbErr> {
+        let mut options = ConnectOptions::new(config.url.expose_secret().to_owned());
         options
             .max_connections(config.max_connections)
             .connect_timeout(Duration::from_secs(10))
@@ -84,18 +73,14 @@ impl Store {
                     .busy_timeout(Duration::from_secs(5))
             });
         let mut db = Database::connect(options).await?;
-        let statements = Arc::new(Statements::default());
-        let counter = statements.clone();
+        let statements = metrics.sql_statements.clone();
         db.set_metric_callback(move |info| {
-            let sql = info.statement.sql.trim_start();
-            let read = sql.get(..6).is_some_and(|verb| verb.eq_ignore_ascii_case("select"));
-            let kind = if read { &counter.reads } else { &counter.writes };
-            kind.fetch_add(1, Ordering::Relaxed);
+            count(&statements, &info.statement.sql);
             if info.elapsed > Duration::from_secs(1) {
                 tracing::warn!(elapsed = ?info.elapsed, sql = %info.statement.sql, "slow SQL statement");
             }
         });
-        Ok(Store { db, statements })
+        Ok(Store { db })
     }
 
     /// Applies pending migrations (under a lock on PostgreSQL).
@@ -114,18 +99,10 @@ impl Store {
         self.db.ping().await
     }
 
+    /// Which database this is.
+    #[must_use]
     pub fn backend(&self) -> DbBackend {
         self.db.get_database_backend()
-    }
-
-    /// Statements run so far through this store (and its clones).
-    pub fn statements(&self) -> &Statements {
-        &self.statements
-    }
-
-    /// The underlying connection, for tests and administrative tools.
-    pub fn connection(&self) -> &DatabaseConnection {
-        &self.db
     }
 
     /// Closes the pool, waiting for connections in use to be returned.
@@ -136,7 +113,21 @@ impl Store {
     }
 }
 
+fn count(statements: &Family<StatementLabels, Counter>, sql: &str) {
+    let sql = sql.trim_start();
+    let read = sql
+        .get(..6)
+        .is_some_and(|verb| verb.eq_ignore_ascii_case("select"));
+    let kind = if read {
+        StatementKind::Read
+    } else {
+        StatementKind::Write
+    };
+    statements.get_or_create(&StatementLabels { kind }).inc();
+}
+
 /// The current time at the precision the database keeps.
+#[must_use]
 pub fn now() -> DateTime<Utc> {
     Utc::now().trunc_subsecs(6)
 }

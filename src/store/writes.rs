@@ -1,21 +1,27 @@
-//! Writes to the `voices` table. Each is one statement (or one short
+//! Every statement that changes a row. Each is one statement (or one short
 //! transaction) with a guard in its WHERE clause, so a write that lost a race
-//! changes nothing and reports it (`None`) instead of overwriting.
+//! changes nothing and reports it (`None`) instead of overwriting. Status
+//! transitions are written only from PROCESSING, so a repeated or late check
+//! of a voice that has already moved on changes nothing.
 
 use std::collections::BTreeMap;
 
+use chrono::{DateTime, Utc};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait, IntoActiveModel,
     PaginatorTrait, QueryFilter, SqlErr, SqliteTransactionMode, TransactionOptions,
-    TransactionTrait,
+    TransactionTrait, UpdateMany,
     sea_query::{Expr, ExprTrait},
 };
 use uuid::Uuid;
 
 use super::{
     Store,
-    entity::{Column, Entity, Labels, Model as Voice, Visibility, VoiceStatus},
-    now, orphan,
+    entity::{
+        provider_orphan,
+        voice::{Column, Entity, Labels, Model as Voice, VoiceStatus},
+    },
+    now,
 };
 
 /// The outcome of reserving a row for a new voice.
@@ -29,44 +35,7 @@ pub enum Reservation {
     LimitReached,
 }
 
-/// New values for the fields UpdateVoice may change; `None` leaves one alone.
-#[derive(Debug, Clone, Default)]
-pub struct VoicePatch {
-    pub name: Option<String>,
-    pub description: Option<String>,
-    pub visibility: Option<Visibility>,
-    pub labels: Option<BTreeMap<String, String>>,
-}
-
 impl Store {
-    /// The voice a user created with `request_id`, in whatever state.
-    ///
-    /// # Errors
-    /// A database failure.
-    pub async fn find_by_request_id(
-        &self,
-        owner: Uuid,
-        request_id: &str,
-    ) -> Result<Option<Voice>, DbErr> {
-        Entity::find()
-            .filter(Column::OwnerUserId.eq(owner))
-            .filter(Column::RequestId.eq(request_id))
-            .one(&self.db)
-            .await
-    }
-
-    /// The owner's voice `id`, unless it is DELETED.
-    ///
-    /// # Errors
-    /// A database failure.
-    pub async fn get_owned(&self, owner: Uuid, id: Uuid) -> Result<Option<Voice>, DbErr> {
-        Entity::find_by_id(id)
-            .filter(Column::OwnerUserId.eq(owner))
-            .filter(Column::Status.ne(VoiceStatus::Deleted))
-            .one(&self.db)
-            .await
-    }
-
     /// Inserts `voice` (PROCESSING, no provider id yet) if its owner has fewer
     /// than `max` live voices. On PostgreSQL the count and the insert run under
     /// a per-owner advisory lock, so concurrent creates cannot overshoot `max`.
@@ -139,7 +108,7 @@ impl Store {
             .filter(Column::Status.eq(VoiceStatus::Processing))
             .exec_with_returning(&self.db)
             .await?;
-        Ok(rows.into_iter().next())
+        Ok(first(rows))
     }
 
     /// Removes a reservation the provider never accepted.
@@ -155,38 +124,30 @@ impl Store {
             .map(drop)
     }
 
-    /// Applies `patch` if the voice is still at `revision` and not deleted.
+    /// Writes the caller-editable fields of `voice` (name, description,
+    /// visibility, labels) if the stored voice is still at `revision` and not
+    /// deleted.
     ///
     /// # Errors
     /// A database failure.
-    pub async fn update_fields(
+    pub async fn update_metadata(
         &self,
-        id: Uuid,
+        voice: &Voice,
         revision: i64,
-        patch: &VoicePatch,
     ) -> Result<Option<Voice>, DbErr> {
-        let mut update = Entity::update_many()
+        let rows = Entity::update_many()
+            .col_expr(Column::Name, Expr::value(voice.name.clone()))
+            .col_expr(Column::Description, Expr::value(voice.description.clone()))
+            .col_expr(Column::Visibility, Expr::value(voice.visibility))
+            .col_expr(Column::Labels, Expr::value(voice.labels.clone()))
             .col_expr(Column::Revision, Expr::col(Column::Revision).add(1))
-            .col_expr(Column::UpdatedAt, Expr::value(now()));
-        if let Some(name) = &patch.name {
-            update = update.col_expr(Column::Name, Expr::value(name.clone()));
-        }
-        if let Some(description) = &patch.description {
-            update = update.col_expr(Column::Description, Expr::value(description.clone()));
-        }
-        if let Some(visibility) = patch.visibility {
-            update = update.col_expr(Column::Visibility, Expr::value(visibility));
-        }
-        if let Some(labels) = &patch.labels {
-            update = update.col_expr(Column::Labels, Expr::value(Labels(labels.clone())));
-        }
-        let rows = update
-            .filter(Column::Id.eq(id))
+            .col_expr(Column::UpdatedAt, Expr::value(now()))
+            .filter(Column::Id.eq(voice.id))
             .filter(Column::Revision.eq(revision))
             .filter(Column::Status.ne(VoiceStatus::Deleted))
             .exec_with_returning(&self.db)
             .await?;
-        Ok(rows.into_iter().next())
+        Ok(first(rows))
     }
 
     /// Marks a voice DELETED (kept for audit). `None` if it already was.
@@ -200,7 +161,7 @@ impl Store {
             .col_expr(Column::DeletedAt, Expr::value(at))
             .col_expr(
                 Column::ProcessingDeadline,
-                Expr::value(Option::<chrono::DateTime<chrono::Utc>>::None),
+                Expr::value(Option::<DateTime<Utc>>::None),
             )
             .col_expr(Column::Revision, Expr::col(Column::Revision).add(1))
             .col_expr(Column::UpdatedAt, Expr::value(at))
@@ -208,7 +169,7 @@ impl Store {
             .filter(Column::Status.ne(VoiceStatus::Deleted))
             .exec_with_returning(&self.db)
             .await?;
-        Ok(rows.into_iter().next())
+        Ok(first(rows))
     }
 
     /// Remembers a provider voice that exists at the provider but nowhere here.
@@ -222,7 +183,7 @@ impl Store {
         voice_id: Option<Uuid>,
         reason: &str,
     ) -> Result<(), DbErr> {
-        orphan::Model {
+        provider_orphan::Model {
             id: Uuid::now_v7(),
             provider: provider.to_owned(),
             provider_voice_id: provider_voice_id.to_owned(),
@@ -236,15 +197,64 @@ impl Store {
         .map(drop)
     }
 
-    /// Every recorded orphan, oldest first.
+    /// PROCESSING → COMPLETED with what the provider reported. `None` if the
+    /// voice is no longer PROCESSING.
     ///
     /// # Errors
     /// A database failure.
-    pub async fn orphans(&self) -> Result<Vec<orphan::Model>, DbErr> {
-        use sea_orm::QueryOrder;
-        orphan::Entity::find()
-            .order_by_asc(orphan::Column::CreatedAt)
-            .all(&self.db)
-            .await
+    pub async fn complete(
+        &self,
+        id: Uuid,
+        preview_url: Option<String>,
+        labels: Option<BTreeMap<String, String>>,
+    ) -> Result<Option<Voice>, DbErr> {
+        let at = now();
+        let mut update = Entity::update_many()
+            .col_expr(Column::Status, Expr::value(VoiceStatus::Completed))
+            .col_expr(Column::CompletedAt, Expr::value(at))
+            .col_expr(Column::PreviewUrl, Expr::value(preview_url));
+        if let Some(labels) = labels {
+            update = update.col_expr(Column::Labels, Expr::value(Labels(labels)));
+        }
+        Ok(first(
+            transition(update, id, at)
+                .exec_with_returning(&self.db)
+                .await?,
+        ))
     }
+
+    /// PROCESSING → FAILED with a reason for people. `None` if the voice is
+    /// no longer PROCESSING.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn fail(&self, id: Uuid, reason: &str) -> Result<Option<Voice>, DbErr> {
+        let at = now();
+        let update = Entity::update_many()
+            .col_expr(Column::Status, Expr::value(VoiceStatus::Failed))
+            .col_expr(Column::FailureReason, Expr::value(reason));
+        Ok(first(
+            transition(update, id, at)
+                .exec_with_returning(&self.db)
+                .await?,
+        ))
+    }
+}
+
+/// The guard and bookkeeping every status transition shares.
+fn transition(update: UpdateMany<Entity>, id: Uuid, at: DateTime<Utc>) -> UpdateMany<Entity> {
+    update
+        .col_expr(
+            Column::ProcessingDeadline,
+            Expr::value(Option::<DateTime<Utc>>::None),
+        )
+        .col_expr(Column::Revision, Expr::col(Column::Revision).add(1))
+        .col_expr(Column::UpdatedAt, Expr::value(at))
+        .filter(Column::Id.eq(id))
+        .filter(Column::Status.eq(VoiceStatus::Processing))
+}
+
+/// The one row a guarded single-row write returned, if it matched.
+fn first(rows: Vec<Voice>) -> Option<Voice> {
+    rows.into_iter().next()
 }

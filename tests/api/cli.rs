@@ -1,28 +1,12 @@
 //! The `voicehub` command line: migrate, token, and start-up validation.
 
-use std::process::Command;
-
 use uuid::Uuid;
 use voicehub::{
     auth::Authenticator,
     config::{AuthArgs, DEV_SECRET_FILE},
 };
 
-const BIN: &str = env!("CARGO_BIN_EXE_voicehub");
-
-fn voicehub(dir: &std::path::Path) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.current_dir(dir)
-        .env_remove("DATABASE_URL")
-        .env_remove("VOICEHUB_JWT_SECRET")
-        .env_remove("VOICEHUB_JWT_ISSUER")
-        .env_remove("VOICEHUB_JWT_AUDIENCE")
-        .env_remove("VOICEHUB_LISTEN")
-        .env_remove("VOICEHUB_PROVIDER")
-        .env_remove("ELEVENLABS_API_KEY")
-        .env_remove("ELEVENLABS_BASE_URL");
-    cmd
-}
+use crate::helpers::voicehub;
 
 #[test]
 fn migrate_creates_the_default_sqlite_database() {

@@ -383,7 +383,6 @@ async fn the_per_user_voice_limit_is_resource_exhausted_and_freed_by_delete(back
 
 /// Makes storage fail, for real, whenever a voice named `name` is updated.
 async fn fail_updates_of_voices_named(app: &TestApp, backend: Backend, name: &str) {
-    use sea_orm::ConnectionTrait;
     let statements = match backend {
         Backend::Sqlite => vec![format!(
             "CREATE TRIGGER injected_failure BEFORE UPDATE ON voices WHEN NEW.name = '{name}' \
@@ -400,11 +399,7 @@ async fn fail_updates_of_voices_named(app: &TestApp, backend: Backend, name: &st
         ],
     };
     for sql in statements {
-        app.store
-            .connection()
-            .execute_unprepared(&sql)
-            .await
-            .unwrap();
+        app.execute(&sql).await;
     }
 }
 
@@ -430,7 +425,7 @@ async fn a_provider_voice_that_cannot_be_recorded_is_deleted_again(backend: Back
     );
     assert_eq!(fake.voice_count(), 0, "nothing orphaned at the provider");
     assert_eq!(app.voice_rows().await, 0, "nothing half-written");
-    assert!(app.store.orphans().await.unwrap().is_empty());
+    assert!(app.orphans().await.is_empty());
 }
 
 async fn an_orphan_is_recorded_when_compensation_fails_too(backend: Backend) {
@@ -444,7 +439,7 @@ async fn an_orphan_is_recorded_when_compensation_fails_too(backend: Backend) {
         .unwrap_err();
     assert_eq!(status.code(), Code::Internal);
     assert_eq!(fake.voice_count(), 1, "the provider still holds it");
-    let orphans = app.store.orphans().await.unwrap();
+    let orphans = app.orphans().await;
     assert_eq!(orphans.len(), 1);
     let provider_voice_id = fake
         .requests()

@@ -1,6 +1,6 @@
 //! A fake ElevenLabs: an HTTP server (axum) speaking the real API's request
 //! and response shapes for the voice endpoints voicehub uses (see
-//! shared/reference/elevenlabs-voices.md §10), recording every request and
+//! docs/elevenlabs.md), recording every request and
 //! answering injected faults on demand. It is the only fake in the suite.
 
 use std::{

@@ -42,9 +42,9 @@ async fn owner_gets_every_field_of_their_private_voice(backend: Backend) {
         failure_reason: String::new(),
         preview_url: stored.preview_url.clone().unwrap(),
         labels: [("accent".to_owned(), "british".to_owned())].into(),
-        created_at: Some(voicehub::grpc::timestamp(stored.created_at)),
-        updated_at: Some(voicehub::grpc::timestamp(stored.updated_at)),
-        completed_at: Some(voicehub::grpc::timestamp(stored.created_at)),
+        created_at: Some(voicehub::pb::timestamp(stored.created_at)),
+        updated_at: Some(voicehub::pb::timestamp(stored.updated_at)),
+        completed_at: Some(voicehub::pb::timestamp(stored.created_at)),
         revision: 1,
     };
     assert_eq!(voice, expected);

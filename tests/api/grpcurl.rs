@@ -8,41 +8,14 @@ use std::{
     time::Duration,
 };
 
-use secrecy::SecretString;
+use sea_orm::Database;
 use uuid::Uuid;
-use voicehub::{
-    config::DatabaseConfig,
-    store::{Store, Visibility, VoiceStatus},
-};
+use voicehub::store::{self, Visibility, VoiceStatus};
 
 use crate::{
     fake_elevenlabs::{API_KEY, FakeElevenLabs, Route},
-    helpers::voice,
+    helpers::{insert, voice, voicehub},
 };
-
-const BIN: &str = env!("CARGO_BIN_EXE_voicehub");
-
-/// A `voicehub` command with no configuration inherited from the environment.
-fn voicehub(dir: &Path) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.current_dir(dir);
-    for var in [
-        "DATABASE_URL",
-        "REDIS_URL",
-        "VOICEHUB_LISTEN",
-        "VOICEHUB_JWT_SECRET",
-        "VOICEHUB_JWT_ISSUER",
-        "VOICEHUB_JWT_AUDIENCE",
-        "VOICEHUB_LOG_FORMAT",
-        "VOICEHUB_PROVIDER",
-        "ELEVENLABS_API_KEY",
-        "ELEVENLABS_BASE_URL",
-        "RUST_LOG",
-    ] {
-        cmd.env_remove(var);
-    }
-    cmd
-}
 
 struct Server {
     child: Child,
@@ -176,24 +149,22 @@ async fn grpcurl_lists_describes_checks_health_and_lists_voices_with_a_minted_to
 
     // A voice in the server's own SQLite file (the write path arrives with a later issue).
     let user = Uuid::new_v4();
-    let store = Store::connect(&DatabaseConfig {
-        url: SecretString::from(format!(
-            "sqlite://{}",
-            dir.path().join("voicehub.db").display()
-        )),
-        max_connections: 1,
-    })
+    let db = Database::connect(format!(
+        "sqlite://{}",
+        dir.path().join("voicehub.db").display()
+    ))
     .await
     .unwrap();
-    let seeded = store
-        .insert(voice(
+    let seeded = insert(
+        &db,
+        voice(
             user,
             Visibility::Private,
             VoiceStatus::Completed,
-            voicehub::store::now(),
-        ))
-        .await
-        .unwrap();
+            store::now(),
+        ),
+    )
+    .await;
 
     // `voicehub token` run beside `serve` with no configuration agrees on the secret.
     let token = voicehub(dir.path())

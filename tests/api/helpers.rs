@@ -1,12 +1,13 @@
-//! `spawn_app()` and what tests need around it.
+//! `spawn_app()` and what tests need around it: clients, a test database
+//! of their own, the `voicehub` command line, watch helpers, metrics.
 
-use std::{sync::Arc, time::Duration};
+use std::{path::Path, process::Command, time::Duration};
 
-use sea_orm::{ConnectionTrait, Database};
+use sea_orm::{ActiveModelTrait, ConnectionTrait, Database, DatabaseConnection, IntoActiveModel};
 use secrecy::{ExposeSecret, SecretString};
 use tokio_util::sync::CancellationToken;
 use tonic::{
-    Request, Status,
+    Request, Status, Streaming,
     service::{Interceptor, interceptor::InterceptedService},
     transport::{Channel, Endpoint},
 };
@@ -14,12 +15,15 @@ use tonic_health::pb::health_client::HealthClient;
 use uuid::Uuid;
 use voicehub::{
     Application,
-    auth::Authenticator,
-    config::{AuthConfig, Config, DatabaseConfig, ProviderConfig},
-    events::Hub,
-    pb::voice_service_client::VoiceServiceClient,
-    store::{self, Labels, Store, Visibility, Voice, VoiceStatus},
-    sync::{DynQueue, SyncConfig, Worker},
+    auth::{AuthConfig, Authenticator},
+    config::{Config, ProviderConfig},
+    metrics::Metrics,
+    pb::{
+        self, CreateVoiceCloneRequest, VoiceStatusEvent, WatchVoiceStatusRequest,
+        voice_service_client::VoiceServiceClient,
+    },
+    status_engine::{SyncConfig, Worker},
+    store::{self, DatabaseConfig, Labels, Store, Visibility, Voice, VoiceStatus},
 };
 
 pub const JWT_SECRET: &str = "test-secret-test-secret-test-secret!";
@@ -124,6 +128,13 @@ impl TestDatabase {
             max_connections: 5,
         }
     }
+
+    /// A connection of the test's own, beside the server's pool.
+    pub async fn connect(&self) -> DatabaseConnection {
+        Database::connect(&self.url)
+            .await
+            .expect("connect to the test database")
+    }
 }
 
 pub fn auth_config() -> AuthConfig {
@@ -136,12 +147,14 @@ pub fn auth_config() -> AuthConfig {
 }
 
 pub struct TestApp {
+    /// The server's own storage handle (closing it simulates an outage).
     pub store: Store,
-    /// The sync worker, for driving single steps (its loop is off unless a
-    /// test turns `sync_worker` on).
+    /// The test's own connection to the same database, to seed and count rows.
+    pub db: DatabaseConnection,
+    /// The status engine's worker, for driving single steps (its loop is off
+    /// unless a test turns `sync_worker` on).
     pub worker: Worker,
-    pub hub: Arc<Hub>,
-    pub queue: DynQueue,
+    pub metrics: Metrics,
     pub database: DatabaseConfig,
     pub redis: Option<(String, String)>,
     pub auth: Authenticator,
@@ -188,7 +201,8 @@ pub async fn spawn_app_with(backend: Backend, adjust: impl FnOnce(&mut Config)) 
         .expect("application builds");
     let addr = app.local_addr();
     let store = app.store().clone();
-    let (worker, hub, queue) = (app.worker(), app.hub(), app.queue());
+    let (worker, metrics) = (app.worker(), app.metrics());
+    let db_connection = db.connect().await;
     let shutdown = CancellationToken::new();
     let server = tokio::spawn(app.run_until_stopped(shutdown.clone()));
     // The listener is already bound, so connecting needs no waiting.
@@ -199,9 +213,9 @@ pub async fn spawn_app_with(backend: Backend, adjust: impl FnOnce(&mut Config)) 
         .expect("connect to the test server");
     TestApp {
         store,
+        db: db_connection,
         worker,
-        hub,
-        queue,
+        metrics,
         database,
         redis,
         auth,
@@ -271,8 +285,8 @@ pub fn mp3() -> Vec<u8> {
 }
 
 /// A valid request with one WAV and one MP3 sample.
-pub fn create_request(name: &str) -> voicehub::pb::CreateVoiceCloneRequest {
-    use voicehub::pb::{AudioSample, CreateVoiceCloneRequest, Visibility};
+pub fn create_request(name: &str) -> CreateVoiceCloneRequest {
+    use voicehub::pb::{AudioSample, Visibility};
     CreateVoiceCloneRequest {
         name: name.to_owned(),
         description: "Warm narrator voice".into(),
@@ -301,11 +315,96 @@ impl TestApp {
     /// How many voice rows exist, deleted ones included.
     pub async fn voice_rows(&self) -> u64 {
         use sea_orm::{EntityTrait, PaginatorTrait};
-        voicehub::store::VoiceEntity::find()
-            .count(self.store.connection())
+        store::entity::voice::Entity::find()
+            .count(&self.db)
             .await
             .unwrap()
     }
+
+    /// Every recorded orphan, oldest first.
+    pub async fn orphans(&self) -> Vec<store::entity::provider_orphan::Model> {
+        use sea_orm::{EntityTrait, QueryOrder};
+        use store::entity::provider_orphan::{Column, Entity};
+        Entity::find()
+            .order_by_asc(Column::CreatedAt)
+            .all(&self.db)
+            .await
+            .unwrap()
+    }
+
+    /// Runs SQL on the test's own connection (schema tricks, fault injection).
+    pub async fn execute(&self, sql: &str) {
+        self.db.execute_unprepared(sql).await.unwrap();
+    }
+
+    /// The current value of one metric series, e.g.
+    /// `voicehub_sql_statements_total{kind="read"}`; 0 when not yet reported.
+    pub fn metric(&self, series: &str) -> u64 {
+        metric(&self.metrics.render(), series)
+    }
+
+    /// Creates a voice as `user` and returns it.
+    pub async fn create_voice(&self, user: Uuid, name: &str) -> pb::Voice {
+        create_voice(&mut self.client(user), name).await
+    }
+}
+
+/// The value of `series` in a Prometheus text exposition; 0 when absent.
+pub fn metric(text: &str, series: &str) -> u64 {
+    text.lines()
+        .find_map(|line| {
+            let (name, value) = line.rsplit_once(' ')?;
+            (name == series).then(|| value.parse::<f64>().expect("a number") as u64)
+        })
+        .unwrap_or(0)
+}
+
+/// Creates a voice named `name` (the usual samples) and returns it.
+pub async fn create_voice(client: &mut Client, name: &str) -> pb::Voice {
+    client
+        .create_voice_clone(create_request(name))
+        .await
+        .unwrap_or_else(|status| panic!("creating {name:?}: {status:?}"))
+        .into_inner()
+}
+
+/// Opens a WatchVoiceStatus stream on `ids` (all my voices when empty).
+pub async fn watch(client: &mut Client, ids: &[&str]) -> Streaming<VoiceStatusEvent> {
+    let request = WatchVoiceStatusRequest {
+        voice_ids: ids.iter().map(|s| s.to_string()).collect(),
+    };
+    client
+        .watch_voice_status(request)
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// The next event, or `None` when the stream ended with OK.
+pub async fn next(stream: &mut Streaming<VoiceStatusEvent>) -> Option<VoiceStatusEvent> {
+    tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .expect("an event within 10 s")
+        .expect("the stream does not fail")
+}
+
+/// The path of the built `voicehub` binary.
+pub const BIN: &str = env!("CARGO_BIN_EXE_voicehub");
+
+/// A `voicehub` command in `dir` that inherits no voicehub configuration
+/// (nor `RUST_LOG`) from the environment the tests run in.
+pub fn voicehub(dir: &Path) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.current_dir(dir);
+    for (var, _) in std::env::vars() {
+        if var.starts_with("VOICEHUB_") || var.starts_with("ELEVENLABS_") {
+            cmd.env_remove(var);
+        }
+    }
+    for var in ["DATABASE_URL", "REDIS_URL", "RUST_LOG"] {
+        cmd.env_remove(var);
+    }
+    cmd
 }
 
 /// Adds a fixed `authorization` header to every call.
@@ -344,12 +443,15 @@ impl TestApp {
         HealthClient::new(self.channel.clone())
     }
 
-    /// Stores a voice directly, as the write path will.
+    /// Stores a voice directly, as the write path would have.
     pub async fn seed(&self, owner: Uuid, visibility: Visibility, status: VoiceStatus) -> Voice {
-        self.store
-            .insert(voice(owner, visibility, status, store::now()))
+        self.insert(voice(owner, visibility, status, store::now()))
             .await
-            .expect("seed voice")
+    }
+
+    /// Stores `voice` as given.
+    pub async fn insert(&self, voice: Voice) -> Voice {
+        insert(&self.db, voice).await
     }
 }
 
@@ -357,6 +459,15 @@ impl Drop for TestApp {
     fn drop(&mut self) {
         self.shutdown.cancel();
     }
+}
+
+/// Stores `voice` as given through `db`.
+pub async fn insert(db: &DatabaseConnection, voice: Voice) -> Voice {
+    voice
+        .into_active_model()
+        .insert(db)
+        .await
+        .expect("insert a voice")
 }
 
 /// A fully populated voice row.

@@ -53,10 +53,8 @@ async fn seed_many(
     for i in 0..n {
         let at = base + Duration::milliseconds((i / 3) as i64);
         out.push(
-            app.store
-                .insert(voice(owner, visibility, VoiceStatus::Completed, at))
-                .await
-                .unwrap(),
+            app.insert(voice(owner, visibility, VoiceStatus::Completed, at))
+                .await,
         );
     }
     out

@@ -1,5 +1,5 @@
-use sea_orm::{ConnectionTrait, DbBackend, Statement};
-use voicehub::store::Store;
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
+use voicehub::{metrics::Metrics, store::Store};
 
 use crate::{
     helpers::{Backend, TestDatabase},
@@ -9,11 +9,10 @@ use crate::{
 /// How many migrations the schema has.
 const MIGRATIONS: i64 = 2;
 
-async fn applied_migrations(store: &Store) -> i64 {
-    let row = store
-        .connection()
+async fn applied_migrations(db: &DatabaseConnection) -> i64 {
+    let row = db
         .query_one_raw(Statement::from_string(
-            store.backend(),
+            db.get_database_backend(),
             "SELECT COUNT(*) AS n FROM seaql_migrations",
         ))
         .await
@@ -26,7 +25,7 @@ async fn processes_migrating_together_apply_the_schema_once(backend: Backend) {
     let db = TestDatabase::new(backend).await;
     let mut stores = Vec::new();
     for _ in 0..4 {
-        stores.push(Store::connect(&db.config()).await.unwrap());
+        stores.push(Store::connect(&db.config(), &Metrics::new()).await.unwrap());
     }
     let running: Vec<_> = stores
         .iter()
@@ -39,13 +38,13 @@ async fn processes_migrating_together_apply_the_schema_once(backend: Backend) {
             .unwrap()
             .expect("every replica's migration succeeds");
     }
-    assert_eq!(applied_migrations(&stores[0]).await, MIGRATIONS);
+    let connection = db.connect().await;
+    assert_eq!(applied_migrations(&connection).await, MIGRATIONS);
     // Running again is a no-op.
     stores[0].migrate().await.unwrap();
-    assert_eq!(applied_migrations(&stores[0]).await, MIGRATIONS);
+    assert_eq!(applied_migrations(&connection).await, MIGRATIONS);
     if backend == Backend::Postgres {
-        let row = stores[0]
-            .connection()
+        let row = connection
             .query_one_raw(Statement::from_string(
                 DbBackend::Postgres,
                 "SELECT COUNT(*) AS n FROM pg_indexes WHERE tablename = 'voices'",
@@ -60,10 +59,10 @@ async fn processes_migrating_together_apply_the_schema_once(backend: Backend) {
 
 async fn migrating_twice_is_a_no_op(backend: Backend) {
     let db = TestDatabase::new(backend).await;
-    let store = Store::connect(&db.config()).await.unwrap();
+    let store = Store::connect(&db.config(), &Metrics::new()).await.unwrap();
     store.migrate().await.unwrap();
     store.migrate().await.unwrap();
-    assert_eq!(applied_migrations(&store).await, MIGRATIONS);
+    assert_eq!(applied_migrations(&db.connect().await).await, MIGRATIONS);
 }
 
 on_both_backends!(

@@ -2,19 +2,41 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
+use fred::prelude::*;
+use prometheus_client::metrics::counter::Counter;
+use sea_orm::EntityTrait;
 use secrecy::SecretString;
 use uuid::Uuid;
 use voicehub::{
+    events::{self, STREAM_FIELD, VoiceEvent},
     pb::{self, GetVoiceRequest, ListUserVoicesRequest},
-    sync::Claim,
+    redis::Redis,
+    status_engine::{Claim, DueQueue, RedisQueue},
+    store::{VoiceStatus, entity::voice},
 };
 
 use crate::{
     fake_elevenlabs::{FakeElevenLabs, Report, Route},
-    helpers::{Backend, TestApp, create_request, spawn_app_with, spawn_app_with_fake},
+    helpers::{Backend, TestApp, create_request, next, spawn_app_with, spawn_app_with_fake, watch},
     redis_server::RedisServer,
-    status_engine::{next, watch},
 };
+
+/// `app`'s Redis, connected as another process would.
+async fn redis_of(app: &TestApp) -> (Redis, String) {
+    let (url, prefix) = app.redis.clone().expect("a Redis-backed app");
+    let redis = Redis::connect(&url, Duration::from_secs(1), Duration::from_secs(1))
+        .await
+        .unwrap();
+    (redis, prefix)
+}
+
+/// `app`'s due-queue, as another replica would open it.
+async fn queue_of(app: &TestApp) -> (Redis, RedisQueue) {
+    let (redis, prefix) = redis_of(app).await;
+    let queue = RedisQueue::new(redis.commands.clone(), &prefix, Counter::default());
+    (redis, queue)
+}
 
 /// Another replica of `app`: same database, same Redis and prefix, same provider.
 async fn replica_of(app: &TestApp, fake: &FakeElevenLabs) -> TestApp {
@@ -78,9 +100,9 @@ async fn no_voice_is_checked_twice_inside_a_lease() {
             .await
             .unwrap();
     }
-    // Replica A's worker holds the claims (as if in the middle of its checks).
-    let Claim::Claimed { ids, .. } = a.queue.claim(10, Duration::from_secs(30)).await.unwrap()
-    else {
+    // Another replica's worker holds the claims (as if in the middle of its checks).
+    let (_redis, queue) = queue_of(&a).await;
+    let Claim::Claimed { ids, .. } = queue.claim(10, Duration::from_secs(30)).await.unwrap() else {
         panic!("the queue is intact");
     };
     assert_eq!(ids.len(), 3);
@@ -109,11 +131,14 @@ async fn a_dead_replicas_claims_are_finished_by_another_after_the_lease() {
         );
     }
     let lease = Duration::from_millis(300);
-    let Claim::Claimed { ids, .. } = a.queue.claim(10, lease).await.unwrap() else {
+    let (redis, queue) = queue_of(&a).await;
+    let Claim::Claimed { ids, .. } = queue.claim(10, lease).await.unwrap() else {
         panic!()
     };
     assert_eq!(ids.len(), 3);
-    drop(a); // replica A dies holding its claims
+    // Replica A dies holding its claims.
+    redis.quit().await;
+    drop((queue, a));
 
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let mut completed = 0;
@@ -245,5 +270,50 @@ async fn a_redis_restart_loses_no_event_for_watchers_and_storage_rpcs_keep_worki
     assert_eq!(
         status_of(&app, user, &during.voice_id).await,
         pb::VoiceStatus::Completed
+    );
+}
+
+#[tokio::test]
+async fn an_event_with_a_field_this_build_does_not_know_reaches_a_watcher() {
+    let (app, _fake) = spawn_app_with_fake(Backend::Postgres, |_| {}).await;
+    let user = Uuid::new_v4();
+    let created = app.create_voice(user, "Newer").await;
+    let mut client = app.client(user);
+    let mut stream = watch(&mut client, &[&created.voice_id]).await;
+    assert!(next(&mut stream).await.unwrap().snapshot);
+
+    // A replica of a newer build publishes the completion with a field
+    // (number 15) that this build's decoder does not know.
+    let mut stored = voice::Entity::find_by_id(created.voice_id.parse::<Uuid>().unwrap())
+        .one(&app.db)
+        .await
+        .unwrap()
+        .unwrap();
+    stored.status = VoiceStatus::Completed;
+    stored.revision += 1;
+    let mut bytes = VoiceEvent::stored(&stored).encode();
+    bytes.extend_from_slice(&[15 << 3 | 2, 5]);
+    bytes.extend_from_slice(b"newer");
+    let (redis, prefix) = redis_of(&app).await;
+    let _: String = redis
+        .commands
+        .xadd(
+            events::stream_key(&prefix),
+            false,
+            None,
+            "*",
+            (STREAM_FIELD, Bytes::from(bytes)),
+        )
+        .await
+        .unwrap();
+    redis.quit().await;
+
+    let event = next(&mut stream).await.expect("the event is delivered");
+    let delivered = event.voice.unwrap();
+    assert_eq!(delivered.status(), pb::VoiceStatus::Completed);
+    assert_eq!(delivered.revision, stored.revision);
+    assert!(
+        next(&mut stream).await.is_none(),
+        "terminal: the stream ends"
     );
 }

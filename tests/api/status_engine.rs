@@ -3,36 +3,17 @@
 
 use std::time::Duration;
 
-use tonic::Streaming;
 use uuid::Uuid;
-use voicehub::pb::{
-    self, DeleteVoiceRequest, GetVoiceRequest, VoiceStatusEvent, WatchVoiceStatusRequest,
-};
+use voicehub::pb::{self, DeleteVoiceRequest, GetVoiceRequest, VoiceStatusEvent};
 
 use crate::{
     fake_elevenlabs::{Fault, Report, Route},
-    helpers::{Backend, Client, create_request, spawn_app_with_fake},
+    helpers::{Backend, create_request, next, spawn_app_with_fake, watch},
     on_both_backends,
 };
 
-pub async fn watch(client: &mut Client, ids: &[&str]) -> Streaming<VoiceStatusEvent> {
-    let request = WatchVoiceStatusRequest {
-        voice_ids: ids.iter().map(|s| s.to_string()).collect(),
-    };
-    client
-        .watch_voice_status(request)
-        .await
-        .unwrap()
-        .into_inner()
-}
-
-/// The next event, or `None` when the stream ended with OK.
-pub async fn next(stream: &mut Streaming<VoiceStatusEvent>) -> Option<VoiceStatusEvent> {
-    tokio::time::timeout(Duration::from_secs(10), stream.message())
-        .await
-        .expect("an event within 10 s")
-        .expect("the stream does not fail")
-}
+const READS: &str = "voicehub_sql_statements_total{kind=\"read\"}";
+const WRITES: &str = "voicehub_sql_statements_total{kind=\"write\"}";
 
 fn status(event: &VoiceStatusEvent) -> pb::VoiceStatus {
     event.voice.as_ref().unwrap().status()
@@ -213,20 +194,18 @@ async fn an_idle_step_is_one_queue_round_trip_and_no_sql(backend: Backend) {
     let (app, _fake) = spawn_app_with_fake(backend, |_| {}).await;
     // The first step reconciles the queue with storage (start-up work).
     assert!(app.worker.run_once().await.unwrap().reconciled);
-    let (statements, round_trips) = (app.store.statements().total(), app.queue.round_trips());
+    let statements = || app.metric(READS) + app.metric(WRITES);
+    let round_trips = || app.metric("voicehub_queue_round_trips_total");
+    let (before, trips) = (statements(), round_trips());
     for _ in 0..5 {
         let step = app.worker.run_once().await.unwrap();
         assert_eq!(step.claimed, 0);
         assert!(!step.reconciled);
     }
+    assert_eq!(statements(), before, "idle steps ran SQL");
     assert_eq!(
-        app.store.statements().total(),
-        statements,
-        "idle steps ran SQL"
-    );
-    assert_eq!(
-        app.queue.round_trips(),
-        round_trips + 5,
+        round_trips(),
+        trips + 5,
         "one queue round trip per idle step"
     );
 }
@@ -242,19 +221,16 @@ async fn claimed_voices_are_read_with_one_query(backend: Backend) {
             .unwrap();
     }
     app.worker.run_once().await.unwrap();
-    let (reads, writes) = (
-        app.store.statements().reads(),
-        app.store.statements().writes(),
-    );
+    let (reads, writes) = (app.metric(READS), app.metric(WRITES));
     let step = app.worker.run_once().await.unwrap();
     assert_eq!((step.claimed, step.rescheduled), (5, 5), "{step:?}");
     assert_eq!(
-        app.store.statements().reads(),
+        app.metric(READS),
         reads + 1,
         "five claimed voices, one read"
     );
     assert_eq!(
-        app.store.statements().writes(),
+        app.metric(WRITES),
         writes,
         "nothing changed, nothing written"
     );
@@ -295,12 +271,14 @@ async fn a_provider_outage_reschedules_instead_of_failing(backend: Backend) {
     fake.inject(Route::Get, 4, Fault::server_error());
     let step = app.worker.run_once().await.unwrap();
     assert_eq!((step.rescheduled, step.failed), (1, 0), "{step:?}");
-    // The next check (once it is due) finds it ready.
-    app.queue
-        .reschedule(voice.voice_id.parse().unwrap(), Duration::ZERO)
-        .await
-        .unwrap();
+    // The next check (due at once: the test's backoff is zero) finds it ready.
     assert_eq!(app.worker.run_once().await.unwrap().completed, 1);
+    assert_eq!(
+        fake.calls(Route::Get),
+        5,
+        "four failed attempts (retries included), then one answer for {}",
+        voice.voice_id
+    );
 }
 
 on_both_backends!(

@@ -7,10 +7,11 @@ use voicehub::pb::{self, UpdateVoiceRequest, WatchVoiceStatusRequest};
 
 use crate::{
     fake_elevenlabs::Report,
-    helpers::{Backend, assert_invalid_field, create_request, spawn_app_with_fake},
+    helpers::{Backend, assert_invalid_field, create_request, next, spawn_app_with_fake, watch},
     on_both_backends,
-    status_engine::{next, watch},
 };
+
+const WATCH_STREAMS: &str = "voicehub_watch_streams";
 
 async fn bad_watch_requests_are_refused_before_the_stream_starts(backend: Backend) {
     let (app, _fake) = spawn_app_with_fake(backend, |_| {}).await;
@@ -46,7 +47,7 @@ async fn bad_watch_requests_are_refused_before_the_stream_starts(backend: Backen
     let status = client.watch_voice_status(request(many)).await.unwrap_err();
     assert_invalid_field(&status, "voice_ids");
     assert_eq!(
-        app.hub.subscribers(),
+        app.metric(WATCH_STREAMS),
         0,
         "refused watches hold no subscription"
     );
@@ -177,12 +178,12 @@ async fn a_disconnected_watcher_frees_its_subscription(backend: Backend) {
         .into_inner();
     let mut stream = watch(&mut client, &[&voice.voice_id]).await;
     assert!(next(&mut stream).await.unwrap().snapshot);
-    assert_eq!(app.hub.subscribers(), 1);
+    assert_eq!(app.metric(WATCH_STREAMS), 1);
     drop(stream);
     drop(client);
     // The server learns of the cancelled stream from the client's RST_STREAM.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while app.hub.subscribers() != 0 {
+    while app.metric(WATCH_STREAMS) != 0 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "the subscription outlived its stream"

@@ -24,14 +24,15 @@ use reqwest::{
 };
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
-use serde_json::Value;
 use tokio::{sync::Semaphore, time::Instant};
 
 mod errors;
+mod readiness;
 
 use errors::classify;
+use readiness::VoiceDetails;
 
-use super::{CloneRequest, Cloned, ProviderError, ProviderVoice, VoiceEdit, VoiceProvider};
+use super::{CloneRequest, Cloned, ProviderError, Verdict, VoiceEdit, VoiceProvider};
 
 /// How transient failures are retried.
 #[derive(Debug, Clone, Copy)]
@@ -46,13 +47,17 @@ pub struct RetryPolicy {
     pub budget: Duration,
 }
 
-impl Default for RetryPolicy {
-    fn default() -> Self {
+impl RetryPolicy {
+    /// `max_retries` within `budget`, backing off from half a second up to
+    /// eight seconds apart (ElevenLabs asks clients to back off; a few
+    /// seconds lets a busy system recover without stalling a caller for long).
+    #[must_use]
+    pub fn new(max_retries: u32, budget: Duration) -> Self {
         RetryPolicy {
-            max_retries: 3,
+            max_retries,
             base_delay: Duration::from_millis(500),
             max_delay: Duration::from_secs(8),
-            budget: Duration::from_secs(60),
+            budget,
         }
     }
 }
@@ -250,53 +255,6 @@ struct AddVoiceResponse {
     requires_verification: bool,
 }
 
-#[derive(Deserialize)]
-struct VoiceResponse {
-    voice_id: String,
-    #[serde(default)]
-    name: Option<String>,
-    #[serde(default)]
-    category: Option<String>,
-    #[serde(default)]
-    preview_url: Option<String>,
-    #[serde(default)]
-    labels: Option<BTreeMap<String, Value>>,
-    #[serde(default)]
-    fine_tuning: Option<FineTuning>,
-    #[serde(default)]
-    voice_verification: Option<Verification>,
-    #[serde(default)]
-    safety_control: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct FineTuning {
-    #[serde(default)]
-    state: Option<BTreeMap<String, Value>>,
-    #[serde(default)]
-    message: Option<BTreeMap<String, Value>>,
-}
-
-#[derive(Deserialize)]
-struct Verification {
-    #[serde(default)]
-    requires_verification: bool,
-    #[serde(default)]
-    is_verified: bool,
-}
-
-/// String values of a JSON map; nulls dropped, other values rendered as JSON.
-fn strings(map: Option<BTreeMap<String, Value>>) -> BTreeMap<String, String> {
-    map.unwrap_or_default()
-        .into_iter()
-        .filter_map(|(k, v)| match v {
-            Value::Null => None,
-            Value::String(s) => Some((k, s)),
-            other => Some((k, other.to_string())),
-        })
-        .collect()
-}
-
 fn labels_json(labels: &BTreeMap<String, String>) -> String {
     serde_json::to_string(labels).unwrap_or_else(|_| "{}".into())
 }
@@ -345,35 +303,16 @@ impl VoiceProvider for ElevenLabs {
         })
     }
 
-    async fn get_voice(&self, voice_id: &str) -> Result<ProviderVoice, ProviderError> {
+    async fn check_voice(&self, voice_id: &str) -> Result<Verdict, ProviderError> {
         let url = self.url(&["v1", "voices", voice_id]);
         let body = self
             .call("voices.get", Idempotency::Idempotent, || {
                 self.http.get(url.clone())
             })
             .await?;
-        let v: VoiceResponse = serde_json::from_slice(&body)
+        let details: VoiceDetails = serde_json::from_slice(&body)
             .map_err(|e| ProviderError::Protocol(format!("voice answer: {e}")))?;
-        let (fine_tuning_state, fine_tuning_message) = match v.fine_tuning {
-            Some(ft) => (strings(ft.state), strings(ft.message)),
-            None => Default::default(),
-        };
-        let verification = v.voice_verification.unwrap_or(Verification {
-            requires_verification: false,
-            is_verified: false,
-        });
-        Ok(ProviderVoice {
-            voice_id: v.voice_id,
-            name: v.name.unwrap_or_default(),
-            category: v.category.unwrap_or_default(),
-            preview_url: v.preview_url.filter(|u| !u.is_empty()),
-            labels: strings(v.labels),
-            fine_tuning_state,
-            fine_tuning_message,
-            requires_verification: verification.requires_verification,
-            is_verified: verification.is_verified,
-            safety_control: v.safety_control,
-        })
+        Ok(details.verdict())
     }
 
     async fn edit_voice(&self, voice_id: &str, edit: VoiceEdit) -> Result<(), ProviderError> {

@@ -11,15 +11,10 @@
 //! - Wake-ups are at-most-once pub/sub messages; a lost one only delays a
 //!   check until the worker's next timed wake-up.
 
-use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use fred::{clients::SubscriberClient, prelude::*, types::scripts::Script};
+use prometheus_client::metrics::counter::Counter;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -58,6 +53,7 @@ fn script(body: &str) -> Script {
     Script::from_lua(format!("{NOW}{body}"))
 }
 
+/// The due-queue shared by every replica on one Redis and key prefix.
 pub struct RedisQueue {
     client: Client,
     queue_key: String,
@@ -68,7 +64,7 @@ pub struct RedisQueue {
     reschedule: Script,
     restore: Script,
     wakeup: Arc<Notify>,
-    round_trips: AtomicU64,
+    round_trips: Counter,
 }
 
 fn err(e: Error) -> QueueError {
@@ -76,7 +72,10 @@ fn err(e: Error) -> QueueError {
 }
 
 impl RedisQueue {
-    pub fn new(client: Client, prefix: &str) -> Self {
+    /// A queue under `prefix`, sending commands through `client` and
+    /// counting them in `round_trips`.
+    #[must_use]
+    pub fn new(client: Client, prefix: &str, round_trips: Counter) -> Self {
         RedisQueue {
             client,
             queue_key: format!("{prefix}:sync:due"),
@@ -87,7 +86,7 @@ impl RedisQueue {
             reschedule: script(RESCHEDULE),
             restore: script(RESTORE),
             wakeup: Arc::new(Notify::new()),
-            round_trips: AtomicU64::new(0),
+            round_trips,
         }
     }
 
@@ -118,7 +117,7 @@ impl RedisQueue {
         keys: Vec<&str>,
         args: Vec<Value>,
     ) -> Result<R, QueueError> {
-        self.round_trips.fetch_add(1, Ordering::Relaxed);
+        self.round_trips.inc();
         script
             .evalsha_with_reload(&self.client, keys, args)
             .await
@@ -178,7 +177,7 @@ impl DueQueue for RedisQueue {
         if ids.is_empty() {
             return Ok(());
         }
-        self.round_trips.fetch_add(1, Ordering::Relaxed);
+        self.round_trips.inc();
         let members: Vec<String> = ids.iter().map(Uuid::to_string).collect();
         let _: i64 = self
             .client
@@ -205,9 +204,5 @@ impl DueQueue for RedisQueue {
 
     fn wakeup(&self) -> Arc<Notify> {
         self.wakeup.clone()
-    }
-
-    fn round_trips(&self) -> u64 {
-        self.round_trips.load(Ordering::Relaxed)
     }
 }

@@ -1,16 +1,17 @@
-//! Queries on the `voices` table.
+//! Every query that only reads: single voices, listings, and the batches
+//! the status engine and watch streams need.
 
 use chrono::{DateTime, Utc};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, Condition, DbErr, EntityTrait, IntoActiveModel, QueryFilter,
-    QueryOrder, QuerySelect,
+    ColumnTrait, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
     sea_query::{Expr, ExprTrait, SimpleExpr},
 };
 use uuid::Uuid;
 
 use super::{
     Store,
-    entity::{Column, Entity, Model as Voice, Visibility, VoiceStatus},
+    entity::voice::{Column, Entity, Model as Voice, Visibility, VoiceStatus},
+    visibility::visible_to,
 };
 
 /// Which voices a listing covers.
@@ -58,14 +59,6 @@ pub struct Page {
 }
 
 impl Store {
-    /// Stores a new voice as given.
-    ///
-    /// # Errors
-    /// A constraint violation (duplicate id or request id) or a database failure.
-    pub async fn insert(&self, voice: Voice) -> Result<Voice, DbErr> {
-        voice.into_active_model().insert(&self.db).await
-    }
-
     /// The voice `id` if `caller` may see it: their own in any status but
     /// DELETED, or anyone's public one.
     ///
@@ -75,6 +68,89 @@ impl Store {
         Entity::find_by_id(id)
             .filter(visible_to(caller))
             .one(&self.db)
+            .await
+    }
+
+    /// The voices among `ids` that `caller` may see (never DELETED), in one query.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn get_visible_many(&self, caller: Uuid, ids: &[Uuid]) -> Result<Vec<Voice>, DbErr> {
+        Entity::find()
+            .filter(Column::Id.is_in(ids.iter().copied()))
+            .filter(visible_to(caller))
+            .all(&self.db)
+            .await
+    }
+
+    /// The owner's voice `id`, unless it is DELETED.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn get_owned(&self, owner: Uuid, id: Uuid) -> Result<Option<Voice>, DbErr> {
+        Entity::find_by_id(id)
+            .filter(Column::OwnerUserId.eq(owner))
+            .filter(Column::Status.ne(VoiceStatus::Deleted))
+            .one(&self.db)
+            .await
+    }
+
+    /// The voice a user created with `request_id`, in whatever state.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn find_by_request_id(
+        &self,
+        owner: Uuid,
+        request_id: &str,
+    ) -> Result<Option<Voice>, DbErr> {
+        Entity::find()
+            .filter(Column::OwnerUserId.eq(owner))
+            .filter(Column::RequestId.eq(request_id))
+            .one(&self.db)
+            .await
+    }
+
+    /// The voices with these ids, whoever owns them, in one query (the
+    /// status engine's batch read).
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn get_many(&self, ids: &[Uuid]) -> Result<Vec<Voice>, DbErr> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        Entity::find()
+            .filter(Column::Id.is_in(ids.iter().copied()))
+            .all(&self.db)
+            .await
+    }
+
+    /// The ids of every PROCESSING voice, to rebuild the due-queue from.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn processing_ids(&self) -> Result<Vec<Uuid>, DbErr> {
+        Entity::find()
+            .select_only()
+            .column(Column::Id)
+            .filter(Column::Status.eq(VoiceStatus::Processing))
+            .into_tuple()
+            .all(&self.db)
+            .await
+    }
+
+    /// The owner's PROCESSING voices, oldest first (a watch's snapshot).
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn processing_of(&self, owner: Uuid) -> Result<Vec<Voice>, DbErr> {
+        Entity::find()
+            .filter(Column::OwnerUserId.eq(owner))
+            .filter(Column::Status.eq(VoiceStatus::Processing))
+            .order_by_asc(Column::CreatedAt)
+            .order_by_asc(Column::Id)
+            .all(&self.db)
             .await
     }
 
@@ -140,18 +216,6 @@ impl Store {
             .all(&self.db)
             .await
     }
-}
-
-/// The one visibility rule of single-voice reads: the caller's own voice or
-/// anyone's public one, never a DELETED one.
-pub(super) fn visible_to(caller: Uuid) -> Condition {
-    Condition::all()
-        .add(Column::Status.ne(VoiceStatus::Deleted))
-        .add(
-            Condition::any()
-                .add(Column::OwnerUserId.eq(caller))
-                .add(Column::Visibility.eq(Visibility::Public)),
-        )
 }
 
 fn public() -> SimpleExpr {

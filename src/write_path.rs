@@ -22,19 +22,81 @@ use std::{collections::BTreeMap, time::Duration};
 use uuid::Uuid;
 
 use crate::{
-    error::Error,
+    error::{Error, chain},
     events::DynBus,
-    grpc::NewVoice,
-    provider::{CloneRequest, DynProvider, ProviderError, VoiceEdit},
-    store::{self, Labels, Reservation, Store, Voice, VoicePatch, VoiceStatus},
-    sync::Scheduler,
+    provider::{AudioFile, CloneRequest, DynProvider, ProviderError, VoiceEdit},
+    status_engine::Scheduler,
+    store::{self, Labels, Reservation, Store, Visibility, Voice, VoiceStatus},
 };
 
 /// The category ElevenLabs gives an instant clone, the only kind we create.
 const INSTANT_CLONE: &str = "cloned";
 
+/// A validated CreateVoiceClone request: what the write path creates a voice from.
+#[derive(Debug, Clone)]
+pub struct NewVoice {
+    /// Display name, trimmed.
+    pub name: String,
+    /// Free text; empty when not set.
+    pub description: String,
+    /// Canonical BCP-47 tag; empty when not set.
+    pub language: String,
+    /// Free-form; empty when not set.
+    pub gender: String,
+    /// The caller's labels.
+    pub labels: BTreeMap<String, String>,
+    /// Who may see the voice.
+    pub visibility: Visibility,
+    /// The caller's idempotency key.
+    pub request_id: Option<String>,
+    /// The audio to clone from.
+    pub samples: Vec<AudioFile>,
+    /// Ask the provider to remove background noise.
+    pub remove_background_noise: bool,
+}
+
+/// A validated UpdateVoice request: new values for the fields it may
+/// change; `None` leaves a field alone.
+#[derive(Debug, Clone, Default)]
+pub struct VoicePatch {
+    /// A new name.
+    pub name: Option<String>,
+    /// A new description (empty clears it).
+    pub description: Option<String>,
+    /// A new visibility.
+    pub visibility: Option<Visibility>,
+    /// New labels, replacing all of them.
+    pub labels: Option<BTreeMap<String, String>>,
+}
+
+impl VoicePatch {
+    /// Whether the patch touches what the provider holds too.
+    fn reaches_provider(&self) -> bool {
+        self.name.is_some() || self.description.is_some() || self.labels.is_some()
+    }
+
+    /// `voice` with this patch applied.
+    fn applied_to(&self, voice: &Voice) -> Voice {
+        let mut next = voice.clone();
+        if let Some(name) = &self.name {
+            next.name.clone_from(name);
+        }
+        if let Some(description) = &self.description {
+            next.description.clone_from(description);
+        }
+        if let Some(visibility) = self.visibility {
+            next.visibility = visibility;
+        }
+        if let Some(labels) = &self.labels {
+            next.labels = Labels(labels.clone());
+        }
+        next
+    }
+}
+
+/// Creates, updates and deletes voices across the provider and storage.
 #[derive(Clone)]
-pub struct Voices {
+pub struct WritePath {
     store: Store,
     provider: DynProvider,
     scheduler: Scheduler,
@@ -42,6 +104,7 @@ pub struct Voices {
     limits: Limits,
 }
 
+/// The limits the write path enforces.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     /// Live voices per user.
@@ -50,7 +113,9 @@ pub struct Limits {
     pub max_age: Duration,
 }
 
-impl Voices {
+impl WritePath {
+    /// The write path over these parts.
+    #[must_use]
     pub fn new(
         store: Store,
         provider: DynProvider,
@@ -58,7 +123,7 @@ impl Voices {
         bus: DynBus,
         limits: Limits,
     ) -> Self {
-        Voices {
+        WritePath {
             store,
             provider,
             scheduler,
@@ -173,7 +238,7 @@ impl Voices {
         if let Err(e) = self.store.release(id).await {
             // The row stays PROCESSING without a provider id; the sync engine's
             // maximum age turns it FAILED, so it cannot linger for ever.
-            tracing::error!(voice_id = %id, error = %crate::error::chain(&e), "could not release a voice reservation");
+            tracing::error!(voice_id = %id, error = %chain(&e), "could not release a voice reservation");
         }
     }
 
@@ -202,7 +267,7 @@ impl Voices {
                     )
                     .await
                 {
-                    tracing::error!(provider_voice_id, error = %crate::error::chain(&db), "could not record the orphaned provider voice");
+                    tracing::error!(provider_voice_id, error = %chain(&db), "could not record the orphaned provider voice");
                 }
             }
         }
@@ -220,25 +285,26 @@ impl Voices {
             .get_owned(owner, id)
             .await?
             .ok_or(Error::NotFound("voice"))?;
-        let provider_fields =
-            patch.name.is_some() || patch.description.is_some() || patch.labels.is_some();
+        let next = patch.applied_to(&current);
         // A FAILED voice may be gone at the provider; its metadata is ours alone.
-        if provider_fields
+        if patch.reaches_provider()
             && current.status != VoiceStatus::Failed
             && let Some(provider_voice_id) = &current.provider_voice_id
         {
-            let description = patch.description.as_ref().unwrap_or(&current.description);
-            let labels = patch.labels.as_ref().unwrap_or(&current.labels.0);
             let edit = VoiceEdit {
-                name: patch.name.clone().unwrap_or_else(|| current.name.clone()),
-                description: Some(description.clone()).filter(|d| !d.is_empty()),
-                labels: Some(provider_labels(labels, &current.language, &current.gender)),
+                name: next.name.clone(),
+                description: Some(next.description.clone()).filter(|d| !d.is_empty()),
+                labels: Some(provider_labels(
+                    &next.labels.0,
+                    &next.language,
+                    &next.gender,
+                )),
             };
             self.provider.edit_voice(provider_voice_id, edit).await?;
         }
         let updated = self
             .store
-            .update_fields(id, current.revision, &patch)
+            .update_metadata(&next, current.revision)
             .await?
             .ok_or(Error::Aborted(
                 "the voice changed while it was being updated; retry",

@@ -1,16 +1,15 @@
-//! The in-process due-queue: a `BTreeMap` ordered by due time plus a
+//! The in-process due-queue: a `BTreeSet` ordered by due time plus a
 //! `Notify`, for the single-replica embedded default. It lives and dies with
 //! the process; start-up reconciliation refills it from storage.
 
 use std::{
     collections::{BTreeSet, HashMap},
-    sync::{
-        Arc, Mutex, PoisonError,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::Arc,
     time::Duration,
 };
 
+use parking_lot::{Mutex, MutexGuard};
+use prometheus_client::metrics::counter::Counter;
 use tokio::{sync::Notify, time::Instant};
 use uuid::Uuid;
 
@@ -37,21 +36,27 @@ impl Entries {
     }
 }
 
-#[derive(Default)]
+/// The due-queue of a single replica without Redis.
 pub struct LocalQueue {
     entries: Mutex<Entries>,
     wakeup: Arc<Notify>,
-    round_trips: AtomicU64,
+    round_trips: Counter,
 }
 
 impl LocalQueue {
-    pub fn new() -> Self {
-        Self::default()
+    /// An empty queue; every access counts as a round trip in `round_trips`.
+    #[must_use]
+    pub fn new(round_trips: Counter) -> Self {
+        LocalQueue {
+            entries: Mutex::default(),
+            wakeup: Arc::default(),
+            round_trips,
+        }
     }
 
-    fn entries(&self) -> std::sync::MutexGuard<'_, Entries> {
-        self.round_trips.fetch_add(1, Ordering::Relaxed);
-        self.entries.lock().unwrap_or_else(PoisonError::into_inner)
+    fn entries(&self) -> MutexGuard<'_, Entries> {
+        self.round_trips.inc();
+        self.entries.lock()
     }
 }
 
@@ -113,10 +118,6 @@ impl DueQueue for LocalQueue {
     fn wakeup(&self) -> Arc<Notify> {
         self.wakeup.clone()
     }
-
-    fn round_trips(&self) -> u64 {
-        self.round_trips.load(Ordering::Relaxed)
-    }
 }
 
 #[cfg(test)]
@@ -125,7 +126,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn claims_lease_and_expired_leases_come_back() {
-        let queue = LocalQueue::new();
+        let queue = LocalQueue::new(Counter::default());
         let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
         queue.enqueue(a, Duration::ZERO).await.unwrap();
         queue.enqueue(b, Duration::from_secs(5)).await.unwrap();

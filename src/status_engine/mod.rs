@@ -1,5 +1,6 @@
 //! The status engine: after CreateVoiceClone a voice is PROCESSING until the
-//! provider says it is ready or failed; this module finds out.
+//! provider says it is ready or failed; this module finds out, with a
+//! due-queue (Redis or in-process) and a worker on every replica.
 //!
 //! ```text
 //! create ─▶ enqueue(id, due now) ─▶ wake workers (Notify here, pub/sub elsewhere)
@@ -37,6 +38,11 @@ pub use redis_queue::RedisQueue;
 use uuid::Uuid;
 pub use worker::{Step, SyncError, Worker};
 
+/// Delay between the first checks of a new voice: instant clones are
+/// usually ready within seconds.
+pub const MIN_BACKOFF: Duration = Duration::from_secs(1);
+
+/// How the status engine paces its work (set from the `VOICEHUB_SYNC_*` flags).
 #[derive(Debug, Clone)]
 pub struct SyncConfig {
     /// Most voices claimed in one step.
@@ -53,20 +59,9 @@ pub struct SyncConfig {
     pub reconcile_every: Duration,
 }
 
-impl Default for SyncConfig {
-    fn default() -> Self {
-        SyncConfig {
-            batch: 32,
-            lease: Duration::from_secs(30),
-            min_backoff: Duration::from_secs(1),
-            max_backoff: Duration::from_secs(60),
-            idle: Duration::from_secs(30),
-            reconcile_every: Duration::from_secs(600),
-        }
-    }
-}
-
-/// How the write path hands a new voice to the engine.
+/// How the write path hands a new voice to the engine; made by
+/// [`Worker::scheduler`], so it always shares the worker's queue and its
+/// "reconcile needed" flag.
 #[derive(Clone)]
 pub struct Scheduler {
     queue: DynQueue,
@@ -74,13 +69,6 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    pub fn new(queue: DynQueue, reconcile_needed: Arc<AtomicBool>) -> Self {
-        Scheduler {
-            queue,
-            reconcile_needed,
-        }
-    }
-
     /// Queues `id` for a check now. Never fails the caller: if the queue is
     /// unreachable, the next reconciliation puts the voice on it.
     pub async fn schedule(&self, id: Uuid) {

@@ -1,5 +1,9 @@
 //! The `voices` table as a SeaORM entity, and the value types stored in it.
 //!
+//! The row never leaves the process as it is: the API and the event stream
+//! send the contract's `voicehub.v1.Voice` (see `pb.rs`), so a new column
+//! changes no wire format.
+//!
 //! Enums are stored as short lowercase strings (not database enums) so the
 //! same schema works on SQLite and PostgreSQL and a new variant needs no
 //! `ALTER TYPE`.
@@ -9,7 +13,7 @@ use std::collections::BTreeMap;
 use sea_orm::entity::prelude::*;
 use serde::{Deserialize, Serialize};
 
-#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
 #[sea_orm(table_name = "voices")]
 pub struct Model {
     #[sea_orm(primary_key, auto_increment = false)]
@@ -42,13 +46,12 @@ pub enum Relation {}
 
 impl ActiveModelBehavior for ActiveModel {}
 
-/// Caller-defined labels; a sorted map so they serialise the same way every time.
+/// Caller-defined labels, stored as a JSON object; a sorted map so they are
+/// written the same way every time.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, FromJsonQueryResult)]
 pub struct Labels(pub BTreeMap<String, String>);
 
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, Hash, EnumIter, DeriveActiveEnum, Serialize, Deserialize,
-)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, EnumIter, DeriveActiveEnum)]
 #[sea_orm(rs_type = "String", db_type = "String(StringLen::N(16))")]
 pub enum VoiceStatus {
     #[sea_orm(string_value = "processing")]
@@ -68,9 +71,7 @@ impl VoiceStatus {
     }
 }
 
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, Hash, EnumIter, DeriveActiveEnum, Serialize, Deserialize,
-)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, EnumIter, DeriveActiveEnum)]
 #[sea_orm(rs_type = "String", db_type = "String(StringLen::N(16))")]
 pub enum Visibility {
     #[sea_orm(string_value = "private")]

@@ -20,17 +20,22 @@ pub enum Claim {
     /// The queue's marker is gone: the queue lost its data (restart without
     /// persistence, failover, FLUSHALL) and must be rebuilt from storage.
     Lost,
+    /// These ids are now leased to the claimer.
     Claimed {
+        /// The claimed ids, earliest due first.
         ids: Vec<Uuid>,
         /// When the earliest remaining entry is due; `None` if the queue is empty.
         next_due: Option<Duration>,
     },
 }
 
+/// The queue's store failed or could not be reached.
 #[derive(Debug, thiserror::Error)]
 #[error("due-queue unavailable: {0}")]
 pub struct QueueError(pub String);
 
+/// Voice ids scored by when they are next due; shared by every replica that
+/// uses the same store.
 #[async_trait::async_trait]
 pub trait DueQueue: Send + Sync + 'static {
     /// Makes `id` due after `delay` (replacing its current score), and wakes
@@ -51,9 +56,7 @@ pub trait DueQueue: Send + Sync + 'static {
 
     /// Notified when work was enqueued, here or on another replica.
     fn wakeup(&self) -> Arc<Notify>;
-
-    /// Round trips to the queue's store so far (for tests and metrics).
-    fn round_trips(&self) -> u64;
 }
 
+/// The configured due-queue, shared.
 pub type DynQueue = Arc<dyn DueQueue>;

@@ -11,20 +11,21 @@
 //! the voices whose status changes.
 
 use std::{
-    collections::HashSet,
+    collections::{BTreeMap, HashSet},
     sync::{
-        Arc, Mutex, PoisonError,
+        Arc,
         atomic::{AtomicBool, Ordering},
     },
     time::Duration,
 };
 
+use parking_lot::Mutex;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::{
-    SyncConfig,
+    Scheduler, SyncConfig,
     queue::{Claim, DynQueue, QueueError},
 };
 use crate::{
@@ -34,10 +35,13 @@ use crate::{
     store::{Store, Voice, VoiceStatus},
 };
 
+/// Why a whole step failed (single voices that fail do not fail the step).
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
+    /// The due-queue is unreachable.
     #[error(transparent)]
     Queue(#[from] QueueError),
+    /// The database failed.
     #[error("storage: {0}")]
     Storage(#[from] sea_orm::DbErr),
 }
@@ -47,8 +51,11 @@ pub enum SyncError {
 pub struct Step {
     /// The queue was (re)built from storage in this step.
     pub reconciled: bool,
+    /// Voices claimed from the queue.
     pub claimed: usize,
+    /// Voices moved to COMPLETED.
     pub completed: usize,
+    /// Voices moved to FAILED.
     pub failed: usize,
     /// Still processing (or the provider failed): checked again later.
     pub rescheduled: usize,
@@ -64,6 +71,7 @@ enum Outcome {
     Again(Duration),
 }
 
+/// One replica's status checker; cheap to clone (its step state is shared).
 #[derive(Clone)]
 pub struct Worker {
     queue: DynQueue,
@@ -77,15 +85,14 @@ pub struct Worker {
 
 impl Worker {
     /// A worker that reconciles the queue with storage on its first step.
+    #[must_use]
     pub fn new(
         queue: DynQueue,
         store: Store,
         provider: DynProvider,
         bus: DynBus,
         config: SyncConfig,
-        reconcile_needed: Arc<AtomicBool>,
     ) -> Self {
-        reconcile_needed.store(true, Ordering::Relaxed);
         Worker {
             queue,
             store,
@@ -93,7 +100,17 @@ impl Worker {
             bus,
             next_reconcile: Arc::new(Mutex::new(Instant::now() + config.reconcile_every)),
             config,
-            reconcile_needed,
+            reconcile_needed: Arc::new(AtomicBool::new(true)),
+        }
+    }
+
+    /// The handle the write path schedules new voices with: a failed
+    /// enqueue makes this worker reconcile on its next step.
+    #[must_use]
+    pub fn scheduler(&self) -> Scheduler {
+        Scheduler {
+            queue: self.queue.clone(),
+            reconcile_needed: self.reconcile_needed.clone(),
         }
     }
 
@@ -170,10 +187,7 @@ impl Worker {
     }
 
     fn reconcile_due(&self) -> bool {
-        let mut next = self
-            .next_reconcile
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut next = self.next_reconcile.lock();
         let now = Instant::now();
         if self.reconcile_needed.load(Ordering::Relaxed) || now >= *next {
             *next = now + self.config.reconcile_every;
@@ -218,8 +232,8 @@ impl Worker {
             // Reserved but not yet accepted by the provider: its create is in flight.
             return Outcome::Again(backoff);
         };
-        match self.provider.get_voice(provider_voice_id).await {
-            Ok(report) => match report.verdict() {
+        match self.provider.check_voice(provider_voice_id).await {
+            Ok(verdict) => match verdict {
                 Verdict::Processing => Outcome::Again(backoff),
                 Verdict::Completed {
                     preview_url,
@@ -334,7 +348,7 @@ impl Worker {
 enum Settle {
     Complete {
         preview_url: Option<String>,
-        labels: Option<std::collections::BTreeMap<String, String>>,
+        labels: Option<BTreeMap<String, String>>,
     },
     Fail(String),
 }

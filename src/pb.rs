@@ -1,0 +1,101 @@
+//! The contract, `voicehub.v1`, as generated from `proto/voicehub/v1/voice.proto`,
+//! and the one conversion of a stored voice into it.
+//!
+//! The conversion lives here, beside the generated types, because two layers
+//! send voices out: the API (`grpc/`) answers with them and the event bus
+//! (`events/`) carries them between replicas. It destructures every stored
+//! field, so a new column is a compile error here until it is consciously
+//! exposed or kept internal.
+
+use chrono::{DateTime, Utc};
+
+use crate::store::{
+    Visibility as StoredVisibility, Voice as StoredVoice, VoiceStatus as StoredStatus,
+};
+
+/// Generated code: documented by the proto's comments, linted by `buf` rather than here.
+#[allow(missing_docs, unreachable_pub, clippy::pedantic)]
+mod generated {
+    tonic::include_proto!("voicehub.v1");
+}
+
+pub use generated::*;
+
+/// The encoded descriptors of the contract, served by reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("voicehub_descriptor");
+
+/// A timestamp on the wire.
+pub fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: t.timestamp(),
+        // Always below 1e9 for a valid DateTime, so the cast cannot truncate.
+        nanos: t.timestamp_subsec_nanos() as i32,
+    }
+}
+
+impl From<StoredStatus> for VoiceStatus {
+    fn from(s: StoredStatus) -> Self {
+        match s {
+            StoredStatus::Processing => VoiceStatus::Processing,
+            StoredStatus::Completed => VoiceStatus::Completed,
+            StoredStatus::Failed => VoiceStatus::Failed,
+            StoredStatus::Deleted => VoiceStatus::Deleted,
+        }
+    }
+}
+
+impl From<StoredVisibility> for Visibility {
+    fn from(v: StoredVisibility) -> Self {
+        match v {
+            StoredVisibility::Private => Visibility::Private,
+            StoredVisibility::Public => Visibility::Public,
+        }
+    }
+}
+
+impl From<StoredVoice> for Voice {
+    fn from(v: StoredVoice) -> Self {
+        let StoredVoice {
+            id,
+            owner_user_id,
+            provider_voice_id,
+            name,
+            description,
+            language,
+            gender,
+            category,
+            visibility,
+            status,
+            failure_reason,
+            preview_url,
+            labels,
+            revision,
+            created_at,
+            updated_at,
+            completed_at,
+            // Internal bookkeeping, not part of the contract.
+            request_id: _,
+            deleted_at: _,
+            processing_deadline: _,
+        } = v;
+        Voice {
+            voice_id: id.to_string(),
+            owner_user_id: owner_user_id.to_string(),
+            provider_voice_id: provider_voice_id.unwrap_or_default(),
+            name,
+            description,
+            language,
+            gender,
+            category,
+            visibility: Visibility::from(visibility).into(),
+            status: VoiceStatus::from(status).into(),
+            failure_reason: failure_reason.unwrap_or_default(),
+            preview_url: preview_url.unwrap_or_default(),
+            labels: labels.0.into_iter().collect(),
+            created_at: Some(timestamp(created_at)),
+            updated_at: Some(timestamp(updated_at)),
+            completed_at: completed_at.map(timestamp),
+            revision,
+        }
+    }
+}

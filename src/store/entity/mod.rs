@@ -1,0 +1,5 @@
+//! The tables as SeaORM entities, one file per table, named for one row.
+//! The schema itself is made by the `migration` crate.
+
+pub mod provider_orphan;
+pub mod voice;
