@@ -65,6 +65,8 @@ struct Keys {
 }
 
 impl Authenticator {
+    /// An authenticator for tokens signed as `config` says.
+    #[must_use]
     pub fn new(config: &AuthConfig) -> Self {
         let secret = config.secret.expose_secret().as_bytes();
         let mut validation = Validation::new(Algorithm::HS256);
@@ -201,7 +203,7 @@ mod tests {
     fn minted_token_verifies_to_its_user() {
         let auth = Authenticator::new(&config(SECRET, Some("iss"), Some("aud")));
         let user = Uuid::new_v4();
-        let token = auth.mint(user, Duration::from_secs(60)).unwrap();
+        let token = auth.mint(user, Duration::from_mins(1)).unwrap();
         assert_eq!(
             auth.verify(Some(&format!("Bearer {token}"))).unwrap(),
             UserId(user)
@@ -211,7 +213,7 @@ mod tests {
     #[test]
     fn issuer_and_audience_are_enforced_when_configured() {
         let plain = Authenticator::new(&config(SECRET, None, None));
-        let token = plain.mint(Uuid::new_v4(), Duration::from_secs(60)).unwrap();
+        let token = plain.mint(Uuid::new_v4(), Duration::from_mins(1)).unwrap();
         let strict = Authenticator::new(&config(SECRET, Some("voicehub"), None));
         assert!(matches!(
             strict.verify(Some(&format!("Bearer {token}"))),
@@ -220,7 +222,7 @@ mod tests {
         let aud = Authenticator::new(&config(SECRET, None, Some("tts")));
         let other_aud = Authenticator::new(&config(SECRET, None, Some("other")));
         let token = other_aud
-            .mint(Uuid::new_v4(), Duration::from_secs(60))
+            .mint(Uuid::new_v4(), Duration::from_mins(1))
             .unwrap();
         assert!(matches!(
             aud.verify(Some(&format!("Bearer {token}"))),

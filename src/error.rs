@@ -16,7 +16,12 @@ pub enum Error {
     /// A request field is malformed or out of range. `field` is the field's
     /// path in the request, e.g. `samples[2].content_type`.
     #[error("invalid {field}: {description}")]
-    InvalidArgument { field: String, description: String },
+    InvalidArgument {
+        /// The field's path in the request.
+        field: String,
+        /// What is wrong with it, for the caller.
+        description: String,
+    },
     /// The thing does not exist, or the caller may not see it: the two are
     /// deliberately indistinguishable.
     #[error("{0} not found")]
@@ -27,9 +32,6 @@ pub enum Error {
     /// A per-user quota is used up.
     #[error("{0}")]
     ResourceExhausted(String),
-    /// The voice is not in a state that allows the operation.
-    #[error("{0}")]
-    FailedPrecondition(&'static str),
     /// A concurrent change got in the way; retrying is safe.
     #[error("{0}")]
     Aborted(&'static str),
@@ -42,6 +44,7 @@ pub enum Error {
 }
 
 impl Error {
+    /// An INVALID_ARGUMENT naming `field`.
     pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> Self {
         Error::InvalidArgument {
             field: field.into(),
@@ -116,7 +119,6 @@ impl From<Error> for Status {
                 tracing::info!(reason = %why, "refused: resource exhausted");
                 Status::resource_exhausted(why)
             }
-            Error::FailedPrecondition(why) => Status::failed_precondition(why),
             Error::Aborted(why) => Status::aborted(why),
             Error::Provider(e) => provider_status(e),
             Error::NotFound(what) => Status::not_found(format!("{what} not found")),

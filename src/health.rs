@@ -15,19 +15,19 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 use crate::{error::chain, pb::voice_service_server::VoiceServiceServer, store::Store};
 
 /// The health service names this server reports.
-pub const SERVICES: [&str; 2] = [
+pub(crate) const SERVICES: [&str; 2] = [
     "",
     <VoiceServiceServer<crate::grpc::VoiceApi> as NamedService>::NAME,
 ];
 
-pub async fn set_all(reporter: &HealthReporter, status: ServingStatus) {
+pub(crate) async fn set_all(reporter: &HealthReporter, status: ServingStatus) {
     for name in SERVICES {
         reporter.set_service_status(name, status).await;
     }
 }
 
 /// Watches storage and reports it through the health service.
-pub struct StorageHealth {
+pub(crate) struct StorageHealth {
     store: Store,
     reporter: HealthReporter,
     interval: Duration,
@@ -36,7 +36,12 @@ pub struct StorageHealth {
 
 impl StorageHealth {
     /// Starts from the state the caller established (SERVING after migration).
-    pub fn new(store: Store, reporter: HealthReporter, interval: Duration, healthy: bool) -> Self {
+    pub(crate) fn new(
+        store: Store,
+        reporter: HealthReporter,
+        interval: Duration,
+        healthy: bool,
+    ) -> Self {
         StorageHealth {
             store,
             reporter,
@@ -46,7 +51,7 @@ impl StorageHealth {
     }
 
     /// One check: pings storage and reports a change. Returns whether storage answered.
-    pub async fn run_once(&mut self) -> bool {
+    pub(crate) async fn run_once(&mut self) -> bool {
         let result = self.store.ping().await;
         let healthy = result.is_ok();
         if healthy != self.healthy {
@@ -66,7 +71,7 @@ impl StorageHealth {
     }
 
     /// Checks every `interval` until `shutdown` is cancelled.
-    pub async fn run(mut self, shutdown: CancellationToken) {
+    pub(crate) async fn run(mut self, shutdown: CancellationToken) {
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,

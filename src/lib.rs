@@ -13,8 +13,8 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod events;
-pub mod grpc;
-pub mod health;
+mod grpc;
+mod health;
 pub mod metrics;
 pub mod pb;
 pub mod provider;
@@ -23,6 +23,6 @@ pub mod server;
 pub mod status_engine;
 pub mod store;
 pub mod telemetry;
-pub mod write_path;
+mod write_path;
 
 pub use server::Application;

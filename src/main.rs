@@ -1,3 +1,6 @@
+//! The `voicehub` command: `serve`, `migrate`, `token`. Parses the command
+//! line, installs logging, and runs the library's [`Application`].
+
 use std::process::ExitCode;
 
 use clap::Parser;

@@ -14,7 +14,7 @@ use crate::store::{
 };
 
 /// Generated code: documented by the proto's comments, linted by `buf` rather than here.
-#[allow(missing_docs, unreachable_pub, clippy::pedantic)]
+#[allow(missing_docs, unreachable_pub, unused_qualifications, clippy::pedantic)]
 mod generated {
     tonic::include_proto!("voicehub.v1");
 }
@@ -25,11 +25,12 @@ pub use generated::*;
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("voicehub_descriptor");
 
 /// A timestamp on the wire.
+#[must_use]
 pub fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
     prost_types::Timestamp {
         seconds: t.timestamp(),
-        // Always below 1e9 for a valid DateTime, so the cast cannot truncate.
-        nanos: t.timestamp_subsec_nanos() as i32,
+        // Always below 1e9 for a valid DateTime (2e9 in a leap second), so it fits.
+        nanos: i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(i32::MAX),
     }
 }
 

@@ -46,7 +46,7 @@ fn builder(
 impl Redis {
     /// Builds and connects the clients. An unreachable Redis is logged, not
     /// fatal: the clients keep reconnecting and the service works without
-    /// the sync engine meanwhile.
+    /// the status engine meanwhile.
     ///
     /// # Errors
     /// A malformed URL.
@@ -70,10 +70,10 @@ impl Redis {
         match tokio::time::timeout(FIRST_CONNECT, first).await {
             Ok(Ok(())) => tracing::info!("connected to Redis"),
             Ok(Err(e)) => {
-                tracing::warn!(error = %e, "Redis unreachable at start-up; reconnecting in the background")
+                tracing::warn!(error = %e, "Redis unreachable at start-up; reconnecting in the background");
             }
             Err(_) => {
-                tracing::warn!("Redis unreachable at start-up; reconnecting in the background")
+                tracing::warn!("Redis unreachable at start-up; reconnecting in the background");
             }
         }
         Ok(Redis {

@@ -1,4 +1,4 @@
-//! The server as a whole: storage, provider, sync engine, events, auth,
+//! The server as a whole: storage, provider, status engine, events, auth,
 //! health, reflection and the API on one listener.
 //!
 //! [`Application::build`] does everything that can fail at start-up (connect,
@@ -83,45 +83,42 @@ impl Application {
         }
         store.ping().await.context("checking the database")?;
 
-        let (queue, bus, redis): (DynQueue, DynBus, _) = match &config.redis_url {
-            Some(url) => {
-                use secrecy::ExposeSecret;
-                let redis = Redis::connect(
-                    url.expose_secret(),
-                    config.redis_timeout,
-                    events::READ_BLOCK,
-                )
-                .await?;
-                let queue = Arc::new(RedisQueue::new(
-                    redis.commands.clone(),
-                    &config.redis_prefix,
-                    metrics.queue_round_trips.clone(),
-                ));
-                let bus = Arc::new(RedisBus::new(
-                    redis.commands.clone(),
-                    &config.redis_prefix,
-                    metrics.watch_streams.clone(),
-                ));
-                tracing::info!(
-                    prefix = config.redis_prefix,
-                    "due-queue and events in Redis: replicas share the work"
-                );
-                (
-                    queue.clone(),
-                    bus.clone(),
-                    Some(RedisParts { redis, queue, bus }),
-                )
-            }
-            None => {
-                tracing::info!(
-                    "no REDIS_URL: in-process due-queue and event bus (a single replica only)"
-                );
-                (
-                    Arc::new(LocalQueue::new(metrics.queue_round_trips.clone())),
-                    Arc::new(LocalBus::new(metrics.watch_streams.clone())),
-                    None,
-                )
-            }
+        let (queue, bus, redis): (DynQueue, DynBus, _) = if let Some(url) = &config.redis_url {
+            use secrecy::ExposeSecret;
+            let redis = Redis::connect(
+                url.expose_secret(),
+                config.redis_timeout,
+                events::READ_BLOCK,
+            )
+            .await?;
+            let queue = Arc::new(RedisQueue::new(
+                redis.commands.clone(),
+                &config.redis_prefix,
+                metrics.queue_round_trips.clone(),
+            ));
+            let bus = Arc::new(RedisBus::new(
+                redis.commands.clone(),
+                &config.redis_prefix,
+                metrics.watch_streams.clone(),
+            ));
+            tracing::info!(
+                prefix = config.redis_prefix,
+                "due-queue and events in Redis: replicas share the work"
+            );
+            (
+                queue.clone(),
+                bus.clone(),
+                Some(RedisParts { redis, queue, bus }),
+            )
+        } else {
+            tracing::info!(
+                "no REDIS_URL: in-process due-queue and event bus (a single replica only)"
+            );
+            (
+                Arc::new(LocalQueue::new(metrics.queue_round_trips.clone())),
+                Arc::new(LocalBus::new(metrics.watch_streams.clone())),
+                None,
+            )
         };
         let worker = Worker::new(
             queue,
@@ -217,7 +214,9 @@ impl Application {
         if run_worker {
             tasks.spawn(worker.run(shutdown.clone()));
         } else {
-            tracing::info!("sync worker disabled in this process (VOICEHUB_SYNC_WORKER=false)");
+            tracing::info!(
+                "status engine worker disabled in this process (VOICEHUB_SYNC_WORKER=false)"
+            );
         }
         if let Some(parts) = &redis {
             tasks.spawn(
@@ -239,7 +238,7 @@ impl Application {
             // connections silently; without it a half-open stream lives forever.
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-            .tcp_keepalive(Some(Duration::from_secs(60)))
+            .tcp_keepalive(Some(Duration::from_mins(1)))
             .trace_fn(|req| tracing::info_span!("grpc", method = %req.uri().path()))
             .add_service(health_service)
             .add_service(reflection_v1)

@@ -34,39 +34,39 @@ const INSTANT_CLONE: &str = "cloned";
 
 /// A validated CreateVoiceClone request: what the write path creates a voice from.
 #[derive(Debug, Clone)]
-pub struct NewVoice {
+pub(crate) struct NewVoice {
     /// Display name, trimmed.
-    pub name: String,
+    pub(crate) name: String,
     /// Free text; empty when not set.
-    pub description: String,
+    pub(crate) description: String,
     /// Canonical BCP-47 tag; empty when not set.
-    pub language: String,
+    pub(crate) language: String,
     /// Free-form; empty when not set.
-    pub gender: String,
+    pub(crate) gender: String,
     /// The caller's labels.
-    pub labels: BTreeMap<String, String>,
+    pub(crate) labels: BTreeMap<String, String>,
     /// Who may see the voice.
-    pub visibility: Visibility,
+    pub(crate) visibility: Visibility,
     /// The caller's idempotency key.
-    pub request_id: Option<String>,
+    pub(crate) request_id: Option<String>,
     /// The audio to clone from.
-    pub samples: Vec<AudioFile>,
+    pub(crate) samples: Vec<AudioFile>,
     /// Ask the provider to remove background noise.
-    pub remove_background_noise: bool,
+    pub(crate) remove_background_noise: bool,
 }
 
 /// A validated UpdateVoice request: new values for the fields it may
 /// change; `None` leaves a field alone.
 #[derive(Debug, Clone, Default)]
-pub struct VoicePatch {
+pub(crate) struct VoicePatch {
     /// A new name.
-    pub name: Option<String>,
+    pub(crate) name: Option<String>,
     /// A new description (empty clears it).
-    pub description: Option<String>,
+    pub(crate) description: Option<String>,
     /// A new visibility.
-    pub visibility: Option<Visibility>,
+    pub(crate) visibility: Option<Visibility>,
     /// New labels, replacing all of them.
-    pub labels: Option<BTreeMap<String, String>>,
+    pub(crate) labels: Option<BTreeMap<String, String>>,
 }
 
 impl VoicePatch {
@@ -96,7 +96,7 @@ impl VoicePatch {
 
 /// Creates, updates and deletes voices across the provider and storage.
 #[derive(Clone)]
-pub struct WritePath {
+pub(crate) struct WritePath {
     store: Store,
     provider: DynProvider,
     scheduler: Scheduler,
@@ -106,17 +106,17 @@ pub struct WritePath {
 
 /// The limits the write path enforces.
 #[derive(Debug, Clone, Copy)]
-pub struct Limits {
+pub(crate) struct Limits {
     /// Live voices per user.
-    pub max_per_user: u64,
+    pub(crate) max_per_user: u64,
     /// How long a voice may stay PROCESSING.
-    pub max_age: Duration,
+    pub(crate) max_age: Duration,
 }
 
 impl WritePath {
     /// The write path over these parts.
     #[must_use]
-    pub fn new(
+    pub(crate) fn new(
         store: Store,
         provider: DynProvider,
         scheduler: Scheduler,
@@ -137,7 +137,7 @@ impl WritePath {
     /// # Errors
     /// RESOURCE_EXHAUSTED at the per-user limit, a provider failure, or a
     /// storage failure (after compensation).
-    pub async fn create(&self, owner: Uuid, new: NewVoice) -> Result<Voice, Error> {
+    pub(crate) async fn create(&self, owner: Uuid, new: NewVoice) -> Result<Voice, Error> {
         if let Some(request_id) = &new.request_id
             && let Some(existing) = self.store.find_by_request_id(owner, request_id).await?
         {
@@ -236,7 +236,7 @@ impl WritePath {
 
     async fn release(&self, id: Uuid) {
         if let Err(e) = self.store.release(id).await {
-            // The row stays PROCESSING without a provider id; the sync engine's
+            // The row stays PROCESSING without a provider id; the status engine's
             // maximum age turns it FAILED, so it cannot linger for ever.
             tracing::error!(voice_id = %id, error = %chain(&e), "could not release a voice reservation");
         }
@@ -279,7 +279,12 @@ impl WritePath {
     /// # Errors
     /// NOT_FOUND unless the caller owns the live voice; a provider failure;
     /// ABORTED when the voice changed meanwhile.
-    pub async fn update(&self, owner: Uuid, id: Uuid, patch: VoicePatch) -> Result<Voice, Error> {
+    pub(crate) async fn update(
+        &self,
+        owner: Uuid,
+        id: Uuid,
+        patch: VoicePatch,
+    ) -> Result<Voice, Error> {
         let current = self
             .store
             .get_owned(owner, id)
@@ -318,7 +323,7 @@ impl WritePath {
     /// # Errors
     /// NOT_FOUND unless the caller owns the live voice; a provider failure
     /// (then nothing changed).
-    pub async fn delete(&self, owner: Uuid, id: Uuid) -> Result<Voice, Error> {
+    pub(crate) async fn delete(&self, owner: Uuid, id: Uuid) -> Result<Voice, Error> {
         let current = self
             .store
             .get_owned(owner, id)

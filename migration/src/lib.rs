@@ -18,6 +18,7 @@ mod m20261126_000002_create_provider_orphans;
 /// Advisory lock key held while migrating ("voicehub" in ASCII, as an i64).
 const MIGRATION_LOCK_KEY: i64 = 0x766f_6963_6568_7562;
 
+/// Every migration, in order.
 pub struct Migrator;
 
 #[async_trait::async_trait]
@@ -36,29 +37,24 @@ impl MigratorTrait for Migrator {
 /// Returns the database error of the first statement that fails; on
 /// PostgreSQL nothing of the run is then kept.
 pub async fn run(db: &DatabaseConnection) -> Result<(), DbErr> {
-    match db.get_database_backend() {
-        DbBackend::Postgres => {
-            // A transaction-scoped lock: it is released by COMMIT or ROLLBACK, and
-            // also if this process dies, so a crashed replica never blocks the rest.
-            let txn = db.begin().await?;
-            txn.execute_unprepared(&format!(
-                "SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})"
-            ))
-            .await?;
-            Migrator::up(&txn, None).await?;
-            txn.commit().await
-        }
+    let txn = if db.get_database_backend() == DbBackend::Postgres {
+        // A transaction-scoped lock: it is released by COMMIT or ROLLBACK, and
+        // also if this process dies, so a crashed replica never blocks the rest.
+        let txn = db.begin().await?;
+        txn.execute_unprepared(&format!(
+            "SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})"
+        ))
+        .await?;
+        txn
+    } else {
         // SQLite: one IMMEDIATE transaction holds the file's write lock for the
         // whole run, so concurrent starts serialise and a failure keeps nothing.
-        _ => {
-            let txn = db
-                .begin_with_options(TransactionOptions {
-                    sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
-                    ..TransactionOptions::default()
-                })
-                .await?;
-            Migrator::up(&txn, None).await?;
-            txn.commit().await
-        }
-    }
+        db.begin_with_options(TransactionOptions {
+            sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+            ..TransactionOptions::default()
+        })
+        .await?
+    };
+    Migrator::up(&txn, None).await?;
+    txn.commit().await
 }

@@ -1,10 +1,16 @@
 //! The `voices` table: one row per voice, never physically deleted (DELETED
 //! rows are kept for audit), with the indexes of every query the service runs.
 
-use sea_orm_migration::{prelude::*, schema::*};
+use sea_orm_migration::{
+    prelude::*,
+    schema::{
+        big_integer, json, pk_uuid, string_len, string_len_null, text, text_null,
+        timestamp_with_time_zone, timestamp_with_time_zone_null, uuid,
+    },
+};
 
 #[derive(DeriveMigrationName)]
-pub struct Migration;
+pub(crate) struct Migration;
 
 #[derive(DeriveIden)]
 enum Voices {

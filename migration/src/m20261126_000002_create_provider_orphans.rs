@@ -2,10 +2,13 @@
 //! record and could not delete again, kept so an operator (or a later sweep)
 //! can clean them up at the provider.
 
-use sea_orm_migration::{prelude::*, schema::*};
+use sea_orm_migration::{
+    prelude::*,
+    schema::{pk_uuid, string_len, text, timestamp_with_time_zone, uuid_null},
+};
 
 #[derive(DeriveMigrationName)]
-pub struct Migration;
+pub(crate) struct Migration;
 
 #[derive(DeriveIden)]
 enum ProviderOrphans {

@@ -2,6 +2,7 @@
 //! for development so that `serve` and `token` agree without set-up.
 
 use std::{
+    fmt::Write as _,
     fs,
     io::{self, Write},
     path::{Path, PathBuf},
@@ -18,6 +19,7 @@ pub const DEV_SECRET_FILE: &str = ".voicehub-dev-secret";
 /// HS256 secrets shorter than this are guessable; production ones are refused.
 const MIN_SECRET_LEN: usize = 32;
 
+/// The user-token flags (`serve` and `token`).
 #[derive(Debug, Clone, Args)]
 pub struct AuthArgs {
     /// HS256 secret that signs user tokens (at least 32 bytes). Unset: development
@@ -72,7 +74,11 @@ fn dev_secret(path: &PathBuf) -> anyhow::Result<SecretString> {
     }
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no OS randomness: {e}"))?;
-    let secret: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let secret: String = bytes.iter().fold(String::new(), |mut hex, b| {
+        // Writing into a String cannot fail.
+        let _ = write!(hex, "{b:02x}");
+        hex
+    });
     let mut options = fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]

@@ -40,14 +40,17 @@ pub const DEFAULT_DATABASE_URL: &str = "sqlite://voicehub.db?mode=rwc";
     version,
     about = "gRPC service that manages users' cloned voices"
 )]
+/// The `voicehub` command line.
 pub struct Cli {
     /// Log output format.
     #[arg(long, env = "VOICEHUB_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
+    /// What to do.
     #[command(subcommand)]
     pub command: Command,
 }
 
+/// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve the gRPC API (applies pending migrations first unless disabled).
@@ -58,6 +61,7 @@ pub enum Command {
     Token(TokenArgs),
 }
 
+/// The flags of `voicehub serve`.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// Address to listen on for gRPC (HTTP/2, plaintext).
@@ -66,7 +70,7 @@ pub struct ServeArgs {
     /// Apply pending migrations at start-up.
     #[arg(long, env = "VOICEHUB_MIGRATE_ON_START", default_value_t = true, action = ArgAction::Set)]
     pub migrate_on_start: bool,
-    /// Redis for the due-queue and event bus (used by the sync engine; unset = in-process).
+    /// Redis for the due-queue and event bus (used by the status engine; unset = in-process).
     #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
     /// How often storage is pinged for the health service.
@@ -84,16 +88,16 @@ pub struct ServeArgs {
     /// Prefix of every Redis key and channel voicehub uses.
     #[arg(long, env = "VOICEHUB_REDIS_PREFIX", default_value = "voicehub")]
     pub redis_prefix: String,
-    /// Run the status sync worker in this process (API-only replicas may turn it off).
+    /// Run the status engine's worker in this process (API-only replicas may turn it off).
     #[arg(long, env = "VOICEHUB_SYNC_WORKER", default_value_t = true, action = ArgAction::Set)]
     pub sync_worker: bool,
-    /// Most voices one sync step claims.
+    /// Most voices one status-engine step claims.
     #[arg(long, env = "VOICEHUB_SYNC_BATCH", default_value_t = 32)]
     pub sync_batch: usize,
     /// How long a claimed voice is reserved for the replica that claimed it.
     #[arg(long, env = "VOICEHUB_SYNC_LEASE", default_value = "30s", value_parser = humantime::parse_duration)]
     pub sync_lease: Duration,
-    /// Longest the sync worker sleeps when nothing is due.
+    /// Longest the status engine's worker sleeps when nothing is due.
     #[arg(long, env = "VOICEHUB_SYNC_IDLE", default_value = "30s", value_parser = humantime::parse_duration)]
     pub sync_idle: Duration,
     /// Longest delay between two checks of one voice.
@@ -102,14 +106,18 @@ pub struct ServeArgs {
     /// How often the due-queue is reconciled with storage regardless.
     #[arg(long, env = "VOICEHUB_SYNC_RECONCILE_INTERVAL", default_value = "10m", value_parser = humantime::parse_duration)]
     pub sync_reconcile_interval: Duration,
+    /// Storage.
     #[command(flatten)]
     pub database: DatabaseArgs,
+    /// User tokens.
     #[command(flatten)]
     pub auth: AuthArgs,
+    /// The voice provider.
     #[command(flatten)]
     pub provider: ProviderArgs,
 }
 
+/// The database flags (`serve` and `migrate`).
 #[derive(Debug, Clone, Args)]
 pub struct DatabaseArgs {
     /// `sqlite://FILE?mode=rwc` or `postgres://USER@HOST:PORT/DB`.
@@ -120,6 +128,7 @@ pub struct DatabaseArgs {
     pub db_max_connections: u32,
 }
 
+/// The flags of `voicehub token`.
 #[derive(Debug, Args)]
 pub struct TokenArgs {
     /// The user's id (a UUID); becomes the token's `sub`.
@@ -128,6 +137,7 @@ pub struct TokenArgs {
     /// How long the token is valid, e.g. `30m`, `1h`, `7d`.
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
     pub ttl: Duration,
+    /// The signing secret, as `serve` has it.
     #[command(flatten)]
     pub auth: AuthArgs,
 }
@@ -135,19 +145,31 @@ pub struct TokenArgs {
 /// Everything `serve` needs, validated.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// The gRPC listen address (port 0: any free port).
     pub listen: SocketAddr,
+    /// Apply pending migrations at start-up.
     pub migrate_on_start: bool,
+    /// Redis for the due-queue and events; `None`: in-process, one replica.
     pub redis_url: Option<SecretString>,
+    /// How often storage is pinged for the health service.
     pub health_interval: Duration,
+    /// Live voices one user may have.
     pub max_voices_per_user: u64,
+    /// How long a voice may stay PROCESSING.
     pub sync_max_age: Duration,
+    /// Prefix of every Redis key and channel.
     pub redis_prefix: String,
+    /// Longest a Redis command may take.
     pub redis_timeout: Duration,
-    /// Run the sync worker loop in this process.
+    /// Run the status engine's worker loop in this process.
     pub sync_worker: bool,
+    /// How the status engine paces its work.
     pub sync: SyncConfig,
+    /// Storage.
     pub database: DatabaseConfig,
+    /// User tokens.
     pub auth: AuthConfig,
+    /// The voice provider.
     pub provider: ProviderConfig,
 }
 

@@ -18,6 +18,7 @@ pub enum ProviderKind {
     Simulated,
 }
 
+/// The voice provider flags.
 #[derive(Debug, Clone, Args)]
 pub struct ProviderArgs {
     /// Voice provider. Unset: `elevenlabs` when ELEVENLABS_API_KEY is set, else `simulated`.

@@ -53,7 +53,7 @@ impl RedisBus {
                     Ok(newest) => {
                         last = newest
                             .first()
-                            .map_or_else(|| "0-0".to_owned(), |(id, _)| id.clone())
+                            .map_or_else(|| "0-0".to_owned(), |(id, _)| id.clone());
                     }
                     Err(e) => {
                         failing = outage(failing, &e);

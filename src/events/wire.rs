@@ -17,7 +17,7 @@ use crate::{
 };
 
 /// Generated from `events.proto`.
-#[allow(missing_docs, unreachable_pub, clippy::pedantic)]
+#[allow(missing_docs, unreachable_pub, unused_qualifications, clippy::pedantic)]
 mod generated {
     include!(concat!(env!("OUT_DIR"), "/voicehub.events.v1.rs"));
 }

@@ -3,7 +3,7 @@
 //! whose bytes and label disagree is refused before it reaches the provider.
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
+pub(crate) enum Format {
     Wav,
     Mp3,
     Ogg,
@@ -14,7 +14,7 @@ pub enum Format {
 
 impl Format {
     /// The format a MIME type names (parameters and case ignored).
-    pub fn from_content_type(content_type: &str) -> Option<Self> {
+    pub(crate) fn from_content_type(content_type: &str) -> Option<Self> {
         let essence = content_type.split(';').next()?.trim().to_ascii_lowercase();
         Some(match essence.as_str() {
             "audio/wav" | "audio/x-wav" | "audio/wave" | "audio/vnd.wave" => Format::Wav,
@@ -28,7 +28,7 @@ impl Format {
     }
 
     /// The format the data's leading bytes show.
-    pub fn sniff(data: &[u8]) -> Option<Self> {
+    pub(crate) fn sniff(data: &[u8]) -> Option<Self> {
         use infer::{audio, video};
         if audio::is_wav(data) {
             Some(Format::Wav)
@@ -47,7 +47,7 @@ impl Format {
         }
     }
 
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Format::Wav => "WAV",
             Format::Mp3 => "MP3",
@@ -59,7 +59,7 @@ impl Format {
     }
 
     /// The content type sent on to the provider.
-    pub fn canonical_content_type(self) -> &'static str {
+    pub(crate) fn canonical_content_type(self) -> &'static str {
         match self {
             Format::Wav => "audio/wav",
             Format::Mp3 => "audio/mpeg",

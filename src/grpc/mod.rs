@@ -16,7 +16,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, service::interceptor::InterceptedService};
 
-pub use validate::MAX_REQUEST_BYTES;
+pub(crate) use validate::MAX_REQUEST_BYTES;
 
 use crate::{
     auth::{Authenticator, caller},
@@ -29,7 +29,7 @@ use crate::{
 
 /// The VoiceService implementation.
 #[derive(Clone)]
-pub struct VoiceApi {
+pub(crate) struct VoiceApi {
     store: Store,
     writes: WritePath,
     hub: Arc<Hub>,
@@ -38,13 +38,13 @@ pub struct VoiceApi {
 }
 
 /// The service as mounted on the server: every call passes the authenticator first.
-pub type AuthenticatedVoiceService =
+pub(crate) type AuthenticatedVoiceService =
     InterceptedService<VoiceServiceServer<VoiceApi>, Authenticator>;
 
 impl VoiceApi {
     /// The API over storage (reads), the write path, and this replica's hub (watches).
     #[must_use]
-    pub fn new(
+    pub(crate) fn new(
         store: Store,
         writes: WritePath,
         hub: Arc<Hub>,
@@ -61,7 +61,7 @@ impl VoiceApi {
     /// Wraps the API in the auth interceptor; the only way it is mounted.
     /// Requests may be as large as CreateVoiceClone's limits allow, no larger.
     #[must_use]
-    pub fn into_service(self, auth: Authenticator) -> AuthenticatedVoiceService {
+    pub(crate) fn into_service(self, auth: Authenticator) -> AuthenticatedVoiceService {
         let server = VoiceServiceServer::new(self).max_decoding_message_size(MAX_REQUEST_BYTES);
         InterceptedService::new(server, auth)
     }

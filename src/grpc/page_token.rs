@@ -31,10 +31,10 @@ struct Token {
 
 /// Identifies one listing: tokens only continue the listing they came from.
 #[derive(Debug, Clone, Copy)]
-pub struct Listing {
-    pub user: Uuid,
-    pub scope: Scope,
-    pub status: Option<VoiceStatus>,
+pub(crate) struct Listing {
+    pub(crate) user: Uuid,
+    pub(crate) scope: Scope,
+    pub(crate) status: Option<VoiceStatus>,
 }
 
 impl Listing {
@@ -46,7 +46,7 @@ impl Listing {
         self.status.map(|s| format!("{s:?}").to_lowercase())
     }
 
-    pub fn encode(&self, cursor: Cursor) -> String {
+    pub(crate) fn encode(&self, cursor: Cursor) -> String {
         let token = Token {
             v: VERSION,
             user: self.user,
@@ -64,7 +64,7 @@ impl Listing {
     /// # Errors
     /// INVALID_ARGUMENT naming `page_token` when it is malformed or belongs to
     /// another listing.
-    pub fn decode(&self, page_token: &str) -> Result<Option<Cursor>, Error> {
+    pub(crate) fn decode(&self, page_token: &str) -> Result<Option<Cursor>, Error> {
         if page_token.is_empty() {
             return Ok(None);
         }

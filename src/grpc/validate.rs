@@ -31,32 +31,32 @@ use crate::{
     write_path::{NewVoice, VoicePatch},
 };
 
-pub const MAX_NAME_CHARS: usize = 100;
-pub const MAX_DESCRIPTION_CHARS: usize = 500;
-pub const MAX_SAMPLES: usize = 25;
-pub const MAX_SAMPLE_BYTES: usize = 10 * 1024 * 1024;
-pub const MAX_TOTAL_SAMPLE_BYTES: usize = 50 * 1024 * 1024;
+pub(crate) const MAX_NAME_CHARS: usize = 100;
+pub(crate) const MAX_DESCRIPTION_CHARS: usize = 500;
+pub(crate) const MAX_SAMPLES: usize = 25;
+pub(crate) const MAX_SAMPLE_BYTES: usize = 10 * 1024 * 1024;
+pub(crate) const MAX_TOTAL_SAMPLE_BYTES: usize = 50 * 1024 * 1024;
 /// The largest CreateVoiceClone message: every sample byte allowed, plus room
 /// for the other fields (bounded by the limits above) and protobuf framing.
-pub const MAX_REQUEST_BYTES: usize = MAX_TOTAL_SAMPLE_BYTES + 64 * 1024;
-pub const MAX_FILENAME_CHARS: usize = 255;
-pub const MAX_LABELS: usize = 10;
-pub const MAX_LABEL_KEY_CHARS: usize = 32;
-pub const MAX_LABEL_VALUE_CHARS: usize = 64;
-pub const MAX_GENDER_CHARS: usize = 32;
-pub const MAX_REQUEST_ID_CHARS: usize = 64;
+pub(crate) const MAX_REQUEST_BYTES: usize = MAX_TOTAL_SAMPLE_BYTES + 64 * 1024;
+pub(crate) const MAX_FILENAME_CHARS: usize = 255;
+pub(crate) const MAX_LABELS: usize = 10;
+pub(crate) const MAX_LABEL_KEY_CHARS: usize = 32;
+pub(crate) const MAX_LABEL_VALUE_CHARS: usize = 64;
+pub(crate) const MAX_GENDER_CHARS: usize = 32;
+pub(crate) const MAX_REQUEST_ID_CHARS: usize = 64;
 /// Page size when the request leaves it at 0.
-pub const DEFAULT_PAGE_SIZE: u64 = 50;
+pub(crate) const DEFAULT_PAGE_SIZE: u64 = 50;
 /// Larger page sizes are lowered to this.
-pub const MAX_PAGE_SIZE: u64 = 200;
+pub(crate) const MAX_PAGE_SIZE: u64 = 200;
 /// Most voices one stream may watch by id.
-pub const MAX_WATCHED: usize = 100;
+pub(crate) const MAX_WATCHED: usize = 100;
 
 /// A voice id from a request field.
 ///
 /// # Errors
 /// INVALID_ARGUMENT naming `field` when it is empty or not a UUID.
-pub fn voice_id(field: &str, value: &str) -> Result<Uuid, Error> {
+pub(crate) fn voice_id(field: &str, value: &str) -> Result<Uuid, Error> {
     if value.is_empty() {
         return Err(Error::invalid(field, "is required"));
     }
@@ -68,7 +68,7 @@ pub fn voice_id(field: &str, value: &str) -> Result<Uuid, Error> {
 ///
 /// # Errors
 /// INVALID_ARGUMENT naming `page_size`, `scope`, `status` or `page_token`.
-pub fn list_request(
+pub(crate) fn list_request(
     caller: Uuid,
     request: pb::ListUserVoicesRequest,
 ) -> Result<(ListQuery, Listing), Error> {
@@ -132,7 +132,7 @@ fn status_filter(value: i32) -> Result<Option<VoiceStatus>, Error> {
 ///
 /// # Errors
 /// INVALID_ARGUMENT for too many ids or one that is not a UUID.
-pub fn watch_request(request: pb::WatchVoiceStatusRequest) -> Result<Vec<Uuid>, Error> {
+pub(crate) fn watch_request(request: pb::WatchVoiceStatusRequest) -> Result<Vec<Uuid>, Error> {
     let pb::WatchVoiceStatusRequest { voice_ids } = request;
     if voice_ids.len() > MAX_WATCHED {
         return Err(Error::invalid(
@@ -153,7 +153,7 @@ pub fn watch_request(request: pb::WatchVoiceStatusRequest) -> Result<Vec<Uuid>, 
 
 /// # Errors
 /// INVALID_ARGUMENT naming the first bad field.
-pub fn create_request(request: pb::CreateVoiceCloneRequest) -> Result<NewVoice, Error> {
+pub(crate) fn create_request(request: pb::CreateVoiceCloneRequest) -> Result<NewVoice, Error> {
     let pb::CreateVoiceCloneRequest {
         name,
         description,
@@ -192,7 +192,7 @@ const UPDATE_PATHS: [&str; 4] = ["name", "description", "visibility", "labels"];
 
 /// # Errors
 /// INVALID_ARGUMENT naming the first bad field (`update_mask`, `voice.*`).
-pub fn update_request(request: pb::UpdateVoiceRequest) -> Result<(Uuid, VoicePatch), Error> {
+pub(crate) fn update_request(request: pb::UpdateVoiceRequest) -> Result<(Uuid, VoicePatch), Error> {
     let voice = request
         .voice
         .ok_or_else(|| Error::invalid("voice", "is required"))?;
@@ -209,7 +209,7 @@ pub fn update_request(request: pb::UpdateVoiceRequest) -> Result<(Uuid, VoicePat
         match path.as_str() {
             "name" => patch.name = Some(name("voice.name", &voice.name)?),
             "description" => {
-                patch.description = Some(description("voice.description", &voice.description)?)
+                patch.description = Some(description("voice.description", &voice.description)?);
             }
             "visibility" => {
                 patch.visibility = Some(match pb::Visibility::try_from(voice.visibility) {
@@ -221,7 +221,7 @@ pub fn update_request(request: pb::UpdateVoiceRequest) -> Result<(Uuid, VoicePat
                             "must be VISIBILITY_PRIVATE or VISIBILITY_PUBLIC",
                         ));
                     }
-                })
+                });
             }
             "labels" => patch.labels = Some(labels("voice.labels", voice.labels.clone())?),
             other => {

@@ -31,7 +31,8 @@ use crate::{
 };
 
 /// The stream of one WatchVoiceStatus call.
-pub type EventStream = Pin<Box<dyn Stream<Item = Result<pb::VoiceStatusEvent, Status>> + Send>>;
+pub(crate) type EventStream =
+    Pin<Box<dyn Stream<Item = Result<pb::VoiceStatusEvent, Status>> + Send>>;
 
 fn message(voice: pb::Voice, snapshot: bool) -> pb::VoiceStatusEvent {
     pb::VoiceStatusEvent {

@@ -24,34 +24,46 @@ pub use simulated::Simulated;
 /// One audio file to clone from.
 #[derive(Debug, Clone)]
 pub struct AudioFile {
+    /// A plain file name.
     pub filename: String,
+    /// The MIME type, canonical for the format the data has.
     pub content_type: String,
+    /// The file's bytes (shared, not copied, across retries).
     pub data: Bytes,
 }
 
 /// What the provider needs to clone a voice.
 #[derive(Debug, Clone)]
 pub struct CloneRequest {
+    /// The voice's display name.
     pub name: String,
+    /// Free text, when set.
     pub description: Option<String>,
     /// Sent to the provider as its labels (ours plus `language`/`gender`).
     pub labels: BTreeMap<String, String>,
+    /// The samples.
     pub files: Vec<AudioFile>,
+    /// Ask the provider to clean the samples first.
     pub remove_background_noise: bool,
 }
 
 /// The provider's answer to a clone.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cloned {
+    /// The provider's id of the new voice.
     pub voice_id: String,
+    /// The provider still has to verify the voice before it is usable.
     pub requires_verification: bool,
 }
 
 /// New metadata for a voice; the provider requires the name on every edit.
 #[derive(Debug, Clone)]
 pub struct VoiceEdit {
+    /// The name (always sent).
     pub name: String,
+    /// The description; `None` leaves it as it is.
     pub description: Option<String>,
+    /// The labels, replacing all; `None` leaves them as they are.
     pub labels: Option<BTreeMap<String, String>>,
 }
 
@@ -64,7 +76,9 @@ pub enum ProviderError {
     /// The provider refused the request's content; `field` is ours when known.
     #[error("the voice provider rejected the request: {message}")]
     Rejected {
+        /// Our request field the provider objected to, when it said.
         field: Option<&'static str>,
+        /// The provider's words.
         message: String,
     },
     /// The voice does not exist at the provider (any more).
@@ -124,7 +138,9 @@ pub enum Verdict {
     Processing,
     /// Ready to use.
     Completed {
+        /// A short audio preview, when the provider offers one.
         preview_url: Option<String>,
+        /// The labels the provider holds for the voice.
         labels: BTreeMap<String, String>,
     },
     /// Will never be ready; the reason is meant for people.

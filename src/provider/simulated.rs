@@ -3,7 +3,7 @@
 //!
 //! A clone is accepted at once and reported as an instant clone awaiting
 //! verification until `ready_after` has passed, then as verified and ready.
-//! Voices live in memory: a restart forgets them, and the sync engine then
+//! Voices live in memory: a restart forgets them, and the status engine then
 //! finds them gone, exactly as it would for a voice deleted at ElevenLabs.
 
 use std::{

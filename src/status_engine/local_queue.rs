@@ -98,7 +98,9 @@ impl DueQueue for LocalQueue {
 
     async fn finish(&self, ids: &[Uuid]) -> Result<(), QueueError> {
         let mut entries = self.entries();
-        ids.iter().for_each(|id| entries.remove(*id));
+        for id in ids {
+            entries.remove(*id);
+        }
         Ok(())
     }
 

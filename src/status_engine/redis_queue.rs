@@ -67,6 +67,7 @@ pub struct RedisQueue {
     round_trips: Counter,
 }
 
+#[allow(clippy::needless_pass_by_value)] // shaped for `map_err`
 fn err(e: Error) -> QueueError {
     QueueError(e.to_string())
 }
@@ -102,9 +103,8 @@ impl RedisQueue {
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 message = messages.recv() => match message {
-                    Ok(_) => self.wakeup.notify_one(),
                     // Lagged: wake-ups were dropped, which only means "work is due".
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => self.wakeup.notify_one(),
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => self.wakeup.notify_one(),
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                 },
             }
@@ -146,7 +146,10 @@ impl DueQueue for RedisQueue {
     }
 
     async fn claim(&self, max: usize, lease: Duration) -> Result<Claim, QueueError> {
-        let args = vec![Value::Integer(max as i64), millis(lease)];
+        let args = vec![
+            Value::Integer(i64::try_from(max).unwrap_or(i64::MAX)),
+            millis(lease),
+        ];
         let reply: Vec<Value> = self
             .eval(&self.claim, vec![&self.queue_key, &self.marker_key], args)
             .await?;

@@ -1,4 +1,4 @@
-//! The sync worker: claims due voices, asks the provider about them, and
+//! The status engine's worker: claims due voices, asks the provider about them, and
 //! moves them to COMPLETED or FAILED.
 //!
 //! [`Worker::run_once`] is one step; [`Worker::run`] loops, sleeping until

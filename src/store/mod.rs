@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, SubsecRound, Utc};
 use prometheus_client::metrics::{counter::Counter, family::Family};
-use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbBackend, DbErr};
+use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbErr};
 use secrecy::{ExposeSecret, SecretString};
 
 pub use entity::voice::{Labels, Model as Voice, Visibility, VoiceStatus};
@@ -69,7 +69,7 @@ impl Store {
             .map_sqlx_sqlite_opts(|opts| {
                 // WAL lets readers proceed during a write; the busy timeout turns
                 // writer contention into a short wait instead of SQLITE_BUSY.
-                opts.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
+                opts.journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
                     .busy_timeout(Duration::from_secs(5))
             });
         let mut db = Database::connect(options).await?;
@@ -97,12 +97,6 @@ impl Store {
     /// The database is unreachable.
     pub async fn ping(&self) -> Result<(), DbErr> {
         self.db.ping().await
-    }
-
-    /// Which database this is.
-    #[must_use]
-    pub fn backend(&self) -> DbBackend {
-        self.db.get_database_backend()
     }
 
     /// Closes the pool, waiting for connections in use to be returned.

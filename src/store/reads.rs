@@ -28,7 +28,9 @@ pub enum Scope {
 /// A position in the newest-first order: listing continues strictly after it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cursor {
+    /// The creation time of the last voice seen.
     pub created_at: DateTime<Utc>,
+    /// Its id (ties on `created_at` are broken by id).
     pub id: Uuid,
 }
 
@@ -41,18 +43,25 @@ impl From<&Voice> for Cursor {
     }
 }
 
+/// One page of a listing to read.
 #[derive(Debug, Clone)]
 pub struct ListQuery {
+    /// Who is asking.
     pub caller: Uuid,
+    /// Whose voices.
     pub scope: Scope,
     /// `None`: every status except DELETED.
     pub status: Option<VoiceStatus>,
+    /// Continue after this position; `None`: from the newest.
     pub after: Option<Cursor>,
+    /// Most voices on the page.
     pub limit: u64,
 }
 
+/// A page of a listing.
 #[derive(Debug, Clone)]
 pub struct Page {
+    /// The voices, newest first.
     pub voices: Vec<Voice>,
     /// Set when more voices follow the last one of this page.
     pub next: Option<Cursor>,
@@ -181,7 +190,7 @@ impl Store {
             }
         };
         let more = voices.len() as u64 > query.limit;
-        voices.truncate(query.limit as usize);
+        voices.truncate(usize::try_from(query.limit).unwrap_or(usize::MAX));
         let next = if more {
             voices.last().map(Cursor::from)
         } else {

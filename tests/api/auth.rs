@@ -15,7 +15,7 @@ fn now() -> u64 {
     jsonwebtoken::get_current_timestamp()
 }
 
-fn sign(claims: serde_json::Value, secret: &str) -> String {
+fn sign(claims: &serde_json::Value, secret: &str) -> String {
     encode(
         &Header::default(),
         &claims,
@@ -54,7 +54,7 @@ async fn every_bad_credential_is_unauthenticated() {
             "expired token",
             Some(format!(
                 "Bearer {}",
-                sign(json!({"sub": user, "exp": now() - 3600}), JWT_SECRET)
+                sign(&json!({"sub": user, "exp": now() - 3600}), JWT_SECRET)
             )),
             "expired",
         ),
@@ -63,7 +63,7 @@ async fn every_bad_credential_is_unauthenticated() {
             Some(format!(
                 "Bearer {}",
                 sign(
-                    json!({"sub": user, "exp": now() + 600}),
+                    &json!({"sub": user, "exp": now() + 600}),
                     "another-secret-another-secret-xx"
                 )
             )),
@@ -71,14 +71,17 @@ async fn every_bad_credential_is_unauthenticated() {
         ),
         (
             "no exp claim",
-            Some(format!("Bearer {}", sign(json!({"sub": user}), JWT_SECRET))),
+            Some(format!(
+                "Bearer {}",
+                sign(&json!({"sub": user}), JWT_SECRET)
+            )),
             "claim",
         ),
         (
             "sub is not a UUID",
             Some(format!(
                 "Bearer {}",
-                sign(json!({"sub": "alice", "exp": now() + 600}), JWT_SECRET)
+                sign(&json!({"sub": "alice", "exp": now() + 600}), JWT_SECRET)
             )),
             "UUID",
         ),
@@ -113,7 +116,7 @@ async fn issuer_and_audience_are_checked_when_configured() {
     let sub = Uuid::new_v4().to_string();
     let good =
         json!({"sub": sub, "exp": now() + 600, "iss": "https://auth.example", "aud": "voicehub"});
-    let header = format!("Bearer {}", sign(good, JWT_SECRET));
+    let header = format!("Bearer {}", sign(&good, JWT_SECRET));
     app.with_authorization(&header)
         .list_user_voices(ListUserVoicesRequest::default())
         .await
@@ -132,7 +135,7 @@ async fn issuer_and_audience_are_checked_when_configured() {
             json!({"sub": sub, "exp": now() + 600, "aud": "voicehub"}),
         ),
     ] {
-        let status = list_with(&app, Some(&format!("Bearer {}", sign(claims, JWT_SECRET)))).await;
+        let status = list_with(&app, Some(&format!("Bearer {}", sign(&claims, JWT_SECRET)))).await;
         assert_eq!(status.code(), Code::Unauthenticated, "{case}: {status:?}");
     }
 }
@@ -142,7 +145,7 @@ async fn the_minted_token_of_the_app_is_accepted() {
     let app = spawn_app(Backend::Sqlite).await;
     let token = app
         .auth
-        .mint(Uuid::new_v4(), Duration::from_secs(60))
+        .mint(Uuid::new_v4(), Duration::from_mins(1))
         .unwrap();
     let response = app
         .with_authorization(&format!("Bearer {token}"))

@@ -188,7 +188,7 @@ async fn every_invalid_create_request_is_refused_naming_the_field_and_nothing_is
         (
             "data that is not audio",
             with(|r| {
-                r.samples[1] = sample("doc.mp3", "audio/mpeg", b"%PDF-1.7 not audio".to_vec())
+                r.samples[1] = sample("doc.mp3", "audio/mpeg", b"%PDF-1.7 not audio".to_vec());
             }),
             "samples[1].data",
         ),
@@ -256,7 +256,7 @@ async fn a_message_larger_than_the_sample_limits_is_refused_by_the_transport(bac
     let request = with(|r| {
         r.samples = (0..6)
             .map(|i| sample(&format!("{i}.wav"), "audio/wav", nine.clone()))
-            .collect()
+            .collect();
     });
     let status = app
         .client(Uuid::new_v4())

@@ -23,10 +23,10 @@ use voicehub::{
     provider::{ElevenLabsConfig, RetryPolicy},
 };
 
-pub const API_KEY: &str = "xi-test-key-0123456789";
+pub(crate) const API_KEY: &str = "xi-test-key-0123456789";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Route {
+pub(crate) enum Route {
     Add,
     Get,
     Edit,
@@ -35,7 +35,7 @@ pub enum Route {
 
 /// An injected answer, used once by the next request to its route.
 #[derive(Debug, Clone)]
-pub enum Fault {
+pub(crate) enum Fault {
     /// Answer with this status and JSON body (and optional extra headers).
     Respond {
         status: u16,
@@ -47,59 +47,59 @@ pub enum Fault {
 }
 
 impl Fault {
-    pub fn status(status: u16, body: Value) -> Self {
+    pub(crate) fn status(status: u16, body: Value) -> Self {
         Fault::Respond {
             status,
             body,
             headers: Vec::new(),
         }
     }
-    pub fn too_many_concurrent() -> Self {
+    pub(crate) fn too_many_concurrent() -> Self {
         Self::status(
             429,
             json!({"detail": {"status": "too_many_concurrent_requests", "message": "Too many concurrent requests for your plan."}}),
         )
     }
-    pub fn system_busy_new_style() -> Self {
+    pub(crate) fn system_busy_new_style() -> Self {
         Self::status(
             429,
             json!({"detail": {"type": "rate_limit_error", "code": "system_busy", "status": "system_busy", "message": "System busy, retry with backoff.", "request_id": "req_1"}}),
         )
     }
-    pub fn server_error() -> Self {
+    pub(crate) fn server_error() -> Self {
         Self::status(
             500,
             json!({"detail": {"status": "internal_error", "message": "Internal Server Error"}}),
         )
     }
-    pub fn unavailable() -> Self {
+    pub(crate) fn unavailable() -> Self {
         Self::status(503, json!({"detail": "Service Unavailable"}))
     }
-    pub fn voice_limit() -> Self {
+    pub(crate) fn voice_limit() -> Self {
         Self::status(
             400,
             json!({"detail": {"status": "voice_limit_reached", "message": "You have reached your maximum amount of custom voices (10 / 10)."}}),
         )
     }
-    pub fn invalid_api_key() -> Self {
+    pub(crate) fn invalid_api_key() -> Self {
         Self::status(
             401,
             json!({"detail": {"status": "invalid_api_key", "message": "Invalid API key"}}),
         )
     }
-    pub fn unprocessable_files() -> Self {
+    pub(crate) fn unprocessable_files() -> Self {
         Self::status(
             422,
             json!({"detail": [{"loc": ["body", "files", 0], "msg": "Expected UploadFile, received: <class 'str'>", "type": "value_error"}]}),
         )
     }
-    pub fn not_found_404() -> Self {
+    pub(crate) fn not_found_404() -> Self {
         Self::status(
             404,
             json!({"detail": {"status": "voice_not_found", "message": "A voice with the voice_id was not found."}}),
         )
     }
-    pub fn not_found_400() -> Self {
+    pub(crate) fn not_found_400() -> Self {
         Self::status(
             400,
             json!({"detail": {"status": "voice_not_found", "message": "A voice with the voice_id was not found."}}),
@@ -109,14 +109,14 @@ impl Fault {
 
 /// One request as the fake received it.
 #[derive(Debug, Clone)]
-pub struct Recorded {
-    pub route: Route,
-    pub voice_id: Option<String>,
-    pub api_key: Option<String>,
+pub(crate) struct Recorded {
+    pub(crate) route: Route,
+    pub(crate) voice_id: Option<String>,
+    pub(crate) api_key: Option<String>,
     /// Multipart text fields, in order.
-    pub texts: Vec<(String, String)>,
+    pub(crate) texts: Vec<(String, String)>,
     /// Multipart file parts: (field name, file name, content type, size).
-    pub files: Vec<(String, String, String, usize)>,
+    pub(crate) files: Vec<(String, String, String, usize)>,
 }
 
 impl Recorded {
@@ -130,7 +130,7 @@ impl Recorded {
         }
     }
 
-    pub fn text(&self, name: &str) -> Option<&str> {
+    pub(crate) fn text(&self, name: &str) -> Option<&str> {
         self.texts
             .iter()
             .find(|(n, _)| n == name)
@@ -139,26 +139,26 @@ impl Recorded {
 }
 
 #[derive(Debug, Clone)]
-pub struct FakeVoice {
-    pub name: String,
-    pub description: Option<String>,
-    pub labels: BTreeMap<String, String>,
-    pub files: usize,
+pub(crate) struct FakeVoice {
+    pub(crate) name: String,
+    pub(crate) description: Option<String>,
+    pub(crate) labels: BTreeMap<String, String>,
+    pub(crate) files: usize,
     /// What GET /v1/voices/{id} reports about its readiness.
-    pub report: Report,
+    pub(crate) report: Report,
 }
 
 /// The readiness fields of a voice as ElevenLabs reports them. The default
 /// is a ready instant clone.
 #[derive(Debug, Clone)]
-pub struct Report {
-    pub category: &'static str,
-    pub requires_verification: bool,
-    pub is_verified: bool,
+pub(crate) struct Report {
+    pub(crate) category: &'static str,
+    pub(crate) requires_verification: bool,
+    pub(crate) is_verified: bool,
     /// Professional clones: model id → state (`queued`, `fine_tuning`, `fine_tuned`, `failed`, ...).
-    pub fine_tuning_state: BTreeMap<String, String>,
-    pub fine_tuning_message: BTreeMap<String, String>,
-    pub safety_control: Option<&'static str>,
+    pub(crate) fine_tuning_state: BTreeMap<String, String>,
+    pub(crate) fine_tuning_message: BTreeMap<String, String>,
+    pub(crate) safety_control: Option<&'static str>,
 }
 
 impl Default for Report {
@@ -176,7 +176,7 @@ impl Default for Report {
 
 impl Report {
     /// An instant clone that awaits voice verification.
-    pub fn awaiting_verification() -> Self {
+    pub(crate) fn awaiting_verification() -> Self {
         Report {
             requires_verification: true,
             ..Report::default()
@@ -184,7 +184,7 @@ impl Report {
     }
 
     /// A professional clone whose training for `eleven_multilingual_v2` is in `state`.
-    pub fn professional(state: &str) -> Self {
+    pub(crate) fn professional(state: &str) -> Self {
         Report {
             category: "professional",
             fine_tuning_state: [("eleven_multilingual_v2".to_owned(), state.to_owned())].into(),
@@ -205,14 +205,14 @@ struct Inner {
 }
 
 #[derive(Clone)]
-pub struct FakeElevenLabs {
-    pub url: String,
+pub(crate) struct FakeElevenLabs {
+    pub(crate) url: String,
     inner: Arc<Mutex<Inner>>,
 }
 
 impl FakeElevenLabs {
     /// Starts the fake on 127.0.0.1:0; it lives as long as the test's runtime.
-    pub async fn start() -> Self {
+    pub(crate) async fn start() -> Self {
         let inner = Arc::new(Mutex::new(Inner::default()));
         let app = Router::new()
             .route("/v1/voices/add", post(add))
@@ -233,7 +233,7 @@ impl FakeElevenLabs {
 
     /// voicehub's provider configuration pointing here, with quick retries
     /// and a short timeout so fault tests stay fast.
-    pub fn provider_config(&self) -> ProviderConfig {
+    pub(crate) fn provider_config(&self) -> ProviderConfig {
         ProviderConfig::ElevenLabs(ElevenLabsConfig {
             base_url: self.url.parse().unwrap(),
             api_key: SecretString::from(API_KEY.to_owned()),
@@ -249,36 +249,36 @@ impl FakeElevenLabs {
     }
 
     /// The next `times` requests to `route` get `fault`.
-    pub fn inject(&self, route: Route, times: usize, fault: Fault) {
+    pub(crate) fn inject(&self, route: Route, times: usize, fault: Fault) {
         let mut inner = self.inner.lock().unwrap();
         let queue = inner.faults.entry(route).or_default();
         queue.extend(std::iter::repeat_n(fault, times));
     }
 
-    pub fn requests(&self) -> Vec<Recorded> {
+    pub(crate) fn requests(&self) -> Vec<Recorded> {
         self.inner.lock().unwrap().requests.clone()
     }
 
-    pub fn calls(&self, route: Route) -> usize {
+    pub(crate) fn calls(&self, route: Route) -> usize {
         self.requests().iter().filter(|r| r.route == route).count()
     }
 
-    pub fn voice(&self, id: &str) -> Option<FakeVoice> {
+    pub(crate) fn voice(&self, id: &str) -> Option<FakeVoice> {
         self.inner.lock().unwrap().voices.get(id).cloned()
     }
 
     /// The most requests that were being answered at the same moment.
-    pub fn max_in_flight(&self) -> usize {
+    pub(crate) fn max_in_flight(&self) -> usize {
         self.inner.lock().unwrap().max_in_flight
     }
 
     /// What new voices will report until changed.
-    pub fn set_default_report(&self, report: Report) {
+    pub(crate) fn set_default_report(&self, report: Report) {
         self.inner.lock().unwrap().default_report = report;
     }
 
     /// Changes what the voice reports from now on.
-    pub fn set_report(&self, id: &str, report: Report) {
+    pub(crate) fn set_report(&self, id: &str, report: Report) {
         self.inner
             .lock()
             .unwrap()
@@ -289,11 +289,11 @@ impl FakeElevenLabs {
     }
 
     /// Removes a voice as if deleted at ElevenLabs by someone else.
-    pub fn forget(&self, id: &str) {
+    pub(crate) fn forget(&self, id: &str) {
         self.inner.lock().unwrap().voices.remove(id);
     }
 
-    pub fn voice_count(&self) -> usize {
+    pub(crate) fn voice_count(&self) -> usize {
         self.inner.lock().unwrap().voices.len()
     }
 }

@@ -1,7 +1,7 @@
 use tonic::Code;
 use uuid::Uuid;
 use voicehub::{
-    pb::{self, GetVoiceRequest},
+    pb::{self, GetVoiceRequest, timestamp},
     store::{Visibility, VoiceStatus},
 };
 
@@ -10,7 +10,7 @@ use crate::{
     on_both_backends,
 };
 
-fn get(id: impl ToString) -> GetVoiceRequest {
+fn get(id: impl std::fmt::Display) -> GetVoiceRequest {
     GetVoiceRequest {
         voice_id: id.to_string(),
     }
@@ -42,9 +42,9 @@ async fn owner_gets_every_field_of_their_private_voice(backend: Backend) {
         failure_reason: String::new(),
         preview_url: stored.preview_url.clone().unwrap(),
         labels: [("accent".to_owned(), "british".to_owned())].into(),
-        created_at: Some(voicehub::pb::timestamp(stored.created_at)),
-        updated_at: Some(voicehub::pb::timestamp(stored.updated_at)),
-        completed_at: Some(voicehub::pb::timestamp(stored.created_at)),
+        created_at: Some(timestamp(stored.created_at)),
+        updated_at: Some(timestamp(stored.updated_at)),
+        completed_at: Some(timestamp(stored.created_at)),
         revision: 1,
     };
     assert_eq!(voice, expected);

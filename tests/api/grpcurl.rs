@@ -51,7 +51,7 @@ fn serve(dir: &Path, env: &[(&str, &str)]) -> Server {
         }
     });
     let addr = rx
-        .recv_timeout(Duration::from_secs(60))
+        .recv_timeout(Duration::from_mins(1))
         .unwrap_or_else(|_| panic!("voicehub serve did not start: {:?}", logs.lock().unwrap()));
     Server {
         child,

@@ -88,7 +88,7 @@ async fn health_goes_not_serving_when_shutdown_begins() {
 #[tokio::test]
 async fn health_goes_not_serving_when_storage_becomes_unreachable() {
     let app = spawn_app_with(Backend::Sqlite, |c| {
-        c.health_interval = Duration::from_millis(20)
+        c.health_interval = Duration::from_millis(20);
     })
     .await;
     let mut watch = app.health().watch(check("")).await.unwrap().into_inner();

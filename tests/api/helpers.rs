@@ -26,7 +26,7 @@ use voicehub::{
     store::{self, DatabaseConfig, Labels, Store, Visibility, Voice, VoiceStatus},
 };
 
-pub const JWT_SECRET: &str = "test-secret-test-secret-test-secret!";
+pub(crate) const JWT_SECRET: &str = "test-secret-test-secret-test-secret!";
 
 /// Generates one `#[tokio::test]` per backend for each named `async fn(Backend)`.
 #[macro_export]
@@ -49,7 +49,7 @@ macro_rules! on_both_backends {
 
 /// The two stacks every behaviour test runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
+pub(crate) enum Backend {
     /// The embedded default: a SQLite file, in-process queue and event bus.
     Sqlite,
     /// Production: PostgreSQL, plus Redis for the queue and the event bus.
@@ -57,7 +57,7 @@ pub enum Backend {
 }
 
 /// The shared test Redis (started by scripts/test).
-pub fn redis_url() -> String {
+pub(crate) fn redis_url() -> String {
     std::env::var("VOICEHUB_TEST_REDIS_URL").expect(
         "VOICEHUB_TEST_REDIS_URL is not set: Redis tests need a server; run them with scripts/test",
     )
@@ -65,26 +65,26 @@ pub fn redis_url() -> String {
 
 /// Sync settings that make tests deterministic: re-checks are due at once,
 /// and nothing is reconciled unless a test asks.
-pub fn test_sync_config() -> SyncConfig {
+pub(crate) fn test_sync_config() -> SyncConfig {
     SyncConfig {
         batch: 32,
         lease: Duration::from_secs(30),
         min_backoff: Duration::ZERO,
         max_backoff: Duration::ZERO,
         idle: Duration::from_millis(200),
-        reconcile_every: Duration::from_secs(3600),
+        reconcile_every: Duration::from_hours(1),
     }
 }
 
 /// A fresh, empty database for one test.
-pub struct TestDatabase {
-    pub url: String,
+pub(crate) struct TestDatabase {
+    pub(crate) url: String,
     // Keeps the SQLite file alive for the test's duration.
     _dir: Option<tempfile::TempDir>,
 }
 
 impl TestDatabase {
-    pub async fn new(backend: Backend) -> Self {
+    pub(crate) async fn new(backend: Backend) -> Self {
         match backend {
             Backend::Sqlite => {
                 let dir = tempfile::tempdir().expect("temp dir");
@@ -122,7 +122,7 @@ impl TestDatabase {
         }
     }
 
-    pub fn config(&self) -> DatabaseConfig {
+    pub(crate) fn config(&self) -> DatabaseConfig {
         DatabaseConfig {
             url: SecretString::from(self.url.clone()),
             max_connections: 5,
@@ -130,14 +130,14 @@ impl TestDatabase {
     }
 
     /// A connection of the test's own, beside the server's pool.
-    pub async fn connect(&self) -> DatabaseConnection {
+    pub(crate) async fn connect(&self) -> DatabaseConnection {
         Database::connect(&self.url)
             .await
             .expect("connect to the test database")
     }
 }
 
-pub fn auth_config() -> AuthConfig {
+pub(crate) fn auth_config() -> AuthConfig {
     AuthConfig {
         secret: SecretString::from(JWT_SECRET.to_owned()),
         issuer: None,
@@ -146,38 +146,38 @@ pub fn auth_config() -> AuthConfig {
     }
 }
 
-pub struct TestApp {
+pub(crate) struct TestApp {
     /// The server's own storage handle (closing it simulates an outage).
-    pub store: Store,
+    pub(crate) store: Store,
     /// The test's own connection to the same database, to seed and count rows.
-    pub db: DatabaseConnection,
+    pub(crate) db: DatabaseConnection,
     /// The status engine's worker, for driving single steps (its loop is off
     /// unless a test turns `sync_worker` on).
-    pub worker: Worker,
-    pub metrics: Metrics,
-    pub database: DatabaseConfig,
-    pub redis: Option<(String, String)>,
-    pub auth: Authenticator,
-    pub channel: Channel,
-    pub shutdown: CancellationToken,
-    pub server: tokio::task::JoinHandle<anyhow::Result<()>>,
+    pub(crate) worker: Worker,
+    pub(crate) metrics: Metrics,
+    pub(crate) database: DatabaseConfig,
+    pub(crate) redis: Option<(String, String)>,
+    pub(crate) auth: Authenticator,
+    pub(crate) channel: Channel,
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) server: tokio::task::JoinHandle<anyhow::Result<()>>,
     _db: TestDatabase,
 }
 
 /// Starts the real server on 127.0.0.1:0 over a fresh database of `backend`.
-pub async fn spawn_app(backend: Backend) -> TestApp {
+pub(crate) async fn spawn_app(backend: Backend) -> TestApp {
     spawn_app_with(backend, |_| {}).await
 }
 
 /// As [`spawn_app`], letting the test adjust the configuration first.
-pub async fn spawn_app_with(backend: Backend, adjust: impl FnOnce(&mut Config)) -> TestApp {
+pub(crate) async fn spawn_app_with(backend: Backend, adjust: impl FnOnce(&mut Config)) -> TestApp {
     let db = TestDatabase::new(backend).await;
     let mut config = Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         migrate_on_start: true,
         health_interval: Duration::from_secs(5),
         max_voices_per_user: 50,
-        sync_max_age: Duration::from_secs(30 * 60),
+        sync_max_age: Duration::from_mins(30),
         redis_url: (backend == Backend::Postgres).then(|| SecretString::from(redis_url())),
         redis_prefix: format!("vhtest-{}", Uuid::new_v4().simple()),
         redis_timeout: Duration::from_secs(1),
@@ -227,7 +227,7 @@ pub async fn spawn_app_with(backend: Backend, adjust: impl FnOnce(&mut Config)) 
 }
 
 /// A server whose provider is a fresh fake ElevenLabs.
-pub async fn spawn_app_with_fake(
+pub(crate) async fn spawn_app_with_fake(
     backend: Backend,
     adjust: impl FnOnce(&mut Config),
 ) -> (TestApp, crate::fake_elevenlabs::FakeElevenLabs) {
@@ -242,7 +242,7 @@ pub async fn spawn_app_with_fake(
 }
 
 /// The ElevenLabs settings inside a test configuration.
-pub fn elevenlabs(config: &mut Config) -> &mut voicehub::provider::ElevenLabsConfig {
+pub(crate) fn elevenlabs(config: &mut Config) -> &mut voicehub::provider::ElevenLabsConfig {
     match &mut config.provider {
         ProviderConfig::ElevenLabs(e) => e,
         ProviderConfig::Simulated { .. } => {
@@ -252,7 +252,7 @@ pub fn elevenlabs(config: &mut Config) -> &mut voicehub::provider::ElevenLabsCon
 }
 
 /// A real PCM WAV file: 16 kHz, 16-bit mono, a 440 Hz tone of `millis` ms.
-pub fn wav(millis: u32) -> Vec<u8> {
+pub(crate) fn wav(millis: u32) -> Vec<u8> {
     let samples = 16 * millis;
     let data_len = samples * 2;
     let mut out = Vec::with_capacity(44 + data_len as usize);
@@ -269,15 +269,17 @@ pub fn wav(millis: u32) -> Vec<u8> {
     out.extend_from_slice(b"data");
     out.extend_from_slice(&data_len.to_le_bytes());
     for i in 0..samples {
-        let t = i as f32 / 16_000.0;
-        let v = (f32::sin(2.0 * std::f32::consts::PI * 440.0 * t) * 8_000.0) as i16;
+        let t = f64::from(i) / 16_000.0;
+        // |sin| ≤ 1, so the amplitude stays within ±8000: the cast cannot overflow.
+        #[allow(clippy::cast_possible_truncation)]
+        let v = (f64::sin(2.0 * std::f64::consts::PI * 440.0 * t) * 8_000.0) as i16;
         out.extend_from_slice(&v.to_le_bytes());
     }
     out
 }
 
 /// The start of an MPEG-1 Layer III stream with an ID3v2 tag.
-pub fn mp3() -> Vec<u8> {
+pub(crate) fn mp3() -> Vec<u8> {
     let mut out = b"ID3\x04\x00\x00\x00\x00\x00\x00".to_vec();
     out.extend_from_slice(&[0xFF, 0xFB, 0x90, 0x64]);
     out.extend(std::iter::repeat_n(0u8, 413));
@@ -285,7 +287,7 @@ pub fn mp3() -> Vec<u8> {
 }
 
 /// A valid request with one WAV and one MP3 sample.
-pub fn create_request(name: &str) -> CreateVoiceCloneRequest {
+pub(crate) fn create_request(name: &str) -> CreateVoiceCloneRequest {
     use voicehub::pb::{AudioSample, Visibility};
     CreateVoiceCloneRequest {
         name: name.to_owned(),
@@ -313,7 +315,7 @@ pub fn create_request(name: &str) -> CreateVoiceCloneRequest {
 
 impl TestApp {
     /// How many voice rows exist, deleted ones included.
-    pub async fn voice_rows(&self) -> u64 {
+    pub(crate) async fn voice_rows(&self) -> u64 {
         use sea_orm::{EntityTrait, PaginatorTrait};
         store::entity::voice::Entity::find()
             .count(&self.db)
@@ -322,7 +324,7 @@ impl TestApp {
     }
 
     /// Every recorded orphan, oldest first.
-    pub async fn orphans(&self) -> Vec<store::entity::provider_orphan::Model> {
+    pub(crate) async fn orphans(&self) -> Vec<store::entity::provider_orphan::Model> {
         use sea_orm::{EntityTrait, QueryOrder};
         use store::entity::provider_orphan::{Column, Entity};
         Entity::find()
@@ -333,34 +335,34 @@ impl TestApp {
     }
 
     /// Runs SQL on the test's own connection (schema tricks, fault injection).
-    pub async fn execute(&self, sql: &str) {
+    pub(crate) async fn execute(&self, sql: &str) {
         self.db.execute_unprepared(sql).await.unwrap();
     }
 
     /// The current value of one metric series, e.g.
     /// `voicehub_sql_statements_total{kind="read"}`; 0 when not yet reported.
-    pub fn metric(&self, series: &str) -> u64 {
+    pub(crate) fn metric(&self, series: &str) -> u64 {
         metric(&self.metrics.render(), series)
     }
 
     /// Creates a voice as `user` and returns it.
-    pub async fn create_voice(&self, user: Uuid, name: &str) -> pb::Voice {
+    pub(crate) async fn create_voice(&self, user: Uuid, name: &str) -> pb::Voice {
         create_voice(&mut self.client(user), name).await
     }
 }
 
 /// The value of `series` in a Prometheus text exposition; 0 when absent.
-pub fn metric(text: &str, series: &str) -> u64 {
+pub(crate) fn metric(text: &str, series: &str) -> u64 {
     text.lines()
         .find_map(|line| {
             let (name, value) = line.rsplit_once(' ')?;
-            (name == series).then(|| value.parse::<f64>().expect("a number") as u64)
+            (name == series).then(|| value.parse::<u64>().expect("a whole number"))
         })
         .unwrap_or(0)
 }
 
 /// Creates a voice named `name` (the usual samples) and returns it.
-pub async fn create_voice(client: &mut Client, name: &str) -> pb::Voice {
+pub(crate) async fn create_voice(client: &mut Client, name: &str) -> pb::Voice {
     client
         .create_voice_clone(create_request(name))
         .await
@@ -369,9 +371,9 @@ pub async fn create_voice(client: &mut Client, name: &str) -> pb::Voice {
 }
 
 /// Opens a WatchVoiceStatus stream on `ids` (all my voices when empty).
-pub async fn watch(client: &mut Client, ids: &[&str]) -> Streaming<VoiceStatusEvent> {
+pub(crate) async fn watch(client: &mut Client, ids: &[&str]) -> Streaming<VoiceStatusEvent> {
     let request = WatchVoiceStatusRequest {
-        voice_ids: ids.iter().map(|s| s.to_string()).collect(),
+        voice_ids: ids.iter().map(ToString::to_string).collect(),
     };
     client
         .watch_voice_status(request)
@@ -381,7 +383,7 @@ pub async fn watch(client: &mut Client, ids: &[&str]) -> Streaming<VoiceStatusEv
 }
 
 /// The next event, or `None` when the stream ended with OK.
-pub async fn next(stream: &mut Streaming<VoiceStatusEvent>) -> Option<VoiceStatusEvent> {
+pub(crate) async fn next(stream: &mut Streaming<VoiceStatusEvent>) -> Option<VoiceStatusEvent> {
     tokio::time::timeout(Duration::from_secs(10), stream.message())
         .await
         .expect("an event within 10 s")
@@ -389,11 +391,11 @@ pub async fn next(stream: &mut Streaming<VoiceStatusEvent>) -> Option<VoiceStatu
 }
 
 /// The path of the built `voicehub` binary.
-pub const BIN: &str = env!("CARGO_BIN_EXE_voicehub");
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_voicehub");
 
 /// A `voicehub` command in `dir` that inherits no voicehub configuration
 /// (nor `RUST_LOG`) from the environment the tests run in.
-pub fn voicehub(dir: &Path) -> Command {
+pub(crate) fn voicehub(dir: &Path) -> Command {
     let mut cmd = Command::new(BIN);
     cmd.current_dir(dir);
     for (var, _) in std::env::vars() {
@@ -409,7 +411,7 @@ pub fn voicehub(dir: &Path) -> Command {
 
 /// Adds a fixed `authorization` header to every call.
 #[derive(Clone)]
-pub struct Bearer(pub String);
+pub(crate) struct Bearer(pub String);
 
 impl Interceptor for Bearer {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
@@ -420,37 +422,42 @@ impl Interceptor for Bearer {
     }
 }
 
-pub type Client = VoiceServiceClient<InterceptedService<Channel, Bearer>>;
+pub(crate) type Client = VoiceServiceClient<InterceptedService<Channel, Bearer>>;
 
 impl TestApp {
     /// A client that sends no credentials.
-    pub fn anonymous(&self) -> VoiceServiceClient<Channel> {
+    pub(crate) fn anonymous(&self) -> VoiceServiceClient<Channel> {
         VoiceServiceClient::new(self.channel.clone())
     }
 
     /// A client that sends exactly `authorization: <header>`.
-    pub fn with_authorization(&self, header: &str) -> Client {
+    pub(crate) fn with_authorization(&self, header: &str) -> Client {
         VoiceServiceClient::with_interceptor(self.channel.clone(), Bearer(header.to_owned()))
     }
 
     /// A client acting as `user`, with a valid token.
-    pub fn client(&self, user: Uuid) -> Client {
-        let token = self.auth.mint(user, Duration::from_secs(600)).unwrap();
+    pub(crate) fn client(&self, user: Uuid) -> Client {
+        let token = self.auth.mint(user, Duration::from_mins(10)).unwrap();
         self.with_authorization(&format!("Bearer {token}"))
     }
 
-    pub fn health(&self) -> HealthClient<Channel> {
+    pub(crate) fn health(&self) -> HealthClient<Channel> {
         HealthClient::new(self.channel.clone())
     }
 
     /// Stores a voice directly, as the write path would have.
-    pub async fn seed(&self, owner: Uuid, visibility: Visibility, status: VoiceStatus) -> Voice {
+    pub(crate) async fn seed(
+        &self,
+        owner: Uuid,
+        visibility: Visibility,
+        status: VoiceStatus,
+    ) -> Voice {
         self.insert(voice(owner, visibility, status, store::now()))
             .await
     }
 
     /// Stores `voice` as given.
-    pub async fn insert(&self, voice: Voice) -> Voice {
+    pub(crate) async fn insert(&self, voice: Voice) -> Voice {
         insert(&self.db, voice).await
     }
 }
@@ -462,7 +469,7 @@ impl Drop for TestApp {
 }
 
 /// Stores `voice` as given through `db`.
-pub async fn insert(db: &DatabaseConnection, voice: Voice) -> Voice {
+pub(crate) async fn insert(db: &DatabaseConnection, voice: Voice) -> Voice {
     voice
         .into_active_model()
         .insert(db)
@@ -471,7 +478,7 @@ pub async fn insert(db: &DatabaseConnection, voice: Voice) -> Voice {
 }
 
 /// A fully populated voice row.
-pub fn voice(
+pub(crate) fn voice(
     owner: Uuid,
     visibility: Visibility,
     status: VoiceStatus,
@@ -506,7 +513,7 @@ pub fn voice(
 }
 
 /// Asserts a gRPC error's code and, for INVALID_ARGUMENT, the field its BadRequest names.
-pub fn assert_invalid_field(status: &Status, field: &str) {
+pub(crate) fn assert_invalid_field(status: &Status, field: &str) {
     use tonic_types::StatusExt;
     assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
     let bad = status

@@ -31,7 +31,7 @@ async fn list_all(client: &mut Client, mut req: ListUserVoicesRequest) -> (Vec<S
             .unwrap()
             .into_inner();
         pages += 1;
-        assert!(page.voices.len() <= req.page_size.max(1) as usize);
+        assert!(page.voices.len() <= usize::try_from(req.page_size.max(1)).unwrap());
         ids.extend(page.voices.into_iter().map(|v| v.voice_id));
         if page.next_page_token.is_empty() {
             return (ids, pages);
@@ -51,7 +51,7 @@ async fn seed_many(
 ) -> Vec<Voice> {
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
-        let at = base + Duration::milliseconds((i / 3) as i64);
+        let at = base + Duration::milliseconds(i64::try_from(i / 3).unwrap());
         out.push(
             app.insert(voice(owner, visibility, VoiceStatus::Completed, at))
                 .await,

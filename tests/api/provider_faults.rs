@@ -159,7 +159,7 @@ async fn a_rejected_api_key_is_internal_for_the_caller_and_not_retried() {
     assert_eq!(fake.calls(Route::Add), 1);
     // A wrongly configured key is refused by the fake itself the same way.
     let (app, fake) = spawn_app_with_fake(Backend::Sqlite, |c| {
-        elevenlabs(c).api_key = secrecy::SecretString::from("wrong-key".to_owned())
+        elevenlabs(c).api_key = secrecy::SecretString::from("wrong-key".to_owned());
     })
     .await;
     let status = app

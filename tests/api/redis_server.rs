@@ -6,14 +6,14 @@ use std::{
     process::{Child, Command, Stdio},
 };
 
-pub struct RedisServer {
-    pub port: u16,
+pub(crate) struct RedisServer {
+    pub(crate) port: u16,
     child: Option<Child>,
     dir: tempfile::TempDir,
 }
 
 impl RedisServer {
-    pub fn start() -> Self {
+    pub(crate) fn start() -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -62,25 +62,25 @@ impl RedisServer {
         self.child = Some(child);
     }
 
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
     /// Kills the server: its data is gone, as after a crash without persistence.
-    pub fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
     }
 
-    pub fn restart(&mut self) {
+    pub(crate) fn restart(&mut self) {
         self.stop();
         self.launch();
     }
 
     /// Runs a command with redis-cli and returns its output.
-    pub fn cli(&self, args: &[&str]) -> String {
+    pub(crate) fn cli(&self, args: &[&str]) -> String {
         let out = Command::new("redis-cli")
             .args(["-p", &self.port.to_string()])
             .args(args)

@@ -77,6 +77,11 @@ async fn a_watcher_sees_processing_then_completed_and_storage_agrees(backend: Ba
 }
 
 async fn provider_failures_become_failed_with_a_reason(backend: Backend) {
+    enum Case {
+        Report(Report),
+        Forgotten,
+        NotFound404,
+    }
     let (app, fake) = spawn_app_with_fake(backend, |_| {}).await;
     let mut client = app.client(Uuid::new_v4());
     let mut failed_training = Report::professional("failed");
@@ -89,11 +94,6 @@ async fn provider_failures_become_failed_with_a_reason(backend: Backend) {
         safety_control: Some("BAN"),
         ..Report::default()
     };
-    enum Case {
-        Report(Report),
-        Forgotten,
-        NotFound404,
-    }
     for (case, expected) in [
         (
             Case::Report(failed_training),

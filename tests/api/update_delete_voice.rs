@@ -15,13 +15,13 @@ fn update(voice: Voice, paths: &[&str]) -> UpdateVoiceRequest {
     UpdateVoiceRequest {
         voice: Some(voice),
         update_mask: Some(FieldMask {
-            paths: paths.iter().map(|p| p.to_string()).collect(),
+            paths: paths.iter().map(ToString::to_string).collect(),
         }),
     }
 }
 
-fn later(a: &Option<prost_types::Timestamp>, b: &Option<prost_types::Timestamp>) -> bool {
-    let (a, b) = ((*a).unwrap(), (*b).unwrap());
+fn later(a: Option<&prost_types::Timestamp>, b: Option<&prost_types::Timestamp>) -> bool {
+    let (a, b) = (a.unwrap(), b.unwrap());
     (a.seconds, a.nanos) > (b.seconds, b.nanos)
 }
 
@@ -46,7 +46,7 @@ async fn each_update_path_changes_its_field_and_advances_the_revision(backend: B
     assert_eq!(v.name, "After");
     assert_eq!(v.description, created.description);
     assert_eq!(v.revision, created.revision + 1);
-    assert!(later(&v.updated_at, &created.updated_at));
+    assert!(later(v.updated_at.as_ref(), created.updated_at.as_ref()));
     assert_eq!(
         fake.voice(&provider_id).unwrap().name,
         "After",

@@ -62,16 +62,22 @@ impl RetryPolicy {
     }
 }
 
+/// How to reach ElevenLabs, and how hard to try.
 #[derive(Debug, Clone)]
 pub struct ElevenLabsConfig {
+    /// `https://api.elevenlabs.io`, a residency host, or a test server.
     pub base_url: Url,
+    /// Sent as `xi-api-key`.
     pub api_key: SecretString,
     /// Timeout of one attempt (uploads of 50 MiB included).
     pub timeout: Duration,
+    /// Most requests in flight at once.
     pub max_concurrency: usize,
+    /// How failed requests are retried.
     pub retry: RetryPolicy,
 }
 
+/// The ElevenLabs client.
 pub struct ElevenLabs {
     http: reqwest::Client,
     base_url: Url,
@@ -227,7 +233,7 @@ fn backoff(policy: &RetryPolicy, retry: u32) -> Duration {
         .base_delay
         .saturating_mul(1u32 << (retry - 1).min(16))
         .min(policy.max_delay);
-    let unit = getrandom::u32().unwrap_or(u32::MAX / 2) as f64 / u32::MAX as f64;
+    let unit = f64::from(getrandom::u32().unwrap_or(u32::MAX / 2)) / f64::from(u32::MAX);
     ceiling.mul_f64(unit)
 }
 

@@ -13,34 +13,55 @@ use std::collections::BTreeMap;
 use sea_orm::entity::prelude::*;
 use serde::{Deserialize, Serialize};
 
+/// One voice, as stored.
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
 #[sea_orm(table_name = "voices")]
 pub struct Model {
+    /// A UUIDv7 assigned by voicehub (time-ordered).
     #[sea_orm(primary_key, auto_increment = false)]
     pub id: Uuid,
+    /// The owner's user id.
     pub owner_user_id: Uuid,
+    /// The provider's id; `None` while the create is still at the provider.
     pub provider_voice_id: Option<String>,
+    /// Display name.
     pub name: String,
+    /// Free text; empty when not set.
     pub description: String,
+    /// BCP-47 tag; empty when not set.
     pub language: String,
+    /// Free-form; empty when not set.
     pub gender: String,
+    /// The provider's category (`cloned` for an instant clone).
     pub category: String,
+    /// Who may see it.
     pub visibility: Visibility,
+    /// Where it is in its life.
     pub status: VoiceStatus,
+    /// Why it FAILED, for people.
     pub failure_reason: Option<String>,
+    /// The provider's audio preview, once ready.
     pub preview_url: Option<String>,
+    /// Labels.
     #[sea_orm(column_type = "Json")]
     pub labels: Labels,
+    /// The creator's idempotency key (unique per owner).
     pub request_id: Option<String>,
+    /// Starts at 1, increases by one on every change.
     pub revision: i64,
+    /// When it was created.
     pub created_at: DateTimeUtc,
+    /// When it last changed.
     pub updated_at: DateTimeUtc,
+    /// When it became COMPLETED.
     pub completed_at: Option<DateTimeUtc>,
+    /// When it was DELETED.
     pub deleted_at: Option<DateTimeUtc>,
-    /// A PROCESSING voice still not done by then is FAILED by the sync engine.
+    /// A PROCESSING voice still not done by then is FAILED by the status engine.
     pub processing_deadline: Option<DateTimeUtc>,
 }
 
+/// The table has no relations.
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
 pub enum Relation {}
 
@@ -53,19 +74,25 @@ pub struct Labels(pub BTreeMap<String, String>);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, EnumIter, DeriveActiveEnum)]
 #[sea_orm(rs_type = "String", db_type = "String(StringLen::N(16))")]
+/// Where a voice is in its life.
 pub enum VoiceStatus {
+    /// Being cloned at the provider.
     #[sea_orm(string_value = "processing")]
     Processing,
+    /// Ready to use.
     #[sea_orm(string_value = "completed")]
     Completed,
+    /// Will never be ready.
     #[sea_orm(string_value = "failed")]
     Failed,
+    /// Deleted by its owner; kept for audit, never read.
     #[sea_orm(string_value = "deleted")]
     Deleted,
 }
 
 impl VoiceStatus {
     /// A terminal voice never changes status again.
+    #[must_use]
     pub fn is_terminal(self) -> bool {
         !matches!(self, VoiceStatus::Processing)
     }
@@ -73,9 +100,12 @@ impl VoiceStatus {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, EnumIter, DeriveActiveEnum)]
 #[sea_orm(rs_type = "String", db_type = "String(StringLen::N(16))")]
+/// Who may see a voice besides its owner.
 pub enum Visibility {
+    /// Nobody.
     #[sea_orm(string_value = "private")]
     Private,
+    /// Everyone.
     #[sea_orm(string_value = "public")]
     Public,
 }
