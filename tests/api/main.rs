@@ -18,6 +18,7 @@ mod health;
 mod list_user_voices;
 mod migrations;
 mod provider_faults;
+mod readme;
 mod redis_server;
 mod replicas;
 mod status_engine;

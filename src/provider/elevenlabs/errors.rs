@@ -1,5 +1,6 @@
 //! ElevenLabs error bodies, read in all three shapes the API sends, and
-//! classified by what the caller can do about them.
+//! classified by what the caller can do about them (`docs/elevenlabs.md`,
+//! "Error answers").
 
 use reqwest::StatusCode;
 use serde_json::Value;

@@ -1,4 +1,6 @@
-//! The ElevenLabs voice API over HTTP (reqwest, rustls).
+//! The ElevenLabs voice API over HTTP (reqwest, rustls). The endpoints,
+//! answers and error bodies this relies on, with their sources, are in
+//! `docs/elevenlabs.md`.
 //!
 //! Guarantees:
 //! - every attempt has a timeout, and at most `max_concurrency` requests are

@@ -1,7 +1,8 @@
-//! What ElevenLabs' details of a voice mean for its readiness (see
-//! `docs/elevenlabs.md`, "Voice states"): a banned voice failed; a
-//! professional clone follows its per-model training state; an instant clone
-//! is ready once it exists, unless it still awaits voice verification.
+//! What ElevenLabs' details of a voice mean for its readiness: a banned
+//! voice failed; a professional clone follows its per-model training state;
+//! an instant clone is ready once it exists, unless it still awaits voice
+//! verification (`docs/elevenlabs.md`, "Voice states, and what voicehub
+//! makes of them").
 //!
 //! Only the fields this decision needs are read from `GET /v1/voices/{id}`;
 //! everything else in the answer is ignored.
