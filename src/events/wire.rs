@@ -122,31 +122,13 @@ impl VoiceEvent {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{Labels, VoiceStatus, now};
+    use crate::store::{VoiceStatus, test_voice};
 
     fn stored() -> Voice {
-        let at = now();
         Voice {
-            id: Uuid::now_v7(),
-            owner_user_id: Uuid::now_v7(),
-            provider_voice_id: Some("pv1".into()),
-            name: "Narrator".into(),
-            description: "warm".into(),
-            language: "en".into(),
-            gender: String::new(),
-            category: "cloned".into(),
-            visibility: Visibility::Public,
-            status: VoiceStatus::Completed,
-            failure_reason: None,
-            preview_url: None,
-            labels: Labels([("accent".to_owned(), "british".to_owned())].into()),
             request_id: Some("internal-request-id".into()),
             revision: 3,
-            created_at: at,
-            updated_at: at,
-            completed_at: Some(at),
-            deleted_at: None,
-            processing_deadline: None,
+            ..test_voice(Uuid::now_v7(), Visibility::Public, VoiceStatus::Completed)
         }
     }
 

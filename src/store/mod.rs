@@ -120,6 +120,36 @@ fn count(statements: &Family<StatementLabels, Counter>, sql: &str) {
     statements.get_or_create(&StatementLabels { kind }).inc();
 }
 
+/// A fully populated voice for unit tests (integration tests have their own
+/// in `tests/api/helpers.rs`, as they cannot see this one).
+#[cfg(test)]
+pub(crate) fn test_voice(owner: uuid::Uuid, visibility: Visibility, status: VoiceStatus) -> Voice {
+    let at = now();
+    let id = uuid::Uuid::now_v7();
+    Voice {
+        id,
+        owner_user_id: owner,
+        provider_voice_id: Some(format!("pv{}", id.simple())),
+        name: "Narrator".into(),
+        description: "a test voice".into(),
+        language: "en".into(),
+        gender: String::new(),
+        category: "cloned".into(),
+        visibility,
+        status,
+        failure_reason: None,
+        preview_url: None,
+        labels: Labels([("accent".to_owned(), "british".to_owned())].into()),
+        request_id: None,
+        revision: 1,
+        created_at: at,
+        updated_at: at,
+        completed_at: None,
+        deleted_at: None,
+        processing_deadline: None,
+    }
+}
+
 /// The current time at the precision the database keeps.
 #[must_use]
 pub fn now() -> DateTime<Utc> {

@@ -37,33 +37,7 @@ mod tests {
     use sea_orm::{ActiveModelTrait, Database, EntityTrait, IntoActiveModel, QueryFilter};
 
     use super::*;
-    use crate::store::{Labels, Voice, entity::voice::Entity, now};
-
-    fn voice(owner: Uuid, visibility: Visibility) -> Voice {
-        let at = now();
-        Voice {
-            id: Uuid::now_v7(),
-            owner_user_id: owner,
-            provider_voice_id: None,
-            name: "v".into(),
-            description: String::new(),
-            language: String::new(),
-            gender: String::new(),
-            category: String::new(),
-            visibility,
-            status: VoiceStatus::Completed,
-            failure_reason: None,
-            preview_url: None,
-            labels: Labels::default(),
-            request_id: None,
-            revision: 1,
-            created_at: at,
-            updated_at: at,
-            completed_at: None,
-            deleted_at: None,
-            processing_deadline: None,
-        }
-    }
+    use crate::store::{entity::voice::Entity, test_voice};
 
     #[tokio::test]
     async fn the_sql_condition_and_the_in_memory_rule_agree() {
@@ -73,7 +47,7 @@ mod tests {
         let mut voices = Vec::new();
         for owner in [caller, other] {
             for visibility in [Visibility::Private, Visibility::Public] {
-                let v = voice(owner, visibility);
+                let v = test_voice(owner, visibility, VoiceStatus::Completed);
                 v.clone().into_active_model().insert(&db).await.unwrap();
                 voices.push(v);
             }

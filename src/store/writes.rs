@@ -98,17 +98,12 @@ impl Store {
         provider_voice_id: &str,
         category: &str,
     ) -> Result<Option<Voice>, DbErr> {
-        let rows = Entity::update_many()
+        let update = Entity::update_many()
             .col_expr(Column::ProviderVoiceId, Expr::value(provider_voice_id))
             .col_expr(Column::Category, Expr::value(category))
-            .col_expr(Column::Revision, Expr::col(Column::Revision).add(1))
-            .col_expr(Column::UpdatedAt, Expr::value(now()))
-            .filter(Column::Id.eq(id))
             .filter(Column::ProviderVoiceId.is_null())
-            .filter(Column::Status.eq(VoiceStatus::Processing))
-            .exec_with_returning(&self.db)
-            .await?;
-        Ok(first(rows))
+            .filter(Column::Status.eq(VoiceStatus::Processing));
+        self.revise(id, now(), update).await
     }
 
     /// Removes a reservation the provider never accepted.
@@ -135,19 +130,14 @@ impl Store {
         voice: &Voice,
         revision: i64,
     ) -> Result<Option<Voice>, DbErr> {
-        let rows = Entity::update_many()
+        let update = Entity::update_many()
             .col_expr(Column::Name, Expr::value(voice.name.clone()))
             .col_expr(Column::Description, Expr::value(voice.description.clone()))
             .col_expr(Column::Visibility, Expr::value(voice.visibility))
             .col_expr(Column::Labels, Expr::value(voice.labels.clone()))
-            .col_expr(Column::Revision, Expr::col(Column::Revision).add(1))
-            .col_expr(Column::UpdatedAt, Expr::value(now()))
-            .filter(Column::Id.eq(voice.id))
             .filter(Column::Revision.eq(revision))
-            .filter(Column::Status.ne(VoiceStatus::Deleted))
-            .exec_with_returning(&self.db)
-            .await?;
-        Ok(first(rows))
+            .filter(Column::Status.ne(VoiceStatus::Deleted));
+        self.revise(voice.id, now(), update).await
     }
 
     /// Marks a voice DELETED (kept for audit). `None` if it already was.
@@ -156,20 +146,11 @@ impl Store {
     /// A database failure.
     pub async fn mark_deleted(&self, id: Uuid) -> Result<Option<Voice>, DbErr> {
         let at = now();
-        let rows = Entity::update_many()
+        let update = Entity::update_many()
             .col_expr(Column::Status, Expr::value(VoiceStatus::Deleted))
             .col_expr(Column::DeletedAt, Expr::value(at))
-            .col_expr(
-                Column::ProcessingDeadline,
-                Expr::value(Option::<DateTime<Utc>>::None),
-            )
-            .col_expr(Column::Revision, Expr::col(Column::Revision).add(1))
-            .col_expr(Column::UpdatedAt, Expr::value(at))
-            .filter(Column::Id.eq(id))
-            .filter(Column::Status.ne(VoiceStatus::Deleted))
-            .exec_with_returning(&self.db)
-            .await?;
-        Ok(first(rows))
+            .filter(Column::Status.ne(VoiceStatus::Deleted));
+        self.revise(id, at, without_deadline(update)).await
     }
 
     /// Remembers a provider voice that exists at the provider but nowhere here.
@@ -216,11 +197,7 @@ impl Store {
         if let Some(labels) = labels {
             update = update.col_expr(Column::Labels, Expr::value(Labels(labels)));
         }
-        Ok(first(
-            transition(update, id, at)
-                .exec_with_returning(&self.db)
-                .await?,
-        ))
+        self.revise(id, at, settled(update)).await
     }
 
     /// PROCESSING → FAILED with a reason for people. `None` if the voice is
@@ -233,28 +210,37 @@ impl Store {
         let update = Entity::update_many()
             .col_expr(Column::Status, Expr::value(VoiceStatus::Failed))
             .col_expr(Column::FailureReason, Expr::value(reason));
-        Ok(first(
-            transition(update, id, at)
-                .exec_with_returning(&self.db)
-                .await?,
-        ))
+        self.revise(id, at, settled(update)).await
+    }
+
+    /// Writes `update` to voice `id` as one change: its revision goes up by
+    /// one and `updated_at` becomes `at`. `None` when the update's guards
+    /// did not match (the race was lost; nothing changed).
+    async fn revise(
+        &self,
+        id: Uuid,
+        at: DateTime<Utc>,
+        update: UpdateMany<Entity>,
+    ) -> Result<Option<Voice>, DbErr> {
+        let rows = update
+            .col_expr(Column::Revision, Expr::col(Column::Revision).add(1))
+            .col_expr(Column::UpdatedAt, Expr::value(at))
+            .filter(Column::Id.eq(id))
+            .exec_with_returning(&self.db)
+            .await?;
+        Ok(rows.into_iter().next())
     }
 }
 
-/// The guard and bookkeeping every status transition shares.
-fn transition(update: UpdateMany<Entity>, id: Uuid, at: DateTime<Utc>) -> UpdateMany<Entity> {
-    update
-        .col_expr(
-            Column::ProcessingDeadline,
-            Expr::value(Option::<DateTime<Utc>>::None),
-        )
-        .col_expr(Column::Revision, Expr::col(Column::Revision).add(1))
-        .col_expr(Column::UpdatedAt, Expr::value(at))
-        .filter(Column::Id.eq(id))
-        .filter(Column::Status.eq(VoiceStatus::Processing))
+/// A voice that leaves PROCESSING has no deadline any more.
+fn without_deadline(update: UpdateMany<Entity>) -> UpdateMany<Entity> {
+    update.col_expr(
+        Column::ProcessingDeadline,
+        Expr::value(Option::<DateTime<Utc>>::None),
+    )
 }
 
-/// The one row a guarded single-row write returned, if it matched.
-fn first(rows: Vec<Voice>) -> Option<Voice> {
-    rows.into_iter().next()
+/// A status transition: written only from PROCESSING.
+fn settled(update: UpdateMany<Entity>) -> UpdateMany<Entity> {
+    without_deadline(update).filter(Column::Status.eq(VoiceStatus::Processing))
 }

@@ -1,13 +1,12 @@
 use tonic::Code;
 use uuid::Uuid;
-use voicehub::pb::{
-    self, AudioSample, CreateVoiceCloneRequest, GetVoiceRequest, ListUserVoicesRequest,
-};
+use voicehub::pb::{self, AudioSample, CreateVoiceCloneRequest, ListUserVoicesRequest};
 
 use crate::{
     fake_elevenlabs::{API_KEY, Fault, Route},
     helpers::{
-        Backend, TestApp, assert_invalid_field, create_request, mp3, spawn_app_with_fake, wav,
+        Backend, TestApp, assert_invalid_field, create_request, create_voice, get_voice, mp3,
+        spawn_app_with_fake, wav,
     },
     on_both_backends,
 };
@@ -18,11 +17,7 @@ async fn create_then_get_and_list_show_the_processing_voice(backend: Backend) {
     let (app, fake) = spawn_app_with_fake(backend, |_| {}).await;
     let owner = Uuid::new_v4();
     let mut client = app.client(owner);
-    let voice = client
-        .create_voice_clone(create_request("Narrator"))
-        .await
-        .unwrap()
-        .into_inner();
+    let voice = create_voice(&mut client, "Narrator").await;
 
     assert_eq!(voice.status, pb::VoiceStatus::Processing as i32);
     assert_eq!(voice.owner_user_id, owner.to_string());
@@ -36,13 +31,7 @@ async fn create_then_get_and_list_show_the_processing_voice(backend: Backend) {
         "the provider holds the voice"
     );
 
-    let got = client
-        .get_voice(GetVoiceRequest {
-            voice_id: voice.voice_id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let got = get_voice(&mut client, &voice.voice_id).await;
     assert_eq!(got, voice);
     let listed = client
         .list_user_voices(ListUserVoicesRequest::default())
@@ -348,15 +337,8 @@ async fn a_retry_after_a_transient_failure_succeeds_with_the_same_request_id(bac
 async fn the_per_user_voice_limit_is_resource_exhausted_and_freed_by_delete(backend: Backend) {
     let (app, fake) = spawn_app_with_fake(backend, |c| c.max_voices_per_user = 2).await;
     let mut client = app.client(Uuid::new_v4());
-    let first = client
-        .create_voice_clone(create_request("one"))
-        .await
-        .unwrap()
-        .into_inner();
-    client
-        .create_voice_clone(create_request("two"))
-        .await
-        .unwrap();
+    let first = create_voice(&mut client, "one").await;
+    create_voice(&mut client, "two").await;
     let status = client
         .create_voice_clone(create_request("three"))
         .await
@@ -365,20 +347,14 @@ async fn the_per_user_voice_limit_is_resource_exhausted_and_freed_by_delete(back
     assert!(status.message().contains('2'), "{status:?}");
     assert_eq!(fake.calls(Route::Add), 2, "refused before the provider");
     // Another user has their own allowance.
-    app.client(Uuid::new_v4())
-        .create_voice_clone(create_request("theirs"))
-        .await
-        .unwrap();
+    app.create_voice(Uuid::new_v4(), "theirs").await;
     client
         .delete_voice(pb::DeleteVoiceRequest {
             voice_id: first.voice_id,
         })
         .await
         .unwrap();
-    client
-        .create_voice_clone(create_request("three"))
-        .await
-        .unwrap();
+    create_voice(&mut client, "three").await;
 }
 
 /// Makes storage fail, for real, whenever a voice named `name` is updated.

@@ -370,6 +370,17 @@ pub(crate) async fn create_voice(client: &mut Client, name: &str) -> pb::Voice {
         .into_inner()
 }
 
+/// Reads one voice as the client's user sees it.
+pub(crate) async fn get_voice(client: &mut Client, voice_id: &str) -> pb::Voice {
+    client
+        .get_voice(pb::GetVoiceRequest {
+            voice_id: voice_id.to_owned(),
+        })
+        .await
+        .unwrap_or_else(|status| panic!("getting {voice_id}: {status:?}"))
+        .into_inner()
+}
+
 /// Opens a WatchVoiceStatus stream on `ids` (all my voices when empty).
 pub(crate) async fn watch(client: &mut Client, ids: &[&str]) -> Streaming<VoiceStatusEvent> {
     let request = WatchVoiceStatusRequest {

@@ -12,96 +12,139 @@ use voicehub::pb::{DeleteVoiceRequest, UpdateVoiceRequest};
 
 use crate::{
     fake_elevenlabs::{Fault, Route},
-    helpers::{Backend, create_request, elevenlabs, spawn_app_with_fake},
+    helpers::{Backend, create_request, create_voice, elevenlabs, spawn_app_with_fake},
 };
 
-#[tokio::test]
-async fn too_many_concurrent_requests_is_retried_then_succeeds() {
-    let (app, fake) = spawn_app_with_fake(Backend::Sqlite, |_| {}).await;
-    fake.inject(Route::Add, 2, Fault::too_many_concurrent());
-    app.client(Uuid::new_v4())
-        .create_voice_clone(create_request("Busy"))
-        .await
-        .unwrap();
-    assert_eq!(fake.calls(Route::Add), 3);
+/// One create against a fake ElevenLabs answering with `fault` `times`
+/// times: what the caller gets, how often the provider was asked, and
+/// whether a voice row exists afterwards.
+struct CreateCase {
+    provider_answers: &'static str,
+    fault: Fault,
+    times: usize,
+    outcome: Result<(), Code>,
+    attempts: usize,
 }
 
-#[tokio::test]
-async fn a_persistent_429_is_unavailable_after_a_bounded_number_of_retries() {
-    let (app, fake) = spawn_app_with_fake(Backend::Sqlite, |_| {}).await;
-    fake.inject(Route::Add, 100, Fault::system_busy_new_style());
-    let status = app
-        .client(Uuid::new_v4())
-        .create_voice_clone(create_request("Busy"))
-        .await
-        .unwrap_err();
-    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
-    assert_eq!(fake.calls(Route::Add), 4, "one attempt and max_retries = 3");
-    assert_eq!(app.voice_rows().await, 0);
-}
-
-#[tokio::test]
-async fn a_retry_after_beyond_the_time_budget_gives_up_at_once() {
-    let (app, fake) = spawn_app_with_fake(Backend::Sqlite, |_| {}).await;
-    fake.inject(
-        Route::Add,
-        1,
-        Fault::Respond {
-            status: 429,
-            body: json!({"detail": {"status": "too_many_concurrent_requests", "message": "slow down"}}),
-            headers: vec![("retry-after", "3600".into())],
+fn create_cases() -> Vec<CreateCase> {
+    let ok = Ok(());
+    vec![
+        CreateCase {
+            provider_answers: "429 too_many_concurrent_requests twice: retried, then created",
+            fault: Fault::too_many_concurrent(),
+            times: 2,
+            outcome: ok,
+            attempts: 3,
         },
-    );
-    let status = app
-        .client(Uuid::new_v4())
-        .create_voice_clone(create_request("Busy"))
-        .await
-        .unwrap_err();
-    assert_eq!(status.code(), Code::Unavailable);
-    assert_eq!(fake.calls(Route::Add), 1);
+        CreateCase {
+            provider_answers: "429 system_busy (new-style body) for ever: UNAVAILABLE after max_retries = 3",
+            fault: Fault::system_busy_new_style(),
+            times: 100,
+            outcome: Err(Code::Unavailable),
+            attempts: 4,
+        },
+        CreateCase {
+            provider_answers: "429 with a Retry-After beyond the time budget: gives up at once",
+            fault: Fault::Respond {
+                status: 429,
+                body: json!({"detail": {"status": "too_many_concurrent_requests", "message": "slow down"}}),
+                headers: vec![("retry-after", "3600".into())],
+            },
+            times: 1,
+            outcome: Err(Code::Unavailable),
+            attempts: 1,
+        },
+        CreateCase {
+            provider_answers: "503 once: retried, since it cannot have created a voice",
+            fault: Fault::unavailable(),
+            times: 1,
+            outcome: ok,
+            attempts: 2,
+        },
+        CreateCase {
+            provider_answers: "500: not retried, since it may hide a created voice",
+            fault: Fault::server_error(),
+            times: 1,
+            outcome: Err(Code::Unavailable),
+            attempts: 1,
+        },
+        CreateCase {
+            provider_answers: "no answer before the timeout: not retried, it may hide a created voice",
+            fault: Fault::Slow(Duration::from_secs(3)),
+            times: 1,
+            outcome: Err(Code::Unavailable),
+            attempts: 1,
+        },
+        CreateCase {
+            provider_answers: "400 voice_limit_reached: RESOURCE_EXHAUSTED, not retried",
+            fault: Fault::voice_limit(),
+            times: 1,
+            outcome: Err(Code::ResourceExhausted),
+            attempts: 1,
+        },
+        CreateCase {
+            provider_answers: "401 invalid_api_key: INTERNAL for the caller (the operator's problem), not retried",
+            fault: Fault::invalid_api_key(),
+            times: 1,
+            outcome: Err(Code::Internal),
+            attempts: 1,
+        },
+        CreateCase {
+            provider_answers: "422 on files: INVALID_ARGUMENT naming samples, with the provider's message",
+            fault: Fault::unprocessable_files(),
+            times: 1,
+            outcome: Err(Code::InvalidArgument),
+            attempts: 1,
+        },
+    ]
 }
 
 #[tokio::test]
-async fn a_503_on_create_is_retried_because_it_cannot_have_created_a_voice() {
-    let (app, fake) = spawn_app_with_fake(Backend::Sqlite, |_| {}).await;
-    fake.inject(Route::Add, 1, Fault::unavailable());
-    app.client(Uuid::new_v4())
-        .create_voice_clone(create_request("Retry"))
-        .await
-        .unwrap();
-    assert_eq!(fake.calls(Route::Add), 2);
-}
-
-#[tokio::test]
-async fn a_500_or_a_timeout_on_create_is_not_retried_as_it_may_hide_a_created_voice() {
-    let (app, fake) = spawn_app_with_fake(Backend::Sqlite, |_| {}).await;
-    let mut client = app.client(Uuid::new_v4());
-    fake.inject(Route::Add, 1, Fault::server_error());
-    let status = client
-        .create_voice_clone(create_request("Once"))
-        .await
-        .unwrap_err();
-    assert_eq!(status.code(), Code::Unavailable);
-    assert_eq!(fake.calls(Route::Add), 1);
-    fake.inject(Route::Add, 1, Fault::Slow(Duration::from_secs(3)));
-    let status = client
-        .create_voice_clone(create_request("Once"))
-        .await
-        .unwrap_err();
-    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
-    assert_eq!(fake.calls(Route::Add), 2);
-    assert_eq!(app.voice_rows().await, 0);
+async fn provider_failures_on_create_reach_the_caller_as_the_table_says() {
+    for case in create_cases() {
+        let (app, fake) = spawn_app_with_fake(Backend::Sqlite, |_| {}).await;
+        fake.inject(Route::Add, case.times, case.fault);
+        let result = app
+            .client(Uuid::new_v4())
+            .create_voice_clone(create_request("Faulty"))
+            .await;
+        let what = case.provider_answers;
+        assert_eq!(
+            result.as_ref().map(drop).map_err(tonic::Status::code),
+            case.outcome,
+            "{what}: {result:?}"
+        );
+        assert_eq!(fake.calls(Route::Add), case.attempts, "{what}: attempts");
+        let rows = u64::from(case.outcome.is_ok());
+        assert_eq!(app.voice_rows().await, rows, "{what}: voice rows");
+        match result {
+            Err(status) if status.code() == Code::Internal => {
+                assert_eq!(
+                    status.message(),
+                    "internal error",
+                    "{what}: nothing internal leaks"
+                );
+            }
+            Err(status) if status.code() == Code::InvalidArgument => {
+                assert!(
+                    status.message().contains("Expected UploadFile"),
+                    "{what}: {status:?}"
+                );
+                let bad = status
+                    .get_details_bad_request()
+                    .expect("BadRequest details");
+                assert_eq!(bad.field_violations[0].field, "samples", "{what}");
+            }
+            _ => {}
+        }
+    }
 }
 
 #[tokio::test]
 async fn slow_and_failing_deletes_and_edits_are_retried() {
     let (app, fake) = spawn_app_with_fake(Backend::Sqlite, |_| {}).await;
     let mut client = app.client(Uuid::new_v4());
-    let voice = client
-        .create_voice_clone(create_request("Retry"))
-        .await
-        .unwrap()
-        .into_inner();
+    let voice = create_voice(&mut client, "Retry").await;
     fake.inject(Route::Edit, 2, Fault::server_error());
     let mut renamed = voice.clone();
     renamed.name = "Renamed".into();
@@ -128,36 +171,7 @@ async fn slow_and_failing_deletes_and_edits_are_retried() {
 }
 
 #[tokio::test]
-async fn the_providers_voice_limit_is_resource_exhausted() {
-    let (app, fake) = spawn_app_with_fake(Backend::Sqlite, |_| {}).await;
-    fake.inject(Route::Add, 1, Fault::voice_limit());
-    let status = app
-        .client(Uuid::new_v4())
-        .create_voice_clone(create_request("Full"))
-        .await
-        .unwrap_err();
-    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
-    assert_eq!(fake.calls(Route::Add), 1, "not retried");
-    assert_eq!(app.voice_rows().await, 0);
-}
-
-#[tokio::test]
-async fn a_rejected_api_key_is_internal_for_the_caller_and_not_retried() {
-    let (app, fake) = spawn_app_with_fake(Backend::Sqlite, |_| {}).await;
-    fake.inject(Route::Add, 1, Fault::invalid_api_key());
-    let status = app
-        .client(Uuid::new_v4())
-        .create_voice_clone(create_request("Key"))
-        .await
-        .unwrap_err();
-    assert_eq!(status.code(), Code::Internal);
-    assert_eq!(
-        status.message(),
-        "internal error",
-        "the operator's problem is not the caller's"
-    );
-    assert_eq!(fake.calls(Route::Add), 1);
-    // A wrongly configured key is refused by the fake itself the same way.
+async fn a_wrongly_configured_api_key_is_sent_refused_and_internal_for_the_caller() {
     let (app, fake) = spawn_app_with_fake(Backend::Sqlite, |c| {
         elevenlabs(c).api_key = secrecy::SecretString::from("wrong-key".to_owned());
     })
@@ -168,39 +182,16 @@ async fn a_rejected_api_key_is_internal_for_the_caller_and_not_retried() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::Internal);
+    assert_eq!(status.message(), "internal error");
     assert_eq!(fake.requests()[0].api_key.as_deref(), Some("wrong-key"));
-}
-
-#[tokio::test]
-async fn a_422_from_the_provider_is_invalid_argument_with_its_message() {
-    let (app, fake) = spawn_app_with_fake(Backend::Sqlite, |_| {}).await;
-    fake.inject(Route::Add, 1, Fault::unprocessable_files());
-    let status = app
-        .client(Uuid::new_v4())
-        .create_voice_clone(create_request("Odd"))
-        .await
-        .unwrap_err();
-    assert_eq!(status.code(), Code::InvalidArgument);
-    assert!(
-        status.message().contains("Expected UploadFile"),
-        "{status:?}"
-    );
-    let bad = status
-        .get_details_bad_request()
-        .expect("BadRequest details");
-    assert_eq!(bad.field_violations[0].field, "samples");
-    assert_eq!(fake.calls(Route::Add), 1);
+    assert_eq!(fake.calls(Route::Add), 1, "not retried");
 }
 
 #[tokio::test]
 async fn updating_a_voice_gone_at_the_provider_is_failed_precondition() {
     let (app, fake) = spawn_app_with_fake(Backend::Sqlite, |_| {}).await;
     let mut client = app.client(Uuid::new_v4());
-    let voice = client
-        .create_voice_clone(create_request("Vanished"))
-        .await
-        .unwrap()
-        .into_inner();
+    let voice = create_voice(&mut client, "Vanished").await;
     fake.inject(Route::Edit, 1, Fault::not_found_404());
     let mut renamed = voice.clone();
     renamed.name = "New".into();

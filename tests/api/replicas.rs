@@ -18,7 +18,7 @@ use voicehub::{
 
 use crate::{
     fake_elevenlabs::{FakeElevenLabs, Report, Route},
-    helpers::{Backend, TestApp, create_request, next, spawn_app_with, spawn_app_with_fake, watch},
+    helpers::{Backend, TestApp, create_voice, next, spawn_app_with, spawn_app_with_fake, watch},
     redis_server::RedisServer,
 };
 
@@ -69,11 +69,7 @@ async fn a_watcher_on_one_replica_sees_a_completion_made_by_another() {
     let b = replica_of(&a, &fake).await;
     let user = Uuid::new_v4();
     let mut on_a = a.client(user);
-    let voice = on_a
-        .create_voice_clone(create_request("Shared"))
-        .await
-        .unwrap()
-        .into_inner();
+    let voice = create_voice(&mut on_a, "Shared").await;
     let mut stream = watch(&mut on_a, &[&voice.voice_id]).await;
     assert!(next(&mut stream).await.unwrap().snapshot);
 
@@ -95,10 +91,7 @@ async fn no_voice_is_checked_twice_inside_a_lease() {
     a.worker.run_once().await.unwrap(); // start-up reconciliation: the queue is live
     let mut client = a.client(Uuid::new_v4());
     for i in 0..3 {
-        client
-            .create_voice_clone(create_request(&format!("Leased {i}")))
-            .await
-            .unwrap();
+        create_voice(&mut client, &format!("Leased {i}")).await;
     }
     // Another replica's worker holds the claims (as if in the middle of its checks).
     let (_redis, queue) = queue_of(&a).await;
@@ -122,13 +115,7 @@ async fn a_dead_replicas_claims_are_finished_by_another_after_the_lease() {
     let mut client = b.client(user);
     let mut voices = Vec::new();
     for i in 0..3 {
-        voices.push(
-            client
-                .create_voice_clone(create_request(&format!("Orphaned {i}")))
-                .await
-                .unwrap()
-                .into_inner(),
-        );
+        voices.push(create_voice(&mut client, &format!("Orphaned {i}")).await);
     }
     let lease = Duration::from_millis(300);
     let (redis, queue) = queue_of(&a).await;
@@ -177,13 +164,7 @@ async fn voices_processing_during_a_redis_flushall_still_settle() {
     let mut client = app.client(user);
     let mut voices = Vec::new();
     for i in 0..3 {
-        voices.push(
-            client
-                .create_voice_clone(create_request(&format!("Flushed {i}")))
-                .await
-                .unwrap()
-                .into_inner(),
-        );
+        voices.push(create_voice(&mut client, &format!("Flushed {i}")).await);
     }
     app.worker.run_once().await.unwrap();
     assert_eq!(redis.cli(&["FLUSHALL"]).trim(), "OK");
@@ -213,11 +194,7 @@ async fn a_redis_restart_loses_no_event_for_watchers_and_storage_rpcs_keep_worki
     fake.set_default_report(Report::awaiting_verification());
     let user = Uuid::new_v4();
     let mut client = app.client(user);
-    let voice = client
-        .create_voice_clone(create_request("Survivor"))
-        .await
-        .unwrap()
-        .into_inner();
+    let voice = create_voice(&mut client, "Survivor").await;
     let mut stream = watch(&mut client, &[&voice.voice_id]).await;
     assert!(next(&mut stream).await.unwrap().snapshot);
     app.worker.run_once().await.unwrap();
@@ -236,11 +213,7 @@ async fn a_redis_restart_loses_no_event_for_watchers_and_storage_rpcs_keep_worki
         .unwrap();
     // Creating needs Redis only to queue the check; reconciliation catches up.
     fake.set_default_report(Report::default());
-    let during = client
-        .create_voice_clone(create_request("Born in an outage"))
-        .await
-        .unwrap()
-        .into_inner();
+    let during = create_voice(&mut client, "Born in an outage").await;
     assert!(
         app.worker.run_once().await.is_err(),
         "the worker notices the outage"

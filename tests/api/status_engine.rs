@@ -4,11 +4,11 @@
 use std::time::Duration;
 
 use uuid::Uuid;
-use voicehub::pb::{self, DeleteVoiceRequest, GetVoiceRequest, VoiceStatusEvent};
+use voicehub::pb::{self, DeleteVoiceRequest, VoiceStatusEvent};
 
 use crate::{
     fake_elevenlabs::{Fault, Report, Route},
-    helpers::{Backend, create_request, next, spawn_app_with_fake, watch},
+    helpers::{Backend, create_voice, get_voice, next, spawn_app_with_fake, watch},
     on_both_backends,
 };
 
@@ -23,11 +23,7 @@ async fn a_watcher_sees_processing_then_completed_and_storage_agrees(backend: Ba
     let (app, fake) = spawn_app_with_fake(backend, |_| {}).await;
     fake.set_default_report(Report::awaiting_verification());
     let mut client = app.client(Uuid::new_v4());
-    let voice = client
-        .create_voice_clone(create_request("Narrator"))
-        .await
-        .unwrap()
-        .into_inner();
+    let voice = create_voice(&mut client, "Narrator").await;
     let mut stream = watch(&mut client, &[&voice.voice_id]).await;
     let first = next(&mut stream).await.unwrap();
     assert!(first.snapshot);
@@ -60,13 +56,7 @@ async fn a_watcher_sees_processing_then_completed_and_storage_agrees(backend: Ba
         "every watched voice is terminal: the stream ends"
     );
 
-    let stored = client
-        .get_voice(GetVoiceRequest {
-            voice_id: voice.voice_id,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let stored = get_voice(&mut client, &voice.voice_id).await;
     assert_eq!(stored, completed);
     assert!(stored.completed_at.is_some());
     assert_eq!(
@@ -103,11 +93,7 @@ async fn provider_failures_become_failed_with_a_reason(backend: Backend) {
         (Case::Forgotten, "voice no longer exists at the provider"),
         (Case::NotFound404, "voice no longer exists at the provider"),
     ] {
-        let voice = client
-            .create_voice_clone(create_request("Doomed"))
-            .await
-            .unwrap()
-            .into_inner();
+        let voice = create_voice(&mut client, "Doomed").await;
         match case {
             Case::Report(report) => fake.set_report(&voice.provider_voice_id, report),
             Case::Forgotten => fake.forget(&voice.provider_voice_id),
@@ -131,11 +117,7 @@ async fn provider_failures_become_failed_with_a_reason(backend: Backend) {
 async fn a_professional_clone_follows_its_training_state(backend: Backend) {
     let (app, fake) = spawn_app_with_fake(backend, |_| {}).await;
     let mut client = app.client(Uuid::new_v4());
-    let voice = client
-        .create_voice_clone(create_request("Pro"))
-        .await
-        .unwrap()
-        .into_inner();
+    let voice = create_voice(&mut client, "Pro").await;
     for state in [
         "not_started",
         "queued",
@@ -149,13 +131,7 @@ async fn a_professional_clone_follows_its_training_state(backend: Backend) {
     }
     fake.set_report(&voice.provider_voice_id, Report::professional("fine_tuned"));
     assert_eq!(app.worker.run_once().await.unwrap().completed, 1);
-    let stored = client
-        .get_voice(GetVoiceRequest {
-            voice_id: voice.voice_id,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let stored = get_voice(&mut client, &voice.voice_id).await;
     assert_eq!(stored.status(), pb::VoiceStatus::Completed);
 }
 
@@ -163,11 +139,7 @@ async fn a_voice_past_its_maximum_age_fails_with_a_reason_that_says_so(backend: 
     let (app, fake) =
         spawn_app_with_fake(backend, |c| c.sync_max_age = Duration::from_millis(1)).await;
     let mut client = app.client(Uuid::new_v4());
-    let voice = client
-        .create_voice_clone(create_request("Slowpoke"))
-        .await
-        .unwrap()
-        .into_inner();
+    let voice = create_voice(&mut client, "Slowpoke").await;
     let step = app.worker.run_once().await.unwrap();
     assert_eq!(step.failed, 1, "{step:?}");
     assert_eq!(
@@ -175,13 +147,7 @@ async fn a_voice_past_its_maximum_age_fails_with_a_reason_that_says_so(backend: 
         0,
         "past its deadline, the provider is not asked"
     );
-    let stored = client
-        .get_voice(GetVoiceRequest {
-            voice_id: voice.voice_id,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let stored = get_voice(&mut client, &voice.voice_id).await;
     assert_eq!(stored.status(), pb::VoiceStatus::Failed);
     assert!(
         stored.failure_reason.contains("gave up"),
@@ -215,10 +181,7 @@ async fn claimed_voices_are_read_with_one_query(backend: Backend) {
     fake.set_default_report(Report::awaiting_verification());
     let mut client = app.client(Uuid::new_v4());
     for i in 0..5 {
-        client
-            .create_voice_clone(create_request(&format!("Voice {i}")))
-            .await
-            .unwrap();
+        create_voice(&mut client, &format!("Voice {i}")).await;
     }
     app.worker.run_once().await.unwrap();
     let (reads, writes) = (app.metric(READS), app.metric(WRITES));
@@ -239,11 +202,7 @@ async fn claimed_voices_are_read_with_one_query(backend: Backend) {
 async fn a_deleted_voice_leaves_the_queue_without_a_provider_check(backend: Backend) {
     let (app, fake) = spawn_app_with_fake(backend, |_| {}).await;
     let mut client = app.client(Uuid::new_v4());
-    let voice = client
-        .create_voice_clone(create_request("Brief"))
-        .await
-        .unwrap()
-        .into_inner();
+    let voice = create_voice(&mut client, "Brief").await;
     client
         .delete_voice(DeleteVoiceRequest {
             voice_id: voice.voice_id,
@@ -263,11 +222,7 @@ async fn a_deleted_voice_leaves_the_queue_without_a_provider_check(backend: Back
 async fn a_provider_outage_reschedules_instead_of_failing(backend: Backend) {
     let (app, fake) = spawn_app_with_fake(backend, |_| {}).await;
     let mut client = app.client(Uuid::new_v4());
-    let voice = client
-        .create_voice_clone(create_request("Patient"))
-        .await
-        .unwrap()
-        .into_inner();
+    let voice = create_voice(&mut client, "Patient").await;
     fake.inject(Route::Get, 4, Fault::server_error());
     let step = app.worker.run_once().await.unwrap();
     assert_eq!((step.rescheduled, step.failed), (1, 0), "{step:?}");

@@ -7,7 +7,9 @@ use voicehub::pb::{
 
 use crate::{
     fake_elevenlabs::{Fault, Route},
-    helpers::{Backend, assert_invalid_field, create_request, spawn_app_with_fake},
+    helpers::{
+        Backend, assert_invalid_field, create_request, create_voice, get_voice, spawn_app_with_fake,
+    },
     on_both_backends,
 };
 
@@ -28,11 +30,7 @@ fn later(a: Option<&prost_types::Timestamp>, b: Option<&prost_types::Timestamp>)
 async fn each_update_path_changes_its_field_and_advances_the_revision(backend: Backend) {
     let (app, fake) = spawn_app_with_fake(backend, |_| {}).await;
     let mut client = app.client(Uuid::new_v4());
-    let created = client
-        .create_voice_clone(create_request("Before"))
-        .await
-        .unwrap()
-        .into_inner();
+    let created = create_voice(&mut client, "Before").await;
     let provider_id = created.provider_voice_id.clone();
 
     let mut changed = created.clone();
@@ -111,24 +109,14 @@ async fn each_update_path_changes_its_field_and_advances_the_revision(backend: B
             .filter(|r| r.route == Route::Edit)
             .all(|r| r.text("name").is_some())
     );
-    let got = client
-        .get_voice(GetVoiceRequest {
-            voice_id: v4.voice_id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let got = get_voice(&mut client, &v4.voice_id).await;
     assert_eq!(got, v4);
 }
 
 async fn every_invalid_update_is_refused_naming_the_field(backend: Backend) {
     let (app, fake) = spawn_app_with_fake(backend, |_| {}).await;
     let mut client = app.client(Uuid::new_v4());
-    let voice = client
-        .create_voice_clone(create_request("Mine"))
-        .await
-        .unwrap()
-        .into_inner();
+    let voice = create_voice(&mut client, "Mine").await;
     let with = |change: fn(&mut Voice), paths: &[&str]| {
         let mut v = voice.clone();
         change(&mut v);
@@ -199,24 +187,14 @@ async fn every_invalid_update_is_refused_naming_the_field(backend: Backend) {
         before,
         "nothing reached the provider"
     );
-    let unchanged = client
-        .get_voice(GetVoiceRequest {
-            voice_id: voice.voice_id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let unchanged = get_voice(&mut client, &voice.voice_id).await;
     assert_eq!(unchanged, voice);
 }
 
 async fn delete_removes_the_voice_at_the_provider_and_from_get_and_list(backend: Backend) {
     let (app, fake) = spawn_app_with_fake(backend, |_| {}).await;
     let mut client = app.client(Uuid::new_v4());
-    let voice = client
-        .create_voice_clone(create_request("Short-lived"))
-        .await
-        .unwrap()
-        .into_inner();
+    let voice = create_voice(&mut client, "Short-lived").await;
     client
         .delete_voice(DeleteVoiceRequest {
             voice_id: voice.voice_id.clone(),
@@ -262,11 +240,7 @@ async fn a_voice_already_gone_at_the_provider_counts_as_deleted(backend: Backend
     let (app, fake) = spawn_app_with_fake(backend, |_| {}).await;
     let mut client = app.client(Uuid::new_v4());
     for fault in [Fault::not_found_404(), Fault::not_found_400()] {
-        let voice = client
-            .create_voice_clone(create_request("Gone"))
-            .await
-            .unwrap()
-            .into_inner();
+        let voice = create_voice(&mut client, "Gone").await;
         fake.inject(Route::Delete, 1, fault);
         client
             .delete_voice(DeleteVoiceRequest {
@@ -287,11 +261,7 @@ async fn a_voice_already_gone_at_the_provider_counts_as_deleted(backend: Backend
 async fn a_failing_provider_delete_leaves_the_voice_as_it_was(backend: Backend) {
     let (app, fake) = spawn_app_with_fake(backend, |_| {}).await;
     let mut client = app.client(Uuid::new_v4());
-    let voice = client
-        .create_voice_clone(create_request("Sticky"))
-        .await
-        .unwrap()
-        .into_inner();
+    let voice = create_voice(&mut client, "Sticky").await;
     fake.inject(Route::Delete, 10, Fault::server_error());
     let status = client
         .delete_voice(DeleteVoiceRequest {
@@ -305,13 +275,7 @@ async fn a_failing_provider_delete_leaves_the_voice_as_it_was(backend: Backend) 
         4,
         "one attempt and three retries"
     );
-    let still = client
-        .get_voice(GetVoiceRequest {
-            voice_id: voice.voice_id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let still = get_voice(&mut client, &voice.voice_id).await;
     assert_eq!(still, voice);
 }
 
@@ -319,11 +283,7 @@ async fn another_user_can_neither_update_nor_delete_a_voice_public_or_private(ba
     let (app, fake) = spawn_app_with_fake(backend, |_| {}).await;
     let (alice, bob) = (app.client(Uuid::new_v4()), app.client(Uuid::new_v4()));
     let (mut alice, mut bob) = (alice, bob);
-    let private = alice
-        .create_voice_clone(create_request("Private"))
-        .await
-        .unwrap()
-        .into_inner();
+    let private = create_voice(&mut alice, "Private").await;
     let mut public_request = create_request("Public");
     public_request.visibility = pb::Visibility::Public as i32;
     let public = alice
@@ -347,13 +307,7 @@ async fn another_user_can_neither_update_nor_delete_a_voice_public_or_private(ba
             .await
             .unwrap_err();
         assert_eq!(status.code(), Code::NotFound, "delete {}", voice.name);
-        let unchanged = alice
-            .get_voice(GetVoiceRequest {
-                voice_id: voice.voice_id.clone(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let unchanged = get_voice(&mut alice, &voice.voice_id).await;
         assert_eq!(&unchanged, voice);
     }
     assert_eq!(fake.requests().len(), calls, "the provider was never asked");

@@ -7,7 +7,10 @@ use voicehub::pb::{self, UpdateVoiceRequest, WatchVoiceStatusRequest};
 
 use crate::{
     fake_elevenlabs::Report,
-    helpers::{Backend, assert_invalid_field, create_request, next, spawn_app_with_fake, watch},
+    helpers::{
+        Backend, assert_invalid_field, create_request, create_voice, next, spawn_app_with_fake,
+        watch,
+    },
     on_both_backends,
 };
 
@@ -16,12 +19,7 @@ const WATCH_STREAMS: &str = "voicehub_watch_streams";
 async fn bad_watch_requests_are_refused_before_the_stream_starts(backend: Backend) {
     let (app, _fake) = spawn_app_with_fake(backend, |_| {}).await;
     let (alice, bob) = (Uuid::new_v4(), Uuid::new_v4());
-    let private = app
-        .client(bob)
-        .create_voice_clone(create_request("Bob's"))
-        .await
-        .unwrap()
-        .into_inner();
+    let private = app.create_voice(bob, "Bob's").await;
     let mut client = app.client(alice);
     let request = |ids: Vec<String>| WatchVoiceStatusRequest { voice_ids: ids };
     let status = client
@@ -58,23 +56,12 @@ async fn watching_all_my_voices_shows_processing_ones_then_every_change(backend:
     fake.set_default_report(Report::awaiting_verification());
     let user = Uuid::new_v4();
     let mut client = app.client(user);
-    let processing = client
-        .create_voice_clone(create_request("Waiting"))
-        .await
-        .unwrap()
-        .into_inner();
-    let done = client
-        .create_voice_clone(create_request("Done"))
-        .await
-        .unwrap()
-        .into_inner();
+    let processing = create_voice(&mut client, "Waiting").await;
+    let done = create_voice(&mut client, "Done").await;
     fake.set_report(&done.provider_voice_id, Report::default());
     app.worker.run_once().await.unwrap();
     // Someone else's voice never shows up in my feed.
-    app.client(Uuid::new_v4())
-        .create_voice_clone(create_request("Theirs"))
-        .await
-        .unwrap();
+    app.create_voice(Uuid::new_v4(), "Theirs").await;
 
     let mut stream = watch(&mut client, &[]).await;
     let snapshot = next(&mut stream).await.unwrap();
@@ -85,11 +72,7 @@ async fn watching_all_my_voices_shows_processing_ones_then_every_change(backend:
         "only PROCESSING voices in the snapshot"
     );
 
-    let created = client
-        .create_voice_clone(create_request("New"))
-        .await
-        .unwrap()
-        .into_inner();
+    let created = create_voice(&mut client, "New").await;
     // With Redis, events of the set-up above may still be in flight: real
     // changes of my voices, only older than this test's interest.
     let event = loop {
@@ -127,11 +110,7 @@ async fn a_watcher_that_does_not_read_still_gets_the_terminal_state(backend: Bac
     fake.set_default_report(Report::awaiting_verification());
     let user = Uuid::new_v4();
     let mut client = app.client(user);
-    let voice = client
-        .create_voice_clone(create_request("Busy"))
-        .await
-        .unwrap()
-        .into_inner();
+    let voice = create_voice(&mut client, "Busy").await;
     let mut stream = watch(&mut client, &[&voice.voice_id]).await;
     // The watcher reads nothing while many changes happen.
     let mut current = voice.clone();
@@ -171,11 +150,7 @@ async fn a_watcher_that_does_not_read_still_gets_the_terminal_state(backend: Bac
 async fn a_disconnected_watcher_frees_its_subscription(backend: Backend) {
     let (app, _fake) = spawn_app_with_fake(backend, |_| {}).await;
     let mut client = app.client(Uuid::new_v4());
-    let voice = client
-        .create_voice_clone(create_request("Watched"))
-        .await
-        .unwrap()
-        .into_inner();
+    let voice = create_voice(&mut client, "Watched").await;
     let mut stream = watch(&mut client, &[&voice.voice_id]).await;
     assert!(next(&mut stream).await.unwrap().snapshot);
     assert_eq!(app.metric(WATCH_STREAMS), 1);
@@ -195,11 +170,7 @@ async fn a_disconnected_watcher_frees_its_subscription(backend: Backend) {
 async fn server_shutdown_ends_watch_streams_with_unavailable(backend: Backend) {
     let (app, _fake) = spawn_app_with_fake(backend, |_| {}).await;
     let mut client = app.client(Uuid::new_v4());
-    let voice = client
-        .create_voice_clone(create_request("Cut short"))
-        .await
-        .unwrap()
-        .into_inner();
+    let voice = create_voice(&mut client, "Cut short").await;
     let mut stream = watch(&mut client, &[&voice.voice_id]).await;
     assert!(next(&mut stream).await.unwrap().snapshot);
     app.shutdown.cancel();
@@ -213,11 +184,7 @@ async fn a_terminal_voice_is_sent_once_and_the_stream_ends(backend: Backend) {
     let (app, _fake) = spawn_app_with_fake(backend, |_| {}).await;
     let user = Uuid::new_v4();
     let mut client = app.client(user);
-    let voice = client
-        .create_voice_clone(create_request("Ready"))
-        .await
-        .unwrap()
-        .into_inner();
+    let voice = create_voice(&mut client, "Ready").await;
     app.worker.run_once().await.unwrap();
     let mut public_request = create_request("Public");
     public_request.visibility = pb::Visibility::Public as i32;
