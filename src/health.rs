@@ -9,16 +9,12 @@
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
-use tonic::server::NamedService;
 use tonic_health::{ServingStatus, server::HealthReporter};
 
-use crate::{error::chain, pb::voice_service_server::VoiceServiceServer, store::Store};
+use crate::{error::chain, pb::voice_service_server::SERVICE_NAME, store::Store};
 
 /// The health service names this server reports.
-pub(crate) const SERVICES: [&str; 2] = [
-    "",
-    <VoiceServiceServer<crate::grpc::VoiceApi> as NamedService>::NAME,
-];
+pub(crate) const SERVICES: [&str; 2] = ["", SERVICE_NAME];
 
 pub(crate) async fn set_all(reporter: &HealthReporter, status: ServingStatus) {
     for name in SERVICES {

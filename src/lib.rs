@@ -3,11 +3,12 @@
 //! `main.rs` parses the command line and calls into this library;
 //! [`server::Application`] is what both `voicehub serve` and the tests run.
 //!
-//! Layers, each importing only the ones below it:
-//! `server` → `grpc` → `write_path` → `status_engine`, `events` → `pb`,
-//! `provider`, `store` → `error`, `metrics`. `config` sits above them all: it
-//! turns flags into each component's settings and is imported by `main.rs`
-//! and `server` alone.
+//! Layers: each module imports only modules listed after it here, so no
+//! module imports one that imports it back (`tests/api/layering.rs` checks):
+//! `server`, `config`, `health`, `grpc`, `auth`, `write_path`,
+//! `status_engine`, `events`, `error`, `pb`, `provider`, `store`, `metrics`,
+//! `redis`, `telemetry`. `config` turns flags into each component's own
+//! settings type and builds the provider; only `main.rs` and `server` import it.
 
 pub mod auth;
 pub mod config;

@@ -22,7 +22,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::Notify;
 use uuid::Uuid;
 
-use super::VoiceEvent;
+use super::wire::VoiceEvent;
 
 /// What a subscription watches.
 #[derive(Debug, Clone)]

@@ -15,6 +15,7 @@ mod create_voice_clone;
 mod get_voice;
 mod grpcurl;
 mod health;
+mod layering;
 mod list_user_voices;
 mod migrations;
 mod provider_faults;
