@@ -176,7 +176,7 @@ impl Interceptor for Authenticator {
 /// # Errors
 /// [`Error::Unauthenticated`] if the service was mounted without the
 /// interceptor, which is a wiring bug, so it fails closed.
-pub fn caller<T>(request: &Request<T>) -> Result<UserId, Error> {
+pub(crate) fn caller<T>(request: &Request<T>) -> Result<UserId, Error> {
     request
         .extensions()
         .get::<UserId>()

@@ -15,7 +15,7 @@ use prometheus_client::{
 
 /// What a SQL statement did, by its verb.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum StatementKind {
+pub(crate) enum StatementKind {
     /// A `SELECT`.
     Read,
     /// Anything else: `INSERT`, `UPDATE`, `DELETE`, `BEGIN`, ...
@@ -34,9 +34,9 @@ impl EncodeLabelValue for StatementKind {
 
 /// The labels of `voicehub_sql_statements_total`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-pub struct StatementLabels {
+pub(crate) struct StatementLabels {
     /// Read or write.
-    pub kind: StatementKind,
+    pub(crate) kind: StatementKind,
 }
 
 /// Every instrument voicehub updates, and the registry that renders them.
@@ -44,11 +44,11 @@ pub struct StatementLabels {
 pub struct Metrics {
     registry: Arc<Registry>,
     /// SQL statements sent to the database, by kind.
-    pub sql_statements: Family<StatementLabels, Counter>,
+    pub(crate) sql_statements: Family<StatementLabels, Counter>,
     /// Round trips to the due-queue's store (Redis, or the in-process map).
-    pub queue_round_trips: Counter,
+    pub(crate) queue_round_trips: Counter,
     /// Watch streams open on this replica.
-    pub watch_streams: Gauge,
+    pub(crate) watch_streams: Gauge,
 }
 
 impl Metrics {

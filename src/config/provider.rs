@@ -68,7 +68,7 @@ impl ProviderConfig {
     ///
     /// # Errors
     /// The ElevenLabs client cannot be built (a malformed key).
-    pub fn build(&self) -> anyhow::Result<DynProvider> {
+    pub(crate) fn build(&self) -> anyhow::Result<DynProvider> {
         Ok(match self {
             ProviderConfig::ElevenLabs(c) => Arc::new(ElevenLabs::new(c.clone())?),
             ProviderConfig::Simulated { ready_after } => Arc::new(Simulated::new(*ready_after)),

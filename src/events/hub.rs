@@ -26,7 +26,7 @@ use super::wire::VoiceEvent;
 
 /// What a subscription watches.
 #[derive(Debug, Clone)]
-pub enum Interest {
+pub(crate) enum Interest {
     /// These voices, whoever owns them.
     Voices(Vec<Uuid>),
     /// Every voice of this owner, including ones created later.
@@ -34,7 +34,7 @@ pub enum Interest {
 }
 
 /// This replica's routing table from voices and owners to subscriptions.
-pub struct Hub {
+pub(crate) struct Hub {
     routes: Mutex<Routes>,
     open: Gauge,
 }
@@ -49,7 +49,7 @@ struct Routes {
 impl Hub {
     /// An empty hub that counts its open subscriptions in `open`.
     #[must_use]
-    pub fn new(open: Gauge) -> Arc<Self> {
+    pub(crate) fn new(open: Gauge) -> Arc<Self> {
         Arc::new(Hub {
             routes: Mutex::default(),
             open,
@@ -57,7 +57,7 @@ impl Hub {
     }
 
     /// Registers interest; events dispatched from now on reach the subscription.
-    pub fn subscribe(self: &Arc<Self>, interest: Interest) -> Subscription {
+    pub(crate) fn subscribe(self: &Arc<Self>, interest: Interest) -> Subscription {
         let mailbox = Arc::new(Mailbox::default());
         let mut routes = self.routes.lock();
         routes.next_id += 1;
@@ -90,7 +90,7 @@ impl Hub {
     }
 
     /// Hands a stored change to every subscription interested in it.
-    pub fn dispatch(&self, event: &Arc<VoiceEvent>) {
+    pub(crate) fn dispatch(&self, event: &Arc<VoiceEvent>) {
         let routes = self.routes.lock();
         let by_voice = routes.by_voice.get(&event.voice_id).into_iter().flatten();
         let by_owner = routes.by_owner.get(&event.owner).into_iter().flatten();
@@ -156,7 +156,7 @@ impl Mailbox {
 }
 
 /// An open subscription; dropping it unregisters it.
-pub struct Subscription {
+pub(crate) struct Subscription {
     hub: Arc<Hub>,
     id: u64,
     interest: Interest,
@@ -165,7 +165,7 @@ pub struct Subscription {
 
 impl Subscription {
     /// The next change, oldest voice first; waits until there is one.
-    pub async fn next(&self) -> Arc<VoiceEvent> {
+    pub(crate) async fn next(&self) -> Arc<VoiceEvent> {
         loop {
             if let Some(voice) = self.mailbox.take() {
                 return voice;

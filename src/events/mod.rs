@@ -26,16 +26,17 @@ mod wire;
 
 use std::sync::Arc;
 
-pub use hub::{Hub, Interest, Subscription};
+pub(crate) use hub::{Hub, Interest};
 use prometheus_client::metrics::gauge::Gauge;
-pub use redis::{READ_BLOCK, RedisBus, stream_key};
+pub use redis::stream_key;
+pub(crate) use redis::{READ_BLOCK, RedisBus};
 pub use wire::{DecodeError, STREAM_FIELD, VoiceEvent};
 
 use crate::store::Voice;
 
 /// Publishes stored changes to every replica.
 #[async_trait::async_trait]
-pub trait EventBus: Send + Sync + 'static {
+pub(crate) trait EventBus: Send + Sync + 'static {
     /// Publishes `voice`, as stored after a change.
     async fn publish(&self, voice: &Voice);
 
@@ -44,17 +45,17 @@ pub trait EventBus: Send + Sync + 'static {
 }
 
 /// The configured bus, shared.
-pub type DynBus = Arc<dyn EventBus>;
+pub(crate) type DynBus = Arc<dyn EventBus>;
 
 /// The in-process bus: publishing is dispatching.
-pub struct LocalBus {
+pub(crate) struct LocalBus {
     hub: Arc<Hub>,
 }
 
 impl LocalBus {
     /// A bus whose hub counts its watch streams in `watch_streams`.
     #[must_use]
-    pub fn new(watch_streams: Gauge) -> Self {
+    pub(crate) fn new(watch_streams: Gauge) -> Self {
         LocalBus {
             hub: Hub::new(watch_streams),
         }

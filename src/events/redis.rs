@@ -16,10 +16,10 @@ use crate::store::Voice;
 const MAX_LEN: i64 = 10_000;
 /// How long one blocking read waits for new entries. The reader's Redis
 /// connection must allow a command this long plus its usual timeout.
-pub const READ_BLOCK: Duration = Duration::from_secs(5);
+pub(crate) const READ_BLOCK: Duration = Duration::from_secs(5);
 
 /// The event bus of replicas that share one Redis and key prefix.
-pub struct RedisBus {
+pub(crate) struct RedisBus {
     client: Client,
     stream: String,
     hub: Arc<Hub>,
@@ -29,7 +29,7 @@ impl RedisBus {
     /// `client` publishes; the reader needs its own connection (see
     /// [`RedisBus::read`]). The hub counts its watch streams in `watch_streams`.
     #[must_use]
-    pub fn new(client: Client, prefix: &str, watch_streams: Gauge) -> Self {
+    pub(crate) fn new(client: Client, prefix: &str, watch_streams: Gauge) -> Self {
         RedisBus {
             client,
             stream: stream_key(prefix),
@@ -39,7 +39,7 @@ impl RedisBus {
 
     /// Reads the stream into this replica's hub until `shutdown`. `reader`
     /// must be a client of its own: a blocking XREAD holds its connection.
-    pub async fn read(self: Arc<Self>, reader: Client, shutdown: CancellationToken) {
+    pub(crate) async fn read(self: Arc<Self>, reader: Client, shutdown: CancellationToken) {
         // Start after the newest entry present now; from then on, resume from
         // the last id seen, across reconnects.
         let mut last = "$".to_owned();

@@ -18,53 +18,54 @@ use std::{collections::BTreeMap, sync::Arc};
 
 use bytes::Bytes;
 
-pub use elevenlabs::{ElevenLabs, ElevenLabsConfig, RetryPolicy};
-pub use simulated::Simulated;
+pub(crate) use elevenlabs::ElevenLabs;
+pub use elevenlabs::{ElevenLabsConfig, RetryPolicy};
+pub(crate) use simulated::Simulated;
 
 /// One audio file to clone from.
 #[derive(Debug, Clone)]
-pub struct AudioFile {
+pub(crate) struct AudioFile {
     /// A plain file name.
-    pub filename: String,
+    pub(crate) filename: String,
     /// The MIME type, canonical for the format the data has.
-    pub content_type: String,
+    pub(crate) content_type: String,
     /// The file's bytes (shared, not copied, across retries).
-    pub data: Bytes,
+    pub(crate) data: Bytes,
 }
 
 /// What the provider needs to clone a voice.
 #[derive(Debug, Clone)]
-pub struct CloneRequest {
+pub(crate) struct CloneRequest {
     /// The voice's display name.
-    pub name: String,
+    pub(crate) name: String,
     /// Free text, when set.
-    pub description: Option<String>,
+    pub(crate) description: Option<String>,
     /// Sent to the provider as its labels (ours plus `language`/`gender`).
-    pub labels: BTreeMap<String, String>,
+    pub(crate) labels: BTreeMap<String, String>,
     /// The samples.
-    pub files: Vec<AudioFile>,
+    pub(crate) files: Vec<AudioFile>,
     /// Ask the provider to clean the samples first.
-    pub remove_background_noise: bool,
+    pub(crate) remove_background_noise: bool,
 }
 
 /// The provider's answer to a clone.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Cloned {
+pub(crate) struct Cloned {
     /// The provider's id of the new voice.
-    pub voice_id: String,
+    pub(crate) voice_id: String,
     /// The provider still has to verify the voice before it is usable.
-    pub requires_verification: bool,
+    pub(crate) requires_verification: bool,
 }
 
 /// New metadata for a voice; the provider requires the name on every edit.
 #[derive(Debug, Clone)]
-pub struct VoiceEdit {
+pub(crate) struct VoiceEdit {
     /// The name (always sent).
-    pub name: String,
+    pub(crate) name: String,
     /// The description; `None` leaves it as it is.
-    pub description: Option<String>,
+    pub(crate) description: Option<String>,
     /// The labels, replacing all; `None` leaves them as they are.
-    pub labels: Option<BTreeMap<String, String>>,
+    pub(crate) labels: Option<BTreeMap<String, String>>,
 }
 
 /// A provider failure, classified by what the caller can do about it.
@@ -97,7 +98,7 @@ pub enum ProviderError {
 
 /// The operations voicehub needs from a voice provider.
 #[async_trait::async_trait]
-pub trait VoiceProvider: Send + Sync + 'static {
+pub(crate) trait VoiceProvider: Send + Sync + 'static {
     /// A short name for logs: `elevenlabs` or `simulated`.
     fn name(&self) -> &'static str;
 
@@ -129,11 +130,11 @@ pub trait VoiceProvider: Send + Sync + 'static {
 }
 
 /// The configured provider, shared.
-pub type DynProvider = Arc<dyn VoiceProvider>;
+pub(crate) type DynProvider = Arc<dyn VoiceProvider>;
 
 /// A provider's verdict on a voice, in terms of our statuses.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// Not ready yet: check again later.
     Processing,
     /// Ready to use.
@@ -148,4 +149,4 @@ pub enum Verdict {
 }
 
 /// The reason given for a voice that vanished at the provider.
-pub const GONE_AT_PROVIDER: &str = "voice no longer exists at the provider";
+pub(crate) const GONE_AT_PROVIDER: &str = "voice no longer exists at the provider";

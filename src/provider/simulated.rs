@@ -22,7 +22,7 @@ struct SimVoice {
 }
 
 /// The simulated provider; its voices live in this value.
-pub struct Simulated {
+pub(crate) struct Simulated {
     ready_after: Duration,
     voices: Mutex<HashMap<String, SimVoice>>,
 }
@@ -30,7 +30,7 @@ pub struct Simulated {
 impl Simulated {
     /// A provider whose clones become ready `ready_after` they were made.
     #[must_use]
-    pub fn new(ready_after: Duration) -> Self {
+    pub(crate) fn new(ready_after: Duration) -> Self {
         Simulated {
             ready_after,
             voices: Mutex::new(HashMap::new()),

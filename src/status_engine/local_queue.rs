@@ -37,7 +37,7 @@ impl Entries {
 }
 
 /// The due-queue of a single replica without Redis.
-pub struct LocalQueue {
+pub(crate) struct LocalQueue {
     entries: Mutex<Entries>,
     wakeup: Arc<Notify>,
     round_trips: Counter,
@@ -46,7 +46,7 @@ pub struct LocalQueue {
 impl LocalQueue {
     /// An empty queue; every access counts as a round trip in `round_trips`.
     #[must_use]
-    pub fn new(round_trips: Counter) -> Self {
+    pub(crate) fn new(round_trips: Counter) -> Self {
         LocalQueue {
             entries: Mutex::default(),
             wakeup: Arc::default(),

@@ -32,15 +32,16 @@ use std::{
     time::Duration,
 };
 
-pub use local_queue::LocalQueue;
-pub use queue::{Claim, DueQueue, DynQueue, QueueError};
+pub(crate) use local_queue::LocalQueue;
+pub(crate) use queue::DynQueue;
+pub use queue::{Claim, DueQueue, QueueError};
 pub use redis_queue::RedisQueue;
 use uuid::Uuid;
 pub use worker::{Step, SyncError, Worker};
 
 /// Delay between the first checks of a new voice: instant clones are
 /// usually ready within seconds.
-pub const MIN_BACKOFF: Duration = Duration::from_secs(1);
+pub(crate) const MIN_BACKOFF: Duration = Duration::from_secs(1);
 
 /// How the status engine paces its work (set from the `VOICEHUB_SYNC_*` flags).
 #[derive(Debug, Clone)]
@@ -63,7 +64,7 @@ pub struct SyncConfig {
 /// [`Worker::scheduler`], so it always shares the worker's queue and its
 /// "reconcile needed" flag.
 #[derive(Clone)]
-pub struct Scheduler {
+pub(crate) struct Scheduler {
     queue: DynQueue,
     reconcile_needed: Arc<AtomicBool>,
 }
@@ -71,7 +72,7 @@ pub struct Scheduler {
 impl Scheduler {
     /// Queues `id` for a check now. Never fails the caller: if the queue is
     /// unreachable, the next reconciliation puts the voice on it.
-    pub async fn schedule(&self, id: Uuid) {
+    pub(crate) async fn schedule(&self, id: Uuid) {
         if let Err(e) = self.queue.enqueue(id, Duration::ZERO).await {
             tracing::warn!(voice_id = %id, error = %e, "could not queue a status check; reconciliation will");
             self.reconcile_needed.store(true, Ordering::Relaxed);

@@ -59,4 +59,4 @@ pub trait DueQueue: Send + Sync + 'static {
 }
 
 /// The configured due-queue, shared.
-pub type DynQueue = Arc<dyn DueQueue>;
+pub(crate) type DynQueue = Arc<dyn DueQueue>;

@@ -86,7 +86,7 @@ pub struct Worker {
 impl Worker {
     /// A worker that reconciles the queue with storage on its first step.
     #[must_use]
-    pub fn new(
+    pub(crate) fn new(
         queue: DynQueue,
         store: Store,
         provider: DynProvider,
@@ -107,7 +107,7 @@ impl Worker {
     /// The handle the write path schedules new voices with: a failed
     /// enqueue makes this worker reconcile on its next step.
     #[must_use]
-    pub fn scheduler(&self) -> Scheduler {
+    pub(crate) fn scheduler(&self) -> Scheduler {
         Scheduler {
             queue: self.queue.clone(),
             reconcile_needed: self.reconcile_needed.clone(),
@@ -299,7 +299,7 @@ impl Worker {
     }
 
     /// Loops until `shutdown`, sleeping between steps as the module says.
-    pub async fn run(self, shutdown: CancellationToken) {
+    pub(crate) async fn run(self, shutdown: CancellationToken) {
         let wakeup = self.queue.wakeup();
         let mut failing = false;
         let mut error_delay = self.config.min_backoff;

@@ -31,9 +31,9 @@ use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbErr};
 use secrecy::{ExposeSecret, SecretString};
 
 pub use entity::voice::{Labels, Model as Voice, Visibility, VoiceStatus};
-pub use reads::{Cursor, ListQuery, Page, Scope};
-pub use visibility::may_see;
-pub use writes::Reservation;
+pub(crate) use reads::{Cursor, ListQuery, Scope};
+pub(crate) use visibility::may_see;
+pub(crate) use writes::Reservation;
 
 use crate::metrics::{Metrics, StatementKind, StatementLabels};
 

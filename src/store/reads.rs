@@ -16,7 +16,7 @@ use super::{
 
 /// Which voices a listing covers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Scope {
+pub(crate) enum Scope {
     /// The caller's own voices.
     Owned,
     /// Every user's public voices.
@@ -27,11 +27,11 @@ pub enum Scope {
 
 /// A position in the newest-first order: listing continues strictly after it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cursor {
+pub(crate) struct Cursor {
     /// The creation time of the last voice seen.
-    pub created_at: DateTime<Utc>,
+    pub(crate) created_at: DateTime<Utc>,
     /// Its id (ties on `created_at` are broken by id).
-    pub id: Uuid,
+    pub(crate) id: Uuid,
 }
 
 impl From<&Voice> for Cursor {
@@ -45,26 +45,26 @@ impl From<&Voice> for Cursor {
 
 /// One page of a listing to read.
 #[derive(Debug, Clone)]
-pub struct ListQuery {
+pub(crate) struct ListQuery {
     /// Who is asking.
-    pub caller: Uuid,
+    pub(crate) caller: Uuid,
     /// Whose voices.
-    pub scope: Scope,
+    pub(crate) scope: Scope,
     /// `None`: every status except DELETED.
-    pub status: Option<VoiceStatus>,
+    pub(crate) status: Option<VoiceStatus>,
     /// Continue after this position; `None`: from the newest.
-    pub after: Option<Cursor>,
+    pub(crate) after: Option<Cursor>,
     /// Most voices on the page.
-    pub limit: u64,
+    pub(crate) limit: u64,
 }
 
 /// A page of a listing.
 #[derive(Debug, Clone)]
-pub struct Page {
+pub(crate) struct Page {
     /// The voices, newest first.
-    pub voices: Vec<Voice>,
+    pub(crate) voices: Vec<Voice>,
     /// Set when more voices follow the last one of this page.
-    pub next: Option<Cursor>,
+    pub(crate) next: Option<Cursor>,
 }
 
 impl Store {
@@ -73,7 +73,7 @@ impl Store {
     ///
     /// # Errors
     /// A database failure.
-    pub async fn get_visible(&self, caller: Uuid, id: Uuid) -> Result<Option<Voice>, DbErr> {
+    pub(crate) async fn get_visible(&self, caller: Uuid, id: Uuid) -> Result<Option<Voice>, DbErr> {
         Entity::find_by_id(id)
             .filter(visible_to(caller))
             .one(&self.db)
@@ -84,7 +84,11 @@ impl Store {
     ///
     /// # Errors
     /// A database failure.
-    pub async fn get_visible_many(&self, caller: Uuid, ids: &[Uuid]) -> Result<Vec<Voice>, DbErr> {
+    pub(crate) async fn get_visible_many(
+        &self,
+        caller: Uuid,
+        ids: &[Uuid],
+    ) -> Result<Vec<Voice>, DbErr> {
         Entity::find()
             .filter(Column::Id.is_in(ids.iter().copied()))
             .filter(visible_to(caller))
@@ -96,7 +100,7 @@ impl Store {
     ///
     /// # Errors
     /// A database failure.
-    pub async fn get_owned(&self, owner: Uuid, id: Uuid) -> Result<Option<Voice>, DbErr> {
+    pub(crate) async fn get_owned(&self, owner: Uuid, id: Uuid) -> Result<Option<Voice>, DbErr> {
         Entity::find_by_id(id)
             .filter(Column::OwnerUserId.eq(owner))
             .filter(Column::Status.ne(VoiceStatus::Deleted))
@@ -108,7 +112,7 @@ impl Store {
     ///
     /// # Errors
     /// A database failure.
-    pub async fn find_by_request_id(
+    pub(crate) async fn find_by_request_id(
         &self,
         owner: Uuid,
         request_id: &str,
@@ -125,7 +129,7 @@ impl Store {
     ///
     /// # Errors
     /// A database failure.
-    pub async fn get_many(&self, ids: &[Uuid]) -> Result<Vec<Voice>, DbErr> {
+    pub(crate) async fn get_many(&self, ids: &[Uuid]) -> Result<Vec<Voice>, DbErr> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -139,7 +143,7 @@ impl Store {
     ///
     /// # Errors
     /// A database failure.
-    pub async fn processing_ids(&self) -> Result<Vec<Uuid>, DbErr> {
+    pub(crate) async fn processing_ids(&self) -> Result<Vec<Uuid>, DbErr> {
         Entity::find()
             .select_only()
             .column(Column::Id)
@@ -153,7 +157,7 @@ impl Store {
     ///
     /// # Errors
     /// A database failure.
-    pub async fn processing_of(&self, owner: Uuid) -> Result<Vec<Voice>, DbErr> {
+    pub(crate) async fn processing_of(&self, owner: Uuid) -> Result<Vec<Voice>, DbErr> {
         Entity::find()
             .filter(Column::OwnerUserId.eq(owner))
             .filter(Column::Status.eq(VoiceStatus::Processing))
@@ -167,7 +171,7 @@ impl Store {
     ///
     /// # Errors
     /// A database failure.
-    pub async fn list(&self, query: &ListQuery) -> Result<Page, DbErr> {
+    pub(crate) async fn list(&self, query: &ListQuery) -> Result<Page, DbErr> {
         // One row more than asked tells whether another page follows.
         let fetch = query.limit + 1;
         let mut voices = match query.scope {

@@ -14,7 +14,7 @@ use super::entity::voice::{Column, Visibility, VoiceStatus};
 
 /// Whether `caller` may see a voice of `owner` with `visibility`.
 #[must_use]
-pub fn may_see(caller: Uuid, owner: Uuid, visibility: Visibility) -> bool {
+pub(crate) fn may_see(caller: Uuid, owner: Uuid, visibility: Visibility) -> bool {
     owner == caller || visibility == Visibility::Public
 }
 

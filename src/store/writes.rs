@@ -26,7 +26,7 @@ use super::{
 
 /// The outcome of reserving a row for a new voice.
 #[derive(Debug)]
-pub enum Reservation {
+pub(crate) enum Reservation {
     /// The row is ours; the provider may now be called.
     Reserved(Voice),
     /// The same user's same `request_id` is already taken: this is that voice.
@@ -42,7 +42,7 @@ impl Store {
     ///
     /// # Errors
     /// A database failure.
-    pub async fn reserve(&self, voice: Voice, max: u64) -> Result<Reservation, DbErr> {
+    pub(crate) async fn reserve(&self, voice: Voice, max: u64) -> Result<Reservation, DbErr> {
         let (owner, request_id) = (voice.owner_user_id, voice.request_id.clone());
         // SQLite: take the write lock up front (BEGIN IMMEDIATE); a deferred
         // transaction that reads, then writes, fails with SQLITE_BUSY under a race.
@@ -92,7 +92,7 @@ impl Store {
     ///
     /// # Errors
     /// A database failure.
-    pub async fn accept(
+    pub(crate) async fn accept(
         &self,
         id: Uuid,
         provider_voice_id: &str,
@@ -110,7 +110,7 @@ impl Store {
     ///
     /// # Errors
     /// A database failure.
-    pub async fn release(&self, id: Uuid) -> Result<(), DbErr> {
+    pub(crate) async fn release(&self, id: Uuid) -> Result<(), DbErr> {
         Entity::delete_many()
             .filter(Column::Id.eq(id))
             .filter(Column::ProviderVoiceId.is_null())
@@ -125,7 +125,7 @@ impl Store {
     ///
     /// # Errors
     /// A database failure.
-    pub async fn update_metadata(
+    pub(crate) async fn update_metadata(
         &self,
         voice: &Voice,
         revision: i64,
@@ -144,7 +144,7 @@ impl Store {
     ///
     /// # Errors
     /// A database failure.
-    pub async fn mark_deleted(&self, id: Uuid) -> Result<Option<Voice>, DbErr> {
+    pub(crate) async fn mark_deleted(&self, id: Uuid) -> Result<Option<Voice>, DbErr> {
         let at = now();
         let update = Entity::update_many()
             .col_expr(Column::Status, Expr::value(VoiceStatus::Deleted))
@@ -157,7 +157,7 @@ impl Store {
     ///
     /// # Errors
     /// A database failure.
-    pub async fn record_orphan(
+    pub(crate) async fn record_orphan(
         &self,
         provider: &str,
         provider_voice_id: &str,
@@ -183,7 +183,7 @@ impl Store {
     ///
     /// # Errors
     /// A database failure.
-    pub async fn complete(
+    pub(crate) async fn complete(
         &self,
         id: Uuid,
         preview_url: Option<String>,
@@ -205,7 +205,7 @@ impl Store {
     ///
     /// # Errors
     /// A database failure.
-    pub async fn fail(&self, id: Uuid, reason: &str) -> Result<Option<Voice>, DbErr> {
+    pub(crate) async fn fail(&self, id: Uuid, reason: &str) -> Result<Option<Voice>, DbErr> {
         let at = now();
         let update = Entity::update_many()
             .col_expr(Column::Status, Expr::value(VoiceStatus::Failed))

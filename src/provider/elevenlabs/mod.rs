@@ -80,7 +80,7 @@ pub struct ElevenLabsConfig {
 }
 
 /// The ElevenLabs client.
-pub struct ElevenLabs {
+pub(crate) struct ElevenLabs {
     http: reqwest::Client,
     base_url: Url,
     api_key: HeaderValue,
@@ -100,7 +100,7 @@ enum Idempotency {
 impl ElevenLabs {
     /// # Errors
     /// The API key is not a valid header value, or the HTTP client cannot be built.
-    pub fn new(config: ElevenLabsConfig) -> anyhow::Result<Self> {
+    pub(crate) fn new(config: ElevenLabsConfig) -> anyhow::Result<Self> {
         let mut api_key = HeaderValue::from_str(config.api_key.expose_secret()).map_err(|_| {
             anyhow::anyhow!("ELEVENLABS_API_KEY contains characters not allowed in a header")
         })?;
