@@ -155,6 +155,8 @@ pub(crate) struct TestApp {
     /// unless a test turns `sync_worker` on).
     pub(crate) worker: Worker,
     pub(crate) metrics: Metrics,
+    /// Where the server listens.
+    pub(crate) addr: std::net::SocketAddr,
     pub(crate) database: DatabaseConfig,
     pub(crate) redis: Option<(String, String)>,
     pub(crate) auth: Authenticator,
@@ -216,6 +218,7 @@ pub(crate) async fn spawn_app_with(backend: Backend, adjust: impl FnOnce(&mut Co
         db: db_connection,
         worker,
         metrics,
+        addr,
         database,
         redis,
         auth,

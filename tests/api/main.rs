@@ -23,5 +23,6 @@ mod readme;
 mod redis_server;
 mod replicas;
 mod status_engine;
+mod transport;
 mod update_delete_voice;
 mod watch_voice_status;
