@@ -1,0 +1,49 @@
+//! `voicehub-bench`: measures a release build of voicehub from outside, the
+//! way a client and an operator see it, and compares every timed figure
+//! with a ceiling measured in the same run (this machine is shared and
+//! noisy, so only same-run ratios mean anything).
+//!
+//! Run it through `scripts/bench <scenario>`, which starts a private
+//! PostgreSQL (and Redis) the way the test command does. Each scenario prints
+//! a table and writes `docs/bench/<scenario>.json` and `.svg`.
+
+// Figures are reported as f64: counts and durations far below 2^52 convert exactly.
+#![allow(clippy::cast_precision_loss)]
+
+mod load;
+mod report;
+mod scenarios;
+mod server;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "voicehub-bench", about = "voicehub's benchmark scenarios")]
+struct Cli {
+    /// Where to write `<scenario>.json` and `.svg` (default: docs/bench of the checkout).
+    #[arg(long, global = true)]
+    out: Option<PathBuf>,
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Debug, Subcommand)]
+enum Scenario {
+    /// GetVoice and ListUserVoices at several concurrencies, beside Health/Check and direct SQL.
+    Read(scenarios::read::ReadArgs),
+    /// exec → SERVING and idle memory, beside exec → exit of `voicehub --version`.
+    Startup(scenarios::startup::StartupArgs),
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let out = report::out_dir(cli.out)?;
+    let binary = server::build_binary()?;
+    match cli.scenario {
+        Scenario::Read(args) => scenarios::read::run(&binary, &out, args).await,
+        Scenario::Startup(args) => scenarios::startup::run(&binary, &out, args).await,
+    }
+}
