@@ -25,6 +25,10 @@ struct Cli {
     /// Where to write `<scenario>.json` and `.svg` (default: docs/bench of the checkout).
     #[arg(long, global = true)]
     out: Option<PathBuf>,
+    /// The voicehub binary to measure (default: build the release binary of
+    /// this checkout); for before/after comparisons of two builds.
+    #[arg(long, global = true)]
+    binary: Option<PathBuf>,
     #[command(subcommand)]
     scenario: Scenario,
 }
@@ -41,7 +45,10 @@ enum Scenario {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let out = report::out_dir(cli.out)?;
-    let binary = server::build_binary()?;
+    let binary = match cli.binary {
+        Some(binary) => binary,
+        None => server::build_binary()?,
+    };
     match cli.scenario {
         Scenario::Read(args) => scenarios::read::run(&binary, &out, args).await,
         Scenario::Startup(args) => scenarios::startup::run(&binary, &out, args).await,
