@@ -39,6 +39,8 @@ enum Scenario {
     Read(scenarios::read::ReadArgs),
     /// exec → SERVING and idle memory, beside exec → exit of `voicehub --version`.
     Startup(scenarios::startup::StartupArgs),
+    /// SQL and Redis commands of an idle server, beside the seed design's polling.
+    Idle(scenarios::idle::IdleArgs),
 }
 
 #[tokio::main]
@@ -52,5 +54,6 @@ async fn main() -> anyhow::Result<()> {
     match cli.scenario {
         Scenario::Read(args) => scenarios::read::run(&binary, &out, args).await,
         Scenario::Startup(args) => scenarios::startup::run(&binary, &out, args).await,
+        Scenario::Idle(args) => scenarios::idle::run(&binary, &out, args).await,
     }
 }
