@@ -19,6 +19,27 @@ use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 /// The HS256 secret every benchmark server signs tokens with.
 pub(crate) const JWT_SECRET: &str = "bench-secret-bench-secret-bench-secret!";
 
+/// The URL of the services `scripts/bench` started: `VOICEHUB_BENCH_PG_URL`
+/// or `VOICEHUB_BENCH_REDIS_URL`.
+pub(crate) fn service_url(variable: &str) -> anyhow::Result<String> {
+    std::env::var(variable)
+        .with_context(|| format!("{variable} is not set: run this scenario through scripts/bench"))
+}
+
+/// A new, empty database on the PostgreSQL `scripts/bench` started: its
+/// name and URL, and an administrative pool on the server.
+pub(crate) async fn new_postgres_database() -> anyhow::Result<(String, String, sqlx::PgPool)> {
+    let admin = service_url("VOICEHUB_BENCH_PG_URL")?;
+    let name = format!("bench_{}", uuid::Uuid::new_v4().simple());
+    let pool = sqlx::PgPool::connect(&admin).await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&pool)
+        .await?;
+    let base = admin.rsplit_once('/').context("a database URL")?.0;
+    let url = format!("{base}/{name}");
+    Ok((name, url, pool))
+}
+
 /// Builds the release `voicehub` binary (a no-op when it is up to date) and
 /// returns its path, beside this benchmark's own executable.
 pub(crate) fn build_binary() -> anyhow::Result<PathBuf> {

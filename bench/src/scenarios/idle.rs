@@ -22,7 +22,7 @@ use uuid::Uuid;
 
 use crate::{
     report::{Panel, Series, Table, write_chart, write_json},
-    server::Server,
+    server::{Server, new_postgres_database, service_url},
 };
 
 /// The settings of one `idle` run.
@@ -50,19 +50,8 @@ struct Figures {
 
 /// Runs the scenario and writes `idle.json` and `idle.svg` into `out`.
 pub(crate) async fn run(binary: &Path, out: &Path, args: IdleArgs) -> anyhow::Result<()> {
-    let admin = std::env::var("VOICEHUB_BENCH_PG_URL")
-        .context("VOICEHUB_BENCH_PG_URL is not set: run idle through scripts/bench")?;
-    let redis = std::env::var("VOICEHUB_BENCH_REDIS_URL")
-        .context("VOICEHUB_BENCH_REDIS_URL is not set: run idle through scripts/bench")?;
-    let name = format!("bench_{}", Uuid::new_v4().simple());
-    let pool = sqlx::PgPool::connect(&admin).await?;
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&pool)
-        .await?;
-    let url = format!(
-        "{}/{name}",
-        admin.rsplit_once('/').context("a database URL")?.0
-    );
+    let redis = service_url("VOICEHUB_BENCH_REDIS_URL")?;
+    let (name, url, pool) = new_postgres_database().await?;
     let prefix = format!("idle{}", Uuid::new_v4().simple());
     let dir = tempfile::tempdir()?;
     let _server = Server::start(

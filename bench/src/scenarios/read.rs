@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use chrono::{DateTime, Utc};
 use sea_orm::{Database, EntityTrait, IntoActiveModel};
 use serde::Serialize;
@@ -31,7 +31,7 @@ use voicehub::{
 use crate::{
     load::{Call, Run, closed_loop},
     report::{Panel, Series, Table, write_chart, write_json},
-    server::{JWT_SECRET, Server},
+    server::{JWT_SECRET, Server, new_postgres_database},
 };
 
 /// The settings of one `read` run.
@@ -160,19 +160,9 @@ impl BenchDatabase {
                 dir.path().join("voicehub.db").display()
             ),
             "postgres" => {
-                let admin = std::env::var("VOICEHUB_BENCH_PG_URL").context(
-                    "VOICEHUB_BENCH_PG_URL is not set: run the postgres backend through scripts/bench",
-                )?;
-                let name = format!("bench_{}", Uuid::new_v4().simple());
-                let pool = sqlx::PgPool::connect(&admin).await?;
-                sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-                    .execute(&pool)
-                    .await?;
+                let (_, url, pool) = new_postgres_database().await?;
                 pool.close().await;
-                format!(
-                    "{}/{name}",
-                    admin.rsplit_once('/').context("a database URL")?.0
-                )
+                url
             }
             other => bail!("unknown backend {other:?}: sqlite or postgres"),
         };
