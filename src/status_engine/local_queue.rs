@@ -88,15 +88,24 @@ impl DueQueue for LocalQueue {
         Ok(Claim::Claimed { ids, next_due })
     }
 
-    async fn reschedule(&self, id: Uuid, delay: Duration) -> Result<(), QueueError> {
+    async fn reschedule(&self, due: &[(Uuid, Duration)]) -> Result<(), QueueError> {
+        if due.is_empty() {
+            return Ok(());
+        }
+        let now = Instant::now();
         let mut entries = self.entries();
-        if entries.due_of.contains_key(&id) {
-            entries.set(id, Instant::now() + delay);
+        for (id, delay) in due {
+            if entries.due_of.contains_key(id) {
+                entries.set(*id, now + *delay);
+            }
         }
         Ok(())
     }
 
     async fn finish(&self, ids: &[Uuid]) -> Result<(), QueueError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
         let mut entries = self.entries();
         for id in ids {
             entries.remove(*id);
@@ -162,7 +171,7 @@ mod tests {
                 next_due: None
             }
         );
-        queue.reschedule(a, Duration::ZERO).await.unwrap();
+        queue.reschedule(&[(a, Duration::ZERO)]).await.unwrap();
         assert_eq!(
             queue.claim(10, lease).await.unwrap(),
             Claim::Claimed {

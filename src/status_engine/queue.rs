@@ -45,8 +45,9 @@ pub trait DueQueue: Send + Sync + 'static {
     /// Claims up to `max` due ids for `lease`, in one round trip.
     async fn claim(&self, max: usize, lease: Duration) -> Result<Claim, QueueError>;
 
-    /// Makes a claimed id due again after `delay`; a no-op if it was finished.
-    async fn reschedule(&self, id: Uuid, delay: Duration) -> Result<(), QueueError>;
+    /// Makes claimed ids due again, each after its delay, in one round trip;
+    /// an id finished meanwhile stays finished.
+    async fn reschedule(&self, due: &[(Uuid, Duration)]) -> Result<(), QueueError>;
 
     /// Removes ids that need no more checks.
     async fn finish(&self, ids: &[Uuid]) -> Result<(), QueueError>;

@@ -39,8 +39,10 @@ const ENQUEUE: &str = "redis.call('ZADD', KEYS[1], now + tonumber(ARGV[1]), ARGV
 redis.call('PUBLISH', ARGV[3], 'due')
 return 1";
 
-const RESCHEDULE: &str =
-    "return redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[1]), ARGV[2])";
+const RESCHEDULE: &str = "for i = 1, #ARGV, 2 do
+  redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[i]), ARGV[i + 1])
+end
+return #ARGV";
 
 const RESTORE: &str = "for i = 1, #ARGV do redis.call('ZADD', KEYS[1], 'NX', now, ARGV[i]) end
 redis.call('SET', KEYS[2], '1')
@@ -165,13 +167,16 @@ impl DueQueue for RedisQueue {
         Ok(Claim::Claimed { ids, next_due })
     }
 
-    async fn reschedule(&self, id: Uuid, delay: Duration) -> Result<(), QueueError> {
+    async fn reschedule(&self, due: &[(Uuid, Duration)]) -> Result<(), QueueError> {
+        if due.is_empty() {
+            return Ok(());
+        }
+        let args = due
+            .iter()
+            .flat_map(|(id, delay)| [millis(*delay), id.to_string().into()])
+            .collect();
         let _: i64 = self
-            .eval(
-                &self.reschedule,
-                vec![&self.queue_key],
-                vec![millis(delay), id.to_string().into()],
-            )
+            .eval(&self.reschedule, vec![&self.queue_key], args)
             .await?;
         Ok(())
     }

@@ -7,8 +7,10 @@
 //! outage), and stopping on cancellation.
 //!
 //! Cost: a step that finds nothing due is one queue round trip and no SQL.
-//! A step that claims k voices reads them with one query, and writes only
-//! the voices whose status changes.
+//! A step that claims k voices reads them with one query, writes only the
+//! voices whose status changes, and talks to the queue at most three times
+//! whatever k is: one claim, one reschedule of those still processing, one
+//! finish of the rest.
 
 use std::{
     collections::{BTreeMap, HashSet},
@@ -165,22 +167,25 @@ impl Worker {
             (id, self.check(v).await)
         }))
         .await;
+        let mut again = Vec::new();
         for (id, outcome) in outcomes {
             match outcome {
                 Outcome::Completed => step.completed += 1,
                 Outcome::Failed => step.failed += 1,
                 Outcome::Gone => {}
                 Outcome::Again(delay) => {
-                    step.rescheduled += 1;
-                    // A failed reschedule is covered by the lease running out.
-                    if let Err(e) = self.queue.reschedule(id, delay).await {
-                        tracing::debug!(voice_id = %id, error = %e, "reschedule failed; the lease will expire instead");
-                    }
                     step.next_due = Some(step.next_due.map_or(delay, |d| d.min(delay)));
+                    again.push((id, delay));
                     continue;
                 }
             }
             done.push(id);
+        }
+        step.rescheduled = again.len();
+        // One round trip for the whole batch. A failed reschedule is covered
+        // by the leases running out.
+        if let Err(e) = self.queue.reschedule(&again).await {
+            tracing::debug!(voices = again.len(), error = %e, "reschedule failed; the leases will expire instead");
         }
         self.queue.finish(&done).await?;
         Ok(step)

@@ -199,6 +199,25 @@ async fn claimed_voices_are_read_with_one_query(backend: Backend) {
     );
 }
 
+async fn a_step_reschedules_all_its_voices_in_one_queue_round_trip(backend: Backend) {
+    let (app, fake) = spawn_app_with_fake(backend, |_| {}).await;
+    fake.set_default_report(Report::awaiting_verification());
+    let mut client = app.client(Uuid::new_v4());
+    for i in 0..5 {
+        create_voice(&mut client, &format!("Voice {i}")).await;
+    }
+    app.worker.run_once().await.unwrap();
+    let round_trips = || app.metric("voicehub_queue_round_trips_total");
+    let before = round_trips();
+    let step = app.worker.run_once().await.unwrap();
+    assert_eq!((step.claimed, step.rescheduled), (5, 5), "{step:?}");
+    assert_eq!(
+        round_trips(),
+        before + 2,
+        "one claim and one reschedule for all five, whatever the batch"
+    );
+}
+
 async fn a_deleted_voice_leaves_the_queue_without_a_provider_check(backend: Backend) {
     let (app, fake) = spawn_app_with_fake(backend, |_| {}).await;
     let mut client = app.client(Uuid::new_v4());
@@ -243,6 +262,7 @@ on_both_backends!(
     a_voice_past_its_maximum_age_fails_with_a_reason_that_says_so,
     an_idle_step_is_one_queue_round_trip_and_no_sql,
     claimed_voices_are_read_with_one_query,
+    a_step_reschedules_all_its_voices_in_one_queue_round_trip,
     a_deleted_voice_leaves_the_queue_without_a_provider_check,
     a_provider_outage_reschedules_instead_of_failing,
 );
