@@ -7,8 +7,8 @@ use uuid::Uuid;
 use voicehub::pb::{self, DeleteVoiceRequest, VoiceStatusEvent};
 
 use crate::{
-    fake_elevenlabs::{Fault, Report, Route},
-    helpers::{Backend, create_voice, get_voice, next, spawn_app_with_fake, watch},
+    fake_elevenlabs::{FakeElevenLabs, Fault, Report, Route},
+    helpers::{Backend, TestApp, create_voice, get_voice, next, spawn_app_with_fake, watch},
     on_both_backends,
 };
 
@@ -176,7 +176,9 @@ async fn an_idle_step_is_one_queue_round_trip_and_no_sql(backend: Backend) {
     );
 }
 
-async fn claimed_voices_are_read_with_one_query(backend: Backend) {
+/// An app whose queue holds five voices still awaiting verification, past
+/// the start-up step, so the next step claims and reschedules all five.
+async fn five_voices_awaiting_verification(backend: Backend) -> (TestApp, FakeElevenLabs) {
     let (app, fake) = spawn_app_with_fake(backend, |_| {}).await;
     fake.set_default_report(Report::awaiting_verification());
     let mut client = app.client(Uuid::new_v4());
@@ -184,6 +186,11 @@ async fn claimed_voices_are_read_with_one_query(backend: Backend) {
         create_voice(&mut client, &format!("Voice {i}")).await;
     }
     app.worker.run_once().await.unwrap();
+    (app, fake)
+}
+
+async fn claimed_voices_are_read_with_one_query(backend: Backend) {
+    let (app, _fake) = five_voices_awaiting_verification(backend).await;
     let (reads, writes) = (app.metric(READS), app.metric(WRITES));
     let step = app.worker.run_once().await.unwrap();
     assert_eq!((step.claimed, step.rescheduled), (5, 5), "{step:?}");
@@ -200,13 +207,7 @@ async fn claimed_voices_are_read_with_one_query(backend: Backend) {
 }
 
 async fn a_step_reschedules_all_its_voices_in_one_queue_round_trip(backend: Backend) {
-    let (app, fake) = spawn_app_with_fake(backend, |_| {}).await;
-    fake.set_default_report(Report::awaiting_verification());
-    let mut client = app.client(Uuid::new_v4());
-    for i in 0..5 {
-        create_voice(&mut client, &format!("Voice {i}")).await;
-    }
-    app.worker.run_once().await.unwrap();
+    let (app, _fake) = five_voices_awaiting_verification(backend).await;
     let round_trips = || app.metric("voicehub_queue_round_trips_total");
     let before = round_trips();
     let step = app.worker.run_once().await.unwrap();
