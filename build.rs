@@ -29,6 +29,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // shared with the provider's upload (and its retries) without copying.
     api.bytes([".voicehub.v1.AudioSample.data"]);
     tonic_prost_build::configure()
+        // Small first buffers for long-lived response streams (see `pb::Codec`).
+        .codec_path("crate::pb::Codec")
         .file_descriptor_set_path(out_dir.join("voicehub_descriptor.bin"))
         .compile_with_config(
             api,

@@ -7,9 +7,10 @@
 //! module imports one that imports it back (`tests/api/layering.rs` checks):
 //! `server`, `config`, `health`, `grpc`, `auth`, `write_path`,
 //! `status_engine`, `events`, `error`, `pb`, `provider`, `store`, `metrics`,
-//! `redis`, `telemetry`. `config` turns flags into each component's own
+//! `redis`, `telemetry`, `allocator`. `config` turns flags into each component's own
 //! settings type and builds the provider; only `main.rs` and `server` import it.
 
+mod allocator;
 pub mod auth;
 pub mod config;
 pub mod error;

@@ -21,6 +21,50 @@ mod generated {
 
 pub use generated::*;
 
+/// The contract's codec: prost, with a small first encode buffer.
+///
+/// tonic's default codec gives every response stream an 8 KiB buffer for
+/// its whole life; a WatchVoiceStatus stream is open for minutes and sends
+/// messages of a few hundred bytes, so on a replica with thousands of
+/// watchers that buffer was most of a stream's memory. This one starts at
+/// 1 KiB and grows like the default when a message needs more (a page of
+/// ListUserVoices). Decoding is tonic's default.
+#[derive(Debug, Clone, Copy)]
+pub struct Codec<T, U>(std::marker::PhantomData<fn() -> (T, U)>);
+
+/// The first encode buffer of every response (see [`Codec`]).
+const ENCODE_BUFFER: usize = 1024;
+/// tonic's default: encode at most this much before yielding to the runtime.
+const YIELD_THRESHOLD: usize = 32 * 1024;
+
+impl<T, U> Default for Codec<T, U> {
+    fn default() -> Self {
+        Codec(std::marker::PhantomData)
+    }
+}
+
+impl<T, U> tonic::codec::Codec for Codec<T, U>
+where
+    T: prost::Message + Send + 'static,
+    U: prost::Message + Default + Send + 'static,
+{
+    type Encode = T;
+    type Decode = U;
+    type Encoder = tonic_prost::ProstEncoder<T>;
+    type Decoder = tonic_prost::ProstDecoder<U>;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        tonic_prost::ProstEncoder::new(tonic::codec::BufferSettings::new(
+            ENCODE_BUFFER,
+            YIELD_THRESHOLD,
+        ))
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        tonic_prost::ProstCodec::<T, U>::raw_decoder(tonic::codec::BufferSettings::default())
+    }
+}
+
 /// The encoded descriptors of the contract, served by reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("voicehub_descriptor");
 

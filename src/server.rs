@@ -18,6 +18,7 @@ use tonic::transport::{Server, server::TcpIncoming};
 use tonic_health::ServingStatus;
 
 use crate::{
+    allocator,
     auth::Authenticator,
     config::Config,
     events::{self, DynBus, LocalBus, RedisBus},
@@ -206,6 +207,7 @@ impl Application {
         let reflection_v1alpha = reflection().build_v1alpha()?;
 
         let tasks = TaskTracker::new();
+        tasks.spawn(allocator::run(allocator::INTERVAL, shutdown.clone()));
         tasks.spawn(
             StorageHealth::new(store.clone(), reporter.clone(), health_interval, true)
                 .run(shutdown.clone()),

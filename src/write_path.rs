@@ -179,7 +179,7 @@ impl WritePath {
         {
             Ok(Some(voice)) => {
                 tracing::info!(voice_id = %voice.id, provider_voice_id = cloned.voice_id, "voice cloned");
-                self.bus.publish(&voice).await;
+                self.bus.publish(std::slice::from_ref(&voice)).await;
                 self.scheduler.schedule(voice.id).await;
                 Ok(voice)
             }
@@ -314,7 +314,7 @@ impl WritePath {
             .ok_or(Error::Aborted(
                 "the voice changed while it was being updated; retry",
             ))?;
-        self.bus.publish(&updated).await;
+        self.bus.publish(std::slice::from_ref(&updated)).await;
         Ok(updated)
     }
 
@@ -341,7 +341,7 @@ impl WritePath {
             .mark_deleted(id)
             .await?
             .ok_or(Error::NotFound("voice"))?;
-        self.bus.publish(&deleted).await;
+        self.bus.publish(std::slice::from_ref(&deleted)).await;
         Ok(deleted)
     }
 }

@@ -10,6 +10,7 @@
 // Figures are reported as f64: counts and durations far below 2^52 convert exactly.
 #![allow(clippy::cast_precision_loss)]
 
+mod fake_provider;
 mod load;
 mod report;
 mod scenarios;
@@ -41,6 +42,12 @@ enum Scenario {
     Startup(scenarios::startup::StartupArgs),
     /// SQL and Redis commands of an idle server, beside the seed design's polling.
     Idle(scenarios::idle::IdleArgs),
+    /// The status engine draining 100,000 PROCESSING voices, beside the fake provider's own rate.
+    Sync(scenarios::sync::SyncArgs),
+    /// Provider-ready → watcher-received for voices ready at random times in 1–60 s.
+    Detect(scenarios::detect::DetectArgs),
+    /// Memory per open WatchVoiceStatus stream and the latency of a burst of completions.
+    Fanout(scenarios::fanout::FanoutArgs),
 }
 
 #[tokio::main]
@@ -55,5 +62,8 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Read(args) => scenarios::read::run(&binary, &out, args).await,
         Scenario::Startup(args) => scenarios::startup::run(&binary, &out, args).await,
         Scenario::Idle(args) => scenarios::idle::run(&binary, &out, args).await,
+        Scenario::Sync(args) => scenarios::sync::run(&binary, &out, args).await,
+        Scenario::Detect(args) => scenarios::detect::run(&binary, &out, args).await,
+        Scenario::Fanout(args) => scenarios::fanout::run(&binary, &out, args).await,
     }
 }

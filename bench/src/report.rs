@@ -51,6 +51,19 @@ impl Table {
     }
 }
 
+/// Prints a scenario's goals (a JSON array of `{what, measured, met}`) as a table.
+pub(crate) fn print_goals(goals: &serde_json::Value) {
+    let mut table = Table::new(&["goal", "measured", "met"]);
+    for goal in goals.as_array().into_iter().flatten() {
+        table.row(vec![
+            goal["what"].as_str().unwrap_or_default().to_owned(),
+            goal["measured"].to_string(),
+            if goal["met"] == true { "yes" } else { "NO" }.into(),
+        ]);
+    }
+    table.print();
+}
+
 /// Where the scenario's files go (`docs/bench/` of the checkout by default).
 pub(crate) fn out_dir(dir: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     let dir = match dir {

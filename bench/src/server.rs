@@ -19,6 +19,27 @@ use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 /// The HS256 secret every benchmark server signs tokens with.
 pub(crate) const JWT_SECRET: &str = "bench-secret-bench-secret-bench-secret!";
 
+/// A bearer token as gRPC metadata.
+pub(crate) type Token = tonic::metadata::MetadataValue<tonic::metadata::Ascii>;
+
+/// Mints tokens the benchmark servers accept.
+pub(crate) fn authenticator() -> voicehub::auth::Authenticator {
+    voicehub::auth::Authenticator::new(&voicehub::auth::AuthConfig {
+        secret: secrecy::SecretString::from(JWT_SECRET.to_owned()),
+        issuer: None,
+        audience: None,
+        development: false,
+    })
+}
+
+/// `Bearer <token>` for `user`, valid for four hours.
+pub(crate) fn bearer(
+    auth: &voicehub::auth::Authenticator,
+    user: uuid::Uuid,
+) -> anyhow::Result<Token> {
+    Ok(format!("Bearer {}", auth.mint(user, Duration::from_hours(4))?).parse()?)
+}
+
 /// The URL of the services `scripts/bench` started: `VOICEHUB_BENCH_PG_URL`
 /// or `VOICEHUB_BENCH_REDIS_URL`.
 pub(crate) fn service_url(variable: &str) -> anyhow::Result<String> {
@@ -38,6 +59,22 @@ pub(crate) async fn new_postgres_database() -> anyhow::Result<(String, String, s
     let base = admin.rsplit_once('/').context("a database URL")?.0;
     let url = format!("{base}/{name}");
     Ok((name, url, pool))
+}
+
+/// Calls so far of each statement run in database `name`, keyed by its
+/// normalised text, as `pg_stat_statements` counts them.
+pub(crate) async fn statement_calls(
+    pool: &sqlx::PgPool,
+    name: &str,
+) -> anyhow::Result<std::collections::BTreeMap<String, i64>> {
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT query, sum(calls)::bigint FROM pg_stat_statements \
+         WHERE dbid = (SELECT oid FROM pg_database WHERE datname = $1) GROUP BY query",
+    )
+    .bind(name)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().collect())
 }
 
 /// Builds the release `voicehub` binary (a no-op when it is up to date) and
@@ -208,4 +245,28 @@ pub(crate) fn rss_of(pid: u32) -> anyhow::Result<u64> {
         .trim()
         .parse()?;
     Ok(kib * 1024)
+}
+
+/// Busy and total CPU ticks of the whole machine so far (`/proc/stat`), to
+/// tell a server-bound figure from a machine-bound one.
+pub(crate) fn machine_ticks() -> anyhow::Result<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let ticks: Vec<u64> = stat
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("cpu "))
+        .context("the cpu line of /proc/stat")?
+        .split_whitespace()
+        .map(str::parse)
+        .collect::<Result<_, _>>()?;
+    let total: u64 = ticks.iter().take(8).sum();
+    // idle and iowait are the 4th and 5th fields.
+    let idle = ticks.get(3).copied().unwrap_or(0) + ticks.get(4).copied().unwrap_or(0);
+    Ok((total - idle, total))
+}
+
+/// The share of the machine's CPU (all cores) that was busy between two
+/// [`machine_ticks`] readings.
+pub(crate) fn busy_share(before: (u64, u64), after: (u64, u64)) -> f64 {
+    (after.0 - before.0) as f64 / (after.1 - before.1).max(1) as f64
 }

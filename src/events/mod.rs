@@ -37,8 +37,9 @@ use crate::store::Voice;
 /// Publishes stored changes to every replica.
 #[async_trait::async_trait]
 pub(crate) trait EventBus: Send + Sync + 'static {
-    /// Publishes `voice`, as stored after a change.
-    async fn publish(&self, voice: &Voice);
+    /// Publishes `voices`, as stored after a change each, in one round
+    /// trip (the status engine settles a whole batch at once).
+    async fn publish(&self, voices: &[Voice]);
 
     /// This replica's hub, where watch streams subscribe.
     fn hub(&self) -> &Arc<Hub>;
@@ -64,8 +65,10 @@ impl LocalBus {
 
 #[async_trait::async_trait]
 impl EventBus for LocalBus {
-    async fn publish(&self, voice: &Voice) {
-        self.hub.dispatch(&Arc::new(VoiceEvent::stored(voice)));
+    async fn publish(&self, voices: &[Voice]) {
+        for voice in voices {
+            self.hub.dispatch(&Arc::new(VoiceEvent::stored(voice)));
+        }
     }
 
     fn hub(&self) -> &Arc<Hub> {

@@ -114,6 +114,16 @@ impl RedisBus {
     }
 }
 
+impl RedisBus {
+    /// Redis did not take `event`. It is stored already, so at least this
+    /// replica's watchers hear of it.
+    fn publish_here(&self, event: VoiceEvent, e: &Error) {
+        tracing::error!(voice_id = %event.voice_id, revision = event.revision, error = %e,
+            "could not publish a voice event to Redis; only this replica's watchers get it");
+        self.hub.dispatch(&Arc::new(event));
+    }
+}
+
 /// Logs the first error of an outage at WARN, the rest at DEBUG.
 fn outage(failing: bool, e: &Error) -> bool {
     if failing {
@@ -134,23 +144,30 @@ async fn sleep_or_stop(shutdown: &CancellationToken) -> bool {
 
 #[async_trait::async_trait]
 impl EventBus for RedisBus {
-    async fn publish(&self, voice: &Voice) {
-        let event = VoiceEvent::stored(voice);
-        let added: Result<String, Error> = self
-            .client
-            .xadd(
-                &self.stream,
-                false,
-                ("MAXLEN", "~", MAX_LEN),
-                "*",
-                (STREAM_FIELD, Bytes::from(event.encode())),
-            )
-            .await;
-        if let Err(e) = added {
-            // Stored already; at least this replica's watchers hear of it.
-            tracing::error!(voice_id = %voice.id, revision = voice.revision, error = %e,
-                "could not publish a voice event to Redis; only this replica's watchers get it");
-            self.hub.dispatch(&Arc::new(event));
+    async fn publish(&self, voices: &[Voice]) {
+        // One pipeline, one round trip: the status engine publishes a whole batch.
+        let pipeline = self.client.pipeline();
+        let mut queued = Vec::with_capacity(voices.len());
+        for event in voices.iter().map(VoiceEvent::stored) {
+            let entry = (STREAM_FIELD, Bytes::from(event.encode()));
+            match pipeline
+                .xadd::<(), _, _, _, _>(&self.stream, false, ("MAXLEN", "~", MAX_LEN), "*", entry)
+                .await
+            {
+                Ok(()) => queued.push(event),
+                Err(e) => self.publish_here(event, &e),
+            }
+        }
+        let mut added = pipeline.try_all::<String>().await.into_iter();
+        for event in queued {
+            match added.next() {
+                Some(Ok(_)) => {}
+                Some(Err(e)) => self.publish_here(event, &e),
+                None => self.publish_here(
+                    event,
+                    &Error::new(ErrorKind::IO, "the pipeline gave no answer"),
+                ),
+            }
         }
     }
 

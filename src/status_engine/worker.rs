@@ -1,19 +1,25 @@
 //! The status engine's worker: claims due voices, asks the provider about them, and
 //! moves them to COMPLETED or FAILED.
 //!
-//! [`Worker::run_once`] is one step; [`Worker::run`] loops, sleeping until
+//! [`Worker::run_once`] is one step: [`Worker::check_due`] claims and asks
+//! the provider, [`Worker::settle`] stores and publishes the outcome.
+//! [`Worker::run`] loops, running two steps at once while batches come back
+//! full (one claims, reads and writes while the other waits for the
+//! provider), sleeping until
 //! the earliest due entry (at most `idle`), waking early when work is
 //! enqueued, backing off while Redis or the database fail (logged once per
 //! outage), and stopping on cancellation.
 //!
 //! Cost: a step that finds nothing due is one queue round trip and no SQL.
-//! A step that claims k voices reads them with one query, writes only the
-//! voices whose status changes, and talks to the queue at most three times
-//! whatever k is: one claim, one reschedule of those still processing, one
-//! finish of the rest.
+//! A step that claims k voices costs the same few round trips whatever k
+//! is: one query reads them, one statement per target status settles those
+//! the provider decided (in one transaction when both occur), one pipeline
+//! publishes their events, and the queue is called at most three times
+//! (one claim, one reschedule of those still processing, one finish of the
+//! rest).
 
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::HashSet,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -22,7 +28,7 @@ use std::{
 };
 
 use parking_lot::Mutex;
-use tokio::time::Instant;
+use tokio::{task::JoinSet, time::Instant};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -34,7 +40,7 @@ use crate::{
     error::chain,
     events::DynBus,
     provider::{DynProvider, GONE_AT_PROVIDER, ProviderError, Verdict},
-    store::{Store, Voice, VoiceStatus},
+    store::{Settlement, Store, Voice, VoiceStatus},
 };
 
 /// Why a whole step failed (single voices that fail do not fail the step).
@@ -65,11 +71,26 @@ pub struct Step {
     pub next_due: Option<Duration>,
 }
 
-enum Outcome {
-    Completed,
-    Failed,
-    /// No longer ours to check: finished, deleted, or changed by someone else.
-    Gone,
+/// How long a new voice is checked at the shortest interval.
+const FIRST_MINUTE: Duration = Duration::from_mins(1);
+
+/// A step between its two halves: what was claimed and what the provider said.
+#[derive(Default)]
+struct Checked {
+    step: Step,
+    /// No longer PROCESSING when read: finished without a check.
+    done: Vec<Uuid>,
+    /// Decided: to be written.
+    settle: Vec<(Uuid, Settlement)>,
+    /// Still processing, or the check failed: checked again after the delay.
+    again: Vec<(Uuid, Duration)>,
+}
+
+/// What one check decided.
+enum Decision {
+    /// Settle the voice (written with the rest of the batch).
+    Settle(Settlement),
+    /// Check it again after this delay.
     Again(Duration),
 }
 
@@ -116,13 +137,22 @@ impl Worker {
         }
     }
 
-    /// Claims what is due and checks it.
+    /// Claims what is due, checks it, and stores the outcome: one step.
     ///
     /// # Errors
     /// The queue or storage failed as a whole; single voices that fail are
     /// rescheduled and do not fail the step.
     pub async fn run_once(&self) -> Result<Step, SyncError> {
-        let mut step = Step::default();
+        let checked = self.check_due().await?;
+        self.settle(checked).await
+    }
+
+    /// The first half of a step: claims what is due, reads it, and asks the
+    /// provider about each voice. Nothing is written yet; the claimed voices
+    /// stay leased to this replica until [`Worker::settle`] finishes them.
+    async fn check_due(&self) -> Result<Checked, SyncError> {
+        let mut checked = Checked::default();
+        let step = &mut checked.step;
         if self.reconcile_due() {
             self.reconcile().await?;
             step.reconciled = true;
@@ -139,7 +169,7 @@ impl Worker {
                 self.reconcile().await?;
                 step.reconciled = true;
                 step.next_due = Some(Duration::ZERO);
-                return Ok(step);
+                return Ok(checked);
             }
             Claim::Claimed { ids, next_due } => {
                 step.next_due = next_due;
@@ -148,38 +178,81 @@ impl Worker {
         };
         step.claimed = ids.len();
         if ids.is_empty() {
-            return Ok(step);
+            return Ok(checked);
         }
+        // Delays count from the claim, not from the answer: a voice checked
+        // every second is asked once a second, however long the step takes.
+        let claimed_at = Instant::now();
         let voices = self.store.get_many(&ids).await?;
         let processing: Vec<Voice> = voices
             .into_iter()
             .filter(|v| v.status == VoiceStatus::Processing)
             .collect();
-        let checked: HashSet<Uuid> = processing.iter().map(|v| v.id).collect();
+        let to_check: HashSet<Uuid> = processing.iter().map(|v| v.id).collect();
         // Deleted or already settled elsewhere: nothing left to check.
-        let mut done: Vec<Uuid> = ids
+        checked.done = ids
             .iter()
             .copied()
-            .filter(|id| !checked.contains(id))
+            .filter(|id| !to_check.contains(id))
             .collect();
-        let outcomes = futures_util::future::join_all(processing.into_iter().map(|v| async move {
-            let id = v.id;
-            (id, self.check(v).await)
-        }))
-        .await;
-        let mut again = Vec::new();
-        for (id, outcome) in outcomes {
-            match outcome {
-                Outcome::Completed => step.completed += 1,
-                Outcome::Failed => step.failed += 1,
-                Outcome::Gone => {}
-                Outcome::Again(delay) => {
-                    step.next_due = Some(step.next_due.map_or(delay, |d| d.min(delay)));
-                    again.push((id, delay));
-                    continue;
-                }
+        // One task per check, so answers are parsed on every core rather
+        // than inside this one task.
+        let mut checks = JoinSet::new();
+        for voice in processing {
+            let this = self.clone();
+            checks.spawn(async move { (voice.id, this.check(voice).await) });
+        }
+        while let Some(joined) = checks.join_next().await {
+            let (id, decision) = match joined {
+                Ok(decided) => decided,
+                Err(e) => std::panic::resume_unwind(e.into_panic()),
+            };
+            match decision {
+                Decision::Settle(settlement) => checked.settle.push((id, settlement)),
+                Decision::Again(delay) => checked
+                    .again
+                    .push((id, delay.saturating_sub(claimed_at.elapsed()))),
             }
-            done.push(id);
+        }
+        Ok(checked)
+    }
+
+    /// The second half of a step: stores the decisions of
+    /// [`Worker::check_due`] (one statement per target status), publishes
+    /// their events (one pipeline), and hands the claimed voices back to the
+    /// queue: rescheduled if still processing, finished otherwise.
+    async fn settle(&self, checked: Checked) -> Result<Step, SyncError> {
+        let Checked {
+            mut step,
+            mut done,
+            settle,
+            mut again,
+        } = checked;
+        if step.claimed == 0 {
+            return Ok(step);
+        }
+        match self.store.settle_many(&settle).await {
+            Ok(settled) => {
+                for voice in &settled {
+                    tracing::info!(voice_id = %voice.id, status = ?voice.status, reason = ?voice.failure_reason, "voice status settled");
+                    match voice.status {
+                        VoiceStatus::Completed => step.completed += 1,
+                        _ => step.failed += 1,
+                    }
+                }
+                self.bus.publish(&settled).await;
+                // Those not settled are no longer PROCESSING: another check
+                // or a delete got there first. Either way, done.
+                done.extend(settle.iter().map(|(id, _)| *id));
+            }
+            Err(e) => {
+                tracing::warn!(voices = settle.len(), error = %chain(&e), "could not store status changes; will retry");
+                let delay = self.config.min_backoff * 5;
+                again.extend(settle.iter().map(|(id, _)| (*id, delay)));
+            }
+        }
+        for (_, delay) in &again {
+            step.next_due = Some(step.next_due.map_or(*delay, |d| d.min(*delay)));
         }
         step.rescheduled = again.len();
         // One round trip for the whole batch. A failed reschedule is covered
@@ -219,7 +292,7 @@ impl Worker {
         result
     }
 
-    async fn check(&self, voice: Voice) -> Outcome {
+    async fn check(&self, voice: Voice) -> Decision {
         let now = chrono::Utc::now();
         if voice
             .processing_deadline
@@ -230,77 +303,46 @@ impl Worker {
                 "gave up: still processing at the provider {} after creation",
                 humantime::format_duration(Duration::from_secs(age.as_secs()))
             );
-            return self.settle(voice.id, Settle::Fail(reason)).await;
+            return Decision::Settle(Settlement::Fail(reason));
         }
         let backoff = self.backoff(&voice);
         let Some(provider_voice_id) = &voice.provider_voice_id else {
             // Reserved but not yet accepted by the provider: its create is in flight.
-            return Outcome::Again(backoff);
+            return Decision::Again(backoff);
         };
         match self.provider.check_voice(provider_voice_id).await {
             Ok(verdict) => match verdict {
-                Verdict::Processing => Outcome::Again(backoff),
+                Verdict::Processing => Decision::Again(backoff),
                 Verdict::Completed {
                     preview_url,
                     labels,
-                } => {
-                    let labels = Some(labels).filter(|l| !l.is_empty());
-                    self.settle(
-                        voice.id,
-                        Settle::Complete {
-                            preview_url,
-                            labels,
-                        },
-                    )
-                    .await
-                }
-                Verdict::Failed(reason) => self.settle(voice.id, Settle::Fail(reason)).await,
+                } => Decision::Settle(Settlement::Complete {
+                    preview_url,
+                    labels: Some(labels).filter(|l| !l.is_empty()),
+                }),
+                Verdict::Failed(reason) => Decision::Settle(Settlement::Fail(reason)),
             },
             Err(ProviderError::NotFound) => {
-                self.settle(voice.id, Settle::Fail(GONE_AT_PROVIDER.into()))
-                    .await
+                Decision::Settle(Settlement::Fail(GONE_AT_PROVIDER.into()))
             }
             Err(e) => {
                 tracing::warn!(voice_id = %voice.id, error = %e, "status check failed; will retry");
-                Outcome::Again(backoff.max(self.config.min_backoff * 5))
+                Decision::Again(backoff.max(self.config.min_backoff * 5))
             }
         }
     }
 
-    /// Checks come ~1 s apart for a young voice and spread out as it ages
-    /// (a quarter of its age), up to the cap: instant clones are ready in
-    /// seconds, professional ones take hours.
+    /// For its first minute a voice is checked every `min_backoff` (1 s):
+    /// instant clones are ready within seconds to a minute, and a watcher
+    /// should hear of it within about a second. After that, checks spread
+    /// out with age (a quarter of the time past the first minute), up to
+    /// the cap: professional clones take hours.
     fn backoff(&self, voice: &Voice) -> Duration {
         let age = (chrono::Utc::now() - voice.created_at)
             .to_std()
             .unwrap_or_default();
-        (age / 4).clamp(self.config.min_backoff, self.config.max_backoff)
-    }
-
-    async fn settle(&self, id: Uuid, settle: Settle) -> Outcome {
-        let (written, outcome) = match settle {
-            Settle::Complete {
-                preview_url,
-                labels,
-            } => (
-                self.store.complete(id, preview_url, labels).await,
-                Outcome::Completed,
-            ),
-            Settle::Fail(reason) => (self.store.fail(id, &reason).await, Outcome::Failed),
-        };
-        match written {
-            Ok(Some(voice)) => {
-                tracing::info!(voice_id = %id, status = ?voice.status, reason = ?voice.failure_reason, "voice status settled");
-                self.bus.publish(&voice).await;
-                outcome
-            }
-            // Not PROCESSING any more: another check or a delete got there first.
-            Ok(None) => Outcome::Gone,
-            Err(e) => {
-                tracing::warn!(voice_id = %id, error = %chain(&e), "could not store a status change; will retry");
-                Outcome::Again(self.config.min_backoff * 5)
-            }
-        }
+        (age.saturating_sub(FIRST_MINUTE) / 4)
+            .clamp(self.config.min_backoff, self.config.max_backoff)
     }
 
     /// Loops until `shutdown`, sleeping between steps as the module says.
@@ -308,8 +350,27 @@ impl Worker {
         let wakeup = self.queue.wakeup();
         let mut failing = false;
         let mut error_delay = self.config.min_backoff;
+        // While batches come back full, two steps run at once: while one
+        // waits for the provider, the other claims, reads and writes, so the
+        // provider's concurrency is never left idle. The provider client's
+        // own limit still bounds the checks in flight.
+        let mut steps = JoinSet::new();
+        let mut parallel = 1;
         loop {
-            let delay = match self.run_once().await {
+            while steps.len() < parallel {
+                let this = self.clone();
+                steps.spawn(async move { this.run_once().await });
+            }
+            let Some(joined) = steps.join_next().await else {
+                continue;
+            };
+            let result = match joined {
+                Ok(result) => result,
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                // Cancelled: the runtime is shutting down.
+                Err(_) => return,
+            };
+            let delay = match result {
                 Ok(step) => {
                     if failing {
                         tracing::info!("status sync recovered");
@@ -318,12 +379,12 @@ impl Worker {
                         self.reconcile_needed.store(true, Ordering::Relaxed);
                     }
                     error_delay = self.config.min_backoff;
-                    if step.claimed >= self.config.batch || step.reconciled {
-                        Duration::ZERO
+                    parallel = if step.claimed >= self.config.batch {
+                        2
                     } else {
-                        step.next_due
-                            .map_or(self.config.idle, |d| d.min(self.config.idle))
-                    }
+                        1
+                    };
+                    self.delay_after(&step)
                 }
                 Err(e) => {
                     if failing {
@@ -332,28 +393,40 @@ impl Worker {
                         tracing::warn!(error = %e, "status sync failing; retrying with backoff (logged once per outage)");
                         failing = true;
                     }
+                    parallel = 1;
                     let delay = error_delay;
                     error_delay = (error_delay * 2).min(Duration::from_secs(30));
                     delay
                 }
             };
+            // The other step still running decides what comes next.
+            if !steps.is_empty() && !shutdown.is_cancelled() {
+                continue;
+            }
             if delay.is_zero() && !shutdown.is_cancelled() {
                 tokio::task::yield_now().await;
                 continue;
             }
             tokio::select! {
-                () = shutdown.cancelled() => return,
+                () = shutdown.cancelled() => {
+                    // A step under way finishes: its voices are decided or leased.
+                    while steps.join_next().await.is_some() {}
+                    return;
+                }
                 () = wakeup.notified() => {}
                 () = tokio::time::sleep(delay) => {}
             }
         }
     }
-}
 
-enum Settle {
-    Complete {
-        preview_url: Option<String>,
-        labels: Option<BTreeMap<String, String>>,
-    },
-    Fail(String),
+    /// How long to sleep after `step`: not at all while work keeps coming,
+    /// else until the earliest due voice (at most `idle`).
+    fn delay_after(&self, step: &Step) -> Duration {
+        if step.claimed >= self.config.batch || step.reconciled {
+            Duration::ZERO
+        } else {
+            step.next_due
+                .map_or(self.config.idle, |d| d.min(self.config.idle))
+        }
+    }
 }

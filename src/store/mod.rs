@@ -33,7 +33,7 @@ use secrecy::{ExposeSecret, SecretString};
 pub use entity::voice::{Labels, Model as Voice, Visibility, VoiceStatus};
 pub(crate) use reads::{Cursor, ListQuery, Scope};
 pub(crate) use visibility::may_see;
-pub(crate) use writes::Reservation;
+pub(crate) use writes::{Reservation, Settlement};
 
 use crate::metrics::{Metrics, StatementKind, StatementLabels};
 

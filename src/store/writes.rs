@@ -11,7 +11,7 @@ use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait, IntoActiveModel,
     PaginatorTrait, QueryFilter, SqlErr, SqliteTransactionMode, TransactionOptions,
     TransactionTrait, UpdateMany,
-    sea_query::{Expr, ExprTrait},
+    sea_query::{CaseStatement, Expr, ExprTrait},
 };
 use uuid::Uuid;
 
@@ -178,39 +178,87 @@ impl Store {
         .map(drop)
     }
 
-    /// PROCESSING → COMPLETED with what the provider reported. `None` if the
-    /// voice is no longer PROCESSING.
+    /// Settles a batch of the status engine's decisions: each voice still
+    /// PROCESSING moves to COMPLETED or FAILED as decided. One statement per
+    /// target status, whatever the batch size (in one transaction when both
+    /// occur, so the batch is stored whole or not at all). Returns the rows
+    /// that changed; a voice that is no longer PROCESSING is left alone and
+    /// missing from the result.
     ///
     /// # Errors
-    /// A database failure.
-    pub(crate) async fn complete(
+    /// A database failure; nothing is stored then.
+    pub(crate) async fn settle_many(
         &self,
-        id: Uuid,
-        preview_url: Option<String>,
-        labels: Option<BTreeMap<String, String>>,
-    ) -> Result<Option<Voice>, DbErr> {
-        let at = now();
-        let mut update = Entity::update_many()
-            .col_expr(Column::Status, Expr::value(VoiceStatus::Completed))
-            .col_expr(Column::CompletedAt, Expr::value(at))
-            .col_expr(Column::PreviewUrl, Expr::value(preview_url));
-        if let Some(labels) = labels {
-            update = update.col_expr(Column::Labels, Expr::value(Labels(labels)));
+        settlements: &[(Uuid, Settlement)],
+    ) -> Result<Vec<Voice>, DbErr> {
+        let (mut completions, mut failures) = (Vec::new(), Vec::new());
+        for (id, settlement) in settlements {
+            match settlement {
+                Settlement::Complete { .. } => completions.push((*id, settlement)),
+                Settlement::Fail(_) => failures.push((*id, settlement)),
+            }
         }
-        self.revise(id, at, settled(update)).await
-    }
-
-    /// PROCESSING → FAILED with a reason for people. `None` if the voice is
-    /// no longer PROCESSING.
-    ///
-    /// # Errors
-    /// A database failure.
-    pub(crate) async fn fail(&self, id: Uuid, reason: &str) -> Result<Option<Voice>, DbErr> {
         let at = now();
-        let update = Entity::update_many()
-            .col_expr(Column::Status, Expr::value(VoiceStatus::Failed))
-            .col_expr(Column::FailureReason, Expr::value(reason));
-        self.revise(id, at, settled(update)).await
+        // PostgreSQL binds JSON as jsonb; the column is json, and a CASE
+        // needs one type for all its branches.
+        let postgres = self.db.get_database_backend() == DbBackend::Postgres;
+        let complete = (!completions.is_empty()).then(|| {
+            let mut preview = None::<CaseStatement>;
+            let mut labels = None::<CaseStatement>;
+            for (id, settlement) in &completions {
+                let Settlement::Complete {
+                    preview_url,
+                    labels: reported,
+                } = settlement
+                else {
+                    continue;
+                };
+                preview = Some(when(preview, *id, Expr::value(preview_url.clone())));
+                if let Some(reported) = reported {
+                    let value = Expr::value(Labels(reported.clone()));
+                    let value = if postgres {
+                        value.cast_as("json")
+                    } else {
+                        value
+                    };
+                    labels = Some(when(labels, *id, value));
+                }
+            }
+            let mut update = Entity::update_many()
+                .col_expr(Column::Status, Expr::value(VoiceStatus::Completed))
+                .col_expr(Column::CompletedAt, Expr::value(at))
+                .col_expr(Column::PreviewUrl, otherwise(preview, Column::PreviewUrl));
+            if labels.is_some() {
+                update = update.col_expr(Column::Labels, otherwise(labels, Column::Labels));
+            }
+            batch(update, at, completions.iter().map(|(id, _)| *id))
+        });
+        let fail = (!failures.is_empty()).then(|| {
+            let mut reasons = None::<CaseStatement>;
+            for (id, settlement) in &failures {
+                if let Settlement::Fail(reason) = settlement {
+                    reasons = Some(when(reasons, *id, Expr::value(reason.clone())));
+                }
+            }
+            let update = Entity::update_many()
+                .col_expr(Column::Status, Expr::value(VoiceStatus::Failed))
+                .col_expr(
+                    Column::FailureReason,
+                    otherwise(reasons, Column::FailureReason),
+                );
+            batch(update, at, failures.iter().map(|(id, _)| *id))
+        });
+        match (complete, fail) {
+            (Some(complete), Some(fail)) => {
+                let txn = self.db.begin().await?;
+                let mut settled = complete.exec_with_returning(&txn).await?;
+                settled.extend(fail.exec_with_returning(&txn).await?);
+                txn.commit().await?;
+                Ok(settled)
+            }
+            (Some(one), None) | (None, Some(one)) => one.exec_with_returning(&self.db).await,
+            (None, None) => Ok(Vec::new()),
+        }
     }
 
     /// Writes `update` to voice `id` as one change: its revision goes up by
@@ -222,14 +270,60 @@ impl Store {
         at: DateTime<Utc>,
         update: UpdateMany<Entity>,
     ) -> Result<Option<Voice>, DbErr> {
-        let rows = update
-            .col_expr(Column::Revision, Expr::col(Column::Revision).add(1))
-            .col_expr(Column::UpdatedAt, Expr::value(at))
+        let rows = revised(update, at)
             .filter(Column::Id.eq(id))
             .exec_with_returning(&self.db)
             .await?;
         Ok(rows.into_iter().next())
     }
+}
+
+/// The status engine's decision for one voice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Settlement {
+    /// Ready at the provider: COMPLETED with what it reported.
+    Complete {
+        /// Where the provider serves a sample of the voice.
+        preview_url: Option<String>,
+        /// The provider's labels, if it reported any.
+        labels: Option<BTreeMap<String, String>>,
+    },
+    /// FAILED, with a reason for people.
+    Fail(String),
+}
+
+/// Adds `WHEN id = <id> THEN <then>` to a per-voice CASE.
+fn when(case: Option<CaseStatement>, id: Uuid, then: Expr) -> CaseStatement {
+    let condition = Column::Id.eq(id);
+    match case {
+        Some(case) => case.case(condition, then),
+        None => Expr::case(condition, then),
+    }
+}
+
+/// A per-voice CASE whose other rows keep `column` as it is.
+fn otherwise(case: Option<CaseStatement>, column: Column) -> Expr {
+    case.map_or_else(
+        || Expr::col(column),
+        |case| case.finally(Expr::col(column)).into(),
+    )
+}
+
+/// `update` as a status transition of the voices `ids`, revised at `at`.
+fn batch(
+    update: UpdateMany<Entity>,
+    at: DateTime<Utc>,
+    ids: impl IntoIterator<Item = Uuid>,
+) -> UpdateMany<Entity> {
+    revised(settled(update), at).filter(Column::Id.is_in(ids))
+}
+
+/// `update` as one change of each row it matches: its revision goes up by
+/// one and `updated_at` becomes `at`.
+fn revised(update: UpdateMany<Entity>, at: DateTime<Utc>) -> UpdateMany<Entity> {
+    update
+        .col_expr(Column::Revision, Expr::col(Column::Revision).add(1))
+        .col_expr(Column::UpdatedAt, Expr::value(at))
 }
 
 /// A voice that leaves PROCESSING has no deadline any more.

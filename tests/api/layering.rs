@@ -4,7 +4,7 @@
 use std::{collections::BTreeSet, fs, path::Path};
 
 /// The layer order, top first, as `src/lib.rs` documents it.
-const LAYERS: [&str; 15] = [
+const LAYERS: [&str; 16] = [
     "server",
     "config",
     "health",
@@ -20,6 +20,7 @@ const LAYERS: [&str; 15] = [
     "metrics",
     "redis",
     "telemetry",
+    "allocator",
 ];
 
 /// The top-level modules `source` names through `crate::`, test code excluded.

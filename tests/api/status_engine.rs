@@ -8,7 +8,9 @@ use voicehub::pb::{self, DeleteVoiceRequest, VoiceStatusEvent};
 
 use crate::{
     fake_elevenlabs::{FakeElevenLabs, Fault, Report, Route},
-    helpers::{Backend, TestApp, create_voice, get_voice, next, spawn_app_with_fake, watch},
+    helpers::{
+        Backend, Client, TestApp, create_voice, get_voice, next, spawn_app_with_fake, watch,
+    },
     on_both_backends,
 };
 
@@ -178,19 +180,22 @@ async fn an_idle_step_is_one_queue_round_trip_and_no_sql(backend: Backend) {
 
 /// An app whose queue holds five voices still awaiting verification, past
 /// the start-up step, so the next step claims and reschedules all five.
-async fn five_voices_awaiting_verification(backend: Backend) -> (TestApp, FakeElevenLabs) {
+async fn five_voices_awaiting_verification(
+    backend: Backend,
+) -> (TestApp, FakeElevenLabs, Client, Vec<pb::Voice>) {
     let (app, fake) = spawn_app_with_fake(backend, |_| {}).await;
     fake.set_default_report(Report::awaiting_verification());
     let mut client = app.client(Uuid::new_v4());
+    let mut voices = Vec::new();
     for i in 0..5 {
-        create_voice(&mut client, &format!("Voice {i}")).await;
+        voices.push(create_voice(&mut client, &format!("Voice {i}")).await);
     }
     app.worker.run_once().await.unwrap();
-    (app, fake)
+    (app, fake, client, voices)
 }
 
 async fn claimed_voices_are_read_with_one_query(backend: Backend) {
-    let (app, _fake) = five_voices_awaiting_verification(backend).await;
+    let (app, ..) = five_voices_awaiting_verification(backend).await;
     let (reads, writes) = (app.metric(READS), app.metric(WRITES));
     let step = app.worker.run_once().await.unwrap();
     assert_eq!((step.claimed, step.rescheduled), (5, 5), "{step:?}");
@@ -207,7 +212,7 @@ async fn claimed_voices_are_read_with_one_query(backend: Backend) {
 }
 
 async fn a_step_reschedules_all_its_voices_in_one_queue_round_trip(backend: Backend) {
-    let (app, _fake) = five_voices_awaiting_verification(backend).await;
+    let (app, ..) = five_voices_awaiting_verification(backend).await;
     let round_trips = || app.metric("voicehub_queue_round_trips_total");
     let before = round_trips();
     let step = app.worker.run_once().await.unwrap();
@@ -217,6 +222,66 @@ async fn a_step_reschedules_all_its_voices_in_one_queue_round_trip(backend: Back
         before + 2,
         "one claim and one reschedule for all five, whatever the batch"
     );
+}
+
+async fn a_mixed_batch_settles_in_one_statement_per_status_and_every_watcher_hears(
+    backend: Backend,
+) {
+    let (app, fake, mut client, voices) = five_voices_awaiting_verification(backend).await;
+    let banned = Report {
+        safety_control: Some("BAN"),
+        ..Report::default()
+    };
+    for (i, voice) in voices.iter().enumerate() {
+        let report = if i < 3 {
+            Report::default()
+        } else {
+            banned.clone()
+        };
+        fake.set_report(&voice.provider_voice_id, report);
+    }
+    let ids: Vec<&str> = voices.iter().map(|v| v.voice_id.as_str()).collect();
+    let mut stream = watch(&mut client, &ids).await;
+    for _ in &voices {
+        assert!(next(&mut stream).await.unwrap().snapshot);
+    }
+    let (reads, writes) = (app.metric(READS), app.metric(WRITES));
+    let step = app.worker.run_once().await.unwrap();
+    assert_eq!(
+        (step.claimed, step.completed, step.failed),
+        (5, 3, 2),
+        "{step:?}"
+    );
+    assert_eq!(app.metric(READS), reads + 1, "one read for the batch");
+    assert_eq!(
+        app.metric(WRITES),
+        writes + 2,
+        "one statement for the completions, one for the failures"
+    );
+    let mut heard = std::collections::BTreeMap::new();
+    for _ in &voices {
+        let voice = next(&mut stream).await.unwrap().voice.unwrap();
+        heard.insert(voice.voice_id.clone(), voice.status());
+    }
+    for (i, voice) in voices.iter().enumerate() {
+        let expected = if i < 3 {
+            pb::VoiceStatus::Completed
+        } else {
+            pb::VoiceStatus::Failed
+        };
+        assert_eq!(heard.get(&voice.voice_id), Some(&expected), "{i}");
+        let stored = get_voice(&mut client, &voice.voice_id).await;
+        assert_eq!(stored.status(), expected, "storage agrees for {i}");
+        if i < 3 {
+            assert!(
+                stored.preview_url.contains(&voice.provider_voice_id),
+                "each voice gets its own preview: {}",
+                stored.preview_url
+            );
+        } else {
+            assert!(stored.failure_reason.contains("banned"), "{stored:?}");
+        }
+    }
 }
 
 async fn a_deleted_voice_leaves_the_queue_without_a_provider_check(backend: Backend) {
@@ -264,6 +329,7 @@ on_both_backends!(
     an_idle_step_is_one_queue_round_trip_and_no_sql,
     claimed_voices_are_read_with_one_query,
     a_step_reschedules_all_its_voices_in_one_queue_round_trip,
+    a_mixed_batch_settles_in_one_statement_per_status_and_every_watcher_hears,
     a_deleted_voice_leaves_the_queue_without_a_provider_check,
     a_provider_outage_reschedules_instead_of_failing,
 );

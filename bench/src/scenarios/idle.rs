@@ -22,7 +22,7 @@ use uuid::Uuid;
 
 use crate::{
     report::{Panel, Series, Table, write_chart, write_json},
-    server::{Server, new_postgres_database, service_url},
+    server::{Server, new_postgres_database, service_url, statement_calls},
 };
 
 /// The settings of one `idle` run.
@@ -224,14 +224,7 @@ async fn transactions(pool: &sqlx::PgPool, name: &str) -> anyhow::Result<i64> {
 
 /// Statements run in database `name` so far, as pg_stat_statements counts them.
 async fn statements(pool: &sqlx::PgPool, name: &str) -> anyhow::Result<i64> {
-    let (calls,): (i64,) = sqlx::query_as(
-        "SELECT coalesce(sum(calls), 0)::bigint FROM pg_stat_statements \
-         WHERE dbid = (SELECT oid FROM pg_database WHERE datname = $1)",
-    )
-    .bind(name)
-    .fetch_one(pool)
-    .await?;
-    Ok(calls)
+    Ok(statement_calls(pool, name).await?.values().sum())
 }
 
 /// `redis-cli -u URL ARGS…`'s output.

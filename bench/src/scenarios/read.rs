@@ -16,11 +16,10 @@ use anyhow::bail;
 use chrono::{DateTime, Utc};
 use sea_orm::{Database, EntityTrait, IntoActiveModel};
 use serde::Serialize;
-use tonic::{Request, metadata::MetadataValue, transport::Channel};
+use tonic::{Request, transport::Channel};
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 use uuid::Uuid;
 use voicehub::{
-    auth::{AuthConfig, Authenticator},
     pb::{
         GetVoiceRequest, ListUserVoicesRequest, VoiceScope,
         voice_service_client::VoiceServiceClient,
@@ -31,7 +30,7 @@ use voicehub::{
 use crate::{
     load::{Call, Run, closed_loop},
     report::{Panel, Series, Table, write_chart, write_json},
-    server::{JWT_SECRET, Server, new_postgres_database},
+    server::{Server, Token, authenticator, bearer, new_postgres_database},
 };
 
 /// The settings of one `read` run.
@@ -229,7 +228,7 @@ async fn seed(url: &str, voices: u64, users: u64) -> anyhow::Result<Catalogue> {
     })
 }
 
-fn catalogue_voice(owner: Uuid, i: u64, at: DateTime<Utc>) -> Voice {
+pub(crate) fn catalogue_voice(owner: Uuid, i: u64, at: DateTime<Utc>) -> Voice {
     Voice {
         id: Uuid::now_v7(),
         owner_user_id: owner,
@@ -278,12 +277,6 @@ impl Rpc {
     }
 }
 
-type Token = MetadataValue<tonic::metadata::Ascii>;
-
-fn bearer(auth: &Authenticator, user: Uuid) -> anyhow::Result<Token> {
-    Ok(format!("Bearer {}", auth.mint(user, Duration::from_hours(4))?).parse()?)
-}
-
 async fn measure(
     backend: &str,
     server: &Server,
@@ -291,12 +284,7 @@ async fn measure(
     catalogue: &Catalogue,
     args: &ReadArgs,
 ) -> anyhow::Result<Vec<Point>> {
-    let auth = Authenticator::new(&AuthConfig {
-        secret: secrecy::SecretString::from(JWT_SECRET.to_owned()),
-        issuer: None,
-        audience: None,
-        development: false,
-    });
+    let auth = authenticator();
     let voices: Arc<Vec<(Uuid, Uuid, Token)>> = Arc::new(
         catalogue
             .voices
