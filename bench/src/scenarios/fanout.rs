@@ -6,7 +6,8 @@
 //! stream's snapshot. Then the fake reports all ten ready, so the status
 //! engine completes them together and every stream gets its COMPLETED.
 //!
-//! Measured: the server's resident memory before the streams open, once
+//! Measured: the server's resident memory before the streams open (after
+//! a short warm-up of GetVoice calls, so its database pool is open), once
 //! they are open (per stream), right after they close, and a minute later;
 //! server-side commit → `emitted_at` (the voice's `updated_at` to the
 //! event's `emitted_at`, both the server's clock), and commit → received by
@@ -31,7 +32,10 @@ use tonic::{Request, transport::Channel};
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 use uuid::Uuid;
 use voicehub::{
-    pb::{VoiceStatus, WatchVoiceStatusRequest, voice_service_client::VoiceServiceClient},
+    pb::{
+        GetVoiceRequest, VoiceStatus, WatchVoiceStatusRequest,
+        voice_service_client::VoiceServiceClient,
+    },
     store::entity::voice,
 };
 
@@ -136,6 +140,7 @@ async fn measure(
     ]);
     let server = Server::start(binary, dir.path(), &env).await?;
     let channels = connections(&server, streams).await?;
+    warm_up(&channels[0], ids[0]).await?;
     let rss_before = server.rss()?;
 
     let heard = Arc::new(Mutex::new(Vec::with_capacity(streams)));
@@ -246,6 +251,30 @@ async fn open_streams(
             .collect()
             .await;
     opened.into_iter().collect()
+}
+
+/// 500 GetVoice calls, 64 at a time, so the server's database pool has
+/// opened its connections before the first memory reading: the pre-open
+/// level is that of a server that has served traffic, not of a cold one.
+async fn warm_up(channel: &Channel, id: Uuid) -> anyhow::Result<()> {
+    let token = bearer(&authenticator(), seeded_owner(0))?;
+    let calls: Vec<anyhow::Result<()>> = futures_util::stream::iter(0..500)
+        .map(|_| {
+            let mut client = VoiceServiceClient::new(channel.clone());
+            let token = token.clone();
+            async move {
+                let mut request = Request::new(GetVoiceRequest {
+                    voice_id: id.to_string(),
+                });
+                request.metadata_mut().insert("authorization", token);
+                client.get_voice(request).await?;
+                Ok(())
+            }
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    calls.into_iter().collect()
 }
 
 /// The ids of the voices [`seed`] wrote.
