@@ -71,6 +71,15 @@ pub struct Step {
     pub next_due: Option<Duration>,
 }
 
+/// The time between two checks of a voice of this `age`. For its first
+/// minute a voice is checked every `min` (1 s): instant clones are ready
+/// within seconds to a minute, and a watcher should hear of it within about
+/// a second. After that, checks spread out with age (a quarter of the time
+/// past the first minute), up to `max`: professional clones take hours.
+fn check_interval(age: Duration, min: Duration, max: Duration) -> Duration {
+    (age.saturating_sub(FIRST_MINUTE) / 4).clamp(min, max)
+}
+
 /// How long a new voice is checked at the shortest interval.
 const FIRST_MINUTE: Duration = Duration::from_mins(1);
 
@@ -332,17 +341,12 @@ impl Worker {
         }
     }
 
-    /// For its first minute a voice is checked every `min_backoff` (1 s):
-    /// instant clones are ready within seconds to a minute, and a watcher
-    /// should hear of it within about a second. After that, checks spread
-    /// out with age (a quarter of the time past the first minute), up to
-    /// the cap: professional clones take hours.
+    /// How long until `voice` is checked again (see [`check_interval`]).
     fn backoff(&self, voice: &Voice) -> Duration {
         let age = (chrono::Utc::now() - voice.created_at)
             .to_std()
             .unwrap_or_default();
-        (age.saturating_sub(FIRST_MINUTE) / 4)
-            .clamp(self.config.min_backoff, self.config.max_backoff)
+        check_interval(age, self.config.min_backoff, self.config.max_backoff)
     }
 
     /// Loops until `shutdown`, sleeping between steps as the module says.
@@ -428,5 +432,23 @@ impl Worker {
             step.next_due
                 .map_or(self.config.idle, |d| d.min(self.config.idle))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_voice_is_checked_every_second_in_its_first_minute_then_less_often() {
+        let (min, max) = (Duration::from_secs(1), Duration::from_mins(1));
+        let interval = |secs| check_interval(Duration::from_secs(secs), min, max);
+        for young in [0, 1, 30, 59, 60, 64] {
+            assert_eq!(interval(young), min, "{young} s old");
+        }
+        assert_eq!(interval(120), Duration::from_secs(15));
+        assert_eq!(interval(3 * 60), Duration::from_secs(30));
+        assert_eq!(interval(5 * 60), max);
+        assert_eq!(interval(3 * 3600), max, "professional clones: at the cap");
     }
 }

@@ -284,6 +284,81 @@ async fn a_mixed_batch_settles_in_one_statement_per_status_and_every_watcher_hea
     }
 }
 
+/// SQL that makes storage refuse (`refuse`) or accept again every write
+/// that would make a voice FAILED: an injected fault in the batch's second
+/// statement.
+fn refuse_failed_writes(backend: Backend, refuse: bool) -> &'static str {
+    match (backend, refuse) {
+        (Backend::Postgres, true) => {
+            "CREATE FUNCTION refuse_failed() RETURNS trigger LANGUAGE plpgsql AS $$ \
+             BEGIN RAISE EXCEPTION 'injected fault'; END $$; \
+             CREATE TRIGGER refuse_failed BEFORE UPDATE ON voices FOR EACH ROW \
+             WHEN (NEW.status = 'failed') EXECUTE FUNCTION refuse_failed();"
+        }
+        (Backend::Postgres, false) => {
+            "DROP TRIGGER refuse_failed ON voices; DROP FUNCTION refuse_failed();"
+        }
+        (Backend::Sqlite, true) => {
+            "CREATE TRIGGER refuse_failed BEFORE UPDATE ON voices \
+             WHEN NEW.status = 'failed' BEGIN SELECT RAISE(ABORT, 'injected fault'); END;"
+        }
+        (Backend::Sqlite, false) => "DROP TRIGGER refuse_failed;",
+    }
+}
+
+async fn a_batch_whose_write_fails_is_stored_not_at_all_and_checked_again(backend: Backend) {
+    let (app, fake, mut client, voices) = five_voices_awaiting_verification(backend).await;
+    let banned = Report {
+        safety_control: Some("BAN"),
+        ..Report::default()
+    };
+    for (i, voice) in voices.iter().enumerate() {
+        let report = if i < 3 {
+            Report::default()
+        } else {
+            banned.clone()
+        };
+        fake.set_report(&voice.provider_voice_id, report);
+    }
+    let ids: Vec<&str> = voices.iter().map(|v| v.voice_id.as_str()).collect();
+    let mut stream = watch(&mut client, &ids).await;
+    let mut revisions = std::collections::BTreeMap::new();
+    for _ in &voices {
+        let snapshot = next(&mut stream).await.unwrap();
+        assert!(snapshot.snapshot);
+        let voice = snapshot.voice.unwrap();
+        revisions.insert(voice.voice_id, voice.revision);
+    }
+
+    app.execute(refuse_failed_writes(backend, true)).await;
+    let step = app.worker.run_once().await.unwrap();
+    assert_eq!(
+        (step.claimed, step.completed, step.failed, step.rescheduled),
+        (5, 0, 0, 5),
+        "the batch is checked again: {step:?}"
+    );
+    for voice in &voices {
+        assert_eq!(
+            get_voice(&mut client, &voice.voice_id).await.status(),
+            pb::VoiceStatus::Processing,
+            "the completions in the same batch were not stored either"
+        );
+    }
+
+    app.execute(refuse_failed_writes(backend, false)).await;
+    let step = app.worker.run_once().await.unwrap();
+    assert_eq!((step.completed, step.failed), (3, 2), "{step:?}");
+    // Nothing was published for the refused write: the first event after
+    // each snapshot is the one stored change.
+    for _ in &voices {
+        let event = next(&mut stream).await.unwrap();
+        let voice = event.voice.unwrap();
+        assert!(!event.snapshot);
+        assert_eq!(voice.revision, revisions[&voice.voice_id] + 1);
+        assert_ne!(voice.status(), pb::VoiceStatus::Processing);
+    }
+}
+
 async fn a_deleted_voice_leaves_the_queue_without_a_provider_check(backend: Backend) {
     let (app, fake) = spawn_app_with_fake(backend, |_| {}).await;
     let mut client = app.client(Uuid::new_v4());
@@ -330,6 +405,7 @@ on_both_backends!(
     claimed_voices_are_read_with_one_query,
     a_step_reschedules_all_its_voices_in_one_queue_round_trip,
     a_mixed_batch_settles_in_one_statement_per_status_and_every_watcher_hears,
+    a_batch_whose_write_fails_is_stored_not_at_all_and_checked_again,
     a_deleted_voice_leaves_the_queue_without_a_provider_check,
     a_provider_outage_reschedules_instead_of_failing,
 );
