@@ -290,3 +290,40 @@ async fn an_event_with_a_field_this_build_does_not_know_reaches_a_watcher() {
         "terminal: the stream ends"
     );
 }
+
+#[tokio::test]
+async fn events_redis_refuses_still_reach_this_replicas_watchers() {
+    let (app, fake) = spawn_app_with_fake(Backend::Postgres, |_| {}).await;
+    fake.set_default_report(Report::awaiting_verification());
+    let user = Uuid::new_v4();
+    let mut client = app.client(user);
+    let voices = [
+        create_voice(&mut client, "Refused 1").await,
+        create_voice(&mut client, "Refused 2").await,
+    ];
+    let ids: Vec<&str> = voices.iter().map(|v| v.voice_id.as_str()).collect();
+    let mut stream = watch(&mut client, &ids).await;
+    for _ in &voices {
+        assert!(next(&mut stream).await.unwrap().snapshot);
+    }
+    // The event stream's key now holds a string: every XADD of the batch's
+    // pipeline fails with WRONGTYPE.
+    let (redis, prefix) = redis_of(&app).await;
+    let key = events::stream_key(&prefix);
+    let _: () = redis.commands.del(&key).await.unwrap();
+    let _: () = redis
+        .commands
+        .set(&key, "not a stream", None, None, false)
+        .await
+        .unwrap();
+    for voice in &voices {
+        fake.set_report(&voice.provider_voice_id, Report::default());
+    }
+    let step = app.worker.run_once().await.unwrap();
+    assert_eq!(step.completed, 2, "{step:?}");
+    for _ in &voices {
+        let voice = next(&mut stream).await.unwrap().voice.unwrap();
+        assert_eq!(voice.status(), pb::VoiceStatus::Completed);
+    }
+    let _: () = redis.commands.del(&key).await.unwrap();
+}

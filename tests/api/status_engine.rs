@@ -1,8 +1,9 @@
 //! The sync engine on one replica: SQLite with the in-process queue and bus,
 //! and PostgreSQL with Redis. Tests drive single worker steps.
 
-use std::time::Duration;
+use std::{collections::BTreeMap, time::Duration};
 
+use tonic::Streaming;
 use uuid::Uuid;
 use voicehub::pb::{self, DeleteVoiceRequest, VoiceStatusEvent};
 
@@ -224,8 +225,17 @@ async fn a_step_reschedules_all_its_voices_in_one_queue_round_trip(backend: Back
     );
 }
 
-async fn a_mixed_batch_settles_in_one_statement_per_status_and_every_watcher_hears(
+/// Five voices on the queue, of which the provider now reports the first
+/// three ready and the last two banned, watched by their owner past the
+/// snapshots (whose revisions are returned by voice id).
+async fn three_ready_two_banned(
     backend: Backend,
+) -> (
+    TestApp,
+    Client,
+    Vec<pb::Voice>,
+    Streaming<VoiceStatusEvent>,
+    BTreeMap<String, i64>,
 ) {
     let (app, fake, mut client, voices) = five_voices_awaiting_verification(backend).await;
     let banned = Report {
@@ -242,9 +252,20 @@ async fn a_mixed_batch_settles_in_one_statement_per_status_and_every_watcher_hea
     }
     let ids: Vec<&str> = voices.iter().map(|v| v.voice_id.as_str()).collect();
     let mut stream = watch(&mut client, &ids).await;
+    let mut revisions = BTreeMap::new();
     for _ in &voices {
-        assert!(next(&mut stream).await.unwrap().snapshot);
+        let snapshot = next(&mut stream).await.unwrap();
+        assert!(snapshot.snapshot);
+        let voice = snapshot.voice.unwrap();
+        revisions.insert(voice.voice_id, voice.revision);
     }
+    (app, client, voices, stream, revisions)
+}
+
+async fn a_mixed_batch_settles_in_one_statement_per_status_and_every_watcher_hears(
+    backend: Backend,
+) {
+    let (app, mut client, voices, mut stream, _) = three_ready_two_banned(backend).await;
     let (reads, writes) = (app.metric(READS), app.metric(WRITES));
     let step = app.worker.run_once().await.unwrap();
     assert_eq!(
@@ -258,7 +279,7 @@ async fn a_mixed_batch_settles_in_one_statement_per_status_and_every_watcher_hea
         writes + 2,
         "one statement for the completions, one for the failures"
     );
-    let mut heard = std::collections::BTreeMap::new();
+    let mut heard = BTreeMap::new();
     for _ in &voices {
         let voice = next(&mut stream).await.unwrap().voice.unwrap();
         heard.insert(voice.voice_id.clone(), voice.status());
@@ -307,28 +328,7 @@ fn refuse_failed_writes(backend: Backend, refuse: bool) -> &'static str {
 }
 
 async fn a_batch_whose_write_fails_is_stored_not_at_all_and_checked_again(backend: Backend) {
-    let (app, fake, mut client, voices) = five_voices_awaiting_verification(backend).await;
-    let banned = Report {
-        safety_control: Some("BAN"),
-        ..Report::default()
-    };
-    for (i, voice) in voices.iter().enumerate() {
-        let report = if i < 3 {
-            Report::default()
-        } else {
-            banned.clone()
-        };
-        fake.set_report(&voice.provider_voice_id, report);
-    }
-    let ids: Vec<&str> = voices.iter().map(|v| v.voice_id.as_str()).collect();
-    let mut stream = watch(&mut client, &ids).await;
-    let mut revisions = std::collections::BTreeMap::new();
-    for _ in &voices {
-        let snapshot = next(&mut stream).await.unwrap();
-        assert!(snapshot.snapshot);
-        let voice = snapshot.voice.unwrap();
-        revisions.insert(voice.voice_id, voice.revision);
-    }
+    let (app, mut client, voices, mut stream, revisions) = three_ready_two_banned(backend).await;
 
     app.execute(refuse_failed_writes(backend, true)).await;
     let step = app.worker.run_once().await.unwrap();
