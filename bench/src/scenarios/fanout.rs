@@ -7,7 +7,8 @@
 //! engine completes them together and every stream gets its COMPLETED.
 //!
 //! Measured: the server's resident memory before the streams open (after
-//! a short warm-up of GetVoice calls, so its database pool is open), once
+//! a warm-up of GetVoice calls on every connection, so its database pool
+//! and connection buffers are in use), once
 //! they are open (per stream), right after they close, and a minute later;
 //! server-side commit → `emitted_at` (the voice's `updated_at` to the
 //! event's `emitted_at`, both the server's clock), and commit → received by
@@ -140,7 +141,7 @@ async fn measure(
     ]);
     let server = Server::start(binary, dir.path(), &env).await?;
     let channels = connections(&server, streams).await?;
-    warm_up(&channels[0], ids[0]).await?;
+    warm_up(&channels, ids[0]).await?;
     let rss_before = server.rss()?;
 
     let heard = Arc::new(Mutex::new(Vec::with_capacity(streams)));
@@ -253,27 +254,30 @@ async fn open_streams(
     opened.into_iter().collect()
 }
 
-/// 500 GetVoice calls, 64 at a time, so the server's database pool has
-/// opened its connections before the first memory reading: the pre-open
-/// level is that of a server that has served traffic, not of a cold one.
-async fn warm_up(channel: &Channel, id: Uuid) -> anyhow::Result<()> {
+/// GetVoice calls, 64 at a time, at least 500 and at least 5 on every
+/// connection, so the server's database pool and every connection's
+/// buffers are in use before the first memory reading: the pre-open level
+/// is that of a server that has served these clients, and the growth after
+/// it is the streams' own.
+async fn warm_up(channels: &[Channel], id: Uuid) -> anyhow::Result<()> {
     let token = bearer(&authenticator(), seeded_owner(0))?;
-    let calls: Vec<anyhow::Result<()>> = futures_util::stream::iter(0..500)
-        .map(|_| {
-            let mut client = VoiceServiceClient::new(channel.clone());
-            let token = token.clone();
-            async move {
-                let mut request = Request::new(GetVoiceRequest {
-                    voice_id: id.to_string(),
-                });
-                request.metadata_mut().insert("authorization", token);
-                client.get_voice(request).await?;
-                Ok(())
-            }
-        })
-        .buffer_unordered(64)
-        .collect()
-        .await;
+    let calls: Vec<anyhow::Result<()>> =
+        futures_util::stream::iter(0..(channels.len() * 5).max(500))
+            .map(|i| {
+                let mut client = VoiceServiceClient::new(channels[i % channels.len()].clone());
+                let token = token.clone();
+                async move {
+                    let mut request = Request::new(GetVoiceRequest {
+                        voice_id: id.to_string(),
+                    });
+                    request.metadata_mut().insert("authorization", token);
+                    client.get_voice(request).await?;
+                    Ok(())
+                }
+            })
+            .buffer_unordered(64)
+            .collect()
+            .await;
     calls.into_iter().collect()
 }
 
