@@ -47,6 +47,35 @@ pub(crate) fn service_url(variable: &str) -> anyhow::Result<String> {
         .with_context(|| format!("{variable} is not set: run this scenario through scripts/bench"))
 }
 
+/// The environment of a production-shaped server: PostgreSQL at
+/// `database_url`, the Redis `scripts/bench` started, and a key prefix of
+/// its own (`<scenario><random>`) so runs never share a queue or stream.
+pub(crate) fn production_env(
+    scenario: &str,
+    database_url: String,
+) -> anyhow::Result<Vec<(&'static str, String)>> {
+    Ok(vec![
+        ("DATABASE_URL", database_url),
+        ("REDIS_URL", service_url("VOICEHUB_BENCH_REDIS_URL")?),
+        (
+            "VOICEHUB_REDIS_PREFIX",
+            format!("{scenario}{}", uuid::Uuid::new_v4().simple()),
+        ),
+    ])
+}
+
+/// Polls `done` every `every` until it holds (true) or `limit` has passed (false).
+pub(crate) async fn wait_until(limit: Duration, every: Duration, done: impl Fn() -> bool) -> bool {
+    let started = Instant::now();
+    while !done() {
+        if started.elapsed() > limit {
+            return false;
+        }
+        tokio::time::sleep(every).await;
+    }
+    true
+}
+
 /// A new, empty database on the PostgreSQL `scripts/bench` started: its
 /// name and URL, and an administrative pool on the server.
 pub(crate) async fn new_postgres_database() -> anyhow::Result<(String, String, sqlx::PgPool)> {

@@ -35,7 +35,9 @@ use voicehub::pb::{
 use crate::{
     fake_provider::FakeProvider,
     report::{Panel, Series, Table, write_chart, write_json},
-    server::{Server, Token, authenticator, bearer, new_postgres_database, service_url},
+    server::{
+        Server, Token, authenticator, bearer, new_postgres_database, production_env, wait_until,
+    },
 };
 
 /// The settings of one `detect` run.
@@ -81,16 +83,9 @@ pub(crate) async fn run(binary: &Path, out: &Path, args: DetectArgs) -> anyhow::
     pool.close().await;
     let dir = tempfile::tempdir()?;
     let mut env = fake.env();
-    env.extend([
-        ("DATABASE_URL", url),
-        ("REDIS_URL", service_url("VOICEHUB_BENCH_REDIS_URL")?),
-        (
-            "VOICEHUB_REDIS_PREFIX",
-            format!("detect{}", Uuid::new_v4().simple()),
-        ),
-        // Creates and checks share the provider client's limit.
-        ("ELEVENLABS_MAX_CONCURRENCY", "16".into()),
-    ]);
+    env.extend(production_env("detect", url)?);
+    // Creates and checks share the provider client's limit.
+    env.push(("ELEVENLABS_MAX_CONCURRENCY", "16".into()));
     let server = Server::start(binary, dir.path(), &env).await?;
     let channel = server.channel().await?;
     let auth = authenticator();
@@ -109,14 +104,18 @@ pub(crate) async fn run(binary: &Path, out: &Path, args: DetectArgs) -> anyhow::
         created,
         started.elapsed().as_secs_f64()
     );
-    while detected.lock().len() < created {
-        if started.elapsed() > Duration::from_secs(150) {
-            bail!(
-                "only {} of {created} voices were detected within 150 s",
-                detected.lock().len()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    let all_detected = || detected.lock().len() >= created;
+    if !wait_until(
+        Duration::from_secs(150),
+        Duration::from_millis(100),
+        all_detected,
+    )
+    .await
+    {
+        bail!(
+            "only {} of {created} voices were detected within 150 s",
+            detected.lock().len()
+        );
     }
     let provider_get_ms = provider_get_ms(&fake).await?;
     drop(server);

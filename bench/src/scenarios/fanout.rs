@@ -44,7 +44,7 @@ use crate::{
     fake_provider::FakeProvider,
     report::{Panel, Series, Table, print_goals, write_chart, write_json},
     scenarios::sync::{migrate, seed, seeded_owner},
-    server::{Server, authenticator, bearer, new_postgres_database, service_url},
+    server::{Server, authenticator, bearer, new_postgres_database, production_env, wait_until},
 };
 
 /// The settings of one `fanout` run.
@@ -131,14 +131,7 @@ async fn measure(
     seed(&url, VOICES, 1).await?;
     let ids = voice_ids(&url).await?;
     let mut env = fake.env();
-    env.extend([
-        ("DATABASE_URL", url),
-        ("REDIS_URL", service_url("VOICEHUB_BENCH_REDIS_URL")?),
-        (
-            "VOICEHUB_REDIS_PREFIX",
-            format!("fanout{}", Uuid::new_v4().simple()),
-        ),
-    ]);
+    env.extend(production_env("fanout", url)?);
     let server = Server::start(binary, dir.path(), &env).await?;
     let channels = connections(&server, streams).await?;
     warm_up(&channels, ids[0]).await?;
@@ -152,15 +145,12 @@ async fn measure(
 
     fake.set_others_ready(true);
     let expected = if all { streams * ids.len() } else { streams };
-    let burst = Instant::now();
-    while heard.lock().len() < expected {
-        if burst.elapsed() > Duration::from_mins(2) {
-            bail!(
-                "{case}: only {} of {expected} completions arrived within two minutes",
-                heard.lock().len()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    let all_heard = || heard.lock().len() >= expected;
+    if !wait_until(Duration::from_mins(2), Duration::from_millis(20), all_heard).await {
+        bail!(
+            "{case}: only {} of {expected} completions arrived within two minutes",
+            heard.lock().len()
+        );
     }
     for reader in &readers {
         reader.abort();

@@ -18,11 +18,10 @@ use std::{
 
 use anyhow::{Context, bail};
 use serde::Serialize;
-use uuid::Uuid;
 
 use crate::{
     report::{Panel, Series, Table, write_chart, write_json},
-    server::{Server, new_postgres_database, service_url, statement_calls},
+    server::{Server, new_postgres_database, production_env, service_url, statement_calls},
 };
 
 /// The settings of one `idle` run.
@@ -52,18 +51,14 @@ struct Figures {
 pub(crate) async fn run(binary: &Path, out: &Path, args: IdleArgs) -> anyhow::Result<()> {
     let redis = service_url("VOICEHUB_BENCH_REDIS_URL")?;
     let (name, url, pool) = new_postgres_database().await?;
-    let prefix = format!("idle{}", Uuid::new_v4().simple());
+    let env = production_env("idle", url)?;
+    let prefix = env
+        .iter()
+        .find(|(var, _)| *var == "VOICEHUB_REDIS_PREFIX")
+        .map(|(_, prefix)| prefix.clone())
+        .context("the server's Redis prefix")?;
     let dir = tempfile::tempdir()?;
-    let _server = Server::start(
-        binary,
-        dir.path(),
-        &[
-            ("DATABASE_URL", url),
-            ("REDIS_URL", redis.clone()),
-            ("VOICEHUB_REDIS_PREFIX", prefix.clone()),
-        ],
-    )
-    .await?;
+    let _server = Server::start(binary, dir.path(), &env).await?;
     tokio::time::sleep(Duration::from_secs(args.settle)).await;
 
     sqlx::query("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")

@@ -32,7 +32,8 @@ use crate::{
     report::{Panel, Series, Table, print_goals, write_chart, write_json},
     scenarios::read::catalogue_voice,
     server::{
-        Server, busy_share, machine_ticks, new_postgres_database, service_url, statement_calls,
+        Server, busy_share, machine_ticks, new_postgres_database, production_env, statement_calls,
+        wait_until,
     },
 };
 
@@ -124,13 +125,8 @@ async fn drain(
 
     let batch = concurrency * args.batch_factor;
     let mut env = fake.env();
+    env.extend(production_env("sync", url)?);
     env.extend([
-        ("DATABASE_URL", url),
-        ("REDIS_URL", service_url("VOICEHUB_BENCH_REDIS_URL")?),
-        (
-            "VOICEHUB_REDIS_PREFIX",
-            format!("sync{}", Uuid::new_v4().simple()),
-        ),
         ("ELEVENLABS_MAX_CONCURRENCY", concurrency.to_string()),
         ("VOICEHUB_SYNC_BATCH", batch.to_string()),
     ]);
@@ -141,12 +137,9 @@ async fn drain(
     // `seconds` or when all but 1 % are checked, whichever comes first.
     let (open_at, close_at) = (args.voices / 100, args.voices - args.voices / 100);
     let before = fake.gets();
-    let started = Instant::now();
-    while fake.gets() - before < open_at {
-        if started.elapsed() > Duration::from_mins(5) {
-            bail!("the status engine checked no voice within five minutes");
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
+    let opened = || fake.gets() - before >= open_at;
+    if !wait_until(Duration::from_mins(5), Duration::from_millis(5), opened).await {
+        bail!("the status engine checked 1 % of the backlog not within five minutes");
     }
     let (gets0, machine0, cpu0, sql0, t0) = (
         fake.gets(),
@@ -156,9 +149,11 @@ async fn drain(
         Instant::now(),
     );
     let window = Duration::from_secs(args.seconds);
-    while t0.elapsed() < window && fake.gets() - before < close_at {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    // The window closes on time or when the backlog is (almost) checked.
+    wait_until(window, Duration::from_millis(5), || {
+        fake.gets() - before >= close_at
+    })
+    .await;
     let (gets1, machine1, cpu1, sql1, seconds) = (
         fake.gets(),
         machine_ticks()?,
