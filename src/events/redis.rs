@@ -37,6 +37,14 @@ impl RedisBus {
         }
     }
 
+    /// Redis did not take `event`. It is stored already, so at least this
+    /// replica's watchers hear of it.
+    fn publish_here(&self, event: VoiceEvent, e: &Error) {
+        tracing::error!(voice_id = %event.voice_id, revision = event.revision, error = %e,
+            "could not publish a voice event to Redis; only this replica's watchers get it");
+        self.hub.dispatch(&Arc::new(event));
+    }
+
     /// Reads the stream into this replica's hub until `shutdown`. `reader`
     /// must be a client of its own: a blocking XREAD holds its connection.
     pub(crate) async fn read(self: Arc<Self>, reader: Client, shutdown: CancellationToken) {
@@ -114,16 +122,6 @@ impl RedisBus {
     }
 }
 
-impl RedisBus {
-    /// Redis did not take `event`. It is stored already, so at least this
-    /// replica's watchers hear of it.
-    fn publish_here(&self, event: VoiceEvent, e: &Error) {
-        tracing::error!(voice_id = %event.voice_id, revision = event.revision, error = %e,
-            "could not publish a voice event to Redis; only this replica's watchers get it");
-        self.hub.dispatch(&Arc::new(event));
-    }
-}
-
 /// Logs the first error of an outage at WARN, the rest at DEBUG.
 fn outage(failing: bool, e: &Error) -> bool {
     if failing {
@@ -145,6 +143,9 @@ async fn sleep_or_stop(shutdown: &CancellationToken) -> bool {
 #[async_trait::async_trait]
 impl EventBus for RedisBus {
     async fn publish(&self, voices: &[Voice]) {
+        if voices.is_empty() {
+            return;
+        }
         // One pipeline, one round trip: the status engine publishes a whole batch.
         let pipeline = self.client.pipeline();
         let mut queued = Vec::with_capacity(voices.len());
