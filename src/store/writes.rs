@@ -191,39 +191,37 @@ impl Store {
         &self,
         settlements: &[(Uuid, Settlement)],
     ) -> Result<Vec<Voice>, DbErr> {
-        let (mut completions, mut failures) = (Vec::new(), Vec::new());
-        for (id, settlement) in settlements {
-            match settlement {
-                Settlement::Complete { .. } => completions.push((*id, settlement)),
-                Settlement::Fail(_) => failures.push((*id, settlement)),
-            }
-        }
-        let at = now();
         // PostgreSQL binds JSON as jsonb; the column is json, and a CASE
         // needs one type for all its branches.
         let postgres = self.db.get_database_backend() == DbBackend::Postgres;
-        let complete = (!completions.is_empty()).then(|| {
-            let mut preview = None::<CaseStatement>;
-            let mut labels = None::<CaseStatement>;
-            for (id, settlement) in &completions {
-                let Settlement::Complete {
+        let (mut completed, mut failed) = (Vec::new(), Vec::new());
+        let (mut preview, mut labels, mut reasons) = (None, None, None);
+        for (id, settlement) in settlements {
+            match settlement {
+                Settlement::Complete {
                     preview_url,
                     labels: reported,
-                } = settlement
-                else {
-                    continue;
-                };
-                preview = Some(when(preview, *id, Expr::value(preview_url.clone())));
-                if let Some(reported) = reported {
-                    let value = Expr::value(Labels(reported.clone()));
-                    let value = if postgres {
-                        value.cast_as("json")
-                    } else {
-                        value
-                    };
-                    labels = Some(when(labels, *id, value));
+                } => {
+                    completed.push(*id);
+                    preview = Some(when(preview, *id, Expr::value(preview_url.clone())));
+                    if let Some(reported) = reported {
+                        let value = Expr::value(Labels(reported.clone()));
+                        let value = if postgres {
+                            value.cast_as("json")
+                        } else {
+                            value
+                        };
+                        labels = Some(when(labels, *id, value));
+                    }
+                }
+                Settlement::Fail(reason) => {
+                    failed.push(*id);
+                    reasons = Some(when(reasons, *id, Expr::value(reason.clone())));
                 }
             }
+        }
+        let at = now();
+        let complete = (!completed.is_empty()).then(|| {
             let mut update = Entity::update_many()
                 .col_expr(Column::Status, Expr::value(VoiceStatus::Completed))
                 .col_expr(Column::CompletedAt, Expr::value(at))
@@ -231,22 +229,16 @@ impl Store {
             if labels.is_some() {
                 update = update.col_expr(Column::Labels, otherwise(labels, Column::Labels));
             }
-            batch(update, at, completions.iter().map(|(id, _)| *id))
+            batch(update, at, completed)
         });
-        let fail = (!failures.is_empty()).then(|| {
-            let mut reasons = None::<CaseStatement>;
-            for (id, settlement) in &failures {
-                if let Settlement::Fail(reason) = settlement {
-                    reasons = Some(when(reasons, *id, Expr::value(reason.clone())));
-                }
-            }
+        let fail = (!failed.is_empty()).then(|| {
             let update = Entity::update_many()
                 .col_expr(Column::Status, Expr::value(VoiceStatus::Failed))
                 .col_expr(
                     Column::FailureReason,
                     otherwise(reasons, Column::FailureReason),
                 );
-            batch(update, at, failures.iter().map(|(id, _)| *id))
+            batch(update, at, failed)
         });
         match (complete, fail) {
             (Some(complete), Some(fail)) => {
