@@ -1,7 +1,8 @@
-//! A fast fake ElevenLabs for the benchmark: the two endpoints the status
+//! A fast fake ElevenLabs for the benchmark: the endpoints the status
 //! engine and CreateVoiceClone use (`POST /v1/voices/add`,
-//! `GET /v1/voices/{id}`), answering in ElevenLabs' shapes after a fixed
-//! latency, and counting what it was asked. Unlike the test suite's fake it
+//! `GET /v1/voices/{id}`, and `GET /v2/voices?voice_ids=…` to look up many
+//! at once), answering in ElevenLabs' shapes after a fixed latency, and
+//! counting what it was asked. Unlike the test suite's fake it
 //! records no request bodies and injects no faults: it must cost the
 //! benchmark as little as possible.
 //!
@@ -24,13 +25,13 @@ use std::{
 
 use axum::{
     Json, Router,
-    extract::{DefaultBodyLimit, Multipart, Path, State},
+    extract::{DefaultBodyLimit, Multipart, Path, RawQuery, State},
     http::StatusCode,
     response::{IntoResponse, Response},
     routing::{get, post},
 };
 use parking_lot::Mutex;
-use serde_json::json;
+use serde_json::{Value, json};
 
 /// What the fake knows about a voice it created.
 #[derive(Debug, Clone, Copy)]
@@ -39,14 +40,15 @@ pub(crate) struct Created {
     pub(crate) added_at: Instant,
     /// From when on `GET` reports it ready.
     pub(crate) ready_at: Instant,
-    /// `GET`s of this voice so far.
-    pub(crate) gets: u64,
+    /// Answers about this voice so far (alone or in a lookup).
+    pub(crate) asked: u64,
 }
 
 struct Inner {
     latency: Duration,
     ready_after: Range<Duration>,
     gets: AtomicU64,
+    answered: AtomicU64,
     next_id: AtomicU64,
     others_ready: AtomicBool,
     voices: Mutex<HashMap<String, Created>>,
@@ -74,6 +76,7 @@ impl FakeProvider {
             latency,
             ready_after,
             gets: AtomicU64::new(0),
+            answered: AtomicU64::new(0),
             next_id: AtomicU64::new(0),
             others_ready: AtomicBool::new(true),
             voices: Mutex::new(HashMap::new()),
@@ -81,6 +84,7 @@ impl FakeProvider {
         let app = Router::new()
             .route("/v1/voices/add", post(add))
             .route("/v1/voices/{id}", get(voice))
+            .route("/v2/voices", get(lookup))
             .layer(DefaultBodyLimit::max(64 << 20))
             .with_state(inner.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -101,9 +105,15 @@ impl FakeProvider {
         ]
     }
 
-    /// `GET /v1/voices/{id}` answered so far.
+    /// `GET` requests answered so far (a lookup of many voices is one).
     pub(crate) fn gets(&self) -> u64 {
         self.inner.gets.load(Ordering::Relaxed)
+    }
+
+    /// Voices answered about so far: one per `GET /v1/voices/{id}`, one per
+    /// voice in a lookup.
+    pub(crate) fn answered(&self) -> u64 {
+        self.inner.answered.load(Ordering::Relaxed)
     }
 
     /// Whether voices the fake did not create report ready (at first they do).
@@ -138,7 +148,7 @@ async fn add(State(inner): Shared, mut form: Multipart) -> Response {
         Created {
             added_at: now,
             ready_at: now + range.start + offset,
-            gets: 0,
+            asked: 0,
         },
     );
     Json(json!({"voice_id": id, "requires_verification": false})).into_response()
@@ -149,14 +159,40 @@ async fn add(State(inner): Shared, mut form: Multipart) -> Response {
 async fn voice(State(inner): Shared, Path(id): Path<String>) -> Response {
     tokio::time::sleep(inner.latency).await;
     inner.gets.fetch_add(1, Ordering::Relaxed);
-    let ready = match inner.voices.lock().get_mut(&id) {
+    Json(voice_json(&inner, &id)).into_response()
+}
+
+/// Answers like ElevenLabs' `GET /v2/voices?voice_ids=…`: one page with
+/// every voice asked about.
+async fn lookup(State(inner): Shared, RawQuery(query): RawQuery) -> Response {
+    tokio::time::sleep(inner.latency).await;
+    inner.gets.fetch_add(1, Ordering::Relaxed);
+    let query = query.unwrap_or_default();
+    let voices: Vec<Value> = query
+        .split('&')
+        .filter_map(|pair| pair.strip_prefix("voice_ids="))
+        .map(|id| voice_json(&inner, id))
+        .collect();
+    Json(json!({
+        "voices": voices,
+        "has_more": false,
+        "total_count": voices.len(),
+        "next_page_token": null,
+    }))
+    .into_response()
+}
+
+/// One voice in ElevenLabs' shape, counted as answered.
+fn voice_json(inner: &Inner, id: &str) -> Value {
+    inner.answered.fetch_add(1, Ordering::Relaxed);
+    let ready = match inner.voices.lock().get_mut(id) {
         Some(created) => {
-            created.gets += 1;
+            created.asked += 1;
             Instant::now() >= created.ready_at
         }
         None => inner.others_ready.load(Ordering::Relaxed),
     };
-    Json(json!({
+    json!({
         "voice_id": id,
         "name": "bench voice",
         "category": "cloned",
@@ -181,6 +217,5 @@ async fn voice(State(inner): Shared, Path(id): Path<String>) -> Response {
         "safety_control": null,
         "sharing": null,
         "settings": null,
-    }))
-    .into_response()
+    })
 }

@@ -14,7 +14,10 @@
 mod elevenlabs;
 mod simulated;
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+};
 
 use bytes::Bytes;
 
@@ -115,6 +118,36 @@ pub(crate) trait VoiceProvider: Send + Sync + 'static {
     /// # Errors
     /// [`ProviderError::NotFound`] when the voice is gone, or another failure.
     async fn check_voice(&self, voice_id: &str) -> Result<Verdict, ProviderError>;
+
+    /// The most voices one [`VoiceProvider::check_voices`] call asks about;
+    /// 1 when the provider has no lookup of several voices at once.
+    fn lookup_limit(&self) -> usize {
+        1
+    }
+
+    /// How far the provider is with each of `voice_ids` (at most
+    /// [`VoiceProvider::lookup_limit`]), in one call where the provider
+    /// allows. A voice missing from the answer was not reported: whether it
+    /// still exists is for [`VoiceProvider::check_voice`] to say.
+    ///
+    /// # Errors
+    /// The lookup as a whole failed.
+    async fn check_voices(
+        &self,
+        voice_ids: &[&str],
+    ) -> Result<HashMap<String, Verdict>, ProviderError> {
+        let mut verdicts = HashMap::with_capacity(voice_ids.len());
+        for id in voice_ids {
+            match self.check_voice(id).await {
+                Ok(verdict) => {
+                    verdicts.insert((*id).to_owned(), verdict);
+                }
+                Err(ProviderError::NotFound) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(verdicts)
+    }
 
     /// Changes a voice's name, description and labels.
     ///

@@ -39,9 +39,11 @@ pub use redis_queue::RedisQueue;
 use uuid::Uuid;
 pub use worker::{Step, SyncError, Worker};
 
-/// Delay between the first checks of a new voice: instant clones are
-/// usually ready within seconds.
-pub(crate) const MIN_BACKOFF: Duration = Duration::from_secs(1);
+/// Delay between the checks of a voice in its first minute: instant clones
+/// are usually ready within seconds, and a watcher should hear of it within
+/// a second. Checks of many voices share lookups, so this costs the provider
+/// far less than one request per voice per interval.
+pub(crate) const MIN_BACKOFF: Duration = Duration::from_millis(500);
 
 /// How the status engine paces its work (set from the `VOICEHUB_SYNC_*` flags).
 #[derive(Debug, Clone)]

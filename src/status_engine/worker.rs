@@ -12,11 +12,14 @@
 //!
 //! Cost: a step that finds nothing due is one queue round trip and no SQL.
 //! A step that claims k voices costs the same few round trips whatever k
-//! is: one query reads them, one statement per target status settles those
-//! the provider decided (in one transaction when both occur), one pipeline
-//! publishes their events, and the queue is called at most three times
-//! (one claim, one reschedule of those still processing, one finish of the
-//! rest).
+//! is: one query reads them, the provider is asked in lookups of up to its
+//! limit (100 voices at ElevenLabs), one statement per target status settles
+//! those the provider decided (in one transaction when both occur), one
+//! pipeline publishes their events, and the queue is called at most three
+//! times (one claim, one reschedule of those still processing, one finish of
+//! the rest). A voice a lookup leaves out is asked about alone; a lookup that
+//! fails reschedules its voices, a lookup the provider refuses is replaced by
+//! single checks.
 
 use std::{
     collections::HashSet,
@@ -24,9 +27,10 @@ use std::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
-    time::Duration,
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
+use futures_util::future::join_all;
 use parking_lot::Mutex;
 use tokio::{task::JoinSet, time::Instant};
 use tokio_util::sync::CancellationToken;
@@ -72,9 +76,9 @@ pub struct Step {
 }
 
 /// The time between two checks of a voice of this `age`. For its first
-/// minute a voice is checked every `min` (1 s): instant clones are ready
-/// within seconds to a minute, and a watcher should hear of it within about
-/// a second. After that, checks spread out with age (a quarter of the time
+/// minute a voice is checked every `min` (0.5 s): instant clones are ready
+/// within seconds to a minute, and a watcher should hear of it within a
+/// second. After that, checks spread out with age (a quarter of the time
 /// past the first minute), up to `max`: professional clones take hours.
 fn check_interval(age: Duration, min: Duration, max: Duration) -> Duration {
     (age.saturating_sub(FIRST_MINUTE) / 4).clamp(min, max)
@@ -94,6 +98,48 @@ struct Checked {
     /// Still processing, or the check failed: checked again after the delay.
     again: Vec<(Uuid, Duration)>,
 }
+
+impl Checked {
+    fn decide(&mut self, id: Uuid, decision: Decision, claimed_at: Instant) {
+        match decision {
+            Decision::Settle(settlement) => self.settle.push((id, settlement)),
+            Decision::Again(interval) => self.again.push((
+                id,
+                gathered(interval, claimed_at.elapsed(), SystemTime::now()),
+            )),
+        }
+    }
+}
+
+/// The delay from `now` until a check `interval` after a claim `elapsed`
+/// ago, lengthened so that it falls due on a wall-clock grid of half the
+/// interval (at most [`GATHER`]): voices checked at the same interval then
+/// fall due together and share one lookup, instead of each waking the
+/// worker for a lookup of its own.
+fn gathered(interval: Duration, elapsed: Duration, now: SystemTime) -> Duration {
+    let delay = interval.saturating_sub(elapsed);
+    let grid = (interval / 2).min(GATHER).as_nanos();
+    if grid == 0 {
+        return delay;
+    }
+    let due = (now.duration_since(UNIX_EPOCH).unwrap_or_default() + delay).as_nanos();
+    let late = (grid - due % grid) % grid;
+    delay + Duration::from_nanos(u64::try_from(late).unwrap_or_default())
+}
+
+/// `items` in order, in chunks of at most `limit` (at least 1).
+fn chunks<T>(mut items: Vec<T>, limit: usize) -> Vec<Vec<T>> {
+    let limit = limit.max(1);
+    let mut chunks = Vec::with_capacity(items.len().div_ceil(limit));
+    while !items.is_empty() {
+        let rest = items.split_off(items.len().min(limit));
+        chunks.push(std::mem::replace(&mut items, rest));
+    }
+    chunks
+}
+
+/// The coarsest grid due times are gathered on.
+const GATHER: Duration = Duration::from_secs(1);
 
 /// What one check decided.
 enum Decision {
@@ -190,7 +236,7 @@ impl Worker {
             return Ok(checked);
         }
         // Delays count from the claim, not from the answer: a voice checked
-        // every second is asked once a second, however long the step takes.
+        // every half second is asked twice a second, however long the step takes.
         let claimed_at = Instant::now();
         let voices = self.store.get_many(&ids).await?;
         let processing: Vec<Voice> = voices
@@ -204,23 +250,28 @@ impl Worker {
             .copied()
             .filter(|id| !to_check.contains(id))
             .collect();
-        // One task per check, so answers are parsed on every core rather
-        // than inside this one task.
-        let mut checks = JoinSet::new();
+        let mut asks = Vec::with_capacity(processing.len());
         for voice in processing {
+            match self.precheck(&voice) {
+                Some(decision) => checked.decide(voice.id, decision, claimed_at),
+                None => asks.push(voice),
+            }
+        }
+        // Voices are asked about in lookups of up to the provider's limit,
+        // one task each, so answers are parsed on every core rather than
+        // inside this one task.
+        let mut checks = JoinSet::new();
+        for lookup in chunks(asks, self.provider.lookup_limit()) {
             let this = self.clone();
-            checks.spawn(async move { (voice.id, this.check(voice).await) });
+            checks.spawn(async move { this.check(lookup).await });
         }
         while let Some(joined) = checks.join_next().await {
-            let (id, decision) = match joined {
+            let decisions = match joined {
                 Ok(decided) => decided,
                 Err(e) => std::panic::resume_unwind(e.into_panic()),
             };
-            match decision {
-                Decision::Settle(settlement) => checked.settle.push((id, settlement)),
-                Decision::Again(delay) => checked
-                    .again
-                    .push((id, delay.saturating_sub(claimed_at.elapsed()))),
+            for (id, decision) in decisions {
+                checked.decide(id, decision, claimed_at);
             }
         }
         Ok(checked)
@@ -301,7 +352,8 @@ impl Worker {
         result
     }
 
-    async fn check(&self, voice: Voice) -> Decision {
+    /// What can be decided about `voice` without asking the provider.
+    fn precheck(&self, voice: &Voice) -> Option<Decision> {
         let now = chrono::Utc::now();
         if voice
             .processing_deadline
@@ -312,33 +364,96 @@ impl Worker {
                 "gave up: still processing at the provider {} after creation",
                 humantime::format_duration(Duration::from_secs(age.as_secs()))
             );
-            return Decision::Settle(Settlement::Fail(reason));
+            return Some(Decision::Settle(Settlement::Fail(reason)));
         }
-        let backoff = self.backoff(&voice);
+        // Reserved but not yet accepted by the provider: its create is in flight.
+        voice
+            .provider_voice_id
+            .is_none()
+            .then(|| Decision::Again(self.backoff(voice)))
+    }
+
+    /// Asks the provider about `voices` (all with a provider voice id), in
+    /// one lookup when there are several, and decides each.
+    async fn check(&self, voices: Vec<Voice>) -> Vec<(Uuid, Decision)> {
+        if voices.len() == 1 {
+            return join_all(voices.into_iter().map(|v| self.check_alone(v))).await;
+        }
+        let ids: Vec<&str> = voices
+            .iter()
+            .filter_map(|v| v.provider_voice_id.as_deref())
+            .collect();
+        match self.provider.check_voices(&ids).await {
+            Ok(mut verdicts) => {
+                let mut decisions = Vec::with_capacity(voices.len());
+                let mut unreported = Vec::new();
+                for voice in voices {
+                    let verdict = voice
+                        .provider_voice_id
+                        .as_deref()
+                        .and_then(|id| verdicts.remove(id));
+                    match verdict {
+                        Some(verdict) => {
+                            decisions.push((voice.id, self.decide(&voice, Ok(verdict))));
+                        }
+                        None => unreported.push(voice),
+                    }
+                }
+                // Left out of the answer: only a lookup of the voice alone
+                // may say that it is gone.
+                decisions
+                    .extend(join_all(unreported.into_iter().map(|v| self.check_alone(v))).await);
+                decisions
+            }
+            Err(
+                e @ (ProviderError::Rejected { .. }
+                | ProviderError::Protocol(_)
+                | ProviderError::NotFound),
+            ) => {
+                tracing::warn!(voices = voices.len(), error = %e, "the provider refused a lookup of several voices; asking about each alone");
+                join_all(voices.into_iter().map(|v| self.check_alone(v))).await
+            }
+            Err(e) => {
+                tracing::warn!(voices = voices.len(), error = %e, "status lookup failed; will retry");
+                voices.iter().map(|v| (v.id, self.retry_later(v))).collect()
+            }
+        }
+    }
+
+    /// Asks the provider about one voice and decides it.
+    async fn check_alone(&self, voice: Voice) -> (Uuid, Decision) {
         let Some(provider_voice_id) = &voice.provider_voice_id else {
-            // Reserved but not yet accepted by the provider: its create is in flight.
-            return Decision::Again(backoff);
+            return (voice.id, Decision::Again(self.backoff(&voice)));
         };
-        match self.provider.check_voice(provider_voice_id).await {
-            Ok(verdict) => match verdict {
-                Verdict::Processing => Decision::Again(backoff),
-                Verdict::Completed {
-                    preview_url,
-                    labels,
-                } => Decision::Settle(Settlement::Complete {
-                    preview_url,
-                    labels: Some(labels).filter(|l| !l.is_empty()),
-                }),
-                Verdict::Failed(reason) => Decision::Settle(Settlement::Fail(reason)),
-            },
+        let answer = self.provider.check_voice(provider_voice_id).await;
+        (voice.id, self.decide(&voice, answer))
+    }
+
+    /// What the provider's answer about `voice` means for it.
+    fn decide(&self, voice: &Voice, answer: Result<Verdict, ProviderError>) -> Decision {
+        match answer {
+            Ok(Verdict::Processing) => Decision::Again(self.backoff(voice)),
+            Ok(Verdict::Completed {
+                preview_url,
+                labels,
+            }) => Decision::Settle(Settlement::Complete {
+                preview_url,
+                labels: Some(labels).filter(|l| !l.is_empty()),
+            }),
+            Ok(Verdict::Failed(reason)) => Decision::Settle(Settlement::Fail(reason)),
             Err(ProviderError::NotFound) => {
                 Decision::Settle(Settlement::Fail(GONE_AT_PROVIDER.into()))
             }
             Err(e) => {
                 tracing::warn!(voice_id = %voice.id, error = %e, "status check failed; will retry");
-                Decision::Again(backoff.max(self.config.min_backoff * 5))
+                self.retry_later(voice)
             }
         }
+    }
+
+    /// After a failed check: not sooner than five times the shortest interval.
+    fn retry_later(&self, voice: &Voice) -> Decision {
+        Decision::Again(self.backoff(voice).max(self.config.min_backoff * 5))
     }
 
     /// How long until `voice` is checked again (see [`check_interval`]).
@@ -440,15 +555,69 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_voice_is_checked_every_second_in_its_first_minute_then_less_often() {
-        let (min, max) = (Duration::from_secs(1), Duration::from_mins(1));
+    fn a_voice_is_checked_every_half_second_in_its_first_minute_then_less_often() {
+        let (min, max) = (super::super::MIN_BACKOFF, Duration::from_mins(1));
+        assert_eq!(min, Duration::from_millis(500));
         let interval = |secs| check_interval(Duration::from_secs(secs), min, max);
-        for young in [0, 1, 30, 59, 60, 64] {
+        for young in [0, 1, 30, 59, 60, 62] {
             assert_eq!(interval(young), min, "{young} s old");
         }
+        assert_eq!(interval(64), Duration::from_secs(1));
         assert_eq!(interval(120), Duration::from_secs(15));
         assert_eq!(interval(3 * 60), Duration::from_secs(30));
         assert_eq!(interval(5 * 60), max);
         assert_eq!(interval(3 * 3600), max, "professional clones: at the cap");
+    }
+
+    #[test]
+    fn voices_are_looked_up_in_chunks_of_at_most_the_providers_limit() {
+        let sizes = |n: usize, limit| {
+            chunks((0..n).collect(), limit)
+                .iter()
+                .map(Vec::len)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(sizes(512, 100), [100, 100, 100, 100, 100, 12]);
+        assert_eq!(sizes(100, 100), [100]);
+        assert_eq!(sizes(3, 1), [1, 1, 1]);
+        assert_eq!(sizes(3, 0), [1, 1, 1], "a limit of 0 is taken as 1");
+        assert!(sizes(0, 100).is_empty());
+        assert_eq!(chunks(vec![1, 2, 3], 2), [vec![1, 2], vec![3]], "in order");
+    }
+
+    #[test]
+    fn due_times_are_gathered_on_a_grid_of_half_the_interval_at_most_a_second() {
+        let at = |ms: u64| UNIX_EPOCH + Duration::from_millis(ms);
+        let half = Duration::from_millis(500);
+        let zero = Duration::ZERO;
+        // Due at 10.6 s, 10.7 s and 10.75 s: all three at 10.75 s, together.
+        assert_eq!(gathered(half, zero, at(10_100)), Duration::from_millis(650));
+        assert_eq!(gathered(half, zero, at(10_200)), Duration::from_millis(550));
+        assert_eq!(
+            gathered(half, zero, at(10_250)),
+            half,
+            "already on the grid"
+        );
+        // The grid follows the interval, not what is left of it: claimed
+        // 40 ms ago, due at 10.56 s, so at 10.75 s like the others.
+        let elapsed = Duration::from_millis(40);
+        assert_eq!(
+            gathered(half, elapsed, at(10_100)),
+            Duration::from_millis(650)
+        );
+        // Never earlier, and later by less than the grid.
+        for now in (0..2_000).step_by(7) {
+            let delay = gathered(half, zero, at(now));
+            assert!(
+                delay >= half && delay < half + half / 2,
+                "{delay:?} at {now} ms"
+            );
+        }
+        // Long intervals gather on whole seconds; zero stays zero.
+        assert_eq!(
+            gathered(Duration::from_mins(1), zero, at(1_500)),
+            Duration::from_millis(60_500)
+        );
+        assert_eq!(gathered(zero, zero, at(1_234)), zero);
     }
 }

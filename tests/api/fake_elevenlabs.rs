@@ -11,7 +11,7 @@ use std::{
 
 use axum::{
     Router,
-    extract::{DefaultBodyLimit, Multipart, Path, State},
+    extract::{DefaultBodyLimit, Multipart, Path, RawQuery, State},
     http::{HeaderMap, StatusCode},
     response::{IntoResponse, Response},
     routing::{delete, get, post},
@@ -29,6 +29,8 @@ pub(crate) const API_KEY: &str = "xi-test-key-0123456789";
 pub(crate) enum Route {
     Add,
     Get,
+    /// `GET /v2/voices`: a lookup of several voices by id.
+    Lookup,
     Edit,
     Delete,
 }
@@ -217,6 +219,7 @@ impl FakeElevenLabs {
         let app = Router::new()
             .route("/v1/voices/add", post(add))
             .route("/v1/voices/{id}", get(get_voice))
+            .route("/v2/voices", get(lookup))
             .route("/v1/voices/{id}", delete(delete_voice))
             .route("/v1/voices/{id}/edit", post(edit))
             .layer(DefaultBodyLimit::max(64 * 1024 * 1024))
@@ -466,7 +469,53 @@ async fn get_voice(State(inner): Shared, Path(id): Path<String>, headers: Header
     let Some(voice) = inner.lock().unwrap().voices.get(&id).cloned() else {
         return not_found();
     };
+    ok(voice_json(&id, &voice))
+}
+
+/// `GET /v2/voices?voice_ids=…`: the voices it knows of those asked for,
+/// as one page. Query pairs are recorded as the request's texts.
+async fn lookup(State(inner): Shared, RawQuery(query): RawQuery, headers: HeaderMap) -> Response {
+    let url = reqwest::Url::parse(&format!("http://fake/?{}", query.unwrap_or_default())).unwrap();
+    let texts: Vec<(String, String)> = url.query_pairs().into_owned().collect();
+    let recorded = Recorded {
+        route: Route::Lookup,
+        voice_id: None,
+        api_key: api_key(&headers),
+        texts,
+        files: Vec::new(),
+    };
+    let ids: Vec<String> = recorded
+        .texts
+        .iter()
+        .filter(|(k, _)| k == "voice_ids")
+        .map(|(_, v)| v.clone())
+        .collect();
+    if let Some(response) = begin(&inner, recorded).await {
+        return response;
+    }
+    if ids.len() > 100 {
+        return error(
+            422,
+            json!({"detail": [{"loc": ["query", "voice_ids"], "msg": "at most 100 voice ids", "type": "value_error"}]}),
+        );
+    }
+    let voices: Vec<Value> = {
+        let inner = inner.lock().unwrap();
+        ids.iter()
+            .filter_map(|id| inner.voices.get(id).map(|voice| voice_json(id, voice)))
+            .collect()
+    };
     ok(json!({
+        "voices": voices,
+        "has_more": false,
+        "total_count": voices.len(),
+        "next_page_token": null,
+    }))
+}
+
+/// A voice as `GET /v1/voices/{id}` and `GET /v2/voices` show it.
+fn voice_json(id: &str, voice: &FakeVoice) -> Value {
+    json!({
         "voice_id": id,
         "name": voice.name,
         "category": voice.report.category,
@@ -491,7 +540,7 @@ async fn get_voice(State(inner): Shared, Path(id): Path<String>, headers: Header
         "safety_control": voice.report.safety_control,
         "sharing": null,
         "settings": null,
-    }))
+    })
 }
 
 async fn edit(

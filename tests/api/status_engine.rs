@@ -1,7 +1,10 @@
 //! The sync engine on one replica: SQLite with the in-process queue and bus,
 //! and PostgreSQL with Redis. Tests drive single worker steps.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::Duration,
+};
 
 use tonic::Streaming;
 use uuid::Uuid;
@@ -193,6 +196,102 @@ async fn five_voices_awaiting_verification(
     }
     app.worker.run_once().await.unwrap();
     (app, fake, client, voices)
+}
+
+/// The provider voice ids a lookup asked about, and its other query pairs.
+fn lookup_query(fake: &FakeElevenLabs) -> (BTreeSet<String>, Vec<(String, String)>) {
+    let requests = fake.requests();
+    let lookup = requests.iter().rfind(|r| r.route == Route::Lookup).unwrap();
+    let (ids, rest): (Vec<_>, Vec<_>) = lookup
+        .texts
+        .iter()
+        .cloned()
+        .partition(|(k, _)| k == "voice_ids");
+    (ids.into_iter().map(|(_, v)| v).collect(), rest)
+}
+
+async fn voices_checked_together_share_one_lookup_and_one_left_out_is_asked_alone(
+    backend: Backend,
+) {
+    let (app, fake, mut client, voices) = five_voices_awaiting_verification(backend).await;
+    for voice in &voices[..4] {
+        fake.set_report(&voice.provider_voice_id, Report::default());
+    }
+    fake.forget(&voices[4].provider_voice_id);
+    let (lookups, gets) = (fake.calls(Route::Lookup), fake.calls(Route::Get));
+    let step = app.worker.run_once().await.unwrap();
+    assert_eq!(
+        (step.claimed, step.completed, step.failed),
+        (5, 4, 1),
+        "{step:?}"
+    );
+    assert_eq!(
+        fake.calls(Route::Lookup),
+        lookups + 1,
+        "one lookup for five"
+    );
+    assert_eq!(
+        fake.calls(Route::Get),
+        gets + 1,
+        "only the voice the lookup left out is asked about alone"
+    );
+    let (asked, rest) = lookup_query(&fake);
+    let expected: BTreeSet<String> = voices.iter().map(|v| v.provider_voice_id.clone()).collect();
+    assert_eq!(asked, expected);
+    for pair in [("page_size", "100"), ("include_total_count", "false")] {
+        assert!(
+            rest.contains(&(pair.0.to_owned(), pair.1.to_owned())),
+            "{rest:?}"
+        );
+    }
+    let gone = get_voice(&mut client, &voices[4].voice_id).await;
+    assert_eq!(gone.status(), pb::VoiceStatus::Failed);
+    assert!(
+        gone.failure_reason.contains("no longer exists"),
+        "{}",
+        gone.failure_reason
+    );
+    for voice in &voices[..4] {
+        let stored = get_voice(&mut client, &voice.voice_id).await;
+        assert_eq!(stored.status(), pb::VoiceStatus::Completed);
+        assert!(stored.preview_url.contains(&voice.provider_voice_id));
+    }
+}
+
+async fn a_failed_lookup_reschedules_its_voices_and_a_refused_one_becomes_single_checks(
+    backend: Backend,
+) {
+    let (app, fake, mut client, voices) = five_voices_awaiting_verification(backend).await;
+    fake.set_default_report(Report::default());
+    for voice in &voices {
+        fake.set_report(&voice.provider_voice_id, Report::default());
+    }
+    // Down through every retry: nothing is decided, everything is rescheduled.
+    fake.inject(Route::Lookup, 4, Fault::server_error());
+    let gets = fake.calls(Route::Get);
+    let step = app.worker.run_once().await.unwrap();
+    assert_eq!(
+        (step.claimed, step.rescheduled, step.completed, step.failed),
+        (5, 5, 0, 0),
+        "{step:?}"
+    );
+    assert_eq!(fake.calls(Route::Get), gets, "an outage is not a refusal");
+    for voice in &voices {
+        let stored = get_voice(&mut client, &voice.voice_id).await;
+        assert_eq!(stored.status(), pb::VoiceStatus::Processing);
+    }
+    // Refused (a 422 for the query itself): each voice is asked about alone.
+    fake.inject(
+        Route::Lookup,
+        1,
+        Fault::status(
+            422,
+            serde_json::json!({"detail": [{"loc": ["query", "voice_ids"], "msg": "field required", "type": "value_error"}]}),
+        ),
+    );
+    let step = app.worker.run_once().await.unwrap();
+    assert_eq!((step.claimed, step.completed), (5, 5), "{step:?}");
+    assert_eq!(fake.calls(Route::Get), gets + 5);
 }
 
 async fn claimed_voices_are_read_with_one_query(backend: Backend) {
@@ -408,4 +507,6 @@ on_both_backends!(
     a_batch_whose_write_fails_is_stored_not_at_all_and_checked_again,
     a_deleted_voice_leaves_the_queue_without_a_provider_check,
     a_provider_outage_reschedules_instead_of_failing,
+    voices_checked_together_share_one_lookup_and_one_left_out_is_asked_alone,
+    a_failed_lookup_reschedules_its_voices_and_a_refused_one_becomes_single_checks,
 );

@@ -5,12 +5,14 @@
 //! provider concurrency under test (`ELEVENLABS_MAX_CONCURRENCY`).
 //!
 //! Measured over a window once the drain is under way: checks per second
-//! (the fake's answered GETs), server CPU per check (from `/proc`), and SQL
+//! (voices the fake answered about, alone or in lookups of up to 100, with
+//! the requests that took), server CPU per check (from `/proc`), and SQL
 //! statements per claimed batch (`pg_stat_statements`; a batch is one call
 //! of the batch read, `SELECT … WHERE id IN (…)`).
 //!
-//! Ceiling, in the same run: the fake provider's own rate at that
-//! concurrency, driven by a closed loop of plain HTTP GETs.
+//! Ceiling, in the same run: the fake provider's own rate of single-voice
+//! GETs at that concurrency, driven by a closed loop of plain HTTP GETs: the
+//! most a checker asking about one voice per request could reach.
 
 use std::{
     collections::BTreeMap,
@@ -64,6 +66,9 @@ struct Point {
     checks: u64,
     seconds: f64,
     checks_per_second: f64,
+    /// Provider requests the checks took (a lookup of many voices is one).
+    requests: u64,
+    checks_per_request: f64,
     ceiling_per_second: f64,
     ratio: f64,
     /// Share of the whole machine's CPU that was busy (server, databases, fake, benchmark).
@@ -136,12 +141,13 @@ async fn drain(
     // reconciliation of the whole backlog are behind us) and closes after
     // `seconds` or when all but 1 % are checked, whichever comes first.
     let (open_at, close_at) = (args.voices / 100, args.voices - args.voices / 100);
-    let before = fake.gets();
-    let opened = || fake.gets() - before >= open_at;
+    let before = fake.answered();
+    let opened = || fake.answered() - before >= open_at;
     if !wait_until(Duration::from_mins(5), Duration::from_millis(5), opened).await {
         bail!("the status engine checked 1 % of the backlog not within five minutes");
     }
-    let (gets0, machine0, cpu0, sql0, t0) = (
+    let (answered0, gets0, machine0, cpu0, sql0, t0) = (
+        fake.answered(),
         fake.gets(),
         machine_ticks()?,
         server.cpu()?,
@@ -151,10 +157,11 @@ async fn drain(
     let window = Duration::from_secs(args.seconds);
     // The window closes on time or when the backlog is (almost) checked.
     wait_until(window, Duration::from_millis(5), || {
-        fake.gets() - before >= close_at
+        fake.answered() - before >= close_at
     })
     .await;
-    let (gets1, machine1, cpu1, sql1, seconds) = (
+    let (answered1, gets1, machine1, cpu1, sql1, seconds) = (
+        fake.answered(),
         fake.gets(),
         machine_ticks()?,
         server.cpu()?,
@@ -173,7 +180,8 @@ async fn drain(
     }
     let batches = by_statement.get("batch read").copied().unwrap_or(0);
     let statements: i64 = by_statement.values().sum();
-    let checks = gets1 - gets0;
+    let checks = answered1 - answered0;
+    let requests = gets1 - gets0;
     let rate = checks as f64 / seconds;
     Ok(Point {
         concurrency,
@@ -181,6 +189,8 @@ async fn drain(
         checks,
         seconds,
         checks_per_second: rate,
+        requests,
+        checks_per_request: checks as f64 / requests.max(1) as f64,
         ceiling_per_second: ceiling,
         ratio: rate / ceiling,
         machine_busy: busy_share(machine0, machine1),
@@ -259,6 +269,7 @@ fn report(out: &Path, args: &SyncArgs, points: &[Point]) -> anyhow::Result<()> {
         "batch",
         "checks",
         "checks/s",
+        "checks/request",
         "provider/s",
         "ratio",
         "machine busy",
@@ -273,6 +284,7 @@ fn report(out: &Path, args: &SyncArgs, points: &[Point]) -> anyhow::Result<()> {
             p.batch.to_string(),
             p.checks.to_string(),
             format!("{:.0}", p.checks_per_second),
+            format!("{:.1}", p.checks_per_request),
             format!("{:.0}", p.ceiling_per_second),
             format!("{:.2}", p.ratio),
             format!("{:.0} %", p.machine_busy * 100.0),

@@ -16,7 +16,11 @@
 //!   an object with `code`/`status`/`message`, as a 422 array, as a string);
 //! - the API key is sent as a sensitive header and never logged.
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+    time::Duration,
+};
 
 use bytes::Bytes;
 use reqwest::{
@@ -32,7 +36,10 @@ mod errors;
 mod readiness;
 
 use errors::classify;
-use readiness::VoiceDetails;
+use readiness::{VoiceDetails, VoicesPage};
+
+/// The most ids one `GET /v2/voices` lookup takes (and its largest page).
+const LOOKUP_LIMIT: usize = 100;
 
 use super::{CloneRequest, Cloned, ProviderError, Verdict, VoiceEdit, VoiceProvider};
 
@@ -321,6 +328,39 @@ impl VoiceProvider for ElevenLabs {
         let details: VoiceDetails = serde_json::from_slice(&body)
             .map_err(|e| ProviderError::Protocol(format!("voice answer: {e}")))?;
         Ok(details.verdict())
+    }
+
+    fn lookup_limit(&self) -> usize {
+        LOOKUP_LIMIT
+    }
+
+    async fn check_voices(
+        &self,
+        voice_ids: &[&str],
+    ) -> Result<HashMap<String, Verdict>, ProviderError> {
+        let mut url = self.url(&["v2", "voices"]);
+        {
+            let mut query = url.query_pairs_mut();
+            query
+                .append_pair("page_size", &LOOKUP_LIMIT.to_string())
+                .append_pair("include_total_count", "false");
+            for id in voice_ids.iter().take(LOOKUP_LIMIT) {
+                query.append_pair("voice_ids", id);
+            }
+        }
+        let body = self
+            .call("voices.lookup", Idempotency::Idempotent, || {
+                self.http.get(url.clone())
+            })
+            .await?;
+        let page: VoicesPage = serde_json::from_slice(&body)
+            .map_err(|e| ProviderError::Protocol(format!("voices page: {e}")))?;
+        Ok(page
+            .voices
+            .into_iter()
+            .filter(|voice| voice_ids.contains(&voice.voice_id.as_str()))
+            .map(|mut voice| (std::mem::take(&mut voice.voice_id), voice.verdict()))
+            .collect())
     }
 
     async fn edit_voice(&self, voice_id: &str, edit: VoiceEdit) -> Result<(), ProviderError> {

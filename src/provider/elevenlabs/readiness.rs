@@ -4,8 +4,8 @@
 //! verification (`docs/elevenlabs.md`, "Voice states, and what voicehub
 //! makes of them").
 //!
-//! Only the fields this decision needs are read from `GET /v1/voices/{id}`;
-//! everything else in the answer is ignored.
+//! Only the fields this decision needs are read from `GET /v1/voices/{id}`
+//! or a `GET /v2/voices` page; everything else in the answer is ignored.
 
 use std::collections::BTreeMap;
 
@@ -14,9 +14,13 @@ use serde_json::Value;
 
 use crate::provider::Verdict;
 
-/// The fields of `GET /v1/voices/{voice_id}` that decide readiness.
+/// The fields of a voice (`GET /v1/voices/{voice_id}`, or one of a
+/// `GET /v2/voices` page) that decide readiness.
 #[derive(Debug, Default, Deserialize)]
 pub(super) struct VoiceDetails {
+    /// Read from `GET /v2/voices` pages, whose voices say who they are.
+    #[serde(default)]
+    pub(super) voice_id: String,
     #[serde(default)]
     category: Option<String>,
     #[serde(default)]
@@ -57,6 +61,12 @@ fn strings(map: Option<BTreeMap<String, Value>>) -> BTreeMap<String, String> {
             other => Some((k, other.to_string())),
         })
         .collect()
+}
+
+/// The part of a `GET /v2/voices` page voicehub reads.
+#[derive(Debug, Deserialize)]
+pub(super) struct VoicesPage {
+    pub(super) voices: Vec<VoiceDetails>,
 }
 
 impl VoiceDetails {
