@@ -159,6 +159,7 @@ impl WritePath {
             }
         };
         let request = CloneRequest {
+            voicehub_id: reserved.id,
             name: new.name.clone(),
             description: Some(new.description.clone()).filter(|d| !d.is_empty()),
             labels: provider_labels(&new.labels, &new.language, &new.gender),
@@ -224,6 +225,7 @@ impl WritePath {
             failure_reason: None,
             preview_url: None,
             labels: Labels(new.labels.clone()),
+            provider_labels: Labels::default(),
             request_id: new.request_id.clone(),
             revision: 1,
             created_at: now,
@@ -297,6 +299,7 @@ impl WritePath {
             && let Some(provider_voice_id) = &current.provider_voice_id
         {
             let edit = VoiceEdit {
+                voicehub_id: current.id,
                 name: next.name.clone(),
                 description: Some(next.description.clone()).filter(|d| !d.is_empty()),
                 labels: Some(provider_labels(

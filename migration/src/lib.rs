@@ -14,6 +14,7 @@ use sea_orm_migration::sea_orm::{
 
 mod m20261126_000001_create_voices;
 mod m20261126_000002_create_provider_orphans;
+mod m20261130_000003_add_provider_labels;
 
 /// Advisory lock key held while migrating ("voicehub" in ASCII, as an i64).
 const MIGRATION_LOCK_KEY: i64 = 0x766f_6963_6568_7562;
@@ -27,6 +28,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261126_000001_create_voices::Migration),
             Box::new(m20261126_000002_create_provider_orphans::Migration),
+            Box::new(m20261130_000003_add_provider_labels::Migration),
         ]
     }
 }

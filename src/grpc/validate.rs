@@ -26,7 +26,7 @@ use super::{audio::Format, page_token::Listing};
 use crate::{
     error::Error,
     pb,
-    provider::AudioFile,
+    provider::{AudioFile, TAG_LABEL},
     store::{ListQuery, Scope, Visibility, VoiceStatus},
     write_path::{NewVoice, VoicePatch},
 };
@@ -337,6 +337,12 @@ fn labels(
             return Err(Error::invalid(
                 format!("{field}[{key:?}]"),
                 format!("label keys must match [a-z0-9_]{{1,{MAX_LABEL_KEY_CHARS}}}"),
+            ));
+        }
+        if key == TAG_LABEL {
+            return Err(Error::invalid(
+                format!("{field}[{key:?}]"),
+                format!("the label key {TAG_LABEL} is reserved for voicehub's own use"),
             ));
         }
         if value.chars().count() > MAX_LABEL_VALUE_CHARS || has_control(value) {

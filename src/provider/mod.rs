@@ -20,6 +20,7 @@ use std::{
 };
 
 use bytes::Bytes;
+use uuid::Uuid;
 
 pub(crate) use elevenlabs::ElevenLabs;
 pub use elevenlabs::{ElevenLabsConfig, RetryPolicy};
@@ -36,9 +37,24 @@ pub(crate) struct AudioFile {
     pub(crate) data: Bytes,
 }
 
+/// The label every voice voicehub creates at the provider carries, holding
+/// its voicehub id: it tells voicehub's voices from the others in the same
+/// account and finds the voice of a create whose answer was lost. Providers
+/// add it to what they send and leave it out of the labels they report.
+pub(crate) const TAG_LABEL: &str = "voicehub_id";
+
+/// `labels` plus the tag of the voicehub voice `id`.
+pub(crate) fn tagged(labels: &BTreeMap<String, String>, id: Uuid) -> BTreeMap<String, String> {
+    let mut tagged = labels.clone();
+    tagged.insert(TAG_LABEL.to_owned(), id.to_string());
+    tagged
+}
+
 /// What the provider needs to clone a voice.
 #[derive(Debug, Clone)]
 pub(crate) struct CloneRequest {
+    /// The voicehub voice this clone is for; sent as its tag.
+    pub(crate) voicehub_id: Uuid,
     /// The voice's display name.
     pub(crate) name: String,
     /// Free text, when set.
@@ -63,6 +79,8 @@ pub(crate) struct Cloned {
 /// New metadata for a voice; the provider requires the name on every edit.
 #[derive(Debug, Clone)]
 pub(crate) struct VoiceEdit {
+    /// The voicehub voice; its tag is sent with new labels, so they keep it.
+    pub(crate) voicehub_id: Uuid,
     /// The name (always sent).
     pub(crate) name: String,
     /// The description; `None` leaves it as it is.

@@ -438,7 +438,7 @@ impl Worker {
                 labels,
             }) => Decision::Settle(Settlement::Complete {
                 preview_url,
-                labels: Some(labels).filter(|l| !l.is_empty()),
+                provider_labels: Some(labels).filter(|l| !l.is_empty()),
             }),
             Ok(Verdict::Failed(reason)) => Decision::Settle(Settlement::Fail(reason)),
             Err(ProviderError::NotFound) => {

@@ -140,6 +140,7 @@ pub(crate) fn test_voice(owner: uuid::Uuid, visibility: Visibility, status: Voic
         failure_reason: None,
         preview_url: None,
         labels: Labels([("accent".to_owned(), "british".to_owned())].into()),
+        provider_labels: Labels::default(),
         request_id: None,
         revision: 1,
         created_at: at,

@@ -200,7 +200,7 @@ impl Store {
             match settlement {
                 Settlement::Complete {
                     preview_url,
-                    labels: reported,
+                    provider_labels: reported,
                 } => {
                     completed.push(*id);
                     preview = Some(when(preview, *id, Expr::value(preview_url.clone())));
@@ -227,7 +227,10 @@ impl Store {
                 .col_expr(Column::CompletedAt, Expr::value(at))
                 .col_expr(Column::PreviewUrl, otherwise(preview, Column::PreviewUrl));
             if labels.is_some() {
-                update = update.col_expr(Column::Labels, otherwise(labels, Column::Labels));
+                update = update.col_expr(
+                    Column::ProviderLabels,
+                    otherwise(labels, Column::ProviderLabels),
+                );
             }
             batch(update, at, completed)
         });
@@ -277,8 +280,9 @@ pub(crate) enum Settlement {
     Complete {
         /// Where the provider serves a sample of the voice.
         preview_url: Option<String>,
-        /// The provider's labels, if it reported any.
-        labels: Option<BTreeMap<String, String>>,
+        /// The provider's labels, if it reported any (stored apart from
+        /// the caller's own).
+        provider_labels: Option<BTreeMap<String, String>>,
     },
     /// FAILED, with a reason for people.
     Fail(String),

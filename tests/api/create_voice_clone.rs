@@ -52,7 +52,8 @@ async fn create_then_get_and_list_show_the_processing_voice(backend: Backend) {
     let labels: serde_json::Value = serde_json::from_str(add.text("labels").unwrap()).unwrap();
     assert_eq!(
         labels,
-        serde_json::json!({"accent": "british", "language": "en-GB", "gender": "female"})
+        serde_json::json!({"accent": "british", "language": "en-GB", "gender": "female", "voicehub_id": voice.voice_id}),
+        "the caller's labels, language and gender, and voicehub's tag"
     );
     assert_eq!(
         add.files,
@@ -195,6 +196,11 @@ async fn every_invalid_create_request_is_refused_naming_the_field_and_nothing_is
             "label key of 33 characters",
             with(|r| r.labels = [("k".repeat(33), "x".into())].into()),
             &long_key_field,
+        ),
+        (
+            "label key voicehub reserves for its tag at the provider",
+            with(|r| r.labels = [("voicehub_id".into(), "x".into())].into()),
+            "labels[\"voicehub_id\"]",
         ),
         (
             "label value of 65 characters",

@@ -42,6 +42,7 @@ async fn owner_gets_every_field_of_their_private_voice(backend: Backend) {
         failure_reason: String::new(),
         preview_url: stored.preview_url.clone().unwrap(),
         labels: [("accent".to_owned(), "british".to_owned())].into(),
+        provider_labels: [("age".to_owned(), "young".to_owned())].into(),
         created_at: Some(timestamp(stored.created_at)),
         updated_at: Some(timestamp(stored.updated_at)),
         completed_at: Some(timestamp(stored.created_at)),

@@ -515,6 +515,7 @@ pub(crate) fn voice(
         preview_url: (status == VoiceStatus::Completed)
             .then(|| format!("https://cdn.example/{id}.mp3")),
         labels: Labels([("accent".to_owned(), "british".to_owned())].into()),
+        provider_labels: Labels([("age".to_owned(), "young".to_owned())].into()),
         request_id: None,
         revision: 1,
         created_at: at,

@@ -1,5 +1,16 @@
-use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
-use voicehub::{metrics::Metrics, store::Store};
+use migration::{Migrator, MigratorTrait};
+use sea_orm::{
+    ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, Statement,
+    sea_query::{Query, SimpleExpr},
+};
+use uuid::Uuid;
+use voicehub::{
+    metrics::Metrics,
+    store::{
+        Store, Visibility, VoiceStatus,
+        entity::voice::{self, Column, Labels},
+    },
+};
 
 use crate::{
     helpers::{Backend, TestDatabase},
@@ -7,7 +18,7 @@ use crate::{
 };
 
 /// How many migrations the schema has.
-const MIGRATIONS: i64 = 2;
+const MIGRATIONS: i64 = 3;
 
 async fn applied_migrations(db: &DatabaseConnection) -> i64 {
     let row = db
@@ -65,7 +76,61 @@ async fn migrating_twice_is_a_no_op(backend: Backend) {
     assert_eq!(applied_migrations(&db.connect().await).await, MIGRATIONS);
 }
 
+async fn voices_stored_before_provider_labels_existed_read_with_none(backend: Backend) {
+    let db = TestDatabase::new(backend).await;
+    let connection = db.connect().await;
+    Migrator::up(&connection, Some(2)).await.unwrap();
+    let (id, at) = (Uuid::now_v7(), chrono::Utc::now());
+    let labels = Labels([("accent".to_owned(), "british".to_owned())].into());
+    let values: [SimpleExpr; 13] = [
+        id.into(),
+        Uuid::new_v4().into(),
+        "Older".into(),
+        String::new().into(),
+        "en".into(),
+        String::new().into(),
+        "cloned".into(),
+        SimpleExpr::from(Visibility::Private),
+        SimpleExpr::from(VoiceStatus::Completed),
+        sea_orm::Value::from(labels.clone()).into(),
+        1_i64.into(),
+        at.into(),
+        at.into(),
+    ];
+    let insert = Query::insert()
+        .into_table(voice::Entity)
+        .columns([
+            Column::Id,
+            Column::OwnerUserId,
+            Column::Name,
+            Column::Description,
+            Column::Language,
+            Column::Gender,
+            Column::Category,
+            Column::Visibility,
+            Column::Status,
+            Column::Labels,
+            Column::Revision,
+            Column::CreatedAt,
+            Column::UpdatedAt,
+        ])
+        .values_panic(values)
+        .to_owned();
+    connection.execute(&insert).await.unwrap();
+
+    let store = Store::connect(&db.config(), &Metrics::new()).await.unwrap();
+    store.migrate().await.unwrap();
+    let stored = voice::Entity::find_by_id(id)
+        .one(&connection)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.labels, labels, "the caller's labels as they were");
+    assert_eq!(stored.provider_labels, Labels::default(), "none yet");
+}
+
 on_both_backends!(
     processes_migrating_together_apply_the_schema_once,
-    migrating_twice_is_a_no_op
+    migrating_twice_is_a_no_op,
+    voices_stored_before_provider_labels_existed_read_with_none
 );

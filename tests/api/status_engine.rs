@@ -66,9 +66,19 @@ async fn a_watcher_sees_processing_then_completed_and_storage_agrees(backend: Ba
     assert_eq!(stored, completed);
     assert!(stored.completed_at.is_some());
     assert_eq!(
-        stored.labels.get("language").map(String::as_str),
-        Some("en-GB"),
-        "labels as the provider reports them"
+        stored.labels,
+        [("accent".to_owned(), "british".to_owned())].into(),
+        "the caller's labels, untouched by completion"
+    );
+    assert_eq!(
+        stored.provider_labels,
+        [
+            ("accent".to_owned(), "british".to_owned()),
+            ("gender".to_owned(), "female".to_owned()),
+            ("language".to_owned(), "en-GB".to_owned()),
+        ]
+        .into(),
+        "the provider's labels as it reports them, without voicehub's tag"
     );
 }
 

@@ -176,6 +176,14 @@ async fn every_invalid_update_is_refused_naming_the_field(backend: Backend) {
             ),
             "voice.labels[\"Bad\"]",
         ),
+        (
+            "reserved label key",
+            with(
+                |v| v.labels = [("voicehub_id".into(), "x".into())].into(),
+                &["labels"],
+            ),
+            "voice.labels[\"voicehub_id\"]",
+        ),
     ];
     let before = fake.requests().len();
     for (case, request, field) in cases {
@@ -319,6 +327,49 @@ async fn another_user_can_neither_update_nor_delete_a_voice_public_or_private(ba
     .unwrap();
 }
 
+async fn labels_stay_as_the_user_set_them_and_the_provider_keeps_voicehubs_tag(backend: Backend) {
+    let (app, fake) = spawn_app_with_fake(backend, |_| {}).await;
+    let mut client = app.client(Uuid::new_v4());
+    let mut request = create_request("Ten labels");
+    request.labels = (0..10)
+        .map(|i| (format!("k{i}"), format!("v{i}")))
+        .collect();
+    let created = client
+        .create_voice_clone(request.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(app.worker.run_once().await.unwrap().completed, 1);
+    let read = get_voice(&mut client, &created.voice_id).await;
+    assert_eq!(read.status(), pb::VoiceStatus::Completed);
+    assert_eq!(read.labels, request.labels, "exactly the caller's ten");
+    assert_eq!(
+        read.provider_labels.get("language").map(String::as_str),
+        Some("en-GB"),
+        "what the provider reports is kept apart: {:?}",
+        read.provider_labels
+    );
+    assert!(!read.provider_labels.contains_key("voicehub_id"));
+
+    // Read, modify, write: the ten labels as read are valid as they are.
+    let mut changed = read.clone();
+    changed.labels.insert("k0".into(), "changed".into());
+    let updated = client
+        .update_voice(update(changed.clone(), &["labels"]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(updated.labels, changed.labels);
+    assert_eq!(updated.provider_labels, read.provider_labels);
+    let at_provider = fake.voice(&created.provider_voice_id).unwrap().labels;
+    assert_eq!(
+        at_provider.get("voicehub_id"),
+        Some(&created.voice_id),
+        "an edit of the labels keeps the tag: {at_provider:?}"
+    );
+    assert_eq!(at_provider.get("k0").map(String::as_str), Some("changed"));
+}
+
 on_both_backends!(
     each_update_path_changes_its_field_and_advances_the_revision,
     every_invalid_update_is_refused_naming_the_field,
@@ -326,4 +377,5 @@ on_both_backends!(
     a_voice_already_gone_at_the_provider_counts_as_deleted,
     a_failing_provider_delete_leaves_the_voice_as_it_was,
     another_user_can_neither_update_nor_delete_a_voice_public_or_private,
+    labels_stay_as_the_user_set_them_and_the_provider_keeps_voicehubs_tag,
 );

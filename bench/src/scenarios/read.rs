@@ -247,6 +247,7 @@ pub(crate) fn catalogue_voice(owner: Uuid, i: u64, at: DateTime<Utc>) -> Voice {
         failure_reason: None,
         preview_url: Some(format!("https://cdn.example/{i}.mp3")),
         labels: Labels([("accent".to_owned(), "british".to_owned())].into()),
+        provider_labels: Labels::default(),
         request_id: None,
         revision: 1,
         created_at: at,

@@ -41,7 +41,7 @@ use readiness::{VoiceDetails, VoicesPage};
 /// The most ids one `GET /v2/voices` lookup takes (and its largest page).
 const LOOKUP_LIMIT: usize = 100;
 
-use super::{CloneRequest, Cloned, ProviderError, Verdict, VoiceEdit, VoiceProvider};
+use super::{CloneRequest, Cloned, ProviderError, Verdict, VoiceEdit, VoiceProvider, tagged};
 
 /// How transient failures are retried.
 #[derive(Debug, Clone, Copy)]
@@ -291,9 +291,10 @@ impl VoiceProvider for ElevenLabs {
                 if let Some(description) = &request.description {
                     form = form.text("description", description.clone());
                 }
-                if !request.labels.is_empty() {
-                    form = form.text("labels", labels_json(&request.labels));
-                }
+                form = form.text(
+                    "labels",
+                    labels_json(&tagged(&request.labels, request.voicehub_id)),
+                );
                 for file in &request.files {
                     // Bytes clone is a reference count: a retry re-sends without copying.
                     let part = Part::stream_with_length(file.data.clone(), file.data.len() as u64)
@@ -372,7 +373,7 @@ impl VoiceProvider for ElevenLabs {
                 form = form.text("description", description.clone());
             }
             if let Some(labels) = &edit.labels {
-                form = form.text("labels", labels_json(labels));
+                form = form.text("labels", labels_json(&tagged(labels, edit.voicehub_id)));
             }
             self.http.request(Method::POST, url.clone()).multipart(form)
         })

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::provider::Verdict;
+use crate::provider::{TAG_LABEL, Verdict};
 
 /// The fields of a voice (`GET /v1/voices/{voice_id}`, or one of a
 /// `GET /v2/voices` page) that decide readiness.
@@ -98,9 +98,11 @@ impl VoiceDetails {
                 return Verdict::Processing;
             }
         }
+        let mut labels = strings(self.labels);
+        labels.remove(TAG_LABEL);
         Verdict::Completed {
             preview_url: self.preview_url.filter(|u| !u.is_empty()),
-            labels: strings(self.labels),
+            labels,
         }
     }
 }
@@ -120,7 +122,7 @@ mod tests {
     #[test]
     fn an_existing_instant_clone_is_completed_unless_verification_is_pending() {
         let ready = json!({"voice_id": "v", "category": "cloned", "preview_url": "https://p/1.mp3",
-            "labels": {"accent": "british", "age": null}});
+            "labels": {"accent": "british", "age": null, "voicehub_id": "0190e1f0-0000-7000-8000-000000000000"}});
         assert_eq!(
             verdict(&ready),
             Verdict::Completed {

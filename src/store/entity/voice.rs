@@ -42,9 +42,13 @@ pub struct Model {
     pub failure_reason: Option<String>,
     /// The provider's audio preview, once ready.
     pub preview_url: Option<String>,
-    /// Labels.
+    /// The caller's labels, exactly as set on create or update.
     #[sea_orm(column_type = "Json")]
     pub labels: Labels,
+    /// The labels the provider reports, read when the voice completes;
+    /// never sent to the provider and never changed by callers.
+    #[sea_orm(column_type = "Json")]
+    pub provider_labels: Labels,
     /// The creator's idempotency key (unique per owner).
     pub request_id: Option<String>,
     /// Starts at 1, increases by one on every change.
