@@ -25,7 +25,7 @@ use crate::{
     error::{Error, chain},
     events::DynBus,
     provider::{AudioFile, CloneRequest, DynProvider, ProviderError, VoiceEdit},
-    status_engine::Scheduler,
+    status_engine::{Scheduler, delete_at_provider},
     store::{self, Labels, Reservation, Store, Visibility, Voice, VoiceStatus},
 };
 
@@ -244,35 +244,17 @@ impl WritePath {
         }
     }
 
-    /// Deletes a provider voice that storage does not hold; records it when
-    /// even that fails, so it can be cleaned up by hand.
+    /// Deletes a provider voice that storage does not hold (or records it
+    /// as an orphan).
     async fn compensate(&self, provider_voice_id: &str, voice_id: Uuid, reason: &str) {
-        match self.provider.delete_voice(provider_voice_id).await {
-            Ok(()) | Err(ProviderError::NotFound) => {
-                tracing::warn!(provider_voice_id, %voice_id, reason, "deleted the provider voice again (compensation)");
-            }
-            Err(e) => {
-                tracing::error!(
-                    provider_voice_id,
-                    %voice_id,
-                    reason,
-                    error = %e,
-                    "ORPHANED provider voice: it exists at the provider but not in voicehub; delete it there"
-                );
-                if let Err(db) = self
-                    .store
-                    .record_orphan(
-                        self.provider.name(),
-                        provider_voice_id,
-                        Some(voice_id),
-                        reason,
-                    )
-                    .await
-                {
-                    tracing::error!(provider_voice_id, error = %chain(&db), "could not record the orphaned provider voice");
-                }
-            }
-        }
+        delete_at_provider(
+            &self.provider,
+            &self.store,
+            provider_voice_id,
+            voice_id,
+            reason,
+        )
+        .await;
     }
 
     /// Applies `patch` to the owner's voice, at the provider first for the

@@ -15,10 +15,13 @@
 //! Guarantees: every PROCESSING voice is on the queue or will be put back on
 //! it (at start-up, when the queue reports data loss, after an outage, and
 //! periodically); a claimed voice that is not finished comes back when its
-//! lease ends; a voice past its deadline is FAILED with a reason. Checks
+//! lease ends; a voice past its deadline is asked about once more and is
+//! COMPLETED if ready, FAILED with a reason otherwise; the provider voice of
+//! a FAILED voice is deleted (see `compensation`). Checks
 //! are at-least-once; transitions are written only from PROCESSING, so a
 //! repeated check is harmless.
 
+mod compensation;
 mod local_queue;
 mod queue;
 mod redis_queue;
@@ -32,6 +35,7 @@ use std::{
     time::Duration,
 };
 
+pub(crate) use compensation::delete_at_provider;
 pub(crate) use local_queue::LocalQueue;
 pub(crate) use queue::DynQueue;
 pub use queue::{Claim, DueQueue, QueueError};

@@ -19,7 +19,9 @@
 //! times (one claim, one reschedule of those still processing, one finish of
 //! the rest). A voice a lookup leaves out is asked about alone; a lookup that
 //! fails reschedules its voices, a lookup the provider refuses is replaced by
-//! single checks.
+//! single checks. Once their events are published, the provider voices of
+//! the voices that FAILED are deleted (compensation), so a failed voice holds
+//! no slot at the provider.
 
 use std::{
     collections::HashSet,
@@ -37,7 +39,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::{
-    Scheduler, SyncConfig,
+    Scheduler, SyncConfig, delete_at_provider,
     queue::{Claim, DynQueue, QueueError},
 };
 use crate::{
@@ -140,6 +142,24 @@ fn chunks<T>(mut items: Vec<T>, limit: usize) -> Vec<Vec<T>> {
 
 /// The coarsest grid due times are gathered on.
 const GATHER: Duration = Duration::from_secs(1);
+
+/// Whether `voice` has been PROCESSING longer than it may.
+fn past_deadline(voice: &Voice) -> bool {
+    voice
+        .processing_deadline
+        .is_some_and(|deadline| deadline <= chrono::Utc::now())
+}
+
+/// The failure reason of a voice given up on at its deadline.
+fn gave_up(voice: &Voice) -> String {
+    let age = (chrono::Utc::now() - voice.created_at)
+        .to_std()
+        .unwrap_or_default();
+    format!(
+        "gave up: still processing at the provider {} after creation",
+        humantime::format_duration(Duration::from_secs(age.as_secs()))
+    )
+}
 
 /// What one check decided.
 enum Decision {
@@ -301,6 +321,26 @@ impl Worker {
                     }
                 }
                 self.bus.publish(&settled).await;
+                // A FAILED voice must not keep a voice slot at the provider.
+                join_all(
+                    settled
+                        .iter()
+                        .filter(|v| {
+                            v.status == VoiceStatus::Failed
+                                && v.failure_reason.as_deref() != Some(GONE_AT_PROVIDER)
+                        })
+                        .filter_map(|v| Some((v.id, v.provider_voice_id.as_deref()?)))
+                        .map(|(id, provider_voice_id)| {
+                            delete_at_provider(
+                                &self.provider,
+                                &self.store,
+                                provider_voice_id,
+                                id,
+                                "the voice FAILED",
+                            )
+                        }),
+                )
+                .await;
                 // Those not settled are no longer PROCESSING: another check
                 // or a delete got there first. Either way, done.
                 done.extend(settle.iter().map(|(id, _)| *id));
@@ -352,25 +392,18 @@ impl Worker {
         result
     }
 
-    /// What can be decided about `voice` without asking the provider.
+    /// What can be decided about `voice` without asking the provider: only
+    /// about a voice the provider has not accepted yet (its create is in
+    /// flight), which waits, or FAILS once past its deadline.
     fn precheck(&self, voice: &Voice) -> Option<Decision> {
-        let now = chrono::Utc::now();
-        if voice
-            .processing_deadline
-            .is_some_and(|deadline| deadline <= now)
-        {
-            let age = (now - voice.created_at).to_std().unwrap_or_default();
-            let reason = format!(
-                "gave up: still processing at the provider {} after creation",
-                humantime::format_duration(Duration::from_secs(age.as_secs()))
-            );
-            return Some(Decision::Settle(Settlement::Fail(reason)));
+        if voice.provider_voice_id.is_some() {
+            return None;
         }
-        // Reserved but not yet accepted by the provider: its create is in flight.
-        voice
-            .provider_voice_id
-            .is_none()
-            .then(|| Decision::Again(self.backoff(voice)))
+        Some(if past_deadline(voice) {
+            Decision::Settle(Settlement::Fail(gave_up(voice)))
+        } else {
+            Decision::Again(self.backoff(voice))
+        })
     }
 
     /// Asks the provider about `voices` (all with a provider voice id), in
@@ -430,8 +463,14 @@ impl Worker {
     }
 
     /// What the provider's answer about `voice` means for it.
+    /// Past its deadline a voice is still asked once more: ready means
+    /// COMPLETED; still processing means FAILED. A failed check decides
+    /// nothing, not even then: the voice waits for an answer.
     fn decide(&self, voice: &Voice, answer: Result<Verdict, ProviderError>) -> Decision {
         match answer {
+            Ok(Verdict::Processing) if past_deadline(voice) => {
+                Decision::Settle(Settlement::Fail(gave_up(voice)))
+            }
             Ok(Verdict::Processing) => Decision::Again(self.backoff(voice)),
             Ok(Verdict::Completed {
                 preview_url,

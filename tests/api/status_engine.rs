@@ -110,6 +110,7 @@ async fn provider_failures_become_failed_with_a_reason(backend: Backend) {
         (Case::NotFound404, "voice no longer exists at the provider"),
     ] {
         let voice = create_voice(&mut client, "Doomed").await;
+        let gone = !matches!(case, Case::Report(_));
         match case {
             Case::Report(report) => fake.set_report(&voice.provider_voice_id, report),
             Case::Forgotten => fake.forget(&voice.provider_voice_id),
@@ -117,8 +118,17 @@ async fn provider_failures_become_failed_with_a_reason(backend: Backend) {
         }
         let mut stream = watch(&mut client, &[&voice.voice_id]).await;
         assert!(next(&mut stream).await.unwrap().snapshot);
+        let deletes = fake.calls(Route::Delete);
         let step = app.worker.run_once().await.unwrap();
         assert_eq!(step.failed, 1, "{expected}: {step:?}");
+        assert_eq!(
+            fake.calls(Route::Delete),
+            deletes + usize::from(!gone),
+            "{expected}: a FAILED voice's provider voice is deleted, unless already gone"
+        );
+        if !gone {
+            assert!(fake.voice(&voice.provider_voice_id).is_none(), "{expected}");
+        }
         let failed = next(&mut stream).await.unwrap().voice.unwrap();
         assert_eq!(failed.status(), pb::VoiceStatus::Failed);
         assert!(
@@ -151,24 +161,70 @@ async fn a_professional_clone_follows_its_training_state(backend: Backend) {
     assert_eq!(stored.status(), pb::VoiceStatus::Completed);
 }
 
-async fn a_voice_past_its_maximum_age_fails_with_a_reason_that_says_so(backend: Backend) {
+async fn a_voice_past_its_maximum_age_is_asked_once_more_then_fails_and_is_deleted_at_the_provider(
+    backend: Backend,
+) {
     let (app, fake) =
         spawn_app_with_fake(backend, |c| c.sync_max_age = Duration::from_millis(1)).await;
+    fake.set_default_report(Report::awaiting_verification());
     let mut client = app.client(Uuid::new_v4());
     let voice = create_voice(&mut client, "Slowpoke").await;
     let step = app.worker.run_once().await.unwrap();
     assert_eq!(step.failed, 1, "{step:?}");
-    assert_eq!(
-        fake.calls(Route::Get),
-        0,
-        "past its deadline, the provider is not asked"
-    );
+    assert_eq!(fake.calls(Route::Get), 1, "asked once more at its deadline");
     let stored = get_voice(&mut client, &voice.voice_id).await;
     assert_eq!(stored.status(), pb::VoiceStatus::Failed);
     assert!(
         stored.failure_reason.contains("gave up"),
         "{}",
         stored.failure_reason
+    );
+    assert_eq!(fake.calls(Route::Delete), 1);
+    assert_eq!(
+        fake.voice_count(),
+        0,
+        "the failed voice holds no slot at the provider"
+    );
+    assert!(app.orphans().await.is_empty());
+}
+
+async fn a_voice_ready_at_the_provider_completes_even_past_its_maximum_age(backend: Backend) {
+    let (app, fake) =
+        spawn_app_with_fake(backend, |c| c.sync_max_age = Duration::from_millis(1)).await;
+    let mut client = app.client(Uuid::new_v4());
+    let voice = create_voice(&mut client, "Late but ready").await;
+    let step = app.worker.run_once().await.unwrap();
+    assert_eq!((step.completed, step.failed), (1, 0), "{step:?}");
+    let stored = get_voice(&mut client, &voice.voice_id).await;
+    assert_eq!(stored.status(), pb::VoiceStatus::Completed);
+    assert_eq!(fake.calls(Route::Delete), 0);
+    assert!(fake.voice(&voice.provider_voice_id).is_some());
+}
+
+async fn a_failed_voice_the_provider_will_not_delete_is_recorded_as_an_orphan(backend: Backend) {
+    let (app, fake) =
+        spawn_app_with_fake(backend, |c| c.sync_max_age = Duration::from_millis(1)).await;
+    fake.set_default_report(Report::awaiting_verification());
+    let mut client = app.client(Uuid::new_v4());
+    let voice = create_voice(&mut client, "Stubborn").await;
+    fake.inject(Route::Delete, 4, Fault::server_error());
+    let step = app.worker.run_once().await.unwrap();
+    assert_eq!(step.failed, 1, "{step:?}");
+    assert_eq!(
+        get_voice(&mut client, &voice.voice_id).await.status(),
+        pb::VoiceStatus::Failed,
+        "the failure stands"
+    );
+    let orphans = app.orphans().await;
+    assert_eq!(orphans.len(), 1, "{orphans:?}");
+    assert_eq!(orphans[0].provider_voice_id, voice.provider_voice_id);
+    assert_eq!(
+        orphans[0].voice_id.map(|id| id.to_string()),
+        Some(voice.voice_id.clone())
+    );
+    assert!(
+        fake.voice(&voice.provider_voice_id).is_some(),
+        "still there, and on record"
     );
 }
 
@@ -509,7 +565,9 @@ on_both_backends!(
     a_watcher_sees_processing_then_completed_and_storage_agrees,
     provider_failures_become_failed_with_a_reason,
     a_professional_clone_follows_its_training_state,
-    a_voice_past_its_maximum_age_fails_with_a_reason_that_says_so,
+    a_voice_past_its_maximum_age_is_asked_once_more_then_fails_and_is_deleted_at_the_provider,
+    a_voice_ready_at_the_provider_completes_even_past_its_maximum_age,
+    a_failed_voice_the_provider_will_not_delete_is_recorded_as_an_orphan,
     an_idle_step_is_one_queue_round_trip_and_no_sql,
     claimed_voices_are_read_with_one_query,
     a_step_reschedules_all_its_voices_in_one_queue_round_trip,

@@ -1,0 +1,50 @@
+//! Compensation: deleting a provider voice that voicehub no longer wants,
+//! so that it stops taking one of the account's voice slots at the
+//! provider. That is a voice storage could not record (or whose row was
+//! deleted while it was being cloned), and the provider voice of every
+//! voice that FAILED.
+//!
+//! A voice already gone at the provider counts as deleted. A deletion that
+//! fails is logged at error level with the provider voice id and recorded in
+//! `provider_orphans`, so the sweep (or an operator) can delete it later; a
+//! failure to record it is logged too. Nothing here fails its caller: the
+//! change that made the voice unwanted is already decided.
+
+use uuid::Uuid;
+
+use crate::{
+    error::chain,
+    provider::{DynProvider, ProviderError},
+    store::Store,
+};
+
+/// Deletes `provider_voice_id` (of voicehub's `voice_id`) at the provider,
+/// or records it as an orphan; `reason` says why it is unwanted.
+pub(crate) async fn delete_at_provider(
+    provider: &DynProvider,
+    store: &Store,
+    provider_voice_id: &str,
+    voice_id: Uuid,
+    reason: &str,
+) {
+    match provider.delete_voice(provider_voice_id).await {
+        Ok(()) | Err(ProviderError::NotFound) => {
+            tracing::warn!(provider_voice_id, %voice_id, reason, "deleted the provider voice (compensation)");
+        }
+        Err(e) => {
+            tracing::error!(
+                provider_voice_id,
+                %voice_id,
+                reason,
+                error = %e,
+                "ORPHANED provider voice: it exists at the provider but voicehub does not want it; recorded for deletion"
+            );
+            if let Err(db) = store
+                .record_orphan(provider.name(), provider_voice_id, Some(voice_id), reason)
+                .await
+            {
+                tracing::error!(provider_voice_id, error = %chain(&db), "could not record the orphaned provider voice");
+            }
+        }
+    }
+}
