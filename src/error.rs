@@ -81,6 +81,12 @@ fn provider_status(e: ProviderError) -> Status {
                 "the voice provider is unavailable; retry later (with the same request_id)",
             )
         }
+        ProviderError::OutcomeUnknown(detail) => {
+            tracing::warn!(%detail, "the voice provider's answer was lost");
+            Status::unavailable(
+                "the voice provider did not answer; retry later (with the same request_id)",
+            )
+        }
         ProviderError::Unauthorized(detail) => {
             tracing::error!(%detail, "the voice provider refused our credentials: check ELEVENLABS_API_KEY and its permissions");
             Status::internal("internal error")

@@ -5,8 +5,14 @@
 //! - **Idempotent create.** A `request_id` is reserved in storage (unique per
 //!   owner) *before* the provider is called, so two requests with one key —
 //!   sequential or racing, on any replica — make one provider call and return
-//!   one voice. A transient provider failure releases the reservation, so a
-//!   retry with the same key can succeed.
+//!   one voice. A provider failure that surely made nothing releases the
+//!   reservation, so a retry with the same key can succeed.
+//! - **A create is never cut in half.** The reserved voice is on the
+//!   due-queue from the start; the provider call runs in a task of its own,
+//!   so a caller who goes away does not stop it; a lost answer (timeout, a
+//!   500) keeps the reservation and returns it PROCESSING. Either way the
+//!   status engine adopts the provider voice by its `voicehub_id` tag, or
+//!   fails the voice.
 //! - **No orphans.** If the provider created a voice that storage then cannot
 //!   record, the provider voice is deleted again (compensation); if that fails
 //!   too, its id is logged at error level and recorded in `provider_orphans`.
@@ -24,13 +30,10 @@ use uuid::Uuid;
 use crate::{
     error::{Error, chain},
     events::DynBus,
-    provider::{AudioFile, CloneRequest, DynProvider, ProviderError, VoiceEdit},
+    provider::{AudioFile, CloneRequest, DynProvider, INSTANT_CLONE, ProviderError, VoiceEdit},
     status_engine::{Scheduler, delete_at_provider},
     store::{self, Labels, Reservation, Store, Visibility, Voice, VoiceStatus},
 };
-
-/// The category ElevenLabs gives an instant clone, the only kind we create.
-const INSTANT_CLONE: &str = "cloned";
 
 /// A validated CreateVoiceClone request: what the write path creates a voice from.
 #[derive(Debug, Clone)]
@@ -158,6 +161,23 @@ impl WritePath {
                 )));
             }
         };
+        // On the due-queue from now on: should this create never finish (the
+        // process dies, the provider's answer is lost), the status engine
+        // adopts the voice by its tag or fails it.
+        self.scheduler.schedule_reserved(reserved.id).await;
+        // The provider call and what follows run as a task of their own, so
+        // a caller who goes away (cancelled, past its deadline) does not cut
+        // the create in half: it finishes, or is handed to the engine.
+        let this = self.clone();
+        match tokio::spawn(async move { this.clone_reserved(reserved, new).await }).await {
+            Ok(result) => result,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => Err(ProviderError::Unavailable("the server is shutting down".into()).into()),
+        }
+    }
+
+    /// Clones the reserved voice at the provider and records the provider's id.
+    async fn clone_reserved(&self, reserved: Voice, new: NewVoice) -> Result<Voice, Error> {
         let request = CloneRequest {
             voicehub_id: reserved.id,
             name: new.name.clone(),
@@ -168,6 +188,13 @@ impl WritePath {
         };
         let cloned = match self.provider.clone_voice(request).await {
             Ok(cloned) => cloned,
+            Err(ProviderError::OutcomeUnknown(detail)) => {
+                // The provider may hold the voice: keep the reservation (a
+                // retry with the same request_id returns it) and let the
+                // status engine adopt it by its tag, or fail it.
+                tracing::warn!(voice_id = %reserved.id, %detail, "the provider's answer to a create was lost; the status engine will adopt or fail the voice");
+                return Ok(reserved);
+            }
             Err(e) => {
                 self.release(reserved.id).await;
                 return Err(e.into());

@@ -106,6 +106,11 @@ pub struct ServeArgs {
     /// How often the due-queue is reconciled with storage regardless.
     #[arg(long, env = "VOICEHUB_SYNC_RECONCILE_INTERVAL", default_value = "10m", value_parser = humantime::parse_duration)]
     pub sync_reconcile_interval: Duration,
+    /// How long after its reservation a voice the provider never accepted is
+    /// looked for at the provider by its tag, and failed if not there; must
+    /// exceed the provider's longest create (timeout × attempts).
+    #[arg(long, env = "VOICEHUB_SYNC_ADOPT_AFTER", default_value = "2m", value_parser = humantime::parse_duration)]
+    pub sync_adopt_after: Duration,
     /// Storage.
     #[command(flatten)]
     pub database: DatabaseArgs,
@@ -219,6 +224,7 @@ impl ServeArgs {
                 min_backoff: status_engine::MIN_BACKOFF,
                 max_backoff: self.sync_max_backoff.max(status_engine::MIN_BACKOFF),
                 reconcile_every: self.sync_reconcile_interval,
+                adopt_after: self.sync_adopt_after,
             },
             database: self.database.into_config()?,
             auth: self.auth.into_config(Path::new("."))?,

@@ -109,6 +109,10 @@ pub enum ProviderError {
     /// Overloaded, failing or unreachable, still after the retries.
     #[error("the voice provider is unavailable: {0}")]
     Unavailable(String),
+    /// A create whose answer was lost (timeout, connection lost after
+    /// sending, a 500): the provider may or may not have made the voice.
+    #[error("the voice provider's answer was lost; it may have acted: {0}")]
+    OutcomeUnknown(String),
     /// Our API key is wrong or lacks a permission: an operator problem.
     #[error("the voice provider refused our credentials: {0}")]
     Unauthorized(String),
@@ -126,9 +130,8 @@ pub(crate) trait VoiceProvider: Send + Sync + 'static {
     /// Clones a voice from samples.
     ///
     /// # Errors
-    /// Any [`ProviderError`]; on error no voice was created, unless the
-    /// failure hid a success (a lost response), which callers must assume
-    /// possible only for `Unavailable`.
+    /// Any [`ProviderError`]; on error no voice was created, except after
+    /// [`ProviderError::OutcomeUnknown`], when one may have been.
     async fn clone_voice(&self, request: CloneRequest) -> Result<Cloned, ProviderError>;
 
     /// How far the provider is with a voice: still processing, ready, or failed.
@@ -167,6 +170,13 @@ pub(crate) trait VoiceProvider: Send + Sync + 'static {
         Ok(verdicts)
     }
 
+    /// The provider voice tagged with voicehub's `voicehub_id` (see
+    /// [`TAG_LABEL`]), if the provider holds one.
+    ///
+    /// # Errors
+    /// The search failed.
+    async fn find_tagged(&self, voicehub_id: Uuid) -> Result<Option<String>, ProviderError>;
+
     /// Changes a voice's name, description and labels.
     ///
     /// # Errors
@@ -198,6 +208,9 @@ pub(crate) enum Verdict {
     /// Will never be ready; the reason is meant for people.
     Failed(String),
 }
+
+/// The category ElevenLabs gives an instant clone, the only kind voicehub creates.
+pub(crate) const INSTANT_CLONE: &str = "cloned";
 
 /// The reason given for a voice that vanished at the provider.
 pub(crate) const GONE_AT_PROVIDER: &str = "voice no longer exists at the provider";

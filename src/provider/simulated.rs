@@ -13,10 +13,12 @@ use std::{
 
 use parking_lot::Mutex;
 use tokio::time::Instant;
+use uuid::Uuid;
 
 use super::{CloneRequest, Cloned, ProviderError, Verdict, VoiceEdit, VoiceProvider};
 
 struct SimVoice {
+    voicehub_id: Uuid,
     labels: BTreeMap<String, String>,
     ready_at: Instant,
 }
@@ -60,6 +62,7 @@ impl VoiceProvider for Simulated {
         self.voices.lock().insert(
             voice_id.clone(),
             SimVoice {
+                voicehub_id: request.voicehub_id,
                 labels: request.labels,
                 ready_at: Instant::now() + self.ready_after,
             },
@@ -82,6 +85,15 @@ impl VoiceProvider for Simulated {
             )),
             labels: voice.labels.clone(),
         })
+    }
+
+    async fn find_tagged(&self, voicehub_id: Uuid) -> Result<Option<String>, ProviderError> {
+        Ok(self
+            .voices
+            .lock()
+            .iter()
+            .find(|(_, v)| v.voicehub_id == voicehub_id)
+            .map(|(id, _)| id.clone()))
     }
 
     async fn edit_voice(&self, voice_id: &str, edit: VoiceEdit) -> Result<(), ProviderError> {

@@ -15,7 +15,10 @@
 //! Guarantees: every PROCESSING voice is on the queue or will be put back on
 //! it (at start-up, when the queue reports data loss, after an outage, and
 //! periodically); a claimed voice that is not finished comes back when its
-//! lease ends; a voice past its deadline is asked about once more and is
+//! lease ends; a reserved voice the provider never accepted (its create was
+//! cut off) is looked up by its tag after `adopt_after` and adopted, or
+//! FAILED if the provider does not hold it; a voice past its deadline is
+//! asked about once more and is
 //! COMPLETED if ready, FAILED with a reason otherwise; the provider voice of
 //! a FAILED voice is deleted (see `compensation`). Checks
 //! are at-least-once; transitions are written only from PROCESSING, so a
@@ -64,6 +67,11 @@ pub struct SyncConfig {
     pub idle: Duration,
     /// How often the queue is reconciled with storage regardless.
     pub reconcile_every: Duration,
+    /// How long after its reservation a voice the provider has not accepted
+    /// is looked for at the provider by its tag (adoption), and failed if
+    /// it is not there. Longer than the provider's longest create, so a
+    /// create still running is never mistaken for a lost one.
+    pub adopt_after: Duration,
 }
 
 /// How the write path hands a new voice to the engine; made by
@@ -73,13 +81,25 @@ pub struct SyncConfig {
 pub(crate) struct Scheduler {
     queue: DynQueue,
     reconcile_needed: Arc<AtomicBool>,
+    adopt_after: Duration,
 }
 
 impl Scheduler {
     /// Queues `id` for a check now. Never fails the caller: if the queue is
     /// unreachable, the next reconciliation puts the voice on it.
     pub(crate) async fn schedule(&self, id: Uuid) {
-        if let Err(e) = self.queue.enqueue(id, Duration::ZERO).await {
+        self.schedule_in(id, Duration::ZERO).await;
+    }
+
+    /// Queues a just-reserved `id` for the check that adopts or fails it
+    /// should its create never finish (a crash, a lost answer); the create
+    /// that finishes schedules it again, due now.
+    pub(crate) async fn schedule_reserved(&self, id: Uuid) {
+        self.schedule_in(id, self.adopt_after).await;
+    }
+
+    async fn schedule_in(&self, id: Uuid, delay: Duration) {
+        if let Err(e) = self.queue.enqueue(id, delay).await {
             tracing::warn!(voice_id = %id, error = %e, "could not queue a status check; reconciliation will");
             self.reconcile_needed.store(true, Ordering::Relaxed);
         }

@@ -45,7 +45,7 @@ use super::{
 use crate::{
     error::chain,
     events::DynBus,
-    provider::{DynProvider, GONE_AT_PROVIDER, ProviderError, Verdict},
+    provider::{DynProvider, GONE_AT_PROVIDER, INSTANT_CLONE, ProviderError, Verdict},
     store::{Settlement, Store, Voice, VoiceStatus},
 };
 
@@ -143,6 +143,17 @@ fn chunks<T>(mut items: Vec<T>, limit: usize) -> Vec<Vec<T>> {
 /// The coarsest grid due times are gathered on.
 const GATHER: Duration = Duration::from_secs(1);
 
+/// The failure reason of a reserved voice the provider does not hold.
+const NEVER_RECEIVED: &str =
+    "the voice provider never received this voice (its create was interrupted); create it again";
+
+/// How long ago `voice` was created.
+fn age(voice: &Voice) -> Duration {
+    (chrono::Utc::now() - voice.created_at)
+        .to_std()
+        .unwrap_or_default()
+}
+
 /// Whether `voice` has been PROCESSING longer than it may.
 fn past_deadline(voice: &Voice) -> bool {
     voice
@@ -152,12 +163,9 @@ fn past_deadline(voice: &Voice) -> bool {
 
 /// The failure reason of a voice given up on at its deadline.
 fn gave_up(voice: &Voice) -> String {
-    let age = (chrono::Utc::now() - voice.created_at)
-        .to_std()
-        .unwrap_or_default();
     format!(
         "gave up: still processing at the provider {} after creation",
-        humantime::format_duration(Duration::from_secs(age.as_secs()))
+        humantime::format_duration(Duration::from_secs(age(voice).as_secs()))
     )
 }
 
@@ -209,6 +217,7 @@ impl Worker {
         Scheduler {
             queue: self.queue.clone(),
             reconcile_needed: self.reconcile_needed.clone(),
+            adopt_after: self.config.adopt_after,
         }
     }
 
@@ -270,11 +279,24 @@ impl Worker {
             .copied()
             .filter(|id| !to_check.contains(id))
             .collect();
-        let mut asks = Vec::with_capacity(processing.len());
+        let (mut asks, mut adoptions) = (Vec::with_capacity(processing.len()), Vec::new());
         for voice in processing {
-            match self.precheck(&voice) {
-                Some(decision) => checked.decide(voice.id, decision, claimed_at),
-                None => asks.push(voice),
+            if voice.provider_voice_id.is_some() {
+                asks.push(voice);
+                continue;
+            }
+            // Reserved, not accepted by the provider: its create is running,
+            // or was cut off (crash, lost answer) and the voice is adopted or
+            // failed once the create cannot be running any more.
+            let age = age(&voice);
+            if age < self.config.adopt_after && !past_deadline(&voice) {
+                checked.decide(
+                    voice.id,
+                    Decision::Again(self.config.adopt_after.saturating_sub(age)),
+                    claimed_at,
+                );
+            } else {
+                adoptions.push(voice);
             }
         }
         // Voices are asked about in lookups of up to the provider's limit,
@@ -284,6 +306,10 @@ impl Worker {
         for lookup in chunks(asks, self.provider.lookup_limit()) {
             let this = self.clone();
             checks.spawn(async move { this.check(lookup).await });
+        }
+        for voice in adoptions {
+            let this = self.clone();
+            checks.spawn(async move { vec![this.adopt(voice).await] });
         }
         while let Some(joined) = checks.join_next().await {
             let decisions = match joined {
@@ -392,18 +418,42 @@ impl Worker {
         result
     }
 
-    /// What can be decided about `voice` without asking the provider: only
-    /// about a voice the provider has not accepted yet (its create is in
-    /// flight), which waits, or FAILS once past its deadline.
-    fn precheck(&self, voice: &Voice) -> Option<Decision> {
-        if voice.provider_voice_id.is_some() {
-            return None;
+    /// Looks a voice whose create never finished up at the provider by its
+    /// tag. Found, it is attached to the row (adopted; its event published)
+    /// and checked like any other from the next step on; not there, the
+    /// provider never received it, and it FAILED.
+    async fn adopt(&self, voice: Voice) -> (Uuid, Decision) {
+        let found = match self.provider.find_tagged(voice.id).await {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!(voice_id = %voice.id, error = %e, "could not look for the provider voice of an unfinished create; will retry");
+                return (voice.id, self.retry_later(&voice));
+            }
+        };
+        let Some(provider_voice_id) = found else {
+            return (
+                voice.id,
+                Decision::Settle(Settlement::Fail(NEVER_RECEIVED.into())),
+            );
+        };
+        match self
+            .store
+            .accept(voice.id, &provider_voice_id, INSTANT_CLONE)
+            .await
+        {
+            Ok(Some(adopted)) => {
+                tracing::info!(voice_id = %voice.id, provider_voice_id, "adopted the provider voice of an unfinished create");
+                self.bus.publish(std::slice::from_ref(&adopted)).await;
+            }
+            // Changed meanwhile (deleted, or accepted by its create): the
+            // next check sees how it stands.
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(voice_id = %voice.id, error = %chain(&e), "could not record an adopted provider voice; will retry");
+                return (voice.id, self.retry_later(&voice));
+            }
         }
-        Some(if past_deadline(voice) {
-            Decision::Settle(Settlement::Fail(gave_up(voice)))
-        } else {
-            Decision::Again(self.backoff(voice))
-        })
+        (voice.id, Decision::Again(Duration::ZERO))
     }
 
     /// Asks the provider about `voices` (all with a provider voice id), in

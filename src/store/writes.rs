@@ -87,8 +87,9 @@ impl Store {
         }
     }
 
-    /// Records the provider's id on a reserved voice. `None` if the
-    /// reservation is gone or already accepted (deleted meanwhile).
+    /// Records the provider's id on a reserved voice (or finds it recorded
+    /// already, by the status engine's adoption). `None` if the reservation
+    /// is gone, settled or holds another provider voice.
     ///
     /// # Errors
     /// A database failure.
@@ -103,7 +104,15 @@ impl Store {
             .col_expr(Column::Category, Expr::value(category))
             .filter(Column::ProviderVoiceId.is_null())
             .filter(Column::Status.eq(VoiceStatus::Processing));
-        self.revise(id, now(), update).await
+        if let Some(accepted) = self.revise(id, now(), update).await? {
+            return Ok(Some(accepted));
+        }
+        // Accepted already with this very provider voice: the status engine
+        // adopted it while its create was still running. Same outcome.
+        Ok(self.get_many(&[id]).await?.into_iter().find(|v| {
+            v.provider_voice_id.as_deref() == Some(provider_voice_id)
+                && v.status != VoiceStatus::Deleted
+        }))
     }
 
     /// Removes a reservation the provider never accepted.

@@ -315,7 +315,8 @@ async fn a_retry_after_a_transient_failure_succeeds_with_the_same_request_id(bac
     let (app, fake) = spawn_app_with_fake(backend, |_| {}).await;
     let mut client = app.client(Uuid::new_v4());
     let request = with(|r| r.request_id = "retry-me".into());
-    fake.inject(Route::Add, 1, Fault::server_error());
+    // 503 on every attempt: the provider surely made nothing.
+    fake.inject(Route::Add, 4, Fault::unavailable());
     let status = client
         .create_voice_clone(request.clone())
         .await
@@ -337,7 +338,11 @@ async fn a_retry_after_a_transient_failure_succeeds_with_the_same_request_id(bac
             .voice_id,
         voice.voice_id
     );
-    assert_eq!(fake.calls(Route::Add), 2);
+    assert_eq!(
+        fake.calls(Route::Add),
+        5,
+        "four refused attempts, then one create"
+    );
 }
 
 async fn the_per_user_voice_limit_is_resource_exhausted_and_freed_by_delete(backend: Backend) {
@@ -442,6 +447,151 @@ async fn an_orphan_is_recorded_when_compensation_fails_too(backend: Backend) {
     );
 }
 
+/// Waits (polling, at most 10 s) until `done` holds.
+async fn eventually(what: &str, mut done: impl AsyncFnMut() -> bool) {
+    for _ in 0..200 {
+        if done().await {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("not within 10 s: {what}");
+}
+
+async fn a_create_that_times_out_at_the_provider_is_adopted_and_its_retry_never_clones_again(
+    backend: Backend,
+) {
+    let (app, fake) = spawn_app_with_fake(backend, |c| {
+        c.sync.adopt_after = std::time::Duration::ZERO;
+    })
+    .await;
+    let mut client = app.client(Uuid::new_v4());
+    let request = with(|r| r.request_id = "slow-provider".into());
+    // The provider answers after the client's 400 ms timeout, but makes the voice.
+    fake.inject(
+        Route::Add,
+        1,
+        Fault::Slow(std::time::Duration::from_secs(1)),
+    );
+    let first = client
+        .create_voice_clone(request.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(first.status(), pb::VoiceStatus::Processing);
+    assert!(
+        first.provider_voice_id.is_empty(),
+        "the provider's answer was lost"
+    );
+    let retry = client
+        .create_voice_clone(request.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        retry.voice_id, first.voice_id,
+        "the retry returns the reserved voice"
+    );
+    eventually("the provider made the voice", async || {
+        fake.voice_count() == 1
+    })
+    .await;
+
+    let step = app.worker.run_once().await.unwrap();
+    assert_eq!((step.claimed, step.failed), (1, 0), "adopted: {step:?}");
+    let adopted = get_voice(&mut client, &first.voice_id).await;
+    assert!(!adopted.provider_voice_id.is_empty());
+    assert_eq!(
+        fake.voice(&adopted.provider_voice_id)
+            .unwrap()
+            .labels
+            .get("voicehub_id"),
+        Some(&first.voice_id),
+        "found by its tag"
+    );
+    assert_eq!(app.worker.run_once().await.unwrap().completed, 1);
+    assert_eq!(
+        get_voice(&mut client, &first.voice_id).await.status(),
+        pb::VoiceStatus::Completed
+    );
+    assert_eq!(fake.calls(Route::Add), 1, "cloned once");
+    assert_eq!(fake.voice_count(), 1, "one voice at the provider");
+    assert_eq!(app.voice_rows().await, 1, "one row");
+    assert!(app.orphans().await.is_empty());
+}
+
+async fn a_create_the_provider_never_received_fails_with_a_reason_that_says_so(backend: Backend) {
+    let (app, fake) = spawn_app_with_fake(backend, |c| {
+        c.sync.adopt_after = std::time::Duration::ZERO;
+    })
+    .await;
+    let mut client = app.client(Uuid::new_v4());
+    // A 500 may hide a created voice; this time it does not.
+    fake.inject(Route::Add, 1, Fault::server_error());
+    let reserved = client
+        .create_voice_clone(create_request("Lost"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(reserved.status(), pb::VoiceStatus::Processing);
+    let step = app.worker.run_once().await.unwrap();
+    assert_eq!(step.failed, 1, "{step:?}");
+    let failed = get_voice(&mut client, &reserved.voice_id).await;
+    assert_eq!(failed.status(), pb::VoiceStatus::Failed);
+    assert!(
+        failed.failure_reason.contains("never received"),
+        "{}",
+        failed.failure_reason
+    );
+    assert_eq!(fake.calls(Route::Lookup), 1, "looked for by its tag");
+    assert_eq!(fake.voice_count(), 0);
+}
+
+async fn a_create_whose_caller_gives_up_still_finishes_and_a_retry_returns_it(backend: Backend) {
+    let (app, fake) = spawn_app_with_fake(backend, |_| {}).await;
+    let mut client = app.client(Uuid::new_v4());
+    let request = with(|r| r.request_id = "impatient".into());
+    // The provider answers in 300 ms, within voicehub's timeout; the caller
+    // gives up after 100 ms.
+    fake.inject(
+        Route::Add,
+        1,
+        Fault::Slow(std::time::Duration::from_millis(300)),
+    );
+    let mut call = tonic::Request::new(request.clone());
+    call.set_timeout(std::time::Duration::from_millis(100));
+    let status = client.create_voice_clone(call).await.unwrap_err();
+    assert!(
+        matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{status:?}"
+    );
+    eventually("the create finished without its caller", async || {
+        app.voice_rows().await == 1 && fake.voice_count() == 1 && {
+            let voices = client
+                .list_user_voices(ListUserVoicesRequest::default())
+                .await
+                .unwrap()
+                .into_inner()
+                .voices;
+            voices.len() == 1 && !voices[0].provider_voice_id.is_empty()
+        }
+    })
+    .await;
+    assert_eq!(app.worker.run_once().await.unwrap().completed, 1);
+    let retry = client
+        .create_voice_clone(request)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        retry.status(),
+        pb::VoiceStatus::Completed,
+        "the retry returns it"
+    );
+    assert_eq!(fake.calls(Route::Add), 1, "cloned once");
+    assert_eq!(app.voice_rows().await, 1);
+}
+
 on_both_backends!(
     create_then_get_and_list_show_the_processing_voice,
     every_invalid_create_request_is_refused_naming_the_field_and_nothing_is_written,
@@ -452,4 +602,7 @@ on_both_backends!(
     the_per_user_voice_limit_is_resource_exhausted_and_freed_by_delete,
     a_provider_voice_that_cannot_be_recorded_is_deleted_again,
     an_orphan_is_recorded_when_compensation_fails_too,
+    a_create_that_times_out_at_the_provider_is_adopted_and_its_retry_never_clones_again,
+    a_create_the_provider_never_received_fails_with_a_reason_that_says_so,
+    a_create_whose_caller_gives_up_still_finishes_and_a_retry_returns_it,
 );

@@ -426,6 +426,20 @@ async fn add(State(inner): Shared, headers: HeaderMap, form: Multipart) -> Respo
         files: recorded.files.iter().filter(|f| f.0 == "files").count(),
         report: inner.lock().unwrap().default_report.clone(),
     };
+    // Like a real server, the fake finishes what it started when the client
+    // goes away (a timeout): the voice exists even if nobody hears of it.
+    tokio::spawn(add_received(inner, recorded, voice, name, files_as_text))
+        .await
+        .unwrap()
+}
+
+async fn add_received(
+    inner: Arc<Mutex<Inner>>,
+    recorded: Recorded,
+    voice: FakeVoice,
+    name: Option<String>,
+    files_as_text: bool,
+) -> Response {
     if let Some(response) = begin(&inner, recorded).await {
         return response;
     }
@@ -472,8 +486,9 @@ async fn get_voice(State(inner): Shared, Path(id): Path<String>, headers: Header
     ok(voice_json(&id, &voice))
 }
 
-/// `GET /v2/voices?voice_ids=…`: the voices it knows of those asked for,
-/// as one page. Query pairs are recorded as the request's texts.
+/// `GET /v2/voices`: with `voice_ids=…`, the voices it knows of those asked
+/// for, as one page; otherwise a paged search. Query pairs are recorded as
+/// the request's texts.
 async fn lookup(State(inner): Shared, RawQuery(query): RawQuery, headers: HeaderMap) -> Response {
     let url = reqwest::Url::parse(&format!("http://fake/?{}", query.unwrap_or_default())).unwrap();
     let texts: Vec<(String, String)> = url.query_pairs().into_owned().collect();
@@ -499,17 +514,62 @@ async fn lookup(State(inner): Shared, RawQuery(query): RawQuery, headers: Header
             json!({"detail": [{"loc": ["query", "voice_ids"], "msg": "at most 100 voice ids", "type": "value_error"}]}),
         );
     }
-    let voices: Vec<Value> = {
-        let inner = inner.lock().unwrap();
-        ids.iter()
-            .filter_map(|id| inner.voices.get(id).map(|voice| voice_json(id, voice)))
-            .collect()
+    let query = |key: &str| {
+        url.query_pairs()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.into_owned())
     };
+    let inner = inner.lock().unwrap();
+    if !ids.is_empty() {
+        let voices: Vec<Value> = ids
+            .iter()
+            .filter_map(|id| inner.voices.get(id).map(|voice| voice_json(id, voice)))
+            .collect();
+        return ok(json!({
+            "voices": voices,
+            "has_more": false,
+            "total_count": voices.len(),
+            "next_page_token": null,
+        }));
+    }
+    // A search: voices whose name, description or label values contain
+    // `search`, in pages of `page_size` (10 by default, at most 100), with
+    // an opaque `next_page_token` (here, the offset).
+    let search = query("search").unwrap_or_default().to_lowercase();
+    let page_size = query("page_size")
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(10)
+        .clamp(1, 100);
+    let offset = query("next_page_token")
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(0);
+    let mut matching: Vec<(&String, &FakeVoice)> = inner
+        .voices
+        .iter()
+        .filter(|(_, v)| {
+            v.name.to_lowercase().contains(&search)
+                || v.description
+                    .as_deref()
+                    .is_some_and(|d| d.to_lowercase().contains(&search))
+                || v.labels
+                    .values()
+                    .any(|l| l.to_lowercase().contains(&search))
+        })
+        .collect();
+    matching.sort_by_key(|(id, _)| *id);
+    let total = matching.len();
+    let voices: Vec<Value> = matching
+        .iter()
+        .skip(offset)
+        .take(page_size)
+        .map(|(id, voice)| voice_json(id, voice))
+        .collect();
+    let next = offset + voices.len();
     ok(json!({
         "voices": voices,
-        "has_more": false,
-        "total_count": voices.len(),
-        "next_page_token": null,
+        "has_more": next < total,
+        "total_count": total,
+        "next_page_token": if next < total { Value::from(next.to_string()) } else { Value::Null },
     }))
 }
 

@@ -73,6 +73,8 @@ pub(crate) fn test_sync_config() -> SyncConfig {
         max_backoff: Duration::ZERO,
         idle: Duration::from_millis(200),
         reconcile_every: Duration::from_hours(1),
+        // Past the fake provider's longest create (four attempts of 400 ms).
+        adopt_after: Duration::from_secs(3),
     }
 }
 

@@ -62,17 +62,17 @@ fn create_cases() -> Vec<CreateCase> {
             attempts: 2,
         },
         CreateCase {
-            provider_answers: "500: not retried, since it may hide a created voice",
+            provider_answers: "500: not retried, since it may hide a created voice; the reserved voice is returned PROCESSING, for the status engine to adopt or fail",
             fault: Fault::server_error(),
             times: 1,
-            outcome: Err(Code::Unavailable),
+            outcome: ok,
             attempts: 1,
         },
         CreateCase {
-            provider_answers: "no answer before the timeout: not retried, it may hide a created voice",
+            provider_answers: "no answer before the timeout: not retried, it may hide a created voice; the reserved voice is returned PROCESSING",
             fault: Fault::Slow(Duration::from_secs(3)),
             times: 1,
-            outcome: Err(Code::Unavailable),
+            outcome: ok,
             attempts: 1,
         },
         CreateCase {

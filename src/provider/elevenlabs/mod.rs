@@ -31,6 +31,7 @@ use reqwest::{
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use tokio::{sync::Semaphore, time::Instant};
+use uuid::Uuid;
 
 mod errors;
 mod readiness;
@@ -41,7 +42,29 @@ use readiness::{VoiceDetails, VoicesPage};
 /// The most ids one `GET /v2/voices` lookup takes (and its largest page).
 const LOOKUP_LIMIT: usize = 100;
 
-use super::{CloneRequest, Cloned, ProviderError, Verdict, VoiceEdit, VoiceProvider, tagged};
+/// The most pages one search for a tag reads.
+const MAX_SEARCH_PAGES: usize = 50;
+
+/// The part of a `GET /v2/voices?search=` page a tag search reads.
+#[derive(Deserialize)]
+struct SearchPage {
+    voices: Vec<SearchedVoice>,
+    #[serde(default)]
+    has_more: bool,
+    #[serde(default)]
+    next_page_token: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct SearchedVoice {
+    voice_id: String,
+    #[serde(default)]
+    labels: Option<BTreeMap<String, serde_json::Value>>,
+}
+
+use super::{
+    CloneRequest, Cloned, ProviderError, TAG_LABEL, Verdict, VoiceEdit, VoiceProvider, tagged,
+};
 
 /// How transient failures are retried.
 #[derive(Debug, Clone, Copy)]
@@ -156,7 +179,7 @@ impl ElevenLabs {
                     surely_unprocessed,
                 }) => {
                     if idempotency == Idempotency::NotIdempotent && !surely_unprocessed {
-                        return Err(error);
+                        return Err(ProviderError::OutcomeUnknown(error.to_string()));
                     }
                     (error, retry_after)
                 }
@@ -362,6 +385,49 @@ impl VoiceProvider for ElevenLabs {
             .filter(|voice| voice_ids.contains(&voice.voice_id.as_str()))
             .map(|mut voice| (std::mem::take(&mut voice.voice_id), voice.verdict()))
             .collect())
+    }
+
+    async fn find_tagged(&self, voicehub_id: Uuid) -> Result<Option<String>, ProviderError> {
+        let tag = voicehub_id.to_string();
+        let mut token: Option<String> = None;
+        // The search matches labels among other fields; only the voice whose
+        // tag is exactly ours counts. Bounded, in case paging never ends.
+        for _ in 0..MAX_SEARCH_PAGES {
+            let mut url = self.url(&["v2", "voices"]);
+            {
+                let mut query = url.query_pairs_mut();
+                query
+                    .append_pair("search", &tag)
+                    .append_pair("page_size", &LOOKUP_LIMIT.to_string())
+                    .append_pair("include_total_count", "false");
+                if let Some(token) = &token {
+                    query.append_pair("next_page_token", token);
+                }
+            }
+            let body = self
+                .call("voices.search", Idempotency::Idempotent, || {
+                    self.http.get(url.clone())
+                })
+                .await?;
+            let page: SearchPage = serde_json::from_slice(&body)
+                .map_err(|e| ProviderError::Protocol(format!("voices search page: {e}")))?;
+            if let Some(found) = page.voices.into_iter().find(|v| {
+                v.labels
+                    .as_ref()
+                    .and_then(|l| l.get(TAG_LABEL))
+                    .and_then(serde_json::Value::as_str)
+                    == Some(tag.as_str())
+            }) {
+                return Ok(Some(found.voice_id));
+            }
+            match page.next_page_token.filter(|_| page.has_more) {
+                Some(next) => token = Some(next),
+                None => return Ok(None),
+            }
+        }
+        Err(ProviderError::Protocol(format!(
+            "voices search for {tag} did not end within {MAX_SEARCH_PAGES} pages"
+        )))
     }
 
     async fn edit_voice(&self, voice_id: &str, edit: VoiceEdit) -> Result<(), ProviderError> {
