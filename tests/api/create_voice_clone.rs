@@ -3,7 +3,7 @@ use uuid::Uuid;
 use voicehub::pb::{self, AudioSample, CreateVoiceCloneRequest, ListUserVoicesRequest};
 
 use crate::{
-    fake_elevenlabs::{API_KEY, Fault, Route},
+    fake_elevenlabs::{API_KEY, FakeVoice, Fault, Report, Route},
     helpers::{
         Backend, TestApp, assert_invalid_field, create_request, create_voice, get_voice, mp3,
         spawn_app_with_fake, wav,
@@ -520,6 +520,60 @@ async fn a_create_that_times_out_at_the_provider_is_adopted_and_its_retry_never_
     assert!(app.orphans().await.is_empty());
 }
 
+async fn adoption_reads_every_page_of_the_search_and_takes_only_the_exact_tag(backend: Backend) {
+    let (app, fake) = spawn_app_with_fake(backend, |c| {
+        c.sync.adopt_after = std::time::Duration::ZERO;
+    })
+    .await;
+    let mut client = app.client(Uuid::new_v4());
+    fake.inject(
+        Route::Add,
+        1,
+        Fault::Slow(std::time::Duration::from_secs(1)),
+    );
+    let reserved = client
+        .create_voice_clone(create_request("Paged"))
+        .await
+        .unwrap()
+        .into_inner();
+    eventually("the provider made the voice", async || {
+        fake.voice_count() == 1
+    })
+    .await;
+    // Someone else's voice that the search also matches, on the first page:
+    // it mentions the id but does not carry the tag.
+    fake.add_voice(
+        "AAAAnotVoicehubs",
+        FakeVoice {
+            name: "Not ours".into(),
+            description: Some(format!("copy of {}", reserved.voice_id)),
+            labels: [("note".to_owned(), reserved.voice_id.clone())].into(),
+            files: 1,
+            report: Report::default(),
+        },
+    );
+    fake.set_page_limit(1);
+    let step = app.worker.run_once().await.unwrap();
+    assert_eq!((step.claimed, step.failed), (1, 0), "{step:?}");
+    let searches: Vec<_> = fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.route == Route::Lookup)
+        .collect();
+    assert_eq!(searches.len(), 2, "two pages of one voice each");
+    assert_eq!(searches[1].text("next_page_token"), Some("1"));
+    let adopted = get_voice(&mut client, &reserved.voice_id).await;
+    assert_ne!(adopted.provider_voice_id, "AAAAnotVoicehubs");
+    assert_eq!(
+        fake.voice(&adopted.provider_voice_id)
+            .unwrap()
+            .labels
+            .get("voicehub_id"),
+        Some(&reserved.voice_id)
+    );
+    assert!(fake.voice("AAAAnotVoicehubs").is_some(), "never touched");
+}
+
 async fn a_create_the_provider_never_received_fails_with_a_reason_that_says_so(backend: Backend) {
     let (app, fake) = spawn_app_with_fake(backend, |c| {
         c.sync.adopt_after = std::time::Duration::ZERO;
@@ -604,5 +658,6 @@ on_both_backends!(
     an_orphan_is_recorded_when_compensation_fails_too,
     a_create_that_times_out_at_the_provider_is_adopted_and_its_retry_never_clones_again,
     a_create_the_provider_never_received_fails_with_a_reason_that_says_so,
+    adoption_reads_every_page_of_the_search_and_takes_only_the_exact_tag,
     a_create_whose_caller_gives_up_still_finishes_and_a_retry_returns_it,
 );

@@ -204,6 +204,9 @@ struct Inner {
     faults: HashMap<Route, VecDeque<Fault>>,
     next_id: u64,
     default_report: Report,
+    /// The largest page a search returns, whatever `page_size` asks (the
+    /// real API may return fewer voices than asked for).
+    page_limit: Option<usize>,
 }
 
 #[derive(Clone)]
@@ -276,6 +279,21 @@ impl FakeElevenLabs {
     }
 
     /// What new voices will report until changed.
+    /// Searches return at most `limit` voices per page from now on.
+    pub(crate) fn set_page_limit(&self, limit: usize) {
+        self.inner.lock().unwrap().page_limit = Some(limit);
+    }
+
+    /// Puts a voice at the fake as if made elsewhere in the account (by
+    /// someone other than voicehub).
+    pub(crate) fn add_voice(&self, id: &str, voice: FakeVoice) {
+        self.inner
+            .lock()
+            .unwrap()
+            .voices
+            .insert(id.to_owned(), voice);
+    }
+
     pub(crate) fn set_default_report(&self, report: Report) {
         self.inner.lock().unwrap().default_report = report;
     }
@@ -539,7 +557,7 @@ async fn lookup(State(inner): Shared, RawQuery(query): RawQuery, headers: Header
     let page_size = query("page_size")
         .and_then(|v| v.parse::<usize>().ok())
         .unwrap_or(10)
-        .clamp(1, 100);
+        .clamp(1, inner.page_limit.unwrap_or(100));
     let offset = query("next_page_token")
         .and_then(|v| v.parse::<usize>().ok())
         .unwrap_or(0);
