@@ -247,6 +247,53 @@ async fn a_redis_restart_loses_no_event_for_watchers_and_storage_rpcs_keep_worki
 }
 
 #[tokio::test]
+async fn a_redis_outage_longer_than_max_age_leaves_a_voice_ready_at_the_provider_completed() {
+    let mut redis = RedisServer::start();
+    let url = redis.url();
+    let (app, fake) = spawn_app_with_fake(Backend::Postgres, move |c| {
+        c.redis_url = Some(SecretString::from(url));
+        c.redis_timeout = Duration::from_millis(300);
+        c.sync_max_age = Duration::from_secs(1);
+    })
+    .await;
+    fake.set_default_report(Report::awaiting_verification());
+    let user = Uuid::new_v4();
+    let mut client = app.client(user);
+    let voice = create_voice(&mut client, "Outlasted").await;
+    assert_eq!(app.worker.run_once().await.unwrap().rescheduled, 1);
+
+    // Redis goes away for longer than the voice's maximum age; meanwhile
+    // the provider finishes the voice.
+    redis.stop();
+    fake.set_report(&voice.provider_voice_id, Report::default());
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert!(
+        app.worker.run_once().await.is_err(),
+        "the outage is noticed"
+    );
+    redis.restart();
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        assert!(tokio::time::Instant::now() < deadline, "never settled");
+        if let Ok(step) = app.worker.run_once().await
+            && step.completed + step.failed > 0
+        {
+            assert_eq!((step.completed, step.failed), (1, 0), "{step:?}");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        status_of(&app, user, &voice.voice_id).await,
+        pb::VoiceStatus::Completed,
+        "asked once more at its deadline, and ready"
+    );
+    assert_eq!(fake.calls(Route::Delete), 0);
+    assert!(fake.voice(&voice.provider_voice_id).is_some());
+}
+
+#[tokio::test]
 async fn an_event_with_a_field_this_build_does_not_know_reaches_a_watcher() {
     let (app, _fake) = spawn_app_with_fake(Backend::Postgres, |_| {}).await;
     let user = Uuid::new_v4();
