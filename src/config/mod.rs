@@ -108,8 +108,9 @@ pub struct ServeArgs {
     pub sync_reconcile_interval: Duration,
     /// How long after its reservation a voice the provider never accepted is
     /// looked for at the provider by its tag, and failed if not there; must
-    /// exceed the provider's longest create (timeout × attempts).
-    #[arg(long, env = "VOICEHUB_SYNC_ADOPT_AFTER", default_value = "2m", value_parser = humantime::parse_duration)]
+    /// exceed the provider's longest create (`ELEVENLABS_TIMEOUT` +
+    /// `ELEVENLABS_RETRY_BUDGET`).
+    #[arg(long, env = "VOICEHUB_SYNC_ADOPT_AFTER", default_value = "3m", value_parser = humantime::parse_duration)]
     pub sync_adopt_after: Duration,
     /// Storage.
     #[command(flatten)]
@@ -207,6 +208,19 @@ impl ServeArgs {
         if self.redis_prefix.is_empty() || self.redis_prefix.contains(char::is_whitespace) {
             bail!("VOICEHUB_REDIS_PREFIX must be a non-empty word");
         }
+        let provider = self.provider.into_config()?;
+        if let ProviderConfig::ElevenLabs(elevenlabs) = &provider {
+            // A create may take its retry budget plus one last attempt; an
+            // adoption before then could fail a voice whose create still runs.
+            let longest = elevenlabs.timeout + elevenlabs.retry.budget;
+            if self.sync_adopt_after <= longest {
+                bail!(
+                    "VOICEHUB_SYNC_ADOPT_AFTER ({}) must exceed the longest create, ELEVENLABS_TIMEOUT + ELEVENLABS_RETRY_BUDGET ({})",
+                    humantime::format_duration(self.sync_adopt_after),
+                    humantime::format_duration(longest)
+                );
+            }
+        }
         Ok(Config {
             listen: self.listen,
             migrate_on_start: self.migrate_on_start,
@@ -228,7 +242,7 @@ impl ServeArgs {
             },
             database: self.database.into_config()?,
             auth: self.auth.into_config(Path::new("."))?,
-            provider: self.provider.into_config()?,
+            provider,
         })
     }
 }

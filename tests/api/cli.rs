@@ -69,7 +69,7 @@ fn token_refuses_a_user_that_is_not_a_uuid() {
 #[test]
 fn serve_refuses_bad_configuration_with_the_variable_named() {
     let dir = tempfile::tempdir().unwrap();
-    let cases: [(&[(&str, &str)], &str); 8] = [
+    let cases: [(&[(&str, &str)], &str); 9] = [
         (&[("VOICEHUB_JWT_SECRET", "short")], "VOICEHUB_JWT_SECRET"),
         (&[("DATABASE_URL", "mysql://localhost/x")], "DATABASE_URL"),
         (&[("VOICEHUB_LISTEN", "not-an-address")], "--listen"),
@@ -86,6 +86,16 @@ fn serve_refuses_bad_configuration_with_the_variable_named() {
                 ("ELEVENLABS_BASE_URL", "ftp://files.example"),
             ],
             "ELEVENLABS_BASE_URL",
+        ),
+        (
+            &[
+                ("VOICEHUB_PROVIDER", "elevenlabs"),
+                ("ELEVENLABS_API_KEY", "k"),
+                ("ELEVENLABS_TIMEOUT", "60s"),
+                ("ELEVENLABS_RETRY_BUDGET", "90s"),
+                ("VOICEHUB_SYNC_ADOPT_AFTER", "2m"),
+            ],
+            "VOICEHUB_SYNC_ADOPT_AFTER",
         ),
     ];
     for (env, needle) in cases {
