@@ -158,6 +158,25 @@ impl ElevenLabs {
         url
     }
 
+    /// One page of `GET /v2/voices` (of the largest size, without the
+    /// costly total) with these query pairs, read as `T`.
+    async fn voices_page<'a, T: serde::de::DeserializeOwned>(
+        &self,
+        op: &'static str,
+        pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<T, ProviderError> {
+        let mut url = self.url(&["v2", "voices"]);
+        url.query_pairs_mut()
+            .append_pair("page_size", &LOOKUP_LIMIT.to_string())
+            .append_pair("include_total_count", "false")
+            .extend_pairs(pairs);
+        let body = self
+            .call(op, Idempotency::Idempotent, || self.http.get(url.clone()))
+            .await?;
+        serde_json::from_slice(&body)
+            .map_err(|e| ProviderError::Protocol(format!("{op} answer: {e}")))
+    }
+
     /// Sends one logical call, retrying transient failures as the module
     /// documentation says. Returns the successful response's body.
     async fn call(
@@ -362,23 +381,11 @@ impl VoiceProvider for ElevenLabs {
         &self,
         voice_ids: &[&str],
     ) -> Result<HashMap<String, Verdict>, ProviderError> {
-        let mut url = self.url(&["v2", "voices"]);
-        {
-            let mut query = url.query_pairs_mut();
-            query
-                .append_pair("page_size", &LOOKUP_LIMIT.to_string())
-                .append_pair("include_total_count", "false");
-            for id in voice_ids.iter().take(LOOKUP_LIMIT) {
-                query.append_pair("voice_ids", id);
-            }
-        }
-        let body = self
-            .call("voices.lookup", Idempotency::Idempotent, || {
-                self.http.get(url.clone())
-            })
-            .await?;
-        let page: VoicesPage = serde_json::from_slice(&body)
-            .map_err(|e| ProviderError::Protocol(format!("voices page: {e}")))?;
+        let ids = voice_ids
+            .iter()
+            .take(LOOKUP_LIMIT)
+            .map(|id| ("voice_ids", *id));
+        let page: VoicesPage = self.voices_page("voices.lookup", ids).await?;
         Ok(page
             .voices
             .into_iter()
@@ -393,24 +400,9 @@ impl VoiceProvider for ElevenLabs {
         // The search matches labels among other fields; only the voice whose
         // tag is exactly ours counts. Bounded, in case paging never ends.
         for _ in 0..MAX_SEARCH_PAGES {
-            let mut url = self.url(&["v2", "voices"]);
-            {
-                let mut query = url.query_pairs_mut();
-                query
-                    .append_pair("search", &tag)
-                    .append_pair("page_size", &LOOKUP_LIMIT.to_string())
-                    .append_pair("include_total_count", "false");
-                if let Some(token) = &token {
-                    query.append_pair("next_page_token", token);
-                }
-            }
-            let body = self
-                .call("voices.search", Idempotency::Idempotent, || {
-                    self.http.get(url.clone())
-                })
-                .await?;
-            let page: SearchPage = serde_json::from_slice(&body)
-                .map_err(|e| ProviderError::Protocol(format!("voices search page: {e}")))?;
+            let query = std::iter::once(("search", tag.as_str()))
+                .chain(token.as_deref().map(|t| ("next_page_token", t)));
+            let page: SearchPage = self.voices_page("voices.search", query).await?;
             if let Some(found) = page.voices.into_iter().find(|v| {
                 v.labels
                     .as_ref()
