@@ -27,7 +27,7 @@ use crate::{
     metrics::Metrics,
     pb,
     redis::Redis,
-    status_engine::{DynQueue, LocalQueue, RedisQueue, Worker},
+    status_engine::{DynQueue, LocalQueue, RedisQueue, Sweeper, Worker},
     store::Store,
     write_path::{Limits, WritePath},
 };
@@ -47,6 +47,7 @@ pub struct Application {
     auth: Authenticator,
     writes: WritePath,
     worker: Worker,
+    sweeper: Sweeper,
     run_worker: bool,
     bus: DynBus,
     redis: Option<RedisParts>,
@@ -120,6 +121,7 @@ impl Application {
                 None,
             )
         };
+        let sweeper = Sweeper::new(provider.clone(), store.clone(), queue.clone(), &config.sync);
         let worker = Worker::new(
             queue,
             store.clone(),
@@ -149,6 +151,7 @@ impl Application {
             auth: Authenticator::new(&config.auth),
             writes,
             worker,
+            sweeper,
             run_worker: config.sync_worker,
             bus,
             redis,
@@ -176,6 +179,13 @@ impl Application {
         self.worker.clone()
     }
 
+    /// A handle on the provider sweep, to run single sweeps (`run_once`)
+    /// from tests and tools.
+    #[must_use]
+    pub fn sweeper(&self) -> Sweeper {
+        self.sweeper.clone()
+    }
+
     /// This server's metrics.
     #[must_use]
     pub fn metrics(&self) -> Metrics {
@@ -194,6 +204,7 @@ impl Application {
             auth,
             writes,
             worker,
+            sweeper,
             run_worker,
             bus,
             redis,
@@ -214,6 +225,7 @@ impl Application {
         );
         if run_worker {
             tasks.spawn(worker.run(shutdown.clone()));
+            tasks.spawn(sweeper.run(shutdown.clone()));
         } else {
             tracing::info!(
                 "status engine worker disabled in this process (VOICEHUB_SYNC_WORKER=false)"

@@ -112,6 +112,10 @@ pub struct ServeArgs {
     /// `ELEVENLABS_RETRY_BUDGET`).
     #[arg(long, env = "VOICEHUB_SYNC_ADOPT_AFTER", default_value = "3m", value_parser = humantime::parse_duration)]
     pub sync_adopt_after: Duration,
+    /// How often the provider is swept for voices voicehub made but no
+    /// longer wants (one replica per interval); `0s` turns the sweep off.
+    #[arg(long, env = "VOICEHUB_SWEEP_INTERVAL", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub sweep_interval: Duration,
     /// Storage.
     #[command(flatten)]
     pub database: DatabaseArgs,
@@ -239,6 +243,7 @@ impl ServeArgs {
                 max_backoff: self.sync_max_backoff.max(status_engine::MIN_BACKOFF),
                 reconcile_every: self.sync_reconcile_interval,
                 adopt_after: self.sync_adopt_after,
+                sweep_every: self.sweep_interval,
             },
             database: self.database.into_config()?,
             auth: self.auth.into_config(Path::new("."))?,

@@ -177,6 +177,14 @@ pub(crate) trait VoiceProvider: Send + Sync + 'static {
     /// The search failed.
     async fn find_tagged(&self, voicehub_id: Uuid) -> Result<Option<String>, ProviderError>;
 
+    /// Every provider voice that carries voicehub's tag, with the voicehub
+    /// id it names; voices without the tag are not voicehub's and are left
+    /// out.
+    ///
+    /// # Errors
+    /// Listing failed.
+    async fn list_tagged(&self) -> Result<Vec<(String, Uuid)>, ProviderError>;
+
     /// Changes a voice's name, description and labels.
     ///
     /// # Errors

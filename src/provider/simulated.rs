@@ -96,6 +96,15 @@ impl VoiceProvider for Simulated {
             .map(|(id, _)| id.clone()))
     }
 
+    async fn list_tagged(&self) -> Result<Vec<(String, Uuid)>, ProviderError> {
+        Ok(self
+            .voices
+            .lock()
+            .iter()
+            .map(|(id, v)| (id.clone(), v.voicehub_id))
+            .collect())
+    }
+
     async fn edit_voice(&self, voice_id: &str, edit: VoiceEdit) -> Result<(), ProviderError> {
         let mut voices = self.voices.lock();
         let voice = voices.get_mut(voice_id).ok_or(ProviderError::NotFound)?;

@@ -68,6 +68,11 @@ impl DueQueue for LocalQueue {
         Ok(())
     }
 
+    async fn try_lease(&self, _name: &str, _ttl: Duration) -> Result<bool, QueueError> {
+        // One process holds this queue: it is the only replica.
+        Ok(true)
+    }
+
     async fn claim(&self, max: usize, lease: Duration) -> Result<Claim, QueueError> {
         let now = Instant::now();
         let mut entries = self.entries();

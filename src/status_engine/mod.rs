@@ -20,7 +20,8 @@
 //! FAILED if the provider does not hold it; a voice past its deadline is
 //! asked about once more and is
 //! COMPLETED if ready, FAILED with a reason otherwise; the provider voice of
-//! a FAILED voice is deleted (see `compensation`). Checks
+//! a FAILED voice is deleted (see `compensation`), and what is left behind
+//! anyway is found by the hourly sweep (see `sweep`). Checks
 //! are at-least-once; transitions are written only from PROCESSING, so a
 //! repeated check is harmless.
 
@@ -28,6 +29,7 @@ mod compensation;
 mod local_queue;
 mod queue;
 mod redis_queue;
+mod sweep;
 mod worker;
 
 use std::{
@@ -43,6 +45,7 @@ pub(crate) use local_queue::LocalQueue;
 pub(crate) use queue::DynQueue;
 pub use queue::{Claim, DueQueue, QueueError};
 pub use redis_queue::RedisQueue;
+pub use sweep::{Sweeper, Swept};
 use uuid::Uuid;
 pub use worker::{Step, SyncError, Worker};
 
@@ -72,6 +75,9 @@ pub struct SyncConfig {
     /// it is not there. Longer than the provider's longest create, so a
     /// create still running is never mistaken for a lost one.
     pub adopt_after: Duration,
+    /// How often the provider is swept for voices voicehub no longer wants
+    /// (zero: never).
+    pub sweep_every: Duration,
 }
 
 /// How the write path hands a new voice to the engine; made by

@@ -57,6 +57,11 @@ pub trait DueQueue: Send + Sync + 'static {
 
     /// Notified when work was enqueued, here or on another replica.
     fn wakeup(&self) -> Arc<Notify>;
+
+    /// Takes the lease `name` for `ttl` unless another replica holds it:
+    /// how a job that must run on one replica at a time (the sweep) picks
+    /// its replica. The lease is not released early: it also spaces the job.
+    async fn try_lease(&self, name: &str, ttl: Duration) -> Result<bool, QueueError>;
 }
 
 /// The configured due-queue, shared.

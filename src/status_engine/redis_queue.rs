@@ -181,6 +181,25 @@ impl DueQueue for RedisQueue {
         Ok(())
     }
 
+    async fn try_lease(&self, name: &str, ttl: Duration) -> Result<bool, QueueError> {
+        self.round_trips.inc();
+        let key = format!("{}:lease:{name}", self.queue_key);
+        let taken: Option<String> = self
+            .client
+            .set(
+                key,
+                Uuid::new_v4().to_string(),
+                Some(Expiration::PX(
+                    i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX),
+                )),
+                Some(SetOptions::NX),
+                false,
+            )
+            .await
+            .map_err(err)?;
+        Ok(taken.is_some())
+    }
+
     async fn finish(&self, ids: &[Uuid]) -> Result<(), QueueError> {
         if ids.is_empty() {
             return Ok(());

@@ -58,6 +58,9 @@ pub enum SyncError {
     /// The database failed.
     #[error("storage: {0}")]
     Storage(#[from] sea_orm::DbErr),
+    /// The provider failed a call the whole step needs (the sweep's listing).
+    #[error("provider: {0}")]
+    Provider(#[from] ProviderError),
 }
 
 /// What one step did.

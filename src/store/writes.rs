@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait, IntoActiveModel,
-    PaginatorTrait, QueryFilter, SqlErr, SqliteTransactionMode, TransactionOptions,
-    TransactionTrait, UpdateMany,
+    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, SqlErr, SqliteTransactionMode,
+    TransactionOptions, TransactionTrait, UpdateMany,
     sea_query::{CaseStatement, Expr, ExprTrait},
 };
 use uuid::Uuid;
@@ -160,6 +160,34 @@ impl Store {
             .col_expr(Column::DeletedAt, Expr::value(at))
             .filter(Column::Status.ne(VoiceStatus::Deleted));
         self.revise(id, at, without_deadline(update)).await
+    }
+
+    /// The recorded orphans of `provider`, oldest first, at most `limit`.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub(crate) async fn orphans(
+        &self,
+        provider: &str,
+        limit: u64,
+    ) -> Result<Vec<provider_orphan::Model>, DbErr> {
+        provider_orphan::Entity::find()
+            .filter(provider_orphan::Column::Provider.eq(provider))
+            .order_by_asc(provider_orphan::Column::Id)
+            .limit(limit)
+            .all(&self.db)
+            .await
+    }
+
+    /// Forgets a recorded orphan: it is gone at the provider.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub(crate) async fn forget_orphan(&self, id: Uuid) -> Result<(), DbErr> {
+        provider_orphan::Entity::delete_by_id(id)
+            .exec(&self.db)
+            .await
+            .map(drop)
     }
 
     /// Remembers a provider voice that exists at the provider but nowhere here.

@@ -294,6 +294,11 @@ impl FakeElevenLabs {
             .insert(id.to_owned(), voice);
     }
 
+    /// The ids of the voices the fake holds.
+    pub(crate) fn voice_ids(&self) -> Vec<String> {
+        self.inner.lock().unwrap().voices.keys().cloned().collect()
+    }
+
     pub(crate) fn set_default_report(&self, report: Report) {
         self.inner.lock().unwrap().default_report = report;
     }

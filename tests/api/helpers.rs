@@ -22,7 +22,7 @@ use voicehub::{
         self, CreateVoiceCloneRequest, VoiceStatusEvent, WatchVoiceStatusRequest,
         voice_service_client::VoiceServiceClient,
     },
-    status_engine::{SyncConfig, Worker},
+    status_engine::{Sweeper, SyncConfig, Worker},
     store::{self, DatabaseConfig, Labels, Store, Visibility, Voice, VoiceStatus},
 };
 
@@ -75,6 +75,7 @@ pub(crate) fn test_sync_config() -> SyncConfig {
         reconcile_every: Duration::from_hours(1),
         // Past the fake provider's longest create (four attempts of 400 ms).
         adopt_after: Duration::from_secs(3),
+        sweep_every: Duration::from_hours(1),
     }
 }
 
@@ -156,6 +157,9 @@ pub(crate) struct TestApp {
     /// The status engine's worker, for driving single steps (its loop is off
     /// unless a test turns `sync_worker` on).
     pub(crate) worker: Worker,
+    /// The provider sweep, for running single sweeps (its loop is off with
+    /// the worker's).
+    pub(crate) sweeper: Sweeper,
     pub(crate) metrics: Metrics,
     /// Where the server listens.
     pub(crate) addr: std::net::SocketAddr,
@@ -205,7 +209,7 @@ pub(crate) async fn spawn_app_with(backend: Backend, adjust: impl FnOnce(&mut Co
         .expect("application builds");
     let addr = app.local_addr();
     let store = app.store().clone();
-    let (worker, metrics) = (app.worker(), app.metrics());
+    let (worker, sweeper, metrics) = (app.worker(), app.sweeper(), app.metrics());
     let db_connection = db.connect().await;
     let shutdown = CancellationToken::new();
     let server = tokio::spawn(app.run_until_stopped(shutdown.clone()));
@@ -219,6 +223,7 @@ pub(crate) async fn spawn_app_with(backend: Backend, adjust: impl FnOnce(&mut Co
         store,
         db: db_connection,
         worker,
+        sweeper,
         metrics,
         addr,
         database,

@@ -23,6 +23,7 @@ mod readme;
 mod redis_server;
 mod replicas;
 mod status_engine;
+mod sweep;
 mod transport;
 mod update_delete_voice;
 mod watch_voice_status;

@@ -45,6 +45,9 @@ const LOOKUP_LIMIT: usize = 100;
 /// The most pages one search for a tag reads.
 const MAX_SEARCH_PAGES: usize = 50;
 
+/// The most pages one listing of every voice reads (100,000 voices).
+const MAX_LIST_PAGES: usize = 1_000;
+
 /// The part of a `GET /v2/voices?search=` page a tag search reads.
 #[derive(Deserialize)]
 struct SearchPage {
@@ -419,6 +422,26 @@ impl VoiceProvider for ElevenLabs {
         }
         Err(ProviderError::Protocol(format!(
             "voices search for {tag} did not end within {MAX_SEARCH_PAGES} pages"
+        )))
+    }
+
+    async fn list_tagged(&self) -> Result<Vec<(String, Uuid)>, ProviderError> {
+        let mut tagged = Vec::new();
+        let mut token: Option<String> = None;
+        for _ in 0..MAX_LIST_PAGES {
+            let query = token.as_deref().map(|t| ("next_page_token", t));
+            let page: SearchPage = self.voices_page("voices.list", query).await?;
+            tagged.extend(page.voices.into_iter().filter_map(|v| {
+                let tag = v.labels.as_ref()?.get(TAG_LABEL)?.as_str()?;
+                Some((v.voice_id, tag.parse().ok()?))
+            }));
+            match page.next_page_token.filter(|_| page.has_more) {
+                Some(next) => token = Some(next),
+                None => return Ok(tagged),
+            }
+        }
+        Err(ProviderError::Protocol(format!(
+            "listing voices did not end within {MAX_LIST_PAGES} pages"
         )))
     }
 
