@@ -17,16 +17,16 @@ use crate::{
     helpers::{insert, voice, voicehub},
 };
 
-struct Server {
-    child: Child,
-    addr: String,
+pub(crate) struct Server {
+    pub(crate) child: Child,
+    pub(crate) addr: String,
     logs: Arc<Mutex<Vec<String>>>,
     reader: Option<std::thread::JoinHandle<()>>,
 }
 
 /// Starts `voicehub serve` with zero configuration except a free port (and
 /// `env`), and returns once it logged its bound address (no sleeping).
-fn serve(dir: &Path, env: &[(&str, &str)]) -> Server {
+pub(crate) fn serve(dir: &Path, env: &[(&str, &str)]) -> Server {
     let mut child = voicehub(dir)
         .arg("serve")
         .env("VOICEHUB_LISTEN", "127.0.0.1:0")
