@@ -36,7 +36,12 @@ async fn run(command: Command) -> anyhow::Result<()> {
             app.run_until_stopped(shutdown).await
         }
         Command::Migrate(args) => {
-            let store = Store::connect(&args.into_config()?, &Metrics::new()).await?;
+            let store = Store::connect(
+                &args.into_config()?,
+                &Metrics::new(),
+                voicehub::events::encode_stored,
+            )
+            .await?;
             store.migrate().await?;
             tracing::info!("migrations applied");
             store.close().await;

@@ -13,13 +13,16 @@ use prometheus_client::{
     registry::Registry,
 };
 
-/// What a SQL statement did, by its verb.
+/// What a SQL statement did: by its verb, apart from the outbox's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum StatementKind {
-    /// A `SELECT`.
+    /// A `SELECT` of voices.
     Read,
-    /// Anything else: `INSERT`, `UPDATE`, `DELETE`, `BEGIN`, ...
+    /// Anything else on voices: `INSERT`, `UPDATE`, `DELETE`, ...
     Write,
+    /// Any statement on the event outbox: writing a change's event,
+    /// reading and clearing what the relay publishes.
+    Outbox,
 }
 
 impl EncodeLabelValue for StatementKind {
@@ -27,6 +30,7 @@ impl EncodeLabelValue for StatementKind {
         let value = match self {
             StatementKind::Read => "read",
             StatementKind::Write => "write",
+            StatementKind::Outbox => "outbox",
         };
         EncodeLabelValue::encode(&value, encoder)
     }
@@ -49,6 +53,11 @@ pub struct Metrics {
     pub(crate) queue_round_trips: Counter,
     /// Watch streams open on this replica.
     pub(crate) watch_streams: Gauge,
+    /// Events the relay published to the bus.
+    pub(crate) events_published: Counter,
+    /// Events waiting in the outbox, as of the relay's last failed pass (0
+    /// once it drained the outbox).
+    pub(crate) outbox_backlog: Gauge,
 }
 
 impl Metrics {
@@ -59,6 +68,8 @@ impl Metrics {
         let sql_statements = Family::<StatementLabels, Counter>::default();
         let queue_round_trips = Counter::default();
         let watch_streams = Gauge::default();
+        let events_published = Counter::default();
+        let outbox_backlog = Gauge::default();
         registry.register(
             "sql_statements",
             "SQL statements sent to the database",
@@ -74,11 +85,23 @@ impl Metrics {
             "WatchVoiceStatus streams open on this replica",
             watch_streams.clone(),
         );
+        registry.register(
+            "events_published",
+            "Voice events the relay published to the event bus",
+            events_published.clone(),
+        );
+        registry.register(
+            "outbox_backlog",
+            "Voice events waiting in the outbox while the event bus refuses them",
+            outbox_backlog.clone(),
+        );
         Metrics {
             registry: Arc::new(registry),
             sql_statements,
             queue_round_trips,
             watch_streams,
+            events_published,
+            outbox_backlog,
         }
     }
 

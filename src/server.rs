@@ -21,7 +21,7 @@ use crate::{
     allocator,
     auth::Authenticator,
     config::Config,
-    events::{self, DynBus, LocalBus, RedisBus},
+    events::{self, DynBus, LocalBus, RedisBus, Relay},
     grpc::VoiceApi,
     health::{self, StorageHealth},
     metrics::Metrics,
@@ -48,6 +48,7 @@ pub struct Application {
     writes: WritePath,
     worker: Worker,
     sweeper: Sweeper,
+    relay: Arc<Relay>,
     run_worker: bool,
     bus: DynBus,
     redis: Option<RedisParts>,
@@ -73,7 +74,7 @@ impl Application {
         let provider = config.provider.build()?;
         tracing::info!(provider = provider.name(), "voice provider");
         let metrics = Metrics::new();
-        let store = Store::connect(&config.database, &metrics)
+        let store = Store::connect(&config.database, &metrics, events::encode_stored)
             .await
             .context("connecting to the database (DATABASE_URL)")?;
         if config.migrate_on_start {
@@ -84,56 +85,27 @@ impl Application {
         }
         store.ping().await.context("checking the database")?;
 
-        let (queue, bus, redis): (DynQueue, DynBus, _) = if let Some(url) = &config.redis_url {
-            use secrecy::ExposeSecret;
-            let redis = Redis::connect(
-                url.expose_secret(),
-                config.redis_timeout,
-                events::READ_BLOCK,
-            )
-            .await?;
-            let queue = Arc::new(RedisQueue::new(
-                redis.commands.clone(),
-                &config.redis_prefix,
-                metrics.queue_round_trips.clone(),
-            ));
-            let bus = Arc::new(RedisBus::new(
-                redis.commands.clone(),
-                &config.redis_prefix,
-                metrics.watch_streams.clone(),
-            ));
-            tracing::info!(
-                prefix = config.redis_prefix,
-                "due-queue and events in Redis: replicas share the work"
-            );
-            (
-                queue.clone(),
-                bus.clone(),
-                Some(RedisParts { redis, queue, bus }),
-            )
-        } else {
-            tracing::info!(
-                "no REDIS_URL: in-process due-queue and event bus (a single replica only)"
-            );
-            (
-                Arc::new(LocalQueue::new(metrics.queue_round_trips.clone())),
-                Arc::new(LocalBus::new(metrics.watch_streams.clone())),
-                None,
-            )
-        };
+        let (queue, bus, redis) = queue_and_bus(&config, &metrics).await?;
+        let relay = Arc::new(Relay::new(
+            store.clone(),
+            bus.clone(),
+            config.sync.reconcile_every,
+            metrics.events_published.clone(),
+            metrics.outbox_backlog.clone(),
+        ));
         let sweeper = Sweeper::new(provider.clone(), store.clone(), queue.clone(), &config.sync);
         let worker = Worker::new(
             queue,
             store.clone(),
             provider.clone(),
-            bus.clone(),
+            relay.clone(),
             config.sync.clone(),
         );
         let writes = WritePath::new(
             store.clone(),
             provider,
             worker.scheduler(),
-            bus.clone(),
+            relay.clone(),
             Limits {
                 max_per_user: config.max_voices_per_user,
                 max_age: config.sync_max_age,
@@ -152,6 +124,7 @@ impl Application {
             writes,
             worker,
             sweeper,
+            relay,
             run_worker: config.sync_worker,
             bus,
             redis,
@@ -186,6 +159,13 @@ impl Application {
         self.sweeper.clone()
     }
 
+    /// A handle on the event relay, to run single passes (`run_once`)
+    /// from tests and tools.
+    #[must_use]
+    pub fn relay(&self) -> Arc<Relay> {
+        self.relay.clone()
+    }
+
     /// This server's metrics.
     #[must_use]
     pub fn metrics(&self) -> Metrics {
@@ -205,6 +185,7 @@ impl Application {
             writes,
             worker,
             sweeper,
+            relay,
             run_worker,
             bus,
             redis,
@@ -223,6 +204,8 @@ impl Application {
             StorageHealth::new(store.clone(), reporter.clone(), health_interval, true)
                 .run(shutdown.clone()),
         );
+        // Every replica relays: its own writes' events, and others' leftovers.
+        tasks.spawn(relay.clone().run(shutdown.clone()));
         if run_worker {
             tasks.spawn(worker.run(shutdown.clone()));
             tasks.spawn(sweeper.run(shutdown.clone()));
@@ -273,6 +256,49 @@ impl Application {
         tracing::info!("voicehub stopped");
         served.context("serving gRPC")
     }
+}
+
+/// The due-queue and the event bus: in Redis when REDIS_URL is set (shared
+/// by the replicas), in-process otherwise.
+async fn queue_and_bus(
+    config: &Config,
+    metrics: &Metrics,
+) -> anyhow::Result<(DynQueue, DynBus, Option<RedisParts>)> {
+    Ok(if let Some(url) = &config.redis_url {
+        use secrecy::ExposeSecret;
+        let redis = Redis::connect(
+            url.expose_secret(),
+            config.redis_timeout,
+            events::READ_BLOCK,
+        )
+        .await?;
+        let queue = Arc::new(RedisQueue::new(
+            redis.commands.clone(),
+            &config.redis_prefix,
+            metrics.queue_round_trips.clone(),
+        ));
+        let bus = Arc::new(RedisBus::new(
+            redis.commands.clone(),
+            &config.redis_prefix,
+            metrics.watch_streams.clone(),
+        ));
+        tracing::info!(
+            prefix = config.redis_prefix,
+            "due-queue and events in Redis: replicas share the work"
+        );
+        (
+            queue.clone(),
+            bus.clone(),
+            Some(RedisParts { redis, queue, bus }),
+        )
+    } else {
+        tracing::info!("no REDIS_URL: in-process due-queue and event bus (a single replica only)");
+        (
+            Arc::new(LocalQueue::new(metrics.queue_round_trips.clone())),
+            Arc::new(LocalBus::new(metrics.watch_streams.clone())),
+            None,
+        )
+    })
 }
 
 /// How long an accepted connection may sit idle before the kernel starts

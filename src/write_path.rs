@@ -20,16 +20,17 @@
 //!   voice, public or not, is NOT_FOUND.
 //! - **Guarded writes.** Updates apply only to the revision that was read
 //!   (a concurrent change makes this one ABORTED, never lost).
-//! - **Every stored change is published** (creation, update, delete) once it
-//!   is stored, and a new voice is handed to the status engine.
+//! - **Every stored change is published** (creation, update, delete): its
+//!   event is stored with it (the outbox) and the relay is woken to publish
+//!   it; a new voice is handed to the status engine.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use uuid::Uuid;
 
 use crate::{
     error::{Error, chain},
-    events::DynBus,
+    events::Relay,
     provider::{AudioFile, CloneRequest, DynProvider, INSTANT_CLONE, ProviderError, VoiceEdit},
     status_engine::{Scheduler, delete_at_provider},
     store::{self, Labels, Reservation, Store, Visibility, Voice, VoiceStatus},
@@ -103,7 +104,7 @@ pub(crate) struct WritePath {
     store: Store,
     provider: DynProvider,
     scheduler: Scheduler,
-    bus: DynBus,
+    relay: Arc<Relay>,
     limits: Limits,
 }
 
@@ -123,14 +124,14 @@ impl WritePath {
         store: Store,
         provider: DynProvider,
         scheduler: Scheduler,
-        bus: DynBus,
+        relay: Arc<Relay>,
         limits: Limits,
     ) -> Self {
         WritePath {
             store,
             provider,
             scheduler,
-            bus,
+            relay,
             limits,
         }
     }
@@ -207,7 +208,7 @@ impl WritePath {
         {
             Ok(Some(voice)) => {
                 tracing::info!(voice_id = %voice.id, provider_voice_id = cloned.voice_id, "voice cloned");
-                self.bus.publish(std::slice::from_ref(&voice)).await;
+                self.relay.wake();
                 self.scheduler.schedule(voice.id).await;
                 Ok(voice)
             }
@@ -326,7 +327,7 @@ impl WritePath {
             .ok_or(Error::Aborted(
                 "the voice changed while it was being updated; retry",
             ))?;
-        self.bus.publish(std::slice::from_ref(&updated)).await;
+        self.relay.wake();
         Ok(updated)
     }
 
@@ -353,7 +354,7 @@ impl WritePath {
             .mark_deleted(id)
             .await?
             .ok_or(Error::NotFound("voice"))?;
-        self.bus.publish(std::slice::from_ref(&deleted)).await;
+        self.relay.wake();
         Ok(deleted)
     }
 }

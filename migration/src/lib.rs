@@ -15,6 +15,7 @@ use sea_orm_migration::sea_orm::{
 mod m20261126_000001_create_voices;
 mod m20261126_000002_create_provider_orphans;
 mod m20261130_000003_add_provider_labels;
+mod m20261201_000004_create_voice_events;
 
 /// Advisory lock key held while migrating ("voicehub" in ASCII, as an i64).
 const MIGRATION_LOCK_KEY: i64 = 0x766f_6963_6568_7562;
@@ -29,6 +30,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261126_000001_create_voices::Migration),
             Box::new(m20261126_000002_create_provider_orphans::Migration),
             Box::new(m20261130_000003_add_provider_labels::Migration),
+            Box::new(m20261201_000004_create_voice_events::Migration),
         ]
     }
 }

@@ -1,45 +1,76 @@
 //! Change events: every stored change of a voice (status transition, update,
-//! delete, creation) is published once, and reaches the watch streams of
-//! every replica through that replica's local [`Hub`].
+//! delete, creation) reaches the watch streams of every replica.
 //!
-//! An event is converted from the stored row once, on the replica that
-//! stored it, into [`VoiceEvent`] (wire format: `wire.rs`), and shared by
-//! every watch stream.
+//! ```text
+//! change + its event ─▶ outbox (one transaction) ─▶ Relay ─▶ bus ─▶ each replica's Hub ─▶ watch streams
+//! ```
 //!
-//! Two buses:
-//! - [`RedisBus`]: a Redis Stream (`XADD`, approximate `MAXLEN`). Each replica
-//!   runs one blocking reader that remembers the last id it saw and resumes
-//!   from it after a reconnect, so a replica misses nothing still in the
-//!   stream. Delivery is at-least-once per replica; watch streams drop
-//!   revisions they have already sent, so duplicates are harmless.
-//! - [`LocalBus`]: in-process, for the single-replica embedded default.
+//! - The store writes each change's event into the outbox in the change's
+//!   own transaction, encoded once as [`VoiceEvent`] (wire format: `wire.rs`).
+//! - The [`Relay`] publishes what the outbox holds, in outbox order, and
+//!   then deletes it: at-least-once, in revision order per voice, also after
+//!   a crash or a bus outage (see `relay.rs` for when it runs).
+//! - Two buses:
+//!   - [`RedisBus`]: a Redis Stream (`XADD`, approximate `MAXLEN`). Each
+//!     replica runs one blocking reader that remembers the last id it saw and
+//!     resumes from it after a reconnect, so a replica misses nothing still
+//!     in the stream.
+//!   - [`LocalBus`]: in-process, for the single-replica embedded default.
+//! - Delivery is at-least-once per replica; watch streams drop revisions
+//!   they have already sent, so duplicates are harmless.
 //!
-//! Publishing never fails the caller's request: the change is already
-//! stored. If Redis cannot take it, the event is still dispatched to this
-//! replica's watchers and the failure is logged; watchers elsewhere see the
-//! voice's state when they next (re)connect, since every stream starts with
-//! a snapshot.
+//! A change is stored before anyone hears of it, so publishing never fails
+//! the caller's request. While the bus refuses events, the relay hands them
+//! to this replica's watchers at once and keeps them in the outbox until the
+//! bus takes them.
 
 mod hub;
 mod redis;
+mod relay;
 mod wire;
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 pub(crate) use hub::{Hub, Interest};
 use prometheus_client::metrics::gauge::Gauge;
 pub use redis::stream_key;
 pub(crate) use redis::{READ_BLOCK, RedisBus};
+pub use relay::{Relay, RelayError, Relayed};
 pub use wire::{DecodeError, STREAM_FIELD, VoiceEvent};
 
 use crate::store::Voice;
 
-/// Publishes stored changes to every replica.
+/// The outbox payload of a voice as just stored: its encoded [`VoiceEvent`].
+/// Handed to the store, which writes it with each change.
+#[must_use]
+pub fn encode_stored(voice: &Voice) -> Vec<u8> {
+    VoiceEvent::stored(voice).encode()
+}
+
+/// One stored event on its way to the bus: the bytes other replicas read,
+/// and the decoded event this replica's hub dispatches.
+#[derive(Debug, Clone)]
+pub(crate) struct Outgoing {
+    /// The encoded `VoiceChanged`, as stored in the outbox.
+    pub(crate) payload: Bytes,
+    /// The same event, decoded.
+    pub(crate) event: Arc<VoiceEvent>,
+}
+
+/// The bus did not take every event of a publication.
+#[derive(Debug, thiserror::Error)]
+#[error("the event bus refused events: {0}")]
+pub struct PublishError(pub(crate) String);
+
+/// Carries stored changes to every replica.
 #[async_trait::async_trait]
 pub(crate) trait EventBus: Send + Sync + 'static {
-    /// Publishes `voices`, as stored after a change each, in one round
-    /// trip (the status engine settles a whole batch at once).
-    async fn publish(&self, voices: &[Voice]);
+    /// Publishes `events`, in order, in one round trip.
+    ///
+    /// # Errors
+    /// The bus did not take all of them; they count as not published.
+    async fn publish(&self, events: &[Outgoing]) -> Result<(), PublishError>;
 
     /// This replica's hub, where watch streams subscribe.
     fn hub(&self) -> &Arc<Hub>;
@@ -65,10 +96,11 @@ impl LocalBus {
 
 #[async_trait::async_trait]
 impl EventBus for LocalBus {
-    async fn publish(&self, voices: &[Voice]) {
-        for voice in voices {
-            self.hub.dispatch(&Arc::new(VoiceEvent::stored(voice)));
+    async fn publish(&self, events: &[Outgoing]) -> Result<(), PublishError> {
+        for outgoing in events {
+            self.hub.dispatch(&outgoing.event);
         }
+        Ok(())
     }
 
     fn hub(&self) -> &Arc<Hub> {

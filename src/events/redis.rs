@@ -8,8 +8,7 @@ use fred::{prelude::*, types::streams::XReadResponse};
 use prometheus_client::metrics::gauge::Gauge;
 use tokio_util::sync::CancellationToken;
 
-use super::{EventBus, Hub, VoiceEvent, wire::STREAM_FIELD};
-use crate::store::Voice;
+use super::{EventBus, Hub, Outgoing, PublishError, VoiceEvent, wire::STREAM_FIELD};
 
 /// Entries kept in the stream (approximately): enough for a replica that
 /// reconnects after a short outage to catch up.
@@ -35,14 +34,6 @@ impl RedisBus {
             stream: stream_key(prefix),
             hub: Hub::new(watch_streams),
         }
-    }
-
-    /// Redis did not take `event`. It is stored already, so at least this
-    /// replica's watchers hear of it.
-    fn publish_here(&self, event: VoiceEvent, e: &Error) {
-        tracing::error!(voice_id = %event.voice_id, revision = event.revision, error = %e,
-            "could not publish a voice event to Redis; only this replica's watchers get it");
-        self.hub.dispatch(&Arc::new(event));
     }
 
     /// Reads the stream into this replica's hub until `shutdown`. `reader`
@@ -122,6 +113,11 @@ impl RedisBus {
     }
 }
 
+#[allow(clippy::needless_pass_by_value)] // shaped for `map_err`
+fn refused(e: Error) -> PublishError {
+    PublishError(e.to_string())
+}
+
 /// Logs the first error of an outage at WARN, the rest at DEBUG.
 fn outage(failing: bool, e: &Error) -> bool {
     if failing {
@@ -142,34 +138,26 @@ async fn sleep_or_stop(shutdown: &CancellationToken) -> bool {
 
 #[async_trait::async_trait]
 impl EventBus for RedisBus {
-    async fn publish(&self, voices: &[Voice]) {
-        if voices.is_empty() {
-            return;
+    async fn publish(&self, events: &[Outgoing]) -> Result<(), PublishError> {
+        if events.is_empty() {
+            return Ok(());
         }
-        // One pipeline, one round trip: the status engine publishes a whole batch.
+        // One pipeline, one round trip, for the relay's whole batch.
         let pipeline = self.client.pipeline();
-        let mut queued = Vec::with_capacity(voices.len());
-        for event in voices.iter().map(VoiceEvent::stored) {
-            let entry = (STREAM_FIELD, Bytes::from(event.encode()));
-            match pipeline
+        for outgoing in events {
+            let entry = (STREAM_FIELD, outgoing.payload.clone());
+            pipeline
                 .xadd::<(), _, _, _, _>(&self.stream, false, ("MAXLEN", "~", MAX_LEN), "*", entry)
                 .await
-            {
-                Ok(()) => queued.push(event),
-                Err(e) => self.publish_here(event, &e),
-            }
+                .map_err(refused)?;
         }
-        let mut added = pipeline.try_all::<String>().await.into_iter();
-        for event in queued {
-            match added.next() {
-                Some(Ok(_)) => {}
-                Some(Err(e)) => self.publish_here(event, &e),
-                None => self.publish_here(
-                    event,
-                    &Error::new(ErrorKind::IO, "the pipeline gave no answer"),
-                ),
-            }
+        let added = pipeline.try_all::<String>().await;
+        if added.len() != events.len() {
+            return Err(PublishError("the pipeline gave too few answers".into()));
         }
+        added
+            .into_iter()
+            .try_for_each(|added| added.map(drop).map_err(refused))
     }
 
     fn hub(&self) -> &Arc<Hub> {

@@ -14,8 +14,8 @@
 //! A step that claims k voices costs the same few round trips whatever k
 //! is: one query reads them, the provider is asked in lookups of up to its
 //! limit (100 voices at ElevenLabs), one statement per target status settles
-//! those the provider decided (in one transaction when both occur), one
-//! pipeline publishes their events, and the queue is called at most three
+//! those the provider decided (in one transaction with their events, which
+//! the relay publishes), and the queue is called at most three
 //! times (one claim, one reschedule of those still processing, one finish of
 //! the rest). A voice a lookup leaves out is asked about alone; a lookup that
 //! fails reschedules its voices, a lookup the provider refuses is replaced by
@@ -44,7 +44,7 @@ use super::{
 };
 use crate::{
     error::chain,
-    events::DynBus,
+    events::Relay,
     provider::{DynProvider, GONE_AT_PROVIDER, INSTANT_CLONE, ProviderError, Verdict},
     store::{Settlement, Store, Voice, VoiceStatus},
 };
@@ -186,7 +186,7 @@ pub struct Worker {
     queue: DynQueue,
     store: Store,
     provider: DynProvider,
-    bus: DynBus,
+    relay: Arc<Relay>,
     config: SyncConfig,
     reconcile_needed: Arc<AtomicBool>,
     next_reconcile: Arc<Mutex<Instant>>,
@@ -199,14 +199,14 @@ impl Worker {
         queue: DynQueue,
         store: Store,
         provider: DynProvider,
-        bus: DynBus,
+        relay: Arc<Relay>,
         config: SyncConfig,
     ) -> Self {
         Worker {
             queue,
             store,
             provider,
-            bus,
+            relay,
             next_reconcile: Arc::new(Mutex::new(Instant::now() + config.reconcile_every)),
             config,
             reconcile_needed: Arc::new(AtomicBool::new(true)),
@@ -349,7 +349,8 @@ impl Worker {
                         _ => step.failed += 1,
                     }
                 }
-                self.bus.publish(&settled).await;
+                // Their events were stored with them; the relay publishes them.
+                self.relay.wake();
                 // A FAILED voice must not keep a voice slot at the provider.
                 join_all(
                     settled
@@ -444,9 +445,9 @@ impl Worker {
             .accept(voice.id, &provider_voice_id, INSTANT_CLONE)
             .await
         {
-            Ok(Some(adopted)) => {
+            Ok(Some(_)) => {
                 tracing::info!(voice_id = %voice.id, provider_voice_id, "adopted the provider voice of an unfinished create");
-                self.bus.publish(std::slice::from_ref(&adopted)).await;
+                self.relay.wake();
             }
             // Changed meanwhile (deleted, or accepted by its create): the
             // next check sees how it stands.

@@ -1,9 +1,10 @@
 //! Storage of voices in SQL (SQLite or PostgreSQL) through SeaORM.
 //!
 //! [`Store`] is the only code that talks SQL. Its files split by one rule:
-//! `reads.rs` holds every query that only reads, `writes.rs` every statement
-//! that changes a row; `entity/` holds the tables, `visibility.rs` the one
-//! rule of who may see a voice. Guarantees:
+//! `reads.rs` holds every query that only reads a voice, `writes.rs` every
+//! statement that changes one, `outbox.rs` the events of those changes;
+//! `entity/` holds the tables, `visibility.rs` the one rule of who may see a
+//! voice. Guarantees:
 //! - every read applies the visibility rule in SQL itself (a caller's own
 //!   voices, or public ones; never DELETED), so no handler can forget it;
 //! - listing is keyset-paginated on `(created_at, id)` newest first, served
@@ -11,6 +12,9 @@
 //! - every write carries a guard in its WHERE clause (status, revision, no
 //!   provider id yet), so a write that lost a race changes nothing and says
 //!   so (`None`) instead of overwriting;
+//! - every change of a voice writes its event to the outbox in the same
+//!   transaction (see `outbox.rs`), so storage and the event bus cannot
+//!   disagree for longer than the relay takes;
 //! - timestamps are UTC and truncated to microseconds (PostgreSQL's
 //!   precision), so what a caller gets back is exactly what is stored.
 //!
@@ -19,6 +23,7 @@
 //! `voicehub_sql_statements_total`.
 
 pub mod entity;
+mod outbox;
 mod reads;
 mod visibility;
 mod writes;
@@ -31,6 +36,8 @@ use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbErr};
 use secrecy::{ExposeSecret, SecretString};
 
 pub use entity::voice::{Labels, Model as Voice, Visibility, VoiceStatus};
+pub use outbox::EventEncoder;
+pub(crate) use outbox::{EventNotifications, Notified, Pending};
 pub(crate) use reads::{Cursor, ListQuery, Scope};
 pub(crate) use visibility::may_see;
 pub(crate) use writes::{Reservation, Settlement};
@@ -50,15 +57,23 @@ pub struct DatabaseConfig {
 #[derive(Clone, Debug)]
 pub struct Store {
     db: DatabaseConnection,
+    encode_event: EventEncoder,
+    /// Names this process's events in the outbox.
+    writer: uuid::Uuid,
 }
 
 impl Store {
     /// Opens the connection pool (and the SQLite file, creating it when the
-    /// URL says `mode=rwc`), counting statements into `metrics`.
+    /// URL says `mode=rwc`), counting statements into `metrics`; the events
+    /// of changes are written to the outbox as `encode_event` makes them.
     ///
     /// # Errors
     /// The database is unreachable or the URL is malformed.
-    pub async fn connect(config: &DatabaseConfig, metrics: &Metrics) -> Result<Self, DbErr> {
+    pub async fn connect(
+        config: &DatabaseConfig,
+        metrics: &Metrics,
+        encode_event: EventEncoder,
+    ) -> Result<Self, DbErr> {
         let mut options = ConnectOptions::new(config.url.expose_secret().to_owned());
         options
             .max_connections(config.max_connections)
@@ -80,7 +95,11 @@ impl Store {
                 tracing::warn!(elapsed = ?info.elapsed, sql = %info.statement.sql, "slow SQL statement");
             }
         });
-        Ok(Store { db })
+        Ok(Store {
+            db,
+            encode_event,
+            writer: uuid::Uuid::now_v7(),
+        })
     }
 
     /// Applies pending migrations (under a lock on PostgreSQL).
@@ -112,7 +131,9 @@ fn count(statements: &Family<StatementLabels, Counter>, sql: &str) {
     let read = sql
         .get(..6)
         .is_some_and(|verb| verb.eq_ignore_ascii_case("select"));
-    let kind = if read {
+    let kind = if sql.contains(outbox::TABLE) {
+        StatementKind::Outbox
+    } else if read {
         StatementKind::Read
     } else {
         StatementKind::Write

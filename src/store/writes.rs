@@ -1,6 +1,7 @@
-//! Every statement that changes a row. Each is one statement (or one short
-//! transaction) with a guard in its WHERE clause, so a write that lost a race
-//! changes nothing and reports it (`None`) instead of overwriting. Status
+//! Every statement that changes a voice. Each is one short transaction: one
+//! statement with a guard in its WHERE clause, so a write that lost a race
+//! changes nothing and reports it (`None`) instead of overwriting, and the
+//! insert of the change's event into the outbox. Status
 //! transitions are written only from PROCESSING, so a repeated or late check
 //! of a voice that has already moved on changes nothing.
 
@@ -217,8 +218,8 @@ impl Store {
 
     /// Settles a batch of the status engine's decisions: each voice still
     /// PROCESSING moves to COMPLETED or FAILED as decided. One statement per
-    /// target status, whatever the batch size (in one transaction when both
-    /// occur, so the batch is stored whole or not at all). Returns the rows
+    /// target status, whatever the batch size, and one insert of their events,
+    /// in one transaction. Returns the rows
     /// that changed; a voice that is no longer PROCESSING is left alone and
     /// missing from the result.
     ///
@@ -280,33 +281,41 @@ impl Store {
                 );
             batch(update, at, failed)
         });
-        match (complete, fail) {
-            (Some(complete), Some(fail)) => {
-                let txn = self.db.begin().await?;
-                let mut settled = complete.exec_with_returning(&txn).await?;
-                settled.extend(fail.exec_with_returning(&txn).await?);
-                txn.commit().await?;
-                Ok(settled)
-            }
-            (Some(one), None) | (None, Some(one)) => one.exec_with_returning(&self.db).await,
-            (None, None) => Ok(Vec::new()),
+        if complete.is_none() && fail.is_none() {
+            return Ok(Vec::new());
         }
+        // One transaction: the batch and its events are stored whole or not at all.
+        let txn = self.db.begin().await?;
+        let mut settled = Vec::with_capacity(settlements.len());
+        for update in [complete, fail].into_iter().flatten() {
+            settled.extend(update.exec_with_returning(&txn).await?);
+        }
+        self.record_events(&txn, &settled).await?;
+        txn.commit().await?;
+        Ok(settled)
     }
 
-    /// Writes `update` to voice `id` as one change: its revision goes up by
-    /// one and `updated_at` becomes `at`. `None` when the update's guards
-    /// did not match (the race was lost; nothing changed).
+    /// Writes `update` to voice `id` as one change, with its event: its
+    /// revision goes up by one and `updated_at` becomes `at`. `None` when
+    /// the update's guards did not match (the race was lost; nothing changed).
     async fn revise(
         &self,
         id: Uuid,
         at: DateTime<Utc>,
         update: UpdateMany<Entity>,
     ) -> Result<Option<Voice>, DbErr> {
+        let txn = self.db.begin().await?;
         let rows = revised(update, at)
             .filter(Column::Id.eq(id))
-            .exec_with_returning(&self.db)
+            .exec_with_returning(&txn)
             .await?;
-        Ok(rows.into_iter().next())
+        let Some(voice) = rows.into_iter().next() else {
+            return Ok(None);
+        };
+        self.record_events(&txn, std::slice::from_ref(&voice))
+            .await?;
+        txn.commit().await?;
+        Ok(Some(voice))
     }
 }
 

@@ -210,7 +210,11 @@ pub(crate) async fn spawn_app_with(backend: Backend, adjust: impl FnOnce(&mut Co
     let addr = app.local_addr();
     let store = app.store().clone();
     let (worker, sweeper, metrics) = (app.worker(), app.sweeper(), app.metrics());
-    let db_connection = db.connect().await;
+    // The database the server uses, which a test may have pointed elsewhere
+    // (a replica shares another app's).
+    let db_connection = Database::connect(database.url.expose_secret())
+        .await
+        .expect("connect to the test database");
     let shutdown = CancellationToken::new();
     let server = tokio::spawn(app.run_until_stopped(shutdown.clone()));
     // The listener is already bound, so connecting needs no waiting.
@@ -331,6 +335,36 @@ impl TestApp {
             .count(&self.db)
             .await
             .unwrap()
+    }
+
+    /// How many events wait in the outbox to be published.
+    pub(crate) async fn outbox_rows(&self) -> u64 {
+        use sea_orm::{EntityTrait, PaginatorTrait};
+        store::entity::voice_event::Entity::find()
+            .count(&self.db)
+            .await
+            .unwrap()
+    }
+
+    /// Waits until the relay has published every event in the outbox.
+    pub(crate) async fn until_published(&self) {
+        for _ in 0..200 {
+            if self.outbox_rows().await == 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("the outbox was not drained within 5 s");
+    }
+
+    /// Stops the server as a dying process would leave things: its tasks
+    /// end, nothing is cleaned up beyond what they do on the way out.
+    pub(crate) async fn stop(&mut self) {
+        self.shutdown.cancel();
+        (&mut self.server)
+            .await
+            .unwrap()
+            .expect("the server stops cleanly");
     }
 
     /// Every recorded orphan, oldest first.

@@ -18,7 +18,7 @@ use crate::{
 };
 
 /// How many migrations the schema has.
-const MIGRATIONS: i64 = 3;
+const MIGRATIONS: i64 = 4;
 
 async fn applied_migrations(db: &DatabaseConnection) -> i64 {
     let row = db
@@ -36,7 +36,15 @@ async fn processes_migrating_together_apply_the_schema_once(backend: Backend) {
     let db = TestDatabase::new(backend).await;
     let mut stores = Vec::new();
     for _ in 0..4 {
-        stores.push(Store::connect(&db.config(), &Metrics::new()).await.unwrap());
+        stores.push(
+            Store::connect(
+                &db.config(),
+                &Metrics::new(),
+                voicehub::events::encode_stored,
+            )
+            .await
+            .unwrap(),
+        );
     }
     let running: Vec<_> = stores
         .iter()
@@ -70,7 +78,13 @@ async fn processes_migrating_together_apply_the_schema_once(backend: Backend) {
 
 async fn migrating_twice_is_a_no_op(backend: Backend) {
     let db = TestDatabase::new(backend).await;
-    let store = Store::connect(&db.config(), &Metrics::new()).await.unwrap();
+    let store = Store::connect(
+        &db.config(),
+        &Metrics::new(),
+        voicehub::events::encode_stored,
+    )
+    .await
+    .unwrap();
     store.migrate().await.unwrap();
     store.migrate().await.unwrap();
     assert_eq!(applied_migrations(&db.connect().await).await, MIGRATIONS);
@@ -118,7 +132,13 @@ async fn voices_stored_before_provider_labels_existed_read_with_none(backend: Ba
         .to_owned();
     connection.execute(&insert).await.unwrap();
 
-    let store = Store::connect(&db.config(), &Metrics::new()).await.unwrap();
+    let store = Store::connect(
+        &db.config(),
+        &Metrics::new(),
+        voicehub::events::encode_stored,
+    )
+    .await
+    .unwrap();
     store.migrate().await.unwrap();
     let stored = voice::Entity::find_by_id(id)
         .one(&connection)

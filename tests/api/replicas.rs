@@ -6,7 +6,7 @@ use bytes::Bytes;
 use fred::prelude::*;
 use prometheus_client::metrics::counter::Counter;
 use sea_orm::EntityTrait;
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use uuid::Uuid;
 use voicehub::{
     events::{self, STREAM_FIELD, VoiceEvent},
@@ -17,8 +17,12 @@ use voicehub::{
 };
 
 use crate::{
-    fake_elevenlabs::{FakeElevenLabs, Report, Route},
-    helpers::{Backend, TestApp, create_voice, next, spawn_app_with, spawn_app_with_fake, watch},
+    fake_elevenlabs::{API_KEY, FakeElevenLabs, Report, Route},
+    grpcurl::serve,
+    helpers::{
+        Backend, JWT_SECRET, TestApp, create_voice, next, spawn_app_with, spawn_app_with_fake,
+        watch,
+    },
     redis_server::RedisServer,
 };
 
@@ -372,5 +376,156 @@ async fn events_redis_refuses_still_reach_this_replicas_watchers() {
         let voice = next(&mut stream).await.unwrap().voice.unwrap();
         assert_eq!(voice.status(), pb::VoiceStatus::Completed);
     }
+    assert_eq!(app.outbox_rows().await, 2, "kept for the other replicas");
+    let published = app.metric("voicehub_events_published_total");
+    assert!(
+        app.metric("voicehub_outbox_backlog") >= 1,
+        "the backlog shows"
+    );
     let _: () = redis.commands.del(&key).await.unwrap();
+    // Once the bus takes them again, the retrying relay publishes and prunes them.
+    for _ in 0..100 {
+        if app.outbox_rows().await == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(app.outbox_rows().await, 0);
+    assert_eq!(app.metric("voicehub_events_published_total"), published + 2);
+    assert_eq!(app.metric("voicehub_outbox_backlog"), 0);
+}
+
+/// Makes every XADD to `app`'s event stream fail (WRONGTYPE) until [`accept_events`].
+async fn refuse_events(app: &TestApp) {
+    let (redis, prefix) = redis_of(app).await;
+    let key = events::stream_key(&prefix);
+    let _: () = redis.commands.del(&key).await.unwrap();
+    let _: () = redis
+        .commands
+        .set(&key, "not a stream", None, None, false)
+        .await
+        .unwrap();
+    redis.quit().await;
+}
+
+/// Undoes [`refuse_events`].
+async fn accept_events(app: &TestApp) {
+    let (redis, prefix) = redis_of(app).await;
+    let _: () = redis
+        .commands
+        .del(events::stream_key(&prefix))
+        .await
+        .unwrap();
+    redis.quit().await;
+}
+
+#[tokio::test]
+async fn a_change_whose_replica_stops_between_commit_and_publish_reaches_a_watcher_on_another() {
+    let (mut a, fake) = spawn_app_with_fake(Backend::Postgres, |_| {}).await;
+    let b = replica_of(&a, &fake).await;
+    fake.set_default_report(Report::awaiting_verification());
+    let user = Uuid::new_v4();
+    let voice = a.create_voice(user, "Outboxed").await;
+    let mut on_b = b.client(user);
+    let mut stream = watch(&mut on_b, &[&voice.voice_id]).await;
+    let snapshot = next(&mut stream).await.unwrap();
+    assert!(snapshot.snapshot);
+    assert_eq!(snapshot.voice.unwrap().revision, voice.revision);
+
+    a.until_published().await;
+    // Replica A stores the completion, but the bus refuses its event, and A
+    // stops before it could publish it: the change is committed, unpublished.
+    refuse_events(&a).await;
+    fake.set_report(&voice.provider_voice_id, Report::default());
+    assert_eq!(a.worker.run_once().await.unwrap().completed, 1);
+    a.stop().await;
+    assert_eq!(a.outbox_rows().await, 1, "the event waits in the outbox");
+
+    // B heard of A's commit (LISTEN) and publishes A's leftover once the bus takes it.
+    accept_events(&b).await;
+    let event = next(&mut stream)
+        .await
+        .expect("the change reaches B's watcher");
+    let delivered = event.voice.unwrap();
+    assert_eq!(delivered.status(), pb::VoiceStatus::Completed);
+    assert_eq!(delivered.revision, voice.revision + 1);
+    assert!(
+        next(&mut stream).await.is_none(),
+        "terminal: the stream ends"
+    );
+    b.until_published().await; // published events are pruned
+    assert_eq!(
+        b.metric("voicehub_events_published_total"),
+        1,
+        "B published it"
+    );
+    assert_eq!(b.metric("voicehub_outbox_backlog"), 0);
+}
+
+#[tokio::test]
+async fn a_change_whose_process_is_killed_between_commit_and_publish_reaches_a_watcher_on_another()
+{
+    let (b, fake) = spawn_app_with_fake(Backend::Postgres, |_| {}).await;
+    fake.set_default_report(Report::awaiting_verification());
+    let user = Uuid::new_v4();
+    let voice = b.create_voice(user, "Killed before publishing").await;
+    let mut client = b.client(user);
+    let mut stream = watch(&mut client, &[&voice.voice_id]).await;
+    assert!(next(&mut stream).await.unwrap().snapshot);
+
+    b.until_published().await;
+    // Process A (`voicehub serve`, the same database, Redis and prefix, its
+    // worker on) settles the voice while the bus refuses events, and is
+    // killed with the change committed and its event unpublished.
+    refuse_events(&b).await;
+    let (redis_url, prefix) = b.redis.clone().unwrap();
+    let database_url = b.database.url.expose_secret().to_owned();
+    let dir = tempfile::tempdir().unwrap();
+    let a = serve(
+        dir.path(),
+        &[
+            ("DATABASE_URL", database_url.as_str()),
+            ("REDIS_URL", redis_url.as_str()),
+            ("VOICEHUB_REDIS_PREFIX", prefix.as_str()),
+            ("ELEVENLABS_BASE_URL", fake.url.as_str()),
+            ("ELEVENLABS_API_KEY", API_KEY),
+            ("VOICEHUB_JWT_SECRET", JWT_SECRET),
+        ],
+    );
+    fake.set_report(&voice.provider_voice_id, Report::default());
+    let id: Uuid = voice.voice_id.parse().unwrap();
+    for _ in 0..200 {
+        let row = voice::Entity::find_by_id(id)
+            .one(&b.db)
+            .await
+            .unwrap()
+            .unwrap();
+        if row.status == VoiceStatus::Completed {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(a); // SIGKILL
+    let row = voice::Entity::find_by_id(id)
+        .one(&b.db)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(row.status, VoiceStatus::Completed, "A settled the voice");
+    assert_eq!(b.outbox_rows().await, 1, "its event was left in the outbox");
+
+    accept_events(&b).await;
+    let delivered = next(&mut stream).await.unwrap().voice.unwrap();
+    assert_eq!(delivered.status(), pb::VoiceStatus::Completed);
+    assert_eq!(delivered.revision, row.revision);
+    assert!(
+        next(&mut stream).await.is_none(),
+        "terminal: the stream ends"
+    );
+    b.until_published().await; // published by B, then pruned
+    assert_eq!(
+        b.metric("voicehub_events_published_total"),
+        2,
+        "the creation and A's completion"
+    );
 }

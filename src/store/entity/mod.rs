@@ -3,3 +3,4 @@
 
 pub mod provider_orphan;
 pub mod voice;
+pub mod voice_event;
