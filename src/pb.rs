@@ -123,6 +123,8 @@ impl From<StoredVoice> for Voice {
             request_id: _,
             deleted_at: _,
             processing_deadline: _,
+            push_pending: _,
+            push_lease_until: _,
         } = v;
         Voice {
             voice_id: id.to_string(),

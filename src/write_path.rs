@@ -20,6 +20,12 @@
 //!   voice, public or not, is NOT_FOUND.
 //! - **Guarded writes.** Updates apply only to the revision that was read
 //!   (a concurrent change makes this one ABORTED, never lost).
+//! - **Updates converge.** An update is stored first and the voice marked
+//!   for a push; the status engine pushes the stored name, description and
+//!   labels to the provider (one pusher at a time per voice) until the
+//!   provider holds the latest stored revision's values, also when the
+//!   provider was unreachable or the voice was still being created. A call
+//!   that fails (ABORTED, NOT_FOUND, storage) changed nothing anywhere.
 //! - **Every stored change is published** (creation, update, delete): its
 //!   event is stored with it (the outbox) and the relay is woken to publish
 //!   it; a new voice is handed to the status engine.
@@ -31,7 +37,7 @@ use uuid::Uuid;
 use crate::{
     error::{Error, chain},
     events::Relay,
-    provider::{AudioFile, CloneRequest, DynProvider, INSTANT_CLONE, ProviderError, VoiceEdit},
+    provider::{AudioFile, CloneRequest, DynProvider, INSTANT_CLONE, ProviderError, labels_sent},
     status_engine::{Scheduler, delete_at_provider},
     store::{self, Labels, Reservation, Store, Visibility, Voice, VoiceStatus},
 };
@@ -183,7 +189,7 @@ impl WritePath {
             voicehub_id: reserved.id,
             name: new.name.clone(),
             description: Some(new.description.clone()).filter(|d| !d.is_empty()),
-            labels: provider_labels(&new.labels, &new.language, &new.gender),
+            labels: labels_sent(&new.labels, &new.language, &new.gender),
             files: new.samples,
             remove_background_noise: new.remove_background_noise,
         };
@@ -261,6 +267,8 @@ impl WritePath {
             completed_at: None,
             deleted_at: None,
             processing_deadline: Some(now + self.limits.max_age),
+            push_pending: false,
+            push_lease_until: None,
         }
     }
 
@@ -285,12 +293,14 @@ impl WritePath {
         .await;
     }
 
-    /// Applies `patch` to the owner's voice, at the provider first for the
-    /// fields the provider holds.
+    /// Applies `patch` to the owner's voice. Storage first: the change is
+    /// stored (guarded by the revision that was read) and, when it touches
+    /// what the provider holds, the voice is marked for a push, which the
+    /// status engine makes until the provider holds the stored values.
     ///
     /// # Errors
-    /// NOT_FOUND unless the caller owns the live voice; a provider failure;
-    /// ABORTED when the voice changed meanwhile.
+    /// NOT_FOUND unless the caller owns the live voice; ABORTED when the
+    /// voice changed meanwhile. Either way nothing changed anywhere.
     pub(crate) async fn update(
         &self,
         owner: Uuid,
@@ -303,31 +313,25 @@ impl WritePath {
             .await?
             .ok_or(Error::NotFound("voice"))?;
         let next = patch.applied_to(&current);
-        // A FAILED voice may be gone at the provider; its metadata is ours alone.
-        if patch.reaches_provider()
-            && current.status != VoiceStatus::Failed
-            && let Some(provider_voice_id) = &current.provider_voice_id
-        {
-            let edit = VoiceEdit {
-                voicehub_id: current.id,
-                name: next.name.clone(),
-                description: Some(next.description.clone()).filter(|d| !d.is_empty()),
-                labels: Some(provider_labels(
-                    &next.labels.0,
-                    &next.language,
-                    &next.gender,
-                )),
-            };
-            self.provider.edit_voice(provider_voice_id, edit).await?;
-        }
+        // A FAILED voice's provider voice is deleted: its metadata is ours alone.
+        let push = patch.reaches_provider()
+            && matches!(
+                current.status,
+                VoiceStatus::Processing | VoiceStatus::Completed
+            );
         let updated = self
             .store
-            .update_metadata(&next, current.revision)
+            .update_metadata(&next, current.revision, push)
             .await?
             .ok_or(Error::Aborted(
                 "the voice changed while it was being updated; retry",
             ))?;
         self.relay.wake();
+        // A voice still being created is pushed once its create is accepted
+        // (which schedules it); scheduling it now could delay that check.
+        if push && updated.provider_voice_id.is_some() {
+            self.scheduler.schedule(updated.id).await;
+        }
         Ok(updated)
     }
 
@@ -357,20 +361,4 @@ impl WritePath {
         self.relay.wake();
         Ok(deleted)
     }
-}
-
-/// The labels the provider gets: the user's, plus `language` and `gender`
-/// (which ElevenLabs documents as label keys) when they are set.
-fn provider_labels(
-    labels: &BTreeMap<String, String>,
-    language: &str,
-    gender: &str,
-) -> BTreeMap<String, String> {
-    let mut out = labels.clone();
-    for (key, value) in [("language", language), ("gender", gender)] {
-        if !value.is_empty() {
-            out.insert(key.to_owned(), value.to_owned());
-        }
-    }
-    out
 }

@@ -22,6 +22,8 @@ use std::{
 use bytes::Bytes;
 use uuid::Uuid;
 
+use crate::store::Voice;
+
 pub(crate) use elevenlabs::ElevenLabs;
 pub use elevenlabs::{ElevenLabsConfig, RetryPolicy};
 pub(crate) use simulated::Simulated;
@@ -87,6 +89,37 @@ pub(crate) struct VoiceEdit {
     pub(crate) description: Option<String>,
     /// The labels, replacing all; `None` leaves them as they are.
     pub(crate) labels: Option<BTreeMap<String, String>>,
+}
+
+impl VoiceEdit {
+    /// The stored name, description and labels of `voice`, all of them:
+    /// what the provider must hold.
+    #[must_use]
+    pub(crate) fn of(voice: &Voice) -> Self {
+        VoiceEdit {
+            voicehub_id: voice.id,
+            name: voice.name.clone(),
+            description: Some(voice.description.clone()).filter(|d| !d.is_empty()),
+            labels: Some(labels_sent(&voice.labels.0, &voice.language, &voice.gender)),
+        }
+    }
+}
+
+/// The labels the provider gets: the caller's, plus `language` and `gender`
+/// (which ElevenLabs documents as label keys) when they are set.
+#[must_use]
+pub(crate) fn labels_sent(
+    labels: &BTreeMap<String, String>,
+    language: &str,
+    gender: &str,
+) -> BTreeMap<String, String> {
+    let mut out = labels.clone();
+    for (key, value) in [("language", language), ("gender", gender)] {
+        if !value.is_empty() {
+            out.insert(key.to_owned(), value.to_owned());
+        }
+    }
+    out
 }
 
 /// A provider failure, classified by what the caller can do about it.

@@ -24,6 +24,11 @@
 //! anyway is found by the hourly sweep (see `sweep`). Checks
 //! are at-least-once; transitions are written only from PROCESSING, so a
 //! repeated check is harmless.
+//!
+//! The engine also pushes updates: a voice UpdateVoice marked
+//! `push_pending` is queued, and its stored name, description and labels
+//! are pushed to the provider under the voice's push lease (one pusher at a
+//! time) until the provider holds the latest stored revision's values.
 
 mod compensation;
 mod local_queue;

@@ -19,12 +19,14 @@
 //! times (one claim, one reschedule of those still processing, one finish of
 //! the rest). A voice a lookup leaves out is asked about alone; a lookup that
 //! fails reschedules its voices, a lookup the provider refuses is replaced by
-//! single checks. Once their events are published, the provider voices of
-//! the voices that FAILED are deleted (compensation), so a failed voice holds
-//! no slot at the provider.
+//! single checks. Once stored, the provider voices of the voices that FAILED
+//! are deleted (compensation), so a failed voice holds no slot at the
+//! provider. Claimed voices with a push pending get their stored metadata
+//! pushed beside the checks (see [`Worker::push`]), and stay queued until
+//! the provider holds it.
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -45,7 +47,7 @@ use super::{
 use crate::{
     error::chain,
     events::Relay,
-    provider::{DynProvider, GONE_AT_PROVIDER, INSTANT_CLONE, ProviderError, Verdict},
+    provider::{DynProvider, GONE_AT_PROVIDER, INSTANT_CLONE, ProviderError, Verdict, VoiceEdit},
     store::{Settlement, Store, Voice, VoiceStatus},
 };
 
@@ -102,6 +104,9 @@ struct Checked {
     settle: Vec<(Uuid, Settlement)>,
     /// Still processing, or the check failed: checked again after the delay.
     again: Vec<(Uuid, Duration)>,
+    /// A push to the provider still pending: claimed again after the delay,
+    /// whatever its status check decided.
+    push_again: HashMap<Uuid, Duration>,
 }
 
 impl Checked {
@@ -170,6 +175,17 @@ fn gave_up(voice: &Voice) -> String {
         "gave up: still processing at the provider {} after creation",
         humantime::format_duration(Duration::from_secs(age(voice).as_secs()))
     )
+}
+
+/// Whether the provider lacks `voice`'s stored metadata and can take it
+/// (the voice is at the provider and not FAILED or DELETED).
+fn push_due(voice: &Voice) -> bool {
+    voice.push_pending
+        && voice.provider_voice_id.is_some()
+        && matches!(
+            voice.status,
+            VoiceStatus::Processing | VoiceStatus::Completed
+        )
 }
 
 /// What one check decided.
@@ -271,6 +287,7 @@ impl Worker {
         // every half second is asked twice a second, however long the step takes.
         let claimed_at = Instant::now();
         let voices = self.store.get_many(&ids).await?;
+        let pushes: Vec<Voice> = voices.iter().filter(|v| push_due(v)).cloned().collect();
         let processing: Vec<Voice> = voices
             .into_iter()
             .filter(|v| v.status == VoiceStatus::Processing)
@@ -282,6 +299,12 @@ impl Worker {
             .copied()
             .filter(|id| !to_check.contains(id))
             .collect();
+        // Stored metadata the provider does not hold yet, pushed beside the checks.
+        let mut pushing = JoinSet::new();
+        for voice in pushes {
+            let this = self.clone();
+            pushing.spawn(async move { (voice.id, this.push(voice).await) });
+        }
         let (mut asks, mut adoptions) = (Vec::with_capacity(processing.len()), Vec::new());
         for voice in processing {
             if voice.provider_voice_id.is_some() {
@@ -323,6 +346,15 @@ impl Worker {
                 checked.decide(id, decision, claimed_at);
             }
         }
+        while let Some(joined) = pushing.join_next().await {
+            match joined {
+                Ok((id, Some(delay))) => {
+                    checked.push_again.insert(id, delay);
+                }
+                Ok((_, None)) => {}
+                Err(e) => std::panic::resume_unwind(e.into_panic()),
+            }
+        }
         Ok(checked)
     }
 
@@ -336,6 +368,7 @@ impl Worker {
             mut done,
             settle,
             mut again,
+            mut push_again,
         } = checked;
         if step.claimed == 0 {
             return Ok(step);
@@ -381,6 +414,15 @@ impl Worker {
                 again.extend(settle.iter().map(|(id, _)| (*id, delay)));
             }
         }
+        // A voice whose push is still pending stays on the queue, whatever
+        // its check decided.
+        for (id, delay) in &mut again {
+            if let Some(push) = push_again.remove(id) {
+                *delay = (*delay).min(push);
+            }
+        }
+        done.retain(|id| !push_again.contains_key(id));
+        again.extend(push_again);
         for (_, delay) in &again {
             step.next_due = Some(step.next_due.map_or(*delay, |d| d.min(*delay)));
         }
@@ -410,7 +452,7 @@ impl Worker {
         // Cleared first: a failure below sets it again via the error path.
         self.reconcile_needed.store(false, Ordering::Relaxed);
         let result = async {
-            let ids = self.store.processing_ids().await?;
+            let ids = self.store.unfinished_ids().await?;
             self.queue.restore(&ids).await?;
             tracing::info!(voices = ids.len(), "due-queue reconciled with storage");
             Ok(())
@@ -458,6 +500,68 @@ impl Worker {
             }
         }
         (voice.id, Decision::Again(Duration::ZERO))
+    }
+
+    /// Pushes `voice`'s stored name, description and labels to the provider,
+    /// holding its push lease (one pusher at a time, so two revisions'
+    /// pushes never cross at the provider). Returns when to try again while
+    /// a push is still pending: the provider failed, the voice changed
+    /// during the push, or another pusher holds it.
+    async fn push(&self, voice: Voice) -> Option<Duration> {
+        // Longer than the provider's longest call, retries included.
+        let lease = self.config.adopt_after;
+        let taken = match self.store.take_push(voice.id, lease).await {
+            Ok(Some(taken)) => taken,
+            // Another pusher holds it: look again when its lease ends (it
+            // reschedules the voice itself if it finishes sooner).
+            Ok(None) => {
+                return voice
+                    .push_lease_until
+                    .and_then(|until| (until - chrono::Utc::now()).to_std().ok());
+            }
+            Err(e) => {
+                tracing::warn!(voice_id = %voice.id, error = %chain(&e), "could not take a push to the provider; will retry");
+                return Some(self.config.min_backoff * 5);
+            }
+        };
+        let provider_voice_id = taken.provider_voice_id.as_deref()?;
+        let pushed = self
+            .provider
+            .edit_voice(provider_voice_id, VoiceEdit::of(&taken))
+            .await;
+        let settled = match &pushed {
+            Ok(()) => {
+                tracing::info!(voice_id = %taken.id, revision = taken.revision, "pushed the stored name, description and labels to the provider");
+                true
+            }
+            Err(ProviderError::NotFound) => {
+                tracing::warn!(voice_id = %taken.id, provider_voice_id, "the provider voice is gone; nothing to push to");
+                true
+            }
+            Err(
+                e @ (ProviderError::Rejected { .. }
+                | ProviderError::Unauthorized(_)
+                | ProviderError::LimitReached(_)),
+            ) => {
+                tracing::error!(voice_id = %taken.id, revision = taken.revision, error = %e, "the provider refused the stored name, description or labels; not pushed");
+                true
+            }
+            Err(e) => {
+                tracing::warn!(voice_id = %taken.id, error = %e, "push to the provider failed; will retry");
+                false
+            }
+        };
+        let retry = self.config.min_backoff * 5;
+        match self.store.end_push(taken.id, taken.revision, settled).await {
+            // Changed during the push: push the newer values now.
+            Ok(true) if settled => Some(Duration::ZERO),
+            Ok(true) => Some(retry),
+            Ok(false) => None,
+            Err(e) => {
+                tracing::warn!(voice_id = %taken.id, error = %chain(&e), "could not record a push; it is made again when its lease ends");
+                Some(lease)
+            }
+        }
     }
 
     /// Asks the provider about `voices` (all with a provider voice id), in

@@ -169,6 +169,8 @@ pub(crate) fn test_voice(owner: uuid::Uuid, visibility: Visibility, status: Voic
         completed_at: None,
         deleted_at: None,
         processing_deadline: None,
+        push_pending: false,
+        push_lease_until: None,
     }
 }
 

@@ -139,15 +139,23 @@ impl Store {
             .await
     }
 
-    /// The ids of every PROCESSING voice, to rebuild the due-queue from.
+    /// The ids of every voice the status engine still has work for, to
+    /// rebuild the due-queue from: PROCESSING, or COMPLETED with a push to
+    /// the provider pending.
     ///
     /// # Errors
     /// A database failure.
-    pub(crate) async fn processing_ids(&self) -> Result<Vec<Uuid>, DbErr> {
+    pub(crate) async fn unfinished_ids(&self) -> Result<Vec<Uuid>, DbErr> {
         Entity::find()
             .select_only()
             .column(Column::Id)
-            .filter(Column::Status.eq(VoiceStatus::Processing))
+            .filter(
+                Column::Status
+                    .eq(VoiceStatus::Processing)
+                    .or(Column::PushPending
+                        .eq(true)
+                        .and(Column::Status.eq(VoiceStatus::Completed))),
+            )
             .into_tuple()
             .all(&self.db)
             .await

@@ -131,7 +131,7 @@ impl Store {
 
     /// Writes the caller-editable fields of `voice` (name, description,
     /// visibility, labels) if the stored voice is still at `revision` and not
-    /// deleted.
+    /// deleted; `push` marks the voice for a push of them to the provider.
     ///
     /// # Errors
     /// A database failure.
@@ -139,8 +139,13 @@ impl Store {
         &self,
         voice: &Voice,
         revision: i64,
+        push: bool,
     ) -> Result<Option<Voice>, DbErr> {
-        let update = Entity::update_many()
+        let mut update = Entity::update_many();
+        if push {
+            update = update.col_expr(Column::PushPending, Expr::value(true));
+        }
+        let update = update
             .col_expr(Column::Name, Expr::value(voice.name.clone()))
             .col_expr(Column::Description, Expr::value(voice.description.clone()))
             .col_expr(Column::Visibility, Expr::value(voice.visibility))
@@ -148,6 +153,69 @@ impl Store {
             .filter(Column::Revision.eq(revision))
             .filter(Column::Status.ne(VoiceStatus::Deleted));
         self.revise(voice.id, now(), update).await
+    }
+
+    /// Takes the push of voice `id` for `lease`, if a push is pending, the
+    /// voice is at the provider (PROCESSING or COMPLETED with a provider id)
+    /// and no other pusher holds it. Returns the voice as stored: the values
+    /// to push, of its current revision. Bookkeeping only: no revision, no
+    /// event.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub(crate) async fn take_push(
+        &self,
+        id: Uuid,
+        lease: std::time::Duration,
+    ) -> Result<Option<Voice>, DbErr> {
+        let at = now();
+        let until = at + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX);
+        let rows = Entity::update_many()
+            .col_expr(Column::PushLeaseUntil, Expr::value(until))
+            .filter(Column::Id.eq(id))
+            .filter(Column::PushPending.eq(true))
+            .filter(Column::ProviderVoiceId.is_not_null())
+            .filter(Column::Status.is_in([VoiceStatus::Processing, VoiceStatus::Completed]))
+            .filter(
+                Column::PushLeaseUntil
+                    .is_null()
+                    .or(Column::PushLeaseUntil.lte(at)),
+            )
+            .exec_with_returning(&self.db)
+            .await?;
+        Ok(rows.into_iter().next())
+    }
+
+    /// Ends the push of voice `id` taken at `revision`, releasing its lease.
+    /// `settled`: the provider holds that revision's values (or refused
+    /// them for good), so no push is pending any more, unless the voice
+    /// changed since. Returns whether a push is still pending.
+    ///
+    /// # Errors
+    /// A database failure (the lease then runs out by itself).
+    pub(crate) async fn end_push(
+        &self,
+        id: Uuid,
+        revision: i64,
+        settled: bool,
+    ) -> Result<bool, DbErr> {
+        let mut update = Entity::update_many().col_expr(
+            Column::PushLeaseUntil,
+            Expr::value(Option::<DateTime<Utc>>::None),
+        );
+        if settled {
+            update = update.col_expr(
+                Column::PushPending,
+                Expr::case(Column::Revision.eq(revision), Expr::value(false))
+                    .finally(Expr::col(Column::PushPending))
+                    .into(),
+            );
+        }
+        let rows = update
+            .filter(Column::Id.eq(id))
+            .exec_with_returning(&self.db)
+            .await?;
+        Ok(rows.first().is_some_and(|v| v.push_pending))
     }
 
     /// Marks a voice DELETED (kept for audit). `None` if it already was.

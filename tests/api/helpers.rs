@@ -565,6 +565,8 @@ pub(crate) fn voice(
         deleted_at: (status == VoiceStatus::Deleted).then_some(at),
         processing_deadline: (status == VoiceStatus::Processing)
             .then(|| at + chrono::Duration::minutes(30)),
+        push_pending: false,
+        push_lease_until: None,
     }
 }
 

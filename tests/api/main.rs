@@ -27,4 +27,5 @@ mod status_engine;
 mod sweep;
 mod transport;
 mod update_delete_voice;
+mod updates_converge;
 mod watch_voice_status;

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use prost_types::FieldMask;
+use sea_orm::EntityTrait;
 use serde_json::json;
 use tonic::Code;
 use tonic_types::StatusExt;
@@ -155,7 +156,12 @@ async fn slow_and_failing_deletes_and_edits_are_retried() {
         }),
     };
     client.update_voice(request).await.unwrap();
-    assert_eq!(fake.calls(Route::Edit), 3);
+    app.worker.run_once().await.unwrap();
+    assert_eq!(
+        fake.calls(Route::Edit),
+        3,
+        "pushed after two retried failures"
+    );
     fake.inject(Route::Delete, 1, Fault::Slow(Duration::from_secs(3)));
     client
         .delete_voice(DeleteVoiceRequest {
@@ -188,14 +194,14 @@ async fn a_wrongly_configured_api_key_is_sent_refused_and_internal_for_the_calle
 }
 
 #[tokio::test]
-async fn updating_a_voice_gone_at_the_provider_is_failed_precondition() {
+async fn an_update_of_a_voice_gone_at_the_provider_is_stored_and_its_push_given_up() {
     let (app, fake) = spawn_app_with_fake(Backend::Sqlite, |_| {}).await;
     let mut client = app.client(Uuid::new_v4());
     let voice = create_voice(&mut client, "Vanished").await;
     fake.inject(Route::Edit, 1, Fault::not_found_404());
     let mut renamed = voice.clone();
     renamed.name = "New".into();
-    let status = client
+    let updated = client
         .update_voice(UpdateVoiceRequest {
             voice: Some(renamed),
             update_mask: Some(FieldMask {
@@ -203,8 +209,20 @@ async fn updating_a_voice_gone_at_the_provider_is_failed_precondition() {
             }),
         })
         .await
-        .unwrap_err();
-    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+        .unwrap()
+        .into_inner();
+    assert_eq!(updated.name, "New", "stored");
+    app.worker.run_once().await.unwrap();
+    assert_eq!(fake.calls(Route::Edit), 1, "a 404 is not retried");
+    let row = voicehub::store::entity::voice::Entity::find_by_id(
+        updated.voice_id.parse::<Uuid>().unwrap(),
+    )
+    .one(&app.db)
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(!row.push_pending, "nothing to push to: given up");
+    assert_eq!(row.name, "New");
 }
 
 #[tokio::test]

@@ -31,6 +31,9 @@ async fn each_update_path_changes_its_field_and_advances_the_revision(backend: B
     let (app, fake) = spawn_app_with_fake(backend, |_| {}).await;
     let mut client = app.client(Uuid::new_v4());
     let created = create_voice(&mut client, "Before").await;
+    // Completed first, so every revision below is an update's.
+    assert_eq!(app.worker.run_once().await.unwrap().completed, 1);
+    let created = get_voice(&mut client, &created.voice_id).await;
     let provider_id = created.provider_voice_id.clone();
 
     let mut changed = created.clone();
@@ -45,6 +48,8 @@ async fn each_update_path_changes_its_field_and_advances_the_revision(backend: B
     assert_eq!(v.description, created.description);
     assert_eq!(v.revision, created.revision + 1);
     assert!(later(v.updated_at.as_ref(), created.updated_at.as_ref()));
+    // Stored first; the status engine pushes it to the provider.
+    app.worker.run_once().await.unwrap();
     assert_eq!(
         fake.voice(&provider_id).unwrap().name,
         "After",
@@ -60,6 +65,7 @@ async fn each_update_path_changes_its_field_and_advances_the_revision(backend: B
         .into_inner();
     assert_eq!(v2.description, "Now brighter");
     assert_eq!(v2.revision, v.revision + 1);
+    app.worker.run_once().await.unwrap();
     assert_eq!(
         fake.voice(&provider_id).unwrap().description.as_deref(),
         Some("Now brighter")
@@ -76,6 +82,7 @@ async fn each_update_path_changes_its_field_and_advances_the_revision(backend: B
         v3.labels,
         [("use_case".to_owned(), "audiobook".to_owned())].into()
     );
+    app.worker.run_once().await.unwrap();
     let at_provider = fake.voice(&provider_id).unwrap().labels;
     assert_eq!(
         at_provider.get("use_case").map(String::as_str),
@@ -96,6 +103,11 @@ async fn each_update_path_changes_its_field_and_advances_the_revision(backend: B
         .into_inner();
     assert_eq!(v4.visibility, pb::Visibility::Public as i32);
     assert_eq!(v4.revision, v3.revision + 1);
+    assert_eq!(
+        app.worker.run_once().await.unwrap().claimed,
+        0,
+        "visibility is ours alone: nothing to push"
+    );
     assert_eq!(
         fake.calls(Route::Edit),
         edits_before,
@@ -361,6 +373,7 @@ async fn labels_stay_as_the_user_set_them_and_the_provider_keeps_voicehubs_tag(b
         .into_inner();
     assert_eq!(updated.labels, changed.labels);
     assert_eq!(updated.provider_labels, read.provider_labels);
+    app.worker.run_once().await.unwrap();
     let at_provider = fake.voice(&created.provider_voice_id).unwrap().labels;
     assert_eq!(
         at_provider.get("voicehub_id"),

@@ -255,6 +255,8 @@ pub(crate) fn catalogue_voice(owner: Uuid, i: u64, at: DateTime<Utc>) -> Voice {
         completed_at: Some(at),
         deleted_at: None,
         processing_deadline: None,
+        push_pending: false,
+        push_lease_until: None,
     }
 }
 

@@ -63,6 +63,12 @@ pub struct Model {
     pub deleted_at: Option<DateTimeUtc>,
     /// A PROCESSING voice still not done by then is FAILED by the status engine.
     pub processing_deadline: Option<DateTimeUtc>,
+    /// The stored name, description or labels changed since the provider
+    /// last got them: the status engine pushes them.
+    pub push_pending: bool,
+    /// Until when one pusher holds the voice's push (so pushes of two
+    /// revisions never cross at the provider); `None` when nobody does.
+    pub push_lease_until: Option<DateTimeUtc>,
 }
 
 /// The table has no relations.

@@ -1,0 +1,249 @@
+//! UpdateVoice stores first and the status engine pushes the stored name,
+//! description and labels to the provider until it holds them: while the
+//! provider fails, while the voice is still being created, and when updates
+//! race (the provider ends with the winning revision's values; a call that
+//! got ABORTED changed nothing anywhere).
+
+use std::time::Duration;
+
+use prost_types::FieldMask;
+use sea_orm::EntityTrait;
+use tonic::Code;
+use uuid::Uuid;
+use voicehub::{
+    pb::{self, UpdateVoiceRequest},
+    store::entity::voice,
+};
+
+use crate::{
+    fake_elevenlabs::{Fault, Route},
+    helpers::{Backend, Client, TestApp, create_request, get_voice, spawn_app_with_fake},
+    on_both_backends,
+};
+
+fn rename(voice: &pb::Voice, name: &str) -> UpdateVoiceRequest {
+    let mut renamed = voice.clone();
+    name.clone_into(&mut renamed.name);
+    UpdateVoiceRequest {
+        voice: Some(renamed),
+        update_mask: Some(FieldMask {
+            paths: vec!["name".into()],
+        }),
+    }
+}
+
+async fn stored(app: &TestApp, voice_id: &str) -> voice::Model {
+    voice::Entity::find_by_id(voice_id.parse::<Uuid>().unwrap())
+        .one(&app.db)
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+/// A COMPLETED voice of a new user, and that user's client.
+async fn completed_voice(app: &TestApp) -> (Client, pb::Voice) {
+    let mut client = app.client(Uuid::new_v4());
+    let created = client
+        .create_voice_clone(create_request("Original"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(app.worker.run_once().await.unwrap().completed, 1);
+    let read = get_voice(&mut client, &created.voice_id).await;
+    (client, read)
+}
+
+async fn an_update_while_the_provider_fails_is_stored_and_pushed_once_it_answers(backend: Backend) {
+    let (app, fake) = spawn_app_with_fake(backend, |_| {}).await;
+    let (mut client, voice) = completed_voice(&app).await;
+    // Every attempt of the first push fails (one try and three retries).
+    fake.inject(Route::Edit, 4, Fault::server_error());
+    let updated = client
+        .update_voice(rename(&voice, "Renamed in an outage"))
+        .await
+        .expect("stored, though the provider is failing")
+        .into_inner();
+    assert_eq!(updated.name, "Renamed in an outage");
+    assert_eq!(updated.revision, voice.revision + 1);
+
+    let step = app.worker.run_once().await.unwrap();
+    assert_eq!((step.claimed, step.rescheduled), (1, 1), "{step:?}");
+    assert_eq!(fake.calls(Route::Edit), 4);
+    assert_eq!(
+        fake.voice(&voice.provider_voice_id).unwrap().name,
+        "Original"
+    );
+    assert!(stored(&app, &voice.voice_id).await.push_pending);
+
+    let step = app.worker.run_once().await.unwrap();
+    assert_eq!((step.claimed, step.rescheduled), (1, 0), "{step:?}");
+    assert_eq!(fake.calls(Route::Edit), 5);
+    assert_eq!(
+        fake.voice(&voice.provider_voice_id).unwrap().name,
+        "Renamed in an outage"
+    );
+    let row = stored(&app, &voice.voice_id).await;
+    assert!(!row.push_pending);
+    assert_eq!(row.revision, updated.revision, "a push is not a change");
+    assert_eq!(app.worker.run_once().await.unwrap().claimed, 0, "done");
+}
+
+async fn an_update_during_a_create_reaches_the_provider_once_the_create_lands(backend: Backend) {
+    let (app, fake) = spawn_app_with_fake(backend, |_| {}).await;
+    // The provider takes 300 ms to clone (inside the 400 ms timeout).
+    fake.inject(Route::Add, 1, Fault::Slow(Duration::from_millis(300)));
+    let mut client = app.client(Uuid::new_v4());
+    let create = {
+        let mut client = client.clone();
+        tokio::spawn(async move { client.create_voice_clone(create_request("Draft")).await })
+    };
+    let reserved = loop {
+        let listed = client
+            .list_user_voices(pb::ListUserVoicesRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .voices;
+        if let Some(voice) = listed.into_iter().next() {
+            break voice;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert!(
+        reserved.provider_voice_id.is_empty(),
+        "still at the provider"
+    );
+    let updated = client
+        .update_voice(rename(&reserved, "Final title"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(updated.name, "Final title");
+
+    let created = create.await.unwrap().unwrap().into_inner();
+    assert_eq!(
+        created.name, "Final title",
+        "the create returns what is stored"
+    );
+    assert_eq!(
+        fake.voice(&created.provider_voice_id).unwrap().name,
+        "Draft",
+        "cloned with the name it was created with"
+    );
+    app.worker.run_once().await.unwrap();
+    assert_eq!(
+        fake.voice(&created.provider_voice_id).unwrap().name,
+        "Final title",
+        "pushed once the provider voice existed"
+    );
+    assert_eq!(fake.calls(Route::Edit), 1);
+    assert!(!stored(&app, &created.voice_id).await.push_pending);
+}
+
+async fn racing_renames_leave_the_provider_with_the_winning_revision(backend: Backend) {
+    let (app, fake) = spawn_app_with_fake(backend, |_| {}).await;
+    let (client, voice) = completed_voice(&app).await;
+    let calls = (0..6).map(|i| {
+        let mut client = client.clone();
+        let request = rename(&voice, &format!("Rename {i}"));
+        tokio::spawn(async move { (i, client.update_voice(request).await) })
+    });
+    let (mut won, mut aborted) = (Vec::new(), Vec::new());
+    for call in futures_util::future::join_all(calls).await {
+        match call.unwrap() {
+            (_, Ok(v)) => won.push(v.into_inner()),
+            (i, Err(status)) => {
+                assert_eq!(status.code(), Code::Aborted, "{status:?}");
+                aborted.push(format!("Rename {i}"));
+            }
+        }
+    }
+    assert_eq!(won.len() + aborted.len(), 6);
+    assert!(!won.is_empty(), "one of them wins");
+    let winner = won.iter().max_by_key(|v| v.revision).unwrap();
+    let row = stored(&app, &voice.voice_id).await;
+    assert_eq!(
+        (row.name.as_str(), row.revision),
+        (winner.name.as_str(), winner.revision)
+    );
+
+    app.worker.run_once().await.unwrap();
+    assert_eq!(
+        fake.voice(&voice.provider_voice_id).unwrap().name,
+        winner.name,
+        "the provider holds the winning revision's name"
+    );
+    let pushed: Vec<String> = fake
+        .requests()
+        .iter()
+        .filter(|r| r.route == Route::Edit)
+        .filter_map(|r| r.text("name").map(str::to_owned))
+        .collect();
+    assert_eq!(
+        pushed,
+        std::slice::from_ref(&winner.name),
+        "one push, of the stored values"
+    );
+    for name in &aborted {
+        assert!(
+            !pushed.contains(name),
+            "an ABORTED call reached the provider"
+        );
+    }
+}
+
+async fn a_push_under_way_is_not_crossed_by_the_push_of_a_newer_revision(backend: Backend) {
+    let (app, fake) = spawn_app_with_fake(backend, |_| {}).await;
+    let (mut client, voice) = completed_voice(&app).await;
+    let first = client
+        .update_voice(rename(&voice, "First"))
+        .await
+        .unwrap()
+        .into_inner();
+    // The push of "First" takes 300 ms at the provider.
+    fake.inject(Route::Edit, 1, Fault::Slow(Duration::from_millis(300)));
+    let pushing = {
+        let worker = app.worker.clone();
+        tokio::spawn(async move { worker.run_once().await })
+    };
+    while fake.calls(Route::Edit) == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Meanwhile "Second" is stored, and another step claims the voice: the
+    // push lease keeps it from pushing beside the one under way.
+    let second = client
+        .update_voice(rename(&first, "Second"))
+        .await
+        .unwrap()
+        .into_inner();
+    let step = app.worker.run_once().await.unwrap();
+    assert_eq!((step.claimed, step.rescheduled), (1, 1), "{step:?}");
+    assert_eq!(
+        fake.calls(Route::Edit),
+        1,
+        "no second push while one is under way"
+    );
+
+    let step = pushing.await.unwrap().unwrap();
+    assert_eq!(
+        step.rescheduled, 1,
+        "the voice changed during the push: again"
+    );
+    assert_eq!(fake.voice(&voice.provider_voice_id).unwrap().name, "First");
+    app.worker.run_once().await.unwrap();
+    assert_eq!(fake.calls(Route::Edit), 2);
+    assert_eq!(fake.voice(&voice.provider_voice_id).unwrap().name, "Second");
+    let row = stored(&app, &voice.voice_id).await;
+    assert!(!row.push_pending);
+    assert_eq!(
+        (row.name.as_str(), row.revision),
+        ("Second", second.revision)
+    );
+}
+
+on_both_backends!(
+    an_update_while_the_provider_fails_is_stored_and_pushed_once_it_answers,
+    an_update_during_a_create_reaches_the_provider_once_the_create_lands,
+    racing_renames_leave_the_provider_with_the_winning_revision,
+    a_push_under_way_is_not_crossed_by_the_push_of_a_newer_revision,
+);
