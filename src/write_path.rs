@@ -171,7 +171,9 @@ impl WritePath {
         // On the due-queue from now on: should this create never finish (the
         // process dies, the provider's answer is lost), the status engine
         // adopts the voice by its tag or fails it.
-        self.scheduler.schedule_reserved(reserved.id).await;
+        self.scheduler
+            .schedule_reserved(reserved.id, self.limits.max_age)
+            .await;
         // The provider call and what follows run as a task of their own, so
         // a caller who goes away (cancelled, past its deadline) does not cut
         // the create in half: it finishes, or is handed to the engine.

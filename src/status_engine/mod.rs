@@ -103,10 +103,11 @@ impl Scheduler {
     }
 
     /// Queues a just-reserved `id` for the check that adopts or fails it
-    /// should its create never finish (a crash, a lost answer); the create
-    /// that finishes schedules it again, due now.
-    pub(crate) async fn schedule_reserved(&self, id: Uuid) {
-        self.schedule_in(id, self.adopt_after).await;
+    /// should its create never finish (a crash, a lost answer): after
+    /// `adopt_after`, or at its deadline (`max_age` from now) if that comes
+    /// first. The create that finishes schedules it again, due now.
+    pub(crate) async fn schedule_reserved(&self, id: Uuid, max_age: Duration) {
+        self.schedule_in(id, self.adopt_after.min(max_age)).await;
     }
 
     async fn schedule_in(&self, id: Uuid, delay: Duration) {

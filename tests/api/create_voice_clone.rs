@@ -601,6 +601,39 @@ async fn a_create_the_provider_never_received_fails_with_a_reason_that_says_so(b
     assert_eq!(fake.voice_count(), 0);
 }
 
+async fn a_reserved_voice_whose_create_was_lost_obeys_the_maximum_age(backend: Backend) {
+    // Adoption would wait an hour; the maximum age is a second.
+    let (app, fake) = spawn_app_with_fake(backend, |c| {
+        c.sync.adopt_after = std::time::Duration::from_hours(1);
+        c.sync_max_age = std::time::Duration::from_secs(1);
+    })
+    .await;
+    let mut client = app.client(Uuid::new_v4());
+    fake.inject(Route::Add, 1, Fault::server_error());
+    let reserved = client
+        .create_voice_clone(create_request("Cut off"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(reserved.status(), pb::VoiceStatus::Processing);
+    assert!(reserved.provider_voice_id.is_empty());
+    eventually(
+        "the reserved voice is resolved at its deadline",
+        async || app.worker.run_once().await.unwrap().failed == 1,
+    )
+    .await;
+    let failed = get_voice(&mut client, &reserved.voice_id).await;
+    assert_eq!(failed.status(), pb::VoiceStatus::Failed);
+    assert!(
+        failed.failure_reason.contains("never received"),
+        "the true reason, not \"still processing\": {}",
+        failed.failure_reason
+    );
+    assert_eq!(fake.calls(Route::Lookup), 1, "looked for by its tag first");
+    assert_eq!((fake.calls(Route::Add), fake.voice_count()), (1, 0));
+    assert_eq!(app.voice_rows().await, 1);
+}
+
 async fn a_create_whose_caller_gives_up_still_finishes_and_a_retry_returns_it(backend: Backend) {
     let (app, fake) = spawn_app_with_fake(backend, |_| {}).await;
     let mut client = app.client(Uuid::new_v4());
@@ -660,4 +693,5 @@ on_both_backends!(
     a_create_the_provider_never_received_fails_with_a_reason_that_says_so,
     adoption_reads_every_page_of_the_search_and_takes_only_the_exact_tag,
     a_create_whose_caller_gives_up_still_finishes_and_a_retry_returns_it,
+    a_reserved_voice_whose_create_was_lost_obeys_the_maximum_age,
 );
