@@ -25,6 +25,7 @@ pub(crate) const INTERVAL: Duration = Duration::from_secs(30);
 pub(crate) async fn run(interval: Duration, shutdown: CancellationToken) {
     loop {
         tokio::select! {
+            biased;
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(interval) => {}
         }

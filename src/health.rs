@@ -70,6 +70,7 @@ impl StorageHealth {
     pub(crate) async fn run(mut self, shutdown: CancellationToken) {
         loop {
             tokio::select! {
+                biased;
                 () = shutdown.cancelled() => return,
                 () = tokio::time::sleep(self.interval) => {}
             }

@@ -89,6 +89,15 @@ impl Hub {
         }
     }
 
+    /// Decodes an event as stored or published and dispatches it; an event
+    /// that does not decode is logged and skipped.
+    pub(crate) fn dispatch_encoded(&self, event: &[u8]) {
+        match VoiceEvent::decode(event) {
+            Ok(event) => self.dispatch(&Arc::new(event)),
+            Err(e) => tracing::warn!(error = %e, "skipping an unreadable event"),
+        }
+    }
+
     /// Hands a stored change to every subscription interested in it.
     pub(crate) fn dispatch(&self, event: &Arc<VoiceEvent>) {
         let routes = self.routes.lock();

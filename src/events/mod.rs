@@ -48,16 +48,6 @@ pub fn encode_stored(voice: &Voice) -> Vec<u8> {
     VoiceEvent::stored(voice).encode()
 }
 
-/// One stored event on its way to the bus: the bytes other replicas read,
-/// and the decoded event this replica's hub dispatches.
-#[derive(Debug, Clone)]
-pub(crate) struct Outgoing {
-    /// The encoded `VoiceChanged`, as stored in the outbox.
-    pub(crate) payload: Bytes,
-    /// The same event, decoded.
-    pub(crate) event: Arc<VoiceEvent>,
-}
-
 /// The bus did not take every event of a publication.
 #[derive(Debug, thiserror::Error)]
 #[error("the event bus refused events: {0}")]
@@ -66,11 +56,12 @@ pub struct PublishError(pub(crate) String);
 /// Carries stored changes to every replica.
 #[async_trait::async_trait]
 pub(crate) trait EventBus: Send + Sync + 'static {
-    /// Publishes `events`, in order, in one round trip.
+    /// Publishes `events` (each an encoded [`VoiceEvent`], as stored in
+    /// the outbox), in order, in one round trip.
     ///
     /// # Errors
     /// The bus did not take all of them; they count as not published.
-    async fn publish(&self, events: &[Outgoing]) -> Result<(), PublishError>;
+    async fn publish(&self, events: &[Bytes]) -> Result<(), PublishError>;
 
     /// This replica's hub, where watch streams subscribe.
     fn hub(&self) -> &Arc<Hub>;
@@ -96,9 +87,9 @@ impl LocalBus {
 
 #[async_trait::async_trait]
 impl EventBus for LocalBus {
-    async fn publish(&self, events: &[Outgoing]) -> Result<(), PublishError> {
-        for outgoing in events {
-            self.hub.dispatch(&outgoing.event);
+    async fn publish(&self, events: &[Bytes]) -> Result<(), PublishError> {
+        for event in events {
+            self.hub.dispatch_encoded(event);
         }
         Ok(())
     }

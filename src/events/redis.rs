@@ -8,7 +8,7 @@ use fred::{prelude::*, types::streams::XReadResponse};
 use prometheus_client::metrics::gauge::Gauge;
 use tokio_util::sync::CancellationToken;
 
-use super::{EventBus, Hub, Outgoing, PublishError, VoiceEvent, wire::STREAM_FIELD};
+use super::{EventBus, Hub, PublishError, VoiceEvent, wire::STREAM_FIELD};
 
 /// Entries kept in the stream (approximately): enough for a replica that
 /// reconnects after a short outage to catch up.
@@ -79,6 +79,7 @@ impl RedisBus {
                 reply.into_xread_response::<String, String, String, Bytes>()
             };
             let entries = tokio::select! {
+                biased;
                 () = shutdown.cancelled() => return,
                 entries = read => entries,
             };
@@ -131,6 +132,7 @@ fn outage(failing: bool, e: &Error) -> bool {
 /// Waits a retry interval; true if shutdown came first.
 async fn sleep_or_stop(shutdown: &CancellationToken) -> bool {
     tokio::select! {
+        biased;
         () = shutdown.cancelled() => true,
         () = tokio::time::sleep(Duration::from_millis(500)) => false,
     }
@@ -138,14 +140,15 @@ async fn sleep_or_stop(shutdown: &CancellationToken) -> bool {
 
 #[async_trait::async_trait]
 impl EventBus for RedisBus {
-    async fn publish(&self, events: &[Outgoing]) -> Result<(), PublishError> {
+    async fn publish(&self, events: &[Bytes]) -> Result<(), PublishError> {
         if events.is_empty() {
             return Ok(());
         }
         // One pipeline, one round trip, for the relay's whole batch.
         let pipeline = self.client.pipeline();
-        for outgoing in events {
-            let entry = (STREAM_FIELD, outgoing.payload.clone());
+        // The stored bytes go out as they are: only readers decode them.
+        for event in events {
+            let entry = (STREAM_FIELD, event.clone());
             pipeline
                 .xadd::<(), _, _, _, _>(&self.stream, false, ("MAXLEN", "~", MAX_LEN), "*", entry)
                 .await

@@ -36,7 +36,7 @@ use sea_orm::DbErr;
 use tokio::{sync::Notify, time::Instant};
 use tokio_util::sync::CancellationToken;
 
-use super::{DynBus, Outgoing, PublishError, VoiceEvent};
+use super::{DynBus, PublishError};
 use crate::{
     error::chain,
     store::{EventNotifications, Notified, Pending, Store},
@@ -135,28 +135,12 @@ impl Relay {
         }
         let more = stored.len() as u64 == BATCH;
         let ids: Vec<i64> = stored.iter().map(|e| e.id).collect();
-        let mut outgoing = Vec::with_capacity(stored.len());
-        for stored in stored {
-            match VoiceEvent::decode(&stored.payload) {
-                Ok(event) => outgoing.push((
-                    stored.id,
-                    Outgoing {
-                        payload: Bytes::from(stored.payload),
-                        event: Arc::new(event),
-                    },
-                )),
-                // Written by this code, so never expected; kept would block nothing
-                // but would be retried for ever.
-                Err(e) => tracing::error!(outbox_id = stored.id, voice_id = %stored.voice_id,
-                    error = %e, "dropping an outbox event that does not decode"),
-            }
-        }
-        let events: Vec<Outgoing> = outgoing.iter().map(|(_, o)| o.clone()).collect();
+        let events: Vec<Bytes> = stored.into_iter().map(|e| Bytes::from(e.payload)).collect();
         if let Err(e) = self.bus.publish(&events).await {
-            self.dispatch_here(&outgoing);
+            self.dispatch_here(&ids, &events);
             return Err(e.into());
         }
-        self.published.inc_by(ids.len() as u64);
+        self.published.inc_by(events.len() as u64);
         self.store.forget_events(&ids).await?;
         let mut here = self.dispatched_here.lock();
         if !here.is_empty() {
@@ -166,17 +150,17 @@ impl Relay {
         }
         drop(here);
         Ok(Relayed {
-            published: ids.len(),
+            published: events.len(),
             more,
         })
     }
 
     /// Hands events the bus refused to this replica's watchers, once each.
-    fn dispatch_here(&self, outgoing: &[(i64, Outgoing)]) {
+    fn dispatch_here(&self, ids: &[i64], events: &[Bytes]) {
         let mut here = self.dispatched_here.lock();
-        for (id, o) in outgoing {
+        for (id, event) in ids.iter().zip(events) {
             if here.insert(*id) {
-                self.bus.hub().dispatch(&o.event);
+                self.bus.hub().dispatch_encoded(event);
             }
         }
     }
@@ -204,9 +188,17 @@ impl Relay {
         let mut remote = Remote::default();
         let mut retry: Option<(Instant, Duration)> = None;
         let mut next_reconcile = Instant::now() + self.reconcile_every;
+        // Each wait below also waits for shutdown: while the database is
+        // unreachable, a listen or a pass takes as long as the pool's
+        // acquire timeout, and shutdown must not wait for it.
         loop {
             if notifications.is_none() && listen_at.is_some_and(|at| at <= Instant::now()) {
-                match self.store.event_notifications().await {
+                let listening = tokio::select! {
+                    biased;
+                    () = shutdown.cancelled() => break,
+                    listening = self.store.event_notifications() => listening,
+                };
+                match listening {
                     Ok(Some(listening)) => {
                         notifications = Some(listening);
                         listen_at = None;
@@ -228,7 +220,12 @@ impl Relay {
                         leftovers()
                     }
                 };
-                retry = self.drain_logged(which, retry).await;
+                retry = tokio::select! {
+                    biased;
+                    // A pass cut short publishes its events again later: harmless.
+                    () = shutdown.cancelled() => break,
+                    retry = self.drain_logged(which, retry) => retry,
+                };
             }
             let wake_at = [
                 retry.map(|(at, _)| at),
@@ -241,6 +238,8 @@ impl Relay {
             .min()
             .unwrap_or(next_reconcile);
             tokio::select! {
+                // Shutdown first: when it and other work are both ready, stop.
+                biased;
                 () = shutdown.cancelled() => break,
                 () = self.wake.notified() => due = Some(Pass::Mine.or(due)),
                 heard = heard(&mut notifications) => match heard {

@@ -83,6 +83,7 @@ pub(super) async fn open(
         }
         loop {
             let next = tokio::select! {
+                biased;
                 () = shutdown.cancelled() => None,
                 voice = subscription.next() => Some(voice),
             };

@@ -103,6 +103,7 @@ impl RedisQueue {
         }
         loop {
             tokio::select! {
+                biased;
                 () = shutdown.cancelled() => return,
                 message = messages.recv() => match message {
                     // Lagged: wake-ups were dropped, which only means "work is due".

@@ -182,6 +182,7 @@ impl Sweeper {
         let mut wait = FIRST_SWEEP.min(self.every);
         loop {
             tokio::select! {
+                biased;
                 () = shutdown.cancelled() => return,
                 () = tokio::time::sleep(wait) => {}
             }

@@ -724,6 +724,8 @@ impl Worker {
                 continue;
             }
             tokio::select! {
+                // Shutdown first: when it and other work are both ready, stop.
+                biased;
                 () = shutdown.cancelled() => {
                     // A step under way finishes: its voices are decided or leased.
                     while steps.join_next().await.is_some() {}
