@@ -42,8 +42,10 @@ use crate::{
     store::{EventNotifications, Notified, Pending, Store},
 };
 
-/// Events read and published per pass.
-const BATCH: u64 = 256;
+/// Events read and published per pass: more than the status engine
+/// settles in one step (its batch is at most a few hundred), so a step's
+/// events take one pass, whatever the batch size.
+const BATCH: u64 = 1_000;
 /// How long another replica has to publish its own events before this one
 /// does it for it (it died between its commit and its publication).
 const REMOTE_GRACE: Duration = Duration::from_secs(1);
