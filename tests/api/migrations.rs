@@ -36,15 +36,7 @@ async fn processes_migrating_together_apply_the_schema_once(backend: Backend) {
     let db = TestDatabase::new(backend).await;
     let mut stores = Vec::new();
     for _ in 0..4 {
-        stores.push(
-            Store::connect(
-                &db.config(),
-                &Metrics::new(),
-                voicehub::events::encode_stored,
-            )
-            .await
-            .unwrap(),
-        );
+        stores.push(store_of(&db).await);
     }
     let running: Vec<_> = stores
         .iter()
@@ -79,13 +71,7 @@ async fn processes_migrating_together_apply_the_schema_once(backend: Backend) {
 
 async fn migrating_twice_is_a_no_op(backend: Backend) {
     let db = TestDatabase::new(backend).await;
-    let store = Store::connect(
-        &db.config(),
-        &Metrics::new(),
-        voicehub::events::encode_stored,
-    )
-    .await
-    .unwrap();
+    let store = store_of(&db).await;
     store.migrate().await.unwrap();
     store.migrate().await.unwrap();
     assert_eq!(applied_migrations(&db.connect().await).await, MIGRATIONS);
@@ -133,13 +119,7 @@ async fn voices_stored_before_provider_labels_existed_read_with_none(backend: Ba
         .to_owned();
     connection.execute(&insert).await.unwrap();
 
-    let store = Store::connect(
-        &db.config(),
-        &Metrics::new(),
-        voicehub::events::encode_stored,
-    )
-    .await
-    .unwrap();
+    let store = store_of(&db).await;
     store.migrate().await.unwrap();
     let stored = voice::Entity::find_by_id(id)
         .one(&connection)
@@ -155,3 +135,14 @@ on_both_backends!(
     migrating_twice_is_a_no_op,
     voices_stored_before_provider_labels_existed_read_with_none
 );
+
+/// A server's store on `db`, as `voicehub serve` opens it (not migrated yet).
+async fn store_of(db: &TestDatabase) -> Store {
+    Store::connect(
+        &db.config(),
+        &Metrics::new(),
+        voicehub::events::encode_stored,
+    )
+    .await
+    .unwrap()
+}
