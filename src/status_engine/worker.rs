@@ -538,14 +538,12 @@ impl Worker {
                 tracing::warn!(voice_id = %taken.id, provider_voice_id, "the provider voice is gone; nothing to push to");
                 true
             }
-            Err(
-                e @ (ProviderError::Rejected { .. }
-                | ProviderError::Unauthorized(_)
-                | ProviderError::LimitReached(_)),
-            ) => {
+            // The values themselves are refused: pushing them again changes nothing.
+            Err(e @ ProviderError::Rejected { .. }) => {
                 tracing::error!(voice_id = %taken.id, revision = taken.revision, error = %e, "the provider refused the stored name, description or labels; not pushed");
                 true
             }
+            // Anything else (an outage, our credentials, a quota) passes: retry.
             Err(e) => {
                 tracing::warn!(voice_id = %taken.id, error = %e, "push to the provider failed; will retry");
                 false

@@ -241,9 +241,35 @@ async fn a_push_under_way_is_not_crossed_by_the_push_of_a_newer_revision(backend
     );
 }
 
+async fn values_the_provider_refuses_are_not_pushed_again(backend: Backend) {
+    let (app, fake) = spawn_app_with_fake(backend, |_| {}).await;
+    let (mut client, voice) = completed_voice(&app).await;
+    // A 422: the values themselves are refused, so a retry would change nothing.
+    fake.inject(Route::Edit, 1, Fault::unprocessable_files());
+    let updated = client
+        .update_voice(rename(&voice, "Refused name"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(updated.name, "Refused name", "stored");
+    let step = app.worker.run_once().await.unwrap();
+    assert_eq!((step.claimed, step.rescheduled), (1, 0), "{step:?}");
+    assert_eq!(fake.calls(Route::Edit), 1, "not retried");
+    assert_eq!(
+        fake.voice(&voice.provider_voice_id).unwrap().name,
+        "Original"
+    );
+    assert!(
+        !stored(&app, &voice.voice_id).await.push_pending,
+        "given up"
+    );
+    assert_eq!(app.worker.run_once().await.unwrap().claimed, 0);
+}
+
 on_both_backends!(
     an_update_while_the_provider_fails_is_stored_and_pushed_once_it_answers,
     an_update_during_a_create_reaches_the_provider_once_the_create_lands,
     racing_renames_leave_the_provider_with_the_winning_revision,
     a_push_under_way_is_not_crossed_by_the_push_of_a_newer_revision,
+    values_the_provider_refuses_are_not_pushed_again,
 );
