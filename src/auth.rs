@@ -85,6 +85,8 @@ impl Authenticator {
             None => validation.validate_aud = false,
         }
         validation.set_required_spec_claims(&required);
+        // A token may name when it starts to be valid; honour it.
+        validation.validate_nbf = true;
         Authenticator {
             inner: Arc::new(Keys {
                 decoding: DecodingKey::from_secret(secret),
@@ -128,9 +130,19 @@ impl Authenticator {
                         _ => "token is malformed",
                     })
                 })?;
-        Uuid::parse_str(&data.claims.sub)
-            .map(UserId)
-            .map_err(|_| Error::Unauthenticated("token subject (sub) is not a user UUID"))
+        // Issued in the future (beyond the same clock leeway `exp` and `nbf`
+        // get): minted by a wrong clock or forged to outlive its issuer's rules.
+        let leeway = self.inner.validation.leeway;
+        if data
+            .claims
+            .iat
+            .is_some_and(|iat| iat > jsonwebtoken::get_current_timestamp() + leeway)
+        {
+            return Err(Error::Unauthenticated(
+                "token is issued in the future (iat)",
+            ));
+        }
+        user_of(&data.claims.sub)
     }
 
     /// Signs a token for `user`, valid for `ttl`, with the configured issuer
@@ -155,8 +167,27 @@ impl Authenticator {
     }
 }
 
+/// The user a token's `sub` names. One spelling per user: the lowercase,
+/// hyphenated UUID (the form `mint` writes), so `{…}`, `urn:uuid:…`, upper
+/// case or a UUID without hyphens cannot pass for the same user; and never
+/// the nil UUID, which is nobody.
+fn user_of(sub: &str) -> Result<UserId, Error> {
+    match Uuid::parse_str(sub) {
+        Ok(user) if !user.is_nil() && user.hyphenated().to_string() == sub => Ok(UserId(user)),
+        _ => Err(Error::Unauthenticated(
+            "token subject (sub) is not a user UUID (lowercase, hyphenated, not nil)",
+        )),
+    }
+}
+
 impl Interceptor for Authenticator {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        // Two credentials are ambiguous: which user is calling?
+        if request.metadata().get_all("authorization").iter().count() > 1 {
+            return Err(
+                Error::Unauthenticated("send exactly one authorization metadata entry").into(),
+            );
+        }
         let header = request
             .metadata()
             .get("authorization")

@@ -85,12 +85,82 @@ async fn every_bad_credential_is_unauthenticated() {
             )),
             "UUID",
         ),
+        (
+            "not valid yet (nbf an hour ahead)",
+            Some(format!(
+                "Bearer {}",
+                sign(
+                    &json!({"sub": user, "exp": now() + 7200, "nbf": now() + 3600}),
+                    JWT_SECRET
+                )
+            )),
+            "not valid yet",
+        ),
+        (
+            "issued an hour ahead (iat)",
+            Some(format!(
+                "Bearer {}",
+                sign(
+                    &json!({"sub": user, "exp": now() + 7200, "iat": now() + 3600}),
+                    JWT_SECRET
+                )
+            )),
+            "issued in the future",
+        ),
     ];
+    // One spelling per user, and never the nil UUID.
+    let id = Uuid::new_v4();
+    let other_spellings = [
+        Uuid::nil().to_string(),
+        format!("{{{id}}}"),
+        format!("urn:uuid:{id}"),
+        id.to_string().to_uppercase(),
+        id.simple().to_string(),
+    ];
+    let cases = cases.into_iter().chain(other_spellings.iter().map(|sub| {
+        (
+            "sub spelled otherwise, or nil",
+            Some(format!(
+                "Bearer {}",
+                sign(&json!({"sub": sub, "exp": now() + 600}), JWT_SECRET)
+            )),
+            "UUID",
+        )
+    }));
     for (case, header, needle) in cases {
         let status = list_with(&app, header.as_deref()).await;
         assert_eq!(status.code(), Code::Unauthenticated, "{case}: {status:?}");
         assert!(status.message().contains(needle), "{case}: {status:?}");
     }
+}
+
+#[tokio::test]
+async fn two_authorization_entries_are_refused_not_resolved() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let (alice, bob) = (Uuid::new_v4(), Uuid::new_v4());
+    let tokens = [alice, bob].map(|user| {
+        format!(
+            "Bearer {}",
+            app.auth.mint(user, Duration::from_mins(10)).unwrap()
+        )
+    });
+    let mut client = voicehub::pb::voice_service_client::VoiceServiceClient::with_interceptor(
+        app.channel.clone(),
+        move |mut request: tonic::Request<()>| {
+            for token in &tokens {
+                request
+                    .metadata_mut()
+                    .append("authorization", token.parse().unwrap());
+            }
+            Ok(request)
+        },
+    );
+    let status = client
+        .list_user_voices(ListUserVoicesRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    assert!(status.message().contains("exactly one"), "{status:?}");
 }
 
 #[tokio::test]
