@@ -254,10 +254,43 @@ fn name(field: &'static str, value: &str) -> Result<String, Error> {
             format!("must be at most {MAX_NAME_CHARS} characters"),
         ));
     }
-    if has_control(name) {
-        return Err(Error::invalid(field, "must not contain control characters"));
+    if name.chars().any(hidden) {
+        return Err(Error::invalid(
+            field,
+            "must not contain control, format (bidirectional or zero-width), private-use or \
+             unassigned characters, nor line separators",
+        ));
+    }
+    if !name.chars().any(visible) {
+        return Err(Error::invalid(field, "must contain a visible character"));
     }
     Ok(name.to_owned())
+}
+
+/// A character that changes how a name shows without showing itself, or
+/// shows nothing reliable: controls, format characters (bidirectional
+/// overrides such as U+202E, zero-width characters, the BOM, tag
+/// characters), private-use and unassigned code points, line and paragraph
+/// separators. A name that holds one can impersonate another.
+fn hidden(c: char) -> bool {
+    use unicode_properties::{GeneralCategory, GeneralCategoryGroup, UnicodeGeneralCategory};
+    c.general_category_group() == GeneralCategoryGroup::Other
+        || matches!(
+            c.general_category(),
+            GeneralCategory::LineSeparator | GeneralCategory::ParagraphSeparator
+        )
+}
+
+/// A character that shows: a letter, number, punctuation or symbol.
+fn visible(c: char) -> bool {
+    use unicode_properties::{GeneralCategoryGroup, UnicodeGeneralCategory};
+    matches!(
+        c.general_category_group(),
+        GeneralCategoryGroup::Letter
+            | GeneralCategoryGroup::Number
+            | GeneralCategoryGroup::Punctuation
+            | GeneralCategoryGroup::Symbol
+    )
 }
 
 fn description(field: &'static str, value: &str) -> Result<String, Error> {
@@ -471,5 +504,27 @@ mod tests {
         assert!(name("name", &"x".repeat(101)).is_err());
         assert!(name("name", &"é".repeat(100)).is_ok());
         assert!(name("name", "a\u{7}b").is_err());
+    }
+
+    #[test]
+    fn names_must_show_and_hide_nothing() {
+        for bad in [
+            "\u{200B}",                 // zero-width space only
+            "\u{200B}\u{200C}\u{200D}", // zero-width characters only
+            "\u{FEFF}",                 // byte order mark only
+            "\u{200E}\u{200F}",         // direction marks only
+            "abc\u{202E}fdp.exe",       // right-to-left override
+            "a\u{2066}b\u{2069}",       // bidirectional isolates
+            "line\u{2028}break",        // line separator
+            "para\u{2029}graph",        // paragraph separator
+            "tag\u{E0041}\u{E007F}",    // Unicode tag characters
+            "private\u{E000}",          // private use
+            "\u{0301}\u{0301}",         // combining marks with nothing to mark
+        ] {
+            assert!(name("name", bad).is_err(), "{bad:?}");
+        }
+        for good in ["Ada", "Zoë", "東京", "Ølo-2 (beta)", "🎙️ Narrator", "مرحبا"] {
+            assert_eq!(name("name", good).unwrap(), good, "{good:?}");
+        }
     }
 }

@@ -109,6 +109,26 @@ async fn every_invalid_create_request_is_refused_naming_the_field_and_nothing_is
             "name",
         ),
         (
+            "name of zero-width characters only",
+            with(|r| r.name = "\u{200B}\u{FEFF}\u{200E}".into()),
+            "name",
+        ),
+        (
+            "right-to-left override in name",
+            with(|r| r.name = "invoice\u{202E}3pm.exe".into()),
+            "name",
+        ),
+        (
+            "line separator in name",
+            with(|r| r.name = "two\u{2028}lines".into()),
+            "name",
+        ),
+        (
+            "Unicode tag characters in name",
+            with(|r| r.name = "tagged\u{E0041}".into()),
+            "name",
+        ),
+        (
             "description of 501 characters",
             with(|r| r.description = "d".repeat(501)),
             "description",
