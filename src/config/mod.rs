@@ -141,8 +141,8 @@ pub struct DatabaseArgs {
 /// The flags of `voicehub token`.
 #[derive(Debug, Args)]
 pub struct TokenArgs {
-    /// The user's id (a UUID); becomes the token's `sub`.
-    #[arg(long)]
+    /// The user's id (a UUID, not nil); becomes the token's `sub`.
+    #[arg(long, value_parser = user_id)]
     pub user: Uuid,
     /// How long the token is valid, e.g. `30m`, `1h`, `7d`.
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
@@ -150,6 +150,16 @@ pub struct TokenArgs {
     /// The signing secret, as `serve` has it.
     #[command(flatten)]
     pub auth: AuthArgs,
+}
+
+/// A user id for `token`: any spelling of a UUID (the token carries its
+/// canonical one), but not the nil UUID, which the server refuses as nobody.
+fn user_id(value: &str) -> Result<Uuid, String> {
+    match Uuid::parse_str(value) {
+        Ok(user) if user.is_nil() => Err("the nil UUID is nobody; give a user's UUID".into()),
+        Ok(user) => Ok(user),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// Everything `serve` needs, validated.

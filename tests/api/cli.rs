@@ -56,14 +56,23 @@ fn token_is_signed_with_the_configured_secret_and_names_the_user() {
 }
 
 #[test]
-fn token_refuses_a_user_that_is_not_a_uuid() {
+fn token_refuses_a_user_that_is_not_a_uuid_or_is_nil() {
     let dir = tempfile::tempdir().unwrap();
-    let out = voicehub(dir.path())
-        .args(["token", "--user", "alice"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--user"));
+    for (user, reason) in [
+        ("alice", "invalid"),
+        ("00000000-0000-0000-0000-000000000000", "nil UUID"),
+    ] {
+        let out = voicehub(dir.path())
+            .args(["token", "--user", user])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{user}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("--user") && stderr.contains(reason),
+            "{user}: {stderr}"
+        );
+    }
 }
 
 #[test]
