@@ -159,13 +159,6 @@ impl Application {
         self.sweeper.clone()
     }
 
-    /// A handle on the event relay, to run single passes (`run_once`)
-    /// from tests and tools.
-    #[must_use]
-    pub fn relay(&self) -> Arc<Relay> {
-        self.relay.clone()
-    }
-
     /// This server's metrics.
     #[must_use]
     pub fn metrics(&self) -> Metrics {

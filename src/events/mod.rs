@@ -36,7 +36,7 @@ pub(crate) use hub::{Hub, Interest};
 use prometheus_client::metrics::gauge::Gauge;
 pub use redis::stream_key;
 pub(crate) use redis::{READ_BLOCK, RedisBus};
-pub use relay::{Relay, RelayError, Relayed};
+pub use relay::Relay;
 pub use wire::{DecodeError, STREAM_FIELD, VoiceEvent};
 
 use crate::store::Voice;

@@ -59,7 +59,7 @@ const LISTEN_RETRY: Duration = Duration::from_secs(5);
 
 /// Why a pass published nothing.
 #[derive(Debug, thiserror::Error)]
-pub enum RelayError {
+pub(crate) enum RelayError {
     /// The outbox could not be read or cleared.
     #[error("outbox: {0}")]
     Storage(#[from] DbErr),
@@ -70,11 +70,11 @@ pub enum RelayError {
 
 /// What one pass did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Relayed {
+pub(crate) struct Relayed {
     /// Events published and deleted from the outbox.
-    pub published: usize,
+    pub(crate) published: usize,
     /// The batch was full: more may be waiting.
-    pub more: bool,
+    pub(crate) more: bool,
 }
 
 /// One replica's relay from the outbox to the bus.
@@ -116,17 +116,6 @@ impl Relay {
     /// Tells the relay that this replica committed events.
     pub(crate) fn wake(&self) {
         self.wake.notify_one();
-    }
-
-    /// One pass: publishes up to a batch of the oldest events this replica
-    /// stored or others left behind (stored over a second ago), and deletes
-    /// them from the outbox.
-    ///
-    /// # Errors
-    /// The outbox could not be read, or the bus refused the events (then
-    /// they stay in the outbox, and this replica's watchers got them).
-    pub async fn run_once(&self) -> Result<Relayed, RelayError> {
-        self.pass(leftovers()).await
     }
 
     /// A pass over up to a batch of the events `which` names.

@@ -410,7 +410,7 @@ impl Worker {
             }
             Err(e) => {
                 tracing::warn!(voices = settle.len(), error = %chain(&e), "could not store status changes; will retry");
-                let delay = self.config.min_backoff * 5;
+                let delay = self.after_failure();
                 again.extend(settle.iter().map(|(id, _)| (*id, delay)));
             }
         }
@@ -521,7 +521,7 @@ impl Worker {
             }
             Err(e) => {
                 tracing::warn!(voice_id = %voice.id, error = %chain(&e), "could not take a push to the provider; will retry");
-                return Some(self.config.min_backoff * 5);
+                return Some(self.after_failure());
             }
         };
         let provider_voice_id = taken.provider_voice_id.as_deref()?;
@@ -549,7 +549,7 @@ impl Worker {
                 false
             }
         };
-        let retry = self.config.min_backoff * 5;
+        let retry = self.after_failure();
         match self.store.end_push(taken.id, taken.revision, settled).await {
             // Changed during the push: push the newer values now.
             Ok(true) if settled => Some(Duration::ZERO),
@@ -646,9 +646,15 @@ impl Worker {
         }
     }
 
-    /// After a failed check: not sooner than five times the shortest interval.
+    /// After a failed check: not sooner than [`Worker::after_failure`].
     fn retry_later(&self, voice: &Voice) -> Decision {
-        Decision::Again(self.backoff(voice).max(self.config.min_backoff * 5))
+        Decision::Again(self.backoff(voice).max(self.after_failure()))
+    }
+
+    /// The shortest wait after a failure (a check, a write, a push): five
+    /// times the shortest interval, so a failing dependency is not hammered.
+    fn after_failure(&self) -> Duration {
+        self.config.min_backoff * 5
     }
 
     /// How long until `voice` is checked again (see [`check_interval`]).
