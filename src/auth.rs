@@ -7,7 +7,10 @@
 //! Failures say what is wrong with the token (missing, malformed, expired,
 //! bad signature) but never echo the token.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
 use secrecy::{ExposeSecret, SecretString};
@@ -33,6 +36,19 @@ pub struct AuthConfig {
 /// The authenticated caller, as found in the token's `sub`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct UserId(pub Uuid);
+
+/// Where the authenticator leaves the caller for whoever observes the call
+/// from outside the service (the RPC log): put into a request's extensions
+/// before it reaches the interceptor, filled when the token is verified.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct CallerSlot(Arc<OnceLock<Uuid>>);
+
+impl CallerSlot {
+    /// The caller, once authenticated.
+    pub(crate) fn get(&self) -> Option<Uuid> {
+        self.0.get().copied()
+    }
+}
 
 // Defaults let a token without `sub`/`exp` reach jsonwebtoken's claim check,
 // which names what is missing, instead of failing as "malformed".
@@ -197,6 +213,9 @@ impl Interceptor for Authenticator {
             })
             .transpose()?;
         let user = self.verify(header)?;
+        if let Some(slot) = request.extensions().get::<CallerSlot>() {
+            let _ = slot.0.set(user.0);
+        }
         request.extensions_mut().insert(user);
         Ok(request)
     }

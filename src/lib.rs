@@ -6,8 +6,8 @@
 //! Layers: each module imports only modules listed after it here, so no
 //! module imports one that imports it back (`tests/api/layering.rs` checks):
 //! `server`, `config`, `health`, `grpc`, `auth`, `write_path`,
-//! `status_engine`, `events`, `error`, `pb`, `provider`, `store`, `metrics`,
-//! `redis`, `telemetry`, `allocator`. `config` turns flags into each component's own
+//! `status_engine`, `events`, `error`, `pb`, `provider`, `store`, `redis`,
+//! `metrics`, `telemetry`, `allocator`. `config` turns flags into each component's own
 //! settings type and builds the provider; only `main.rs` and `server` import it.
 
 mod allocator;

@@ -2,15 +2,27 @@
 //! global state), so each in-process server of a test suite counts alone.
 //!
 //! Components receive the instruments they update when they are built; the
-//! registry renders them all in the text exposition format. Counters only
-//! grow; a gauge is the current value.
+//! registry renders them all in the OpenMetrics text format, which [`serve`]
+//! answers on `GET /metrics` of its own listener (`VOICEHUB_METRICS_LISTEN`),
+//! apart from the gRPC port. Counters only grow; a gauge is the current
+//! value. Every label's values come from a fixed set (methods, codes,
+//! endpoints, statuses), so no caller can grow the number of series.
 
 use std::sync::Arc;
 
+use axum::{Router, http::header, routing::get};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
 use prometheus_client::{
     encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder, text::encode},
-    metrics::{counter::Counter, family::Family, gauge::Gauge},
-    registry::Registry,
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{Histogram, exponential_buckets},
+    },
+    registry::{Registry, Unit},
 };
 
 /// What a SQL statement did: by its verb, apart from the outbox's.
@@ -43,18 +55,111 @@ pub(crate) struct StatementLabels {
     pub(crate) kind: StatementKind,
 }
 
+/// The labels of `voicehub_rpc_requests_total`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub(crate) struct RpcLabels {
+    /// `package.Service/Method`, or `unknown` for a path no service has.
+    pub(crate) method: &'static str,
+    /// The gRPC status code's name, e.g. `OK`, `NOT_FOUND`.
+    pub(crate) code: &'static str,
+}
+
+/// Labels that name one thing: an RPC method, a provider endpoint, a
+/// connection, a state.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub(crate) struct MethodLabel {
+    /// `package.Service/Method`.
+    pub(crate) method: &'static str,
+}
+
+/// The labels of `voicehub_provider_calls_total`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub(crate) struct ProviderLabels {
+    /// The provider's endpoint, e.g. `voices.add`.
+    pub(crate) endpoint: &'static str,
+    /// `ok`, or the failure's class (`unavailable`, `rejected`, ...).
+    pub(crate) outcome: &'static str,
+}
+
+/// The label of the provider's latency and retry metrics.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub(crate) struct EndpointLabel {
+    /// The provider's endpoint, e.g. `voices.add`.
+    pub(crate) endpoint: &'static str,
+}
+
+/// The label of `voicehub_voice_transitions_total`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub(crate) struct TransitionLabel {
+    /// The status a voice moved to: `processing` (created), `completed`,
+    /// `failed`, `deleted`.
+    pub(crate) to: &'static str,
+}
+
+/// The label of `voicehub_redis_reconnects_total`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub(crate) struct ConnectionLabel {
+    /// Which of the replica's Redis connections: `commands`, `reader`, `subscriber`.
+    pub(crate) connection: &'static str,
+}
+
+/// The label of `voicehub_db_connections`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub(crate) struct PoolLabel {
+    /// `in_use` or `idle`.
+    pub(crate) state: &'static str,
+}
+
+/// A latency histogram: 1 ms to ~33 s in powers of two.
+fn latency() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 16))
+}
+
+/// Voices per status-engine step: 0, 1, 2, 4 ... 1024.
+fn batch_sizes() -> Histogram {
+    Histogram::new(std::iter::once(0.0).chain(exponential_buckets(1.0, 2.0, 11)))
+}
+
+/// A family of latency histograms.
+pub(crate) type Latencies<L> = Family<L, Histogram, fn() -> Histogram>;
+
 /// Every instrument voicehub updates, and the registry that renders them.
 #[derive(Clone, Debug)]
 pub struct Metrics {
     registry: Arc<Registry>,
+    /// Finished RPCs, by method and gRPC code.
+    pub(crate) rpc_requests: Family<RpcLabels, Counter>,
+    /// How long RPCs took, by method (a stream: until it ended).
+    pub(crate) rpc_duration: Latencies<MethodLabel>,
     /// SQL statements sent to the database, by kind.
     pub(crate) sql_statements: Family<StatementLabels, Counter>,
+    /// Database connections of this replica's pool, in use and idle.
+    pub(crate) db_connections: Family<PoolLabel, Gauge>,
     /// Round trips to the due-queue's store (Redis, or the in-process map).
     pub(crate) queue_round_trips: Counter,
+    /// Voices in the due-queue, as of the last claim.
+    pub(crate) queue_depth: Gauge,
+    /// Voices one status-engine step claimed.
+    pub(crate) claimed_per_step: Histogram,
+    /// Voices that moved to a status, by status.
+    pub(crate) transitions: Family<TransitionLabel, Counter>,
+    /// Calls to the voice provider (after retries), by endpoint and outcome.
+    pub(crate) provider_calls: Family<ProviderLabels, Counter>,
+    /// How long provider calls took, retries included, by endpoint.
+    pub(crate) provider_duration: Latencies<EndpointLabel>,
+    /// Attempts sent again after a transient failure, by endpoint.
+    pub(crate) provider_retries: Family<EndpointLabel, Counter>,
+    /// Reconnections of the replica's Redis connections.
+    pub(crate) redis_reconnects: Family<ConnectionLabel, Counter>,
     /// Watch streams open on this replica.
     pub(crate) watch_streams: Gauge,
     /// Events the relay published to the bus.
     pub(crate) events_published: Counter,
+    /// Events handed to watch streams on this replica.
+    pub(crate) events_delivered: Counter,
+    /// Events a slow watch stream never saw because a newer state of the
+    /// same voice replaced them in its mailbox.
+    pub(crate) events_coalesced: Counter,
     /// Events waiting in the outbox, as of the relay's last failed pass (0
     /// once it drained the outbox).
     pub(crate) outbox_backlog: Gauge,
@@ -63,49 +168,125 @@ pub struct Metrics {
 impl Metrics {
     /// A fresh registry with every instrument at zero.
     #[must_use]
+    #[allow(clippy::too_many_lines)] // one registration per metric, nothing else
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("voicehub");
-        let sql_statements = Family::<StatementLabels, Counter>::default();
-        let queue_round_trips = Counter::default();
-        let watch_streams = Gauge::default();
-        let events_published = Counter::default();
-        let outbox_backlog = Gauge::default();
-        registry.register(
+        let metrics = Metrics {
+            registry: Arc::default(),
+            rpc_requests: Family::default(),
+            rpc_duration: Family::new_with_constructor(latency),
+            sql_statements: Family::default(),
+            db_connections: Family::default(),
+            queue_round_trips: Counter::default(),
+            queue_depth: Gauge::default(),
+            claimed_per_step: batch_sizes(),
+            transitions: Family::default(),
+            provider_calls: Family::default(),
+            provider_duration: Family::new_with_constructor(latency),
+            provider_retries: Family::default(),
+            redis_reconnects: Family::default(),
+            watch_streams: Gauge::default(),
+            events_published: Counter::default(),
+            events_delivered: Counter::default(),
+            events_coalesced: Counter::default(),
+            outbox_backlog: Gauge::default(),
+        };
+        let m = &metrics;
+        let r = &mut registry;
+        r.register(
+            "rpc_requests",
+            "Finished RPCs by method and gRPC status code",
+            m.rpc_requests.clone(),
+        );
+        r.register_with_unit(
+            "rpc_duration",
+            "How long RPCs took (a stream: until it ended), by method",
+            Unit::Seconds,
+            m.rpc_duration.clone(),
+        );
+        r.register(
             "sql_statements",
             "SQL statements sent to the database",
-            sql_statements.clone(),
+            m.sql_statements.clone(),
         );
-        registry.register(
+        r.register(
+            "db_connections",
+            "Database connections of this replica's pool, in use and idle",
+            m.db_connections.clone(),
+        );
+        r.register(
             "queue_round_trips",
             "Round trips to the due-queue's store",
-            queue_round_trips.clone(),
+            m.queue_round_trips.clone(),
         );
-        registry.register(
+        r.register(
+            "sync_queue_depth",
+            "Voices in the due-queue, as of the last claim",
+            m.queue_depth.clone(),
+        );
+        r.register(
+            "sync_claimed_per_step",
+            "Voices one status-engine step claimed",
+            m.claimed_per_step.clone(),
+        );
+        r.register(
+            "voice_transitions",
+            "Voices that moved to a status (processing: created)",
+            m.transitions.clone(),
+        );
+        r.register(
+            "provider_calls",
+            "Calls to the voice provider, after retries, by endpoint and outcome",
+            m.provider_calls.clone(),
+        );
+        r.register_with_unit(
+            "provider_call_duration",
+            "How long voice provider calls took, retries included",
+            Unit::Seconds,
+            m.provider_duration.clone(),
+        );
+        r.register(
+            "provider_retries",
+            "Provider requests sent again after a transient failure",
+            m.provider_retries.clone(),
+        );
+        r.register(
+            "redis_reconnects",
+            "Reconnections of this replica's Redis connections",
+            m.redis_reconnects.clone(),
+        );
+        r.register(
             "watch_streams",
             "WatchVoiceStatus streams open on this replica",
-            watch_streams.clone(),
+            m.watch_streams.clone(),
         );
-        registry.register(
+        r.register(
             "events_published",
             "Voice events the relay published to the event bus",
-            events_published.clone(),
+            m.events_published.clone(),
         );
-        registry.register(
+        r.register(
+            "events_delivered",
+            "Voice events handed to watch streams on this replica",
+            m.events_delivered.clone(),
+        );
+        r.register(
+            "events_coalesced",
+            "Voice events a slow watch stream skipped: a newer state of the voice replaced them",
+            m.events_coalesced.clone(),
+        );
+        r.register(
             "outbox_backlog",
             "Voice events waiting in the outbox while the event bus refuses them",
-            outbox_backlog.clone(),
+            m.outbox_backlog.clone(),
         );
         Metrics {
             registry: Arc::new(registry),
-            sql_statements,
-            queue_round_trips,
-            watch_streams,
-            events_published,
-            outbox_backlog,
+            ..metrics
         }
     }
 
-    /// Every metric in the Prometheus text exposition format.
+    /// Every metric in the OpenMetrics text format.
     #[must_use]
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -118,6 +299,34 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// The content type of [`Metrics::render`]'s output.
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Serves the metrics at `GET /metrics` on `listener` until `shutdown`.
+/// `refresh` runs before each render, to update what is read on demand
+/// (the database pool's connections).
+pub(crate) async fn serve(
+    listener: TcpListener,
+    metrics: Metrics,
+    refresh: impl Fn(&Metrics) + Clone + Send + Sync + 'static,
+    shutdown: CancellationToken,
+) {
+    let scrape = move || {
+        let (metrics, refresh) = (metrics.clone(), refresh.clone());
+        async move {
+            refresh(&metrics);
+            ([(header::CONTENT_TYPE, OPENMETRICS)], metrics.render())
+        }
+    };
+    let app = Router::new().route("/metrics", get(scrape));
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+    {
+        tracing::error!(error = %e, "the metrics listener failed");
     }
 }
 

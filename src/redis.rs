@@ -10,7 +10,13 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use fred::{clients::SubscriberClient, interfaces::ClientInterface, prelude::*};
+use fred::{
+    clients::SubscriberClient,
+    interfaces::{ClientInterface, EventInterface},
+    prelude::*,
+};
+
+use crate::metrics::{ConnectionLabel, Metrics};
 
 /// How long start-up waits for a first connection before going on without.
 const FIRST_CONNECT: Duration = Duration::from_secs(5);
@@ -43,10 +49,25 @@ fn builder(
     Ok(builder)
 }
 
+/// Counts and logs every reconnection of `client` from now on.
+fn count_reconnects(client: &impl EventInterface, connection: &'static str, metrics: &Metrics) {
+    let counter = metrics
+        .redis_reconnects
+        .get_or_create(&ConnectionLabel { connection })
+        .clone();
+    client.on_reconnect(move |server| {
+        counter.inc();
+        tracing::info!(%server, connection, "reconnected to Redis");
+        std::future::ready(Ok(()))
+    });
+}
+
 impl Redis {
     /// Builds and connects the clients. An unreachable Redis is logged, not
     /// fatal: the clients keep reconnecting and the service works without
     /// the status engine meanwhile.
+    ///
+    /// Reconnections after start-up are counted in `metrics`.
     ///
     /// # Errors
     /// A malformed URL.
@@ -54,6 +75,7 @@ impl Redis {
         url: &str,
         timeout: Duration,
         blocking_read: Duration,
+        metrics: &Metrics,
     ) -> anyhow::Result<Self> {
         let commands = builder(url, timeout, timeout)?.build()?;
         let reader = builder(url, blocking_read + timeout, timeout)?.build()?;
@@ -76,6 +98,10 @@ impl Redis {
                 tracing::warn!("Redis unreachable at start-up; reconnecting in the background");
             }
         }
+        // Subscribed after the first connection, so only later ones count.
+        count_reconnects(&commands, "commands", metrics);
+        count_reconnects(&reader, "reader", metrics);
+        count_reconnects(&subscriber, "subscriber", metrics);
         Ok(Redis {
             commands,
             reader,

@@ -22,9 +22,9 @@ use crate::{
     auth::Authenticator,
     config::Config,
     events::{self, DynBus, LocalBus, RedisBus, Relay},
-    grpc::VoiceApi,
+    grpc::{ObserveLayer, VoiceApi},
     health::{self, StorageHealth},
-    metrics::Metrics,
+    metrics::{self, Metrics, PoolLabel},
     pb,
     redis::Redis,
     status_engine::{DynQueue, LocalQueue, RedisQueue, Sweeper, Worker},
@@ -43,6 +43,7 @@ struct RedisParts {
 pub struct Application {
     listener: TcpListener,
     local_addr: SocketAddr,
+    metrics_listener: Option<TcpListener>,
     store: Store,
     auth: Authenticator,
     writes: WritePath,
@@ -71,9 +72,9 @@ impl Application {
                  set VOICEHUB_JWT_SECRET in production"
             );
         }
-        let provider = config.provider.build()?;
-        tracing::info!(provider = provider.name(), "voice provider");
         let metrics = Metrics::new();
+        let provider = config.provider.build(&metrics)?;
+        tracing::info!(provider = provider.name(), "voice provider");
         let store = Store::connect(&config.database, &metrics, events::encode_stored)
             .await
             .context("connecting to the database (DATABASE_URL)")?;
@@ -100,6 +101,7 @@ impl Application {
             provider.clone(),
             relay.clone(),
             config.sync.clone(),
+            &metrics,
         );
         let writes = WritePath::new(
             store.clone(),
@@ -116,9 +118,18 @@ impl Application {
             .await
             .with_context(|| format!("binding {} (VOICEHUB_LISTEN)", config.listen))?;
         let local_addr = listener.local_addr()?;
+        let metrics_listener = match config.metrics_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding {addr} (VOICEHUB_METRICS_LISTEN)"))?,
+            ),
+            None => None,
+        };
         Ok(Application {
             listener,
             local_addr,
+            metrics_listener,
             store,
             auth: Authenticator::new(&config.auth),
             writes,
@@ -137,6 +148,14 @@ impl Application {
     #[must_use]
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Where metrics are served (`GET /metrics`), when they are.
+    #[must_use]
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
     }
 
     /// The server's storage handle.
@@ -173,6 +192,7 @@ impl Application {
         let Application {
             listener,
             local_addr,
+            metrics_listener,
             store,
             auth,
             writes,
@@ -182,7 +202,7 @@ impl Application {
             run_worker,
             bus,
             redis,
-            metrics: _,
+            metrics,
             health_interval,
         } = self;
         let (reporter, health_service) = tonic_health::server::health_reporter();
@@ -207,6 +227,27 @@ impl Application {
                 "status engine worker disabled in this process (VOICEHUB_SYNC_WORKER=false)"
             );
         }
+        if let Some(listener) = metrics_listener {
+            let pool = store.clone();
+            let refresh = move |metrics: &Metrics| {
+                let (open, idle) = pool.pool_usage();
+                let idle = i64::try_from(idle).unwrap_or(i64::MAX);
+                let gauge = |state| {
+                    metrics
+                        .db_connections
+                        .get_or_create(&PoolLabel { state })
+                        .clone()
+                };
+                gauge("idle").set(idle);
+                gauge("in_use").set(i64::from(open) - idle);
+            };
+            tasks.spawn(metrics::serve(
+                listener,
+                metrics.clone(),
+                refresh,
+                shutdown.clone(),
+            ));
+        }
         if let Some(parts) = &redis {
             tasks.spawn(
                 parts
@@ -228,6 +269,7 @@ impl Application {
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .trace_fn(|req| tracing::info_span!("grpc", method = %req.uri().path()))
+            .layer(ObserveLayer::new(metrics))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
@@ -263,6 +305,7 @@ async fn queue_and_bus(
             url.expose_secret(),
             config.redis_timeout,
             events::READ_BLOCK,
+            metrics,
         )
         .await?;
         let queue = Arc::new(RedisQueue::new(
@@ -273,7 +316,7 @@ async fn queue_and_bus(
         let bus = Arc::new(RedisBus::new(
             redis.commands.clone(),
             &config.redis_prefix,
-            metrics.watch_streams.clone(),
+            metrics,
         ));
         tracing::info!(
             prefix = config.redis_prefix,
@@ -288,7 +331,7 @@ async fn queue_and_bus(
         tracing::info!("no REDIS_URL: in-process due-queue and event bus (a single replica only)");
         (
             Arc::new(LocalQueue::new(metrics.queue_round_trips.clone())),
-            Arc::new(LocalBus::new(metrics.watch_streams.clone())),
+            Arc::new(LocalBus::new(metrics)),
             None,
         )
     })

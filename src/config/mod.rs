@@ -67,6 +67,9 @@ pub struct ServeArgs {
     /// Address to listen on for gRPC (HTTP/2, plaintext).
     #[arg(long, env = "VOICEHUB_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
+    /// Address of the Prometheus metrics listener (`GET /metrics`); unset: no listener.
+    #[arg(long, env = "VOICEHUB_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
     /// Apply pending migrations at start-up.
     #[arg(long, env = "VOICEHUB_MIGRATE_ON_START", default_value_t = true, action = ArgAction::Set)]
     pub migrate_on_start: bool,
@@ -167,6 +170,8 @@ fn user_id(value: &str) -> Result<Uuid, String> {
 pub struct Config {
     /// The gRPC listen address (port 0: any free port).
     pub listen: SocketAddr,
+    /// The metrics listen address; `None`: metrics are not served.
+    pub metrics_listen: Option<SocketAddr>,
     /// Apply pending migrations at start-up.
     pub migrate_on_start: bool,
     /// Redis for the due-queue and events; `None`: in-process, one replica.
@@ -237,6 +242,7 @@ impl ServeArgs {
         }
         Ok(Config {
             listen: self.listen,
+            metrics_listen: self.metrics_listen,
             migrate_on_start: self.migrate_on_start,
             redis_url: self.redis_url.map(SecretString::from),
             health_interval: self.health_interval,

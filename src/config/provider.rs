@@ -7,6 +7,7 @@ use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 use secrecy::SecretString;
 
+use crate::metrics::Metrics;
 use crate::provider::{DynProvider, ElevenLabs, ElevenLabsConfig, RetryPolicy, Simulated};
 
 /// The voice providers voicehub can use.
@@ -64,13 +65,13 @@ pub enum ProviderConfig {
 }
 
 impl ProviderConfig {
-    /// Builds the provider these settings describe.
+    /// Builds the provider these settings describe, counting its calls in `metrics`.
     ///
     /// # Errors
     /// The ElevenLabs client cannot be built (a malformed key).
-    pub(crate) fn build(&self) -> anyhow::Result<DynProvider> {
+    pub(crate) fn build(&self, metrics: &Metrics) -> anyhow::Result<DynProvider> {
         Ok(match self {
-            ProviderConfig::ElevenLabs(c) => Arc::new(ElevenLabs::new(c.clone())?),
+            ProviderConfig::ElevenLabs(c) => Arc::new(ElevenLabs::new(c.clone(), metrics)?),
             ProviderConfig::Simulated { ready_after } => Arc::new(Simulated::new(*ready_after)),
         })
     }

@@ -18,11 +18,12 @@ use std::{
 };
 
 use parking_lot::Mutex;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::{counter::Counter, gauge::Gauge};
 use tokio::sync::Notify;
 use uuid::Uuid;
 
 use super::wire::VoiceEvent;
+use crate::metrics::Metrics;
 
 /// What a subscription watches.
 #[derive(Debug, Clone)]
@@ -37,6 +38,14 @@ pub(crate) enum Interest {
 pub(crate) struct Hub {
     routes: Mutex<Routes>,
     open: Gauge,
+    counts: Arc<Counts>,
+}
+
+/// What mailboxes count: events taken by their stream, and events replaced
+/// before their stream took them.
+struct Counts {
+    delivered: Counter,
+    coalesced: Counter,
 }
 
 #[derive(Default)]
@@ -47,18 +56,27 @@ struct Routes {
 }
 
 impl Hub {
-    /// An empty hub that counts its open subscriptions in `open`.
+    /// An empty hub that counts its open subscriptions, and the events
+    /// they took or skipped, in `metrics`.
     #[must_use]
-    pub(crate) fn new(open: Gauge) -> Arc<Self> {
+    pub(crate) fn new(metrics: &Metrics) -> Arc<Self> {
         Arc::new(Hub {
             routes: Mutex::default(),
-            open,
+            open: metrics.watch_streams.clone(),
+            counts: Arc::new(Counts {
+                delivered: metrics.events_delivered.clone(),
+                coalesced: metrics.events_coalesced.clone(),
+            }),
         })
     }
 
     /// Registers interest; events dispatched from now on reach the subscription.
     pub(crate) fn subscribe(self: &Arc<Self>, interest: Interest) -> Subscription {
-        let mailbox = Arc::new(Mailbox::default());
+        let mailbox = Arc::new(Mailbox {
+            pending: Mutex::default(),
+            notify: Notify::new(),
+            counts: self.counts.clone(),
+        });
         let mut routes = self.routes.lock();
         routes.next_id += 1;
         self.open.inc();
@@ -126,10 +144,10 @@ impl Hub {
     }
 }
 
-#[derive(Default)]
 struct Mailbox {
     pending: Mutex<Pending>,
     notify: Notify,
+    counts: Arc<Counts>,
 }
 
 #[derive(Default)]
@@ -147,6 +165,7 @@ impl Mailbox {
                 if event.revision > e.get().revision {
                     e.insert(event.clone());
                 }
+                self.counts.coalesced.inc();
             }
             Entry::Vacant(e) => {
                 e.insert(event.clone());
@@ -160,7 +179,9 @@ impl Mailbox {
     fn take(&self) -> Option<Arc<VoiceEvent>> {
         let mut pending = self.pending.lock();
         let id = pending.order.pop_front()?;
-        pending.latest.remove(&id)
+        let event = pending.latest.remove(&id);
+        self.counts.delivered.inc();
+        event
     }
 }
 
@@ -217,7 +238,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_slow_reader_gets_the_latest_state_of_each_voice_in_order() {
-        let hub = Hub::new(Gauge::default());
+        let metrics = Metrics::new();
+        let hub = Hub::new(&metrics);
         let owner = Uuid::new_v4();
         let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
         let sub = hub.subscribe(Interest::Owner(owner));
@@ -232,12 +254,17 @@ mod tests {
         assert!(first.is_terminal());
         assert_eq!(sub.next().await.voice_id, b);
         assert!(sub.mailbox.take().is_none());
+        // 50 + 1 + 1 + 1 offers of a: all but the one taken were replaced
+        // or ignored (the late one counts too: the reader never sees it).
+        assert_eq!(metrics.events_delivered.get(), 2);
+        assert_eq!(metrics.events_coalesced.get(), 51);
     }
 
     #[tokio::test]
     async fn events_reach_only_interested_subscriptions_and_drop_unregisters() {
-        let open = Gauge::default();
-        let hub = Hub::new(open.clone());
+        let metrics = Metrics::new();
+        let open = metrics.watch_streams.clone();
+        let hub = Hub::new(&metrics);
         let (owner, other) = (Uuid::new_v4(), Uuid::new_v4());
         let watched = Uuid::new_v4();
         let by_voice = hub.subscribe(Interest::Voices(vec![watched]));

@@ -33,13 +33,12 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 pub(crate) use hub::{Hub, Interest};
-use prometheus_client::metrics::gauge::Gauge;
 pub use redis::stream_key;
 pub(crate) use redis::{READ_BLOCK, RedisBus};
 pub use relay::Relay;
 pub use wire::{DecodeError, STREAM_FIELD, VoiceEvent};
 
-use crate::store::Voice;
+use crate::{metrics::Metrics, store::Voice};
 
 /// The outbox payload of a voice as just stored: its encoded [`VoiceEvent`].
 /// Handed to the store, which writes it with each change.
@@ -76,11 +75,11 @@ pub(crate) struct LocalBus {
 }
 
 impl LocalBus {
-    /// A bus whose hub counts its watch streams in `watch_streams`.
+    /// A bus whose hub counts its watch streams and deliveries in `metrics`.
     #[must_use]
-    pub(crate) fn new(watch_streams: Gauge) -> Self {
+    pub(crate) fn new(metrics: &Metrics) -> Self {
         LocalBus {
-            hub: Hub::new(watch_streams),
+            hub: Hub::new(metrics),
         }
     }
 }

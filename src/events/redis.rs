@@ -5,8 +5,9 @@ use std::{sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use fred::{prelude::*, types::streams::XReadResponse};
-use prometheus_client::metrics::gauge::Gauge;
 use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
 
 use super::{EventBus, Hub, PublishError, VoiceEvent, wire::STREAM_FIELD};
 
@@ -26,13 +27,14 @@ pub(crate) struct RedisBus {
 
 impl RedisBus {
     /// `client` publishes; the reader needs its own connection (see
-    /// [`RedisBus::read`]). The hub counts its watch streams in `watch_streams`.
+    /// [`RedisBus::read`]). The hub counts its watch streams and
+    /// deliveries in `metrics`.
     #[must_use]
-    pub(crate) fn new(client: Client, prefix: &str, watch_streams: Gauge) -> Self {
+    pub(crate) fn new(client: Client, prefix: &str, metrics: &Metrics) -> Self {
         RedisBus {
             client,
             stream: stream_key(prefix),
-            hub: Hub::new(watch_streams),
+            hub: Hub::new(metrics),
         }
     }
 

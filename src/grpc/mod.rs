@@ -7,6 +7,7 @@
 //! is an [`Error`] turned into a `Status` in one place (`error.rs`).
 
 mod audio;
+mod observe;
 mod page_token;
 mod validate;
 mod watch;
@@ -16,6 +17,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, service::interceptor::InterceptedService};
 
+pub(crate) use observe::ObserveLayer;
 pub(crate) use validate::MAX_REQUEST_BYTES;
 
 use crate::{

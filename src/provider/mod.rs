@@ -154,6 +154,22 @@ pub enum ProviderError {
     Protocol(String),
 }
 
+impl ProviderError {
+    /// A short name of the failure's class, for metrics.
+    #[must_use]
+    pub(crate) fn class(&self) -> &'static str {
+        match self {
+            ProviderError::LimitReached(_) => "limit_reached",
+            ProviderError::Rejected { .. } => "rejected",
+            ProviderError::NotFound => "not_found",
+            ProviderError::Unavailable(_) => "unavailable",
+            ProviderError::OutcomeUnknown(_) => "outcome_unknown",
+            ProviderError::Unauthorized(_) => "unauthorized",
+            ProviderError::Protocol(_) => "protocol",
+        }
+    }
+}
+
 /// The operations voicehub needs from a voice provider.
 #[async_trait::async_trait]
 pub(crate) trait VoiceProvider: Send + Sync + 'static {

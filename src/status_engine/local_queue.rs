@@ -90,7 +90,12 @@ impl DueQueue for LocalQueue {
             .by_due
             .first()
             .map(|(due, _)| due.saturating_duration_since(now));
-        Ok(Claim::Claimed { ids, next_due })
+        let queued = entries.by_due.len();
+        Ok(Claim::Claimed {
+            ids,
+            next_due,
+            queued,
+        })
     }
 
     async fn reschedule(&self, due: &[(Uuid, Duration)]) -> Result<(), QueueError> {
@@ -151,7 +156,8 @@ mod tests {
             queue.claim(10, lease).await.unwrap(),
             Claim::Claimed {
                 ids: vec![a],
-                next_due: Some(Duration::from_secs(5))
+                next_due: Some(Duration::from_secs(5)),
+                queued: 2,
             }
         );
         // Leased: not claimable again until the lease ends.
@@ -160,7 +166,8 @@ mod tests {
             queue.claim(10, lease).await.unwrap(),
             Claim::Claimed {
                 ids: vec![b],
-                next_due: Some(Duration::from_secs(24))
+                next_due: Some(Duration::from_secs(24)),
+                queued: 2,
             }
         );
         tokio::time::advance(Duration::from_secs(25)).await;
@@ -173,7 +180,8 @@ mod tests {
             queue.claim(10, lease).await.unwrap(),
             Claim::Claimed {
                 ids: vec![],
-                next_due: None
+                next_due: None,
+                queued: 0,
             }
         );
         queue.reschedule(&[(a, Duration::ZERO)]).await.unwrap();
@@ -181,7 +189,8 @@ mod tests {
             queue.claim(10, lease).await.unwrap(),
             Claim::Claimed {
                 ids: vec![],
-                next_due: None
+                next_due: None,
+                queued: 0,
             },
             "finished stays finished"
         );

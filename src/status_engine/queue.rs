@@ -26,6 +26,8 @@ pub enum Claim {
         ids: Vec<Uuid>,
         /// When the earliest remaining entry is due; `None` if the queue is empty.
         next_due: Option<Duration>,
+        /// Entries in the queue after the claim, leased ones included.
+        queued: usize,
     },
 }
 

@@ -3,7 +3,8 @@
 //!
 //! - Claiming is one Lua script: it checks the marker, takes up to N due ids,
 //!   re-scores them to now + lease and returns how long until the next entry
-//!   is due — one round trip per worker wake-up, whatever it finds.
+//!   is due and how many entries there are — one round trip per worker
+//!   wake-up, whatever it finds.
 //! - The sorted set has no TTL: a quiet period must not drop pending voices.
 //! - The marker is set when the queue is (re)built from storage. Redis losing
 //!   its data loses the marker too, which the next claim reports, so the
@@ -32,6 +33,7 @@ for _, id in ipairs(ids) do redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARG
 local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 local wait = -1
 if #first > 0 then wait = math.max(0, tonumber(first[2]) - now) end
+table.insert(ids, 1, redis.call('ZCARD', KEYS[1]))
 table.insert(ids, 1, wait)
 return ids";
 
@@ -161,11 +163,20 @@ impl DueQueue for RedisQueue {
         if wait == -2 {
             return Ok(Claim::Lost);
         }
+        let queued = reply
+            .next()
+            .and_then(|v| v.as_u64())
+            .and_then(|n| usize::try_from(n).ok())
+            .unwrap_or_default();
         let ids = reply
             .filter_map(|v| v.as_string().and_then(|s| Uuid::parse_str(&s).ok()))
             .collect();
         let next_due = u64::try_from(wait).ok().map(Duration::from_millis);
-        Ok(Claim::Claimed { ids, next_due })
+        Ok(Claim::Claimed {
+            ids,
+            next_due,
+            queued,
+        })
     }
 
     async fn reschedule(&self, due: &[(Uuid, Duration)]) -> Result<(), QueueError> {

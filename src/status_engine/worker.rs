@@ -36,6 +36,7 @@ use std::{
 
 use futures_util::future::join_all;
 use parking_lot::Mutex;
+use prometheus_client::metrics::{gauge::Gauge, histogram::Histogram};
 use tokio::{task::JoinSet, time::Instant};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -47,6 +48,7 @@ use super::{
 use crate::{
     error::chain,
     events::Relay,
+    metrics::Metrics,
     provider::{DynProvider, GONE_AT_PROVIDER, INSTANT_CLONE, ProviderError, Verdict, VoiceEdit},
     store::{Settlement, Store, Voice, VoiceStatus},
 };
@@ -206,6 +208,9 @@ pub struct Worker {
     config: SyncConfig,
     reconcile_needed: Arc<AtomicBool>,
     next_reconcile: Arc<Mutex<Instant>>,
+    /// The queue's depth and each step's claim, as seen by the claims.
+    queue_depth: Gauge,
+    claimed_per_step: Histogram,
 }
 
 impl Worker {
@@ -217,12 +222,15 @@ impl Worker {
         provider: DynProvider,
         relay: Arc<Relay>,
         config: SyncConfig,
+        metrics: &Metrics,
     ) -> Self {
         Worker {
             queue,
             store,
             provider,
             relay,
+            queue_depth: metrics.queue_depth.clone(),
+            claimed_per_step: metrics.claimed_per_step.clone(),
             next_reconcile: Arc::new(Mutex::new(Instant::now() + config.reconcile_every)),
             config,
             reconcile_needed: Arc::new(AtomicBool::new(true)),
@@ -250,6 +258,13 @@ impl Worker {
         self.settle(checked).await
     }
 
+    fn observe_claim(&self, claimed: usize, queued: usize) {
+        self.queue_depth
+            .set(i64::try_from(queued).unwrap_or(i64::MAX));
+        #[allow(clippy::cast_precision_loss)] // at most the batch size
+        self.claimed_per_step.observe(claimed as f64);
+    }
+
     /// The first half of a step: claims what is due, reads it, and asks the
     /// provider about each voice. Nothing is written yet; the claimed voices
     /// stay leased to this replica until [`Worker::settle`] finishes them.
@@ -274,8 +289,13 @@ impl Worker {
                 step.next_due = Some(Duration::ZERO);
                 return Ok(checked);
             }
-            Claim::Claimed { ids, next_due } => {
+            Claim::Claimed {
+                ids,
+                next_due,
+                queued,
+            } => {
                 step.next_due = next_due;
+                self.observe_claim(ids.len(), queued);
                 ids
             }
         };

@@ -42,7 +42,7 @@ pub(crate) use reads::{Cursor, ListQuery, Scope};
 pub(crate) use visibility::may_see;
 pub(crate) use writes::{Reservation, Settlement};
 
-use crate::metrics::{Metrics, StatementKind, StatementLabels};
+use crate::metrics::{Metrics, StatementKind, StatementLabels, TransitionLabel};
 
 /// Where the database is and how many connections to open.
 #[derive(Debug, Clone)]
@@ -60,6 +60,8 @@ pub struct Store {
     encode_event: EventEncoder,
     /// Names this process's events in the outbox.
     writer: uuid::Uuid,
+    /// Voices that moved to a status, counted after their commit.
+    transitions: Family<TransitionLabel, Counter>,
 }
 
 impl Store {
@@ -99,6 +101,7 @@ impl Store {
             db,
             encode_event,
             writer: uuid::Uuid::now_v7(),
+            transitions: metrics.transitions.clone(),
         })
     }
 
@@ -118,11 +121,38 @@ impl Store {
         self.db.ping().await
     }
 
+    /// Connections of the pool: (open, idle).
+    #[must_use]
+    pub(crate) fn pool_usage(&self) -> (u32, usize) {
+        if self.db.get_database_backend() == sea_orm::DbBackend::Postgres {
+            let pool = self.db.get_postgres_connection_pool();
+            (pool.size(), pool.num_idle())
+        } else {
+            let pool = self.db.get_sqlite_connection_pool();
+            (pool.size(), pool.num_idle())
+        }
+    }
+
     /// Closes the pool, waiting for connections in use to be returned.
     pub async fn close(self) {
         if let Err(e) = self.db.close().await {
             tracing::warn!(error = %e, "closing the database pool failed");
         }
+    }
+}
+
+impl Store {
+    /// Counts a committed move of `voice` to its status.
+    fn count_transition(&self, voice: &Voice) {
+        let to = match voice.status {
+            VoiceStatus::Processing => "processing",
+            VoiceStatus::Completed => "completed",
+            VoiceStatus::Failed => "failed",
+            VoiceStatus::Deleted => "deleted",
+        };
+        self.transitions
+            .get_or_create(&TransitionLabel { to })
+            .inc();
     }
 }
 

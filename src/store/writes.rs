@@ -73,6 +73,7 @@ impl Store {
         match voice.into_active_model().insert(&txn).await {
             Ok(voice) => {
                 txn.commit().await?;
+                self.count_transition(&voice);
                 Ok(Reservation::Reserved(voice))
             }
             // Someone else holds this request_id: a racing duplicate. Report theirs.
@@ -228,7 +229,11 @@ impl Store {
             .col_expr(Column::Status, Expr::value(VoiceStatus::Deleted))
             .col_expr(Column::DeletedAt, Expr::value(at))
             .filter(Column::Status.ne(VoiceStatus::Deleted));
-        self.revise(id, at, without_deadline(update)).await
+        let deleted = self.revise(id, at, without_deadline(update)).await?;
+        if let Some(voice) = &deleted {
+            self.count_transition(voice);
+        }
+        Ok(deleted)
     }
 
     /// The recorded orphans of `provider`, oldest first, at most `limit`.
@@ -360,6 +365,9 @@ impl Store {
         }
         self.record_events(&txn, &settled).await?;
         txn.commit().await?;
+        for voice in &settled {
+            self.count_transition(voice);
+        }
         Ok(settled)
     }
 

@@ -20,7 +20,7 @@ use crate::{
 pub(crate) struct Server {
     pub(crate) child: Child,
     pub(crate) addr: String,
-    logs: Arc<Mutex<Vec<String>>>,
+    pub(crate) logs: Arc<Mutex<Vec<String>>>,
     reader: Option<std::thread::JoinHandle<()>>,
 }
 

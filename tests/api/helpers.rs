@@ -163,6 +163,8 @@ pub(crate) struct TestApp {
     pub(crate) metrics: Metrics,
     /// Where the server listens.
     pub(crate) addr: std::net::SocketAddr,
+    /// Where its metrics are served, when the test asked for them.
+    pub(crate) metrics_addr: Option<std::net::SocketAddr>,
     pub(crate) database: DatabaseConfig,
     pub(crate) redis: Option<(String, String)>,
     pub(crate) auth: Authenticator,
@@ -182,6 +184,7 @@ pub(crate) async fn spawn_app_with(backend: Backend, adjust: impl FnOnce(&mut Co
     let db = TestDatabase::new(backend).await;
     let mut config = Config {
         listen: "127.0.0.1:0".parse().unwrap(),
+        metrics_listen: None,
         migrate_on_start: true,
         health_interval: Duration::from_secs(5),
         max_voices_per_user: 50,
@@ -207,7 +210,7 @@ pub(crate) async fn spawn_app_with(backend: Backend, adjust: impl FnOnce(&mut Co
     let app = Application::build(config)
         .await
         .expect("application builds");
-    let addr = app.local_addr();
+    let (addr, metrics_addr) = (app.local_addr(), app.metrics_addr());
     let store = app.store().clone();
     let (worker, sweeper, metrics) = (app.worker(), app.sweeper(), app.metrics());
     // The database the server uses, which a test may have pointed elsewhere
@@ -230,6 +233,7 @@ pub(crate) async fn spawn_app_with(backend: Backend, adjust: impl FnOnce(&mut Co
         sweeper,
         metrics,
         addr,
+        metrics_addr,
         database,
         redis,
         auth,

@@ -17,8 +17,8 @@ const LAYERS: [&str; 16] = [
     "pb",
     "provider",
     "store",
-    "metrics",
     "redis",
+    "metrics",
     "telemetry",
     "allocator",
 ];

@@ -19,6 +19,7 @@ mod health;
 mod layering;
 mod list_user_voices;
 mod migrations;
+mod operations;
 mod provider_faults;
 mod readme;
 mod redis_server;

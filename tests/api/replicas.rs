@@ -10,6 +10,7 @@ use secrecy::{ExposeSecret, SecretString};
 use uuid::Uuid;
 use voicehub::{
     events::{self, STREAM_FIELD, VoiceEvent},
+    metrics::Metrics,
     pb::{self, GetVoiceRequest, ListUserVoicesRequest},
     redis::Redis,
     status_engine::{Claim, DueQueue, RedisQueue},
@@ -29,9 +30,14 @@ use crate::{
 /// `app`'s Redis, connected as another process would.
 async fn redis_of(app: &TestApp) -> (Redis, String) {
     let (url, prefix) = app.redis.clone().expect("a Redis-backed app");
-    let redis = Redis::connect(&url, Duration::from_secs(1), Duration::from_secs(1))
-        .await
-        .unwrap();
+    let redis = Redis::connect(
+        &url,
+        Duration::from_secs(1),
+        Duration::from_secs(1),
+        &Metrics::new(),
+    )
+    .await
+    .unwrap();
     (redis, prefix)
 }
 

@@ -65,6 +65,8 @@ struct SearchedVoice {
     labels: Option<BTreeMap<String, serde_json::Value>>,
 }
 
+use crate::metrics::{EndpointLabel, Metrics, ProviderLabels};
+
 use super::{
     CloneRequest, Cloned, ProviderError, TAG_LABEL, Verdict, VoiceEdit, VoiceProvider, tagged,
 };
@@ -120,6 +122,7 @@ pub(crate) struct ElevenLabs {
     timeout: Duration,
     in_flight: Arc<Semaphore>,
     retry: RetryPolicy,
+    metrics: Metrics,
 }
 
 /// Whether a request may be sent again after an ambiguous failure.
@@ -133,7 +136,7 @@ enum Idempotency {
 impl ElevenLabs {
     /// # Errors
     /// The API key is not a valid header value, or the HTTP client cannot be built.
-    pub(crate) fn new(config: ElevenLabsConfig) -> anyhow::Result<Self> {
+    pub(crate) fn new(config: ElevenLabsConfig, metrics: &Metrics) -> anyhow::Result<Self> {
         let mut api_key = HeaderValue::from_str(config.api_key.expose_secret()).map_err(|_| {
             anyhow::anyhow!("ELEVENLABS_API_KEY contains characters not allowed in a header")
         })?;
@@ -149,6 +152,7 @@ impl ElevenLabs {
             timeout: config.timeout,
             in_flight: Arc::new(Semaphore::new(config.max_concurrency.max(1))),
             retry: config.retry,
+            metrics: metrics.clone(),
         })
     }
 
@@ -181,8 +185,33 @@ impl ElevenLabs {
     }
 
     /// Sends one logical call, retrying transient failures as the module
-    /// documentation says. Returns the successful response's body.
+    /// documentation says, and counts it (outcome, latency, retries) under
+    /// its endpoint `op`. Returns the successful response's body.
     async fn call(
+        &self,
+        op: &'static str,
+        idempotency: Idempotency,
+        build: impl Fn() -> RequestBuilder,
+    ) -> Result<Bytes, ProviderError> {
+        let started = Instant::now();
+        let result = self.call_with_retries(op, idempotency, build).await;
+        let endpoint = EndpointLabel { endpoint: op };
+        self.metrics
+            .provider_duration
+            .get_or_create(&endpoint)
+            .observe(started.elapsed().as_secs_f64());
+        let outcome = result.as_ref().map_or_else(ProviderError::class, |_| "ok");
+        self.metrics
+            .provider_calls
+            .get_or_create(&ProviderLabels {
+                endpoint: op,
+                outcome,
+            })
+            .inc();
+        result
+    }
+
+    async fn call_with_retries(
         &self,
         op: &'static str,
         idempotency: Idempotency,
@@ -213,6 +242,10 @@ impl ElevenLabs {
                 return Err(error);
             }
             tracing::info!(op, retry = retries, ?delay, error = %error, "voice provider call failed, retrying");
+            self.metrics
+                .provider_retries
+                .get_or_create(&EndpointLabel { endpoint: op })
+                .inc();
             tokio::time::sleep(delay).await;
         }
     }
