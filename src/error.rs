@@ -134,12 +134,11 @@ impl From<Error> for Status {
             }
             Error::Storage(ref cause) => {
                 tracing::error!(error = %chain(cause), "storage failure");
-                match cause {
-                    // The database cannot be reached: the caller may retry, here or elsewhere.
-                    sea_orm::DbErr::ConnectionAcquire(_) | sea_orm::DbErr::Conn(_) => {
-                        Status::unavailable("storage is unavailable, try again later")
-                    }
-                    _ => Status::internal("internal error"),
+                // The database cannot serve now: the caller may retry, here or elsewhere.
+                if crate::store::unavailable(cause) {
+                    Status::unavailable("storage is unavailable, try again later")
+                } else {
+                    Status::internal("internal error")
                 }
             }
         }

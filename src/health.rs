@@ -1,9 +1,11 @@
 //! grpc.health.v1 status, kept truthful.
 //!
 //! Both the overall service `""` and `voicehub.v1.VoiceService` report
-//! SERVING only while storage answers; [`StorageHealth::run`] pings it
-//! periodically and flips both to NOT_SERVING when it stops answering (and
-//! back when it recovers). On shutdown the server marks them NOT_SERVING
+//! SERVING only while storage answers; [`StorageHealth::run`] pings it every
+//! `VOICEHUB_HEALTH_INTERVAL` (1 s) and flips both to NOT_SERVING when a
+//! ping fails or takes over 750 ms (and back at the first that succeeds).
+//! The ping is the database protocol's own (PostgreSQL: a Sync message), not
+//! SQL: an idle server still runs no statement and no transaction. On shutdown the server marks them NOT_SERVING
 //! before it stops accepting calls, so load balancers drain it first.
 
 use std::time::Duration;
@@ -12,6 +14,10 @@ use tokio_util::sync::CancellationToken;
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{error::chain, pb::voice_service_server::SERVICE_NAME, store::Store};
+
+/// How long a ping may take before storage counts as unreachable. With the
+/// default 1 s interval, an outage shows within 1.75 s.
+const PING_TIMEOUT: Duration = Duration::from_millis(750);
 
 /// The health service names this server reports.
 pub(crate) const SERVICES: [&str; 2] = ["", SERVICE_NAME];
@@ -48,12 +54,18 @@ impl StorageHealth {
 
     /// One check: pings storage and reports a change. Returns whether storage answered.
     pub(crate) async fn run_once(&mut self) -> bool {
-        let result = self.store.ping().await;
-        let healthy = result.is_ok();
+        let result = tokio::time::timeout(PING_TIMEOUT, self.store.ping()).await;
+        let healthy = matches!(result, Ok(Ok(())));
         if healthy != self.healthy {
             match &result {
-                Ok(()) => tracing::info!("storage reachable again: SERVING"),
-                Err(e) => tracing::error!(error = %chain(e), "storage unreachable: NOT_SERVING"),
+                Ok(Ok(())) => tracing::info!("storage reachable again: SERVING"),
+                Ok(Err(e)) => {
+                    tracing::error!(error = %chain(e), "storage unreachable: NOT_SERVING");
+                }
+                Err(_) => tracing::error!(
+                    timeout = ?PING_TIMEOUT,
+                    "storage did not answer a ping: NOT_SERVING"
+                ),
             }
             let status = if healthy {
                 ServingStatus::Serving

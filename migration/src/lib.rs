@@ -47,6 +47,10 @@ pub async fn run(db: &DatabaseConnection) -> Result<(), DbErr> {
         // A transaction-scoped lock: it is released by COMMIT or ROLLBACK, and
         // also if this process dies, so a crashed replica never blocks the rest.
         let txn = db.begin().await?;
+        // The serving pool bounds every statement; waiting for another
+        // replica's migration, and a migration itself, may take longer.
+        txn.execute_unprepared("SET LOCAL statement_timeout = 0")
+            .await?;
         txn.execute_unprepared(&format!(
             "SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})"
         ))

@@ -76,8 +76,9 @@ pub struct ServeArgs {
     /// Redis for the due-queue and event bus (used by the status engine; unset = in-process).
     #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
-    /// How often storage is pinged for the health service.
-    #[arg(long, env = "VOICEHUB_HEALTH_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    /// How often storage is pinged for the health service (a protocol-level
+    /// ping, not SQL).
+    #[arg(long, env = "VOICEHUB_HEALTH_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     pub health_interval: Duration,
     /// Most live (not deleted) voices one user may have.
     #[arg(long, env = "VOICEHUB_MAX_VOICES_PER_USER", default_value_t = 50)]
@@ -86,7 +87,7 @@ pub struct ServeArgs {
     #[arg(long, env = "VOICEHUB_SYNC_MAX_AGE", default_value = "30m", value_parser = humantime::parse_duration)]
     pub sync_max_age: Duration,
     /// Longest a Redis command may take (then the caller gets an error).
-    #[arg(long, env = "VOICEHUB_REDIS_TIMEOUT", default_value = "3s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "VOICEHUB_REDIS_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration)]
     pub redis_timeout: Duration,
     /// Prefix of every Redis key and channel voicehub uses.
     #[arg(long, env = "VOICEHUB_REDIS_PREFIX", default_value = "voicehub")]
@@ -139,6 +140,13 @@ pub struct DatabaseArgs {
     /// Most database connections this process opens.
     #[arg(long, env = "VOICEHUB_DB_MAX_CONNECTIONS", default_value_t = 10)]
     pub db_max_connections: u32,
+    /// Longest wait for a database connection (connecting included); past
+    /// it a call fails with UNAVAILABLE.
+    #[arg(long, env = "VOICEHUB_DB_ACQUIRE_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub db_acquire_timeout: Duration,
+    /// Longest one SQL statement may run on PostgreSQL (`statement_timeout`).
+    #[arg(long, env = "VOICEHUB_DB_STATEMENT_TIMEOUT", default_value = "1500ms", value_parser = humantime::parse_duration)]
+    pub db_statement_timeout: Duration,
 }
 
 /// The flags of `voicehub token`.
@@ -282,9 +290,16 @@ impl DatabaseArgs {
         if self.db_max_connections == 0 {
             bail!("VOICEHUB_DB_MAX_CONNECTIONS must be at least 1");
         }
+        if self.db_acquire_timeout.is_zero() || self.db_statement_timeout.is_zero() {
+            bail!(
+                "VOICEHUB_DB_ACQUIRE_TIMEOUT and VOICEHUB_DB_STATEMENT_TIMEOUT must be above zero"
+            );
+        }
         Ok(DatabaseConfig {
             url: SecretString::from(url.to_owned()),
             max_connections: self.db_max_connections,
+            acquire_timeout: self.db_acquire_timeout,
+            statement_timeout: self.db_statement_timeout,
         })
     }
 }
@@ -298,6 +313,8 @@ mod tests {
         let args = DatabaseArgs {
             database_url: "mysql://x".into(),
             db_max_connections: 5,
+            db_acquire_timeout: Duration::from_secs(1),
+            db_statement_timeout: Duration::from_secs(1),
         };
         let err = args.into_config().unwrap_err();
         assert!(err.to_string().contains("DATABASE_URL"), "{err}");

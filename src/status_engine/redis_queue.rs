@@ -137,6 +137,12 @@ fn millis(d: Duration) -> Value {
 #[async_trait::async_trait]
 impl DueQueue for RedisQueue {
     async fn enqueue(&self, id: Uuid, delay: Duration) -> Result<(), QueueError> {
+        // Creates and updates enqueue while their caller waits: while Redis
+        // is away, fail at once (reconciliation queues the voice later)
+        // instead of holding the caller for the command timeout.
+        if !self.client.is_connected() {
+            return Err(QueueError("Redis is not connected".into()));
+        }
         let args = vec![
             millis(delay),
             id.to_string().into(),

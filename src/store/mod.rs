@@ -51,7 +51,16 @@ pub struct DatabaseConfig {
     pub url: SecretString,
     /// Most connections in the pool.
     pub max_connections: u32,
+    /// Longest wait for a connection (connecting included): past it, the
+    /// call fails as unavailable instead of hanging.
+    pub acquire_timeout: Duration,
+    /// Longest one statement may run on PostgreSQL (its `statement_timeout`).
+    pub statement_timeout: Duration,
 }
+
+/// How long a SQLite write waits for another writer. SQLite is a local
+/// file, never unreachable: a wait here is contention, not an outage.
+const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Handle to the database; cheap to clone (a connection pool inside).
 #[derive(Clone, Debug)]
@@ -76,18 +85,24 @@ impl Store {
         metrics: &Metrics,
         encode_event: EventEncoder,
     ) -> Result<Self, DbErr> {
+        let statement_millis = config.statement_timeout.as_millis().max(1).to_string();
         let mut options = ConnectOptions::new(config.url.expose_secret().to_owned());
         options
             .max_connections(config.max_connections)
-            .connect_timeout(Duration::from_secs(10))
-            .acquire_timeout(Duration::from_secs(10))
+            .connect_timeout(config.acquire_timeout)
+            .acquire_timeout(config.acquire_timeout)
             // Statements are traced by our own spans; sqlx's per-statement INFO lines are noise.
             .sqlx_logging(false)
-            .map_sqlx_sqlite_opts(|opts| {
+            .map_sqlx_postgres_opts(move |opts| {
+                // Enforced by the server, so a statement stuck behind a lock
+                // or a runaway plan ends as an error the caller can retry.
+                opts.options([("statement_timeout", statement_millis.as_str())])
+            })
+            .map_sqlx_sqlite_opts(move |opts| {
                 // WAL lets readers proceed during a write; the busy timeout turns
                 // writer contention into a short wait instead of SQLITE_BUSY.
                 opts.journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
-                    .busy_timeout(Duration::from_secs(5))
+                    .busy_timeout(SQLITE_BUSY_TIMEOUT)
             });
         let mut db = Database::connect(options).await?;
         let statements = metrics.sql_statements.clone();
@@ -153,6 +168,44 @@ impl Store {
         self.transitions
             .get_or_create(&TransitionLabel { to })
             .inc();
+    }
+}
+
+/// Whether `err` says the database cannot serve now (unreachable, shutting
+/// down, overloaded, a statement timed out, SQLite busy) rather than that
+/// the request or the code is wrong: the caller may retry, here or on
+/// another replica.
+#[must_use]
+pub fn unavailable(err: &DbErr) -> bool {
+    let runtime = match err {
+        DbErr::ConnectionAcquire(_) => return true,
+        DbErr::Conn(e) | DbErr::Exec(e) | DbErr::Query(e) => e,
+        _ => return false,
+    };
+    let sea_orm::RuntimeErr::SqlxError(e) = runtime else {
+        return false;
+    };
+    match &**e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            if code.len() == 5 {
+                // A PostgreSQL SQLSTATE: connection exceptions (08),
+                // insufficient resources (53), operator intervention (57:
+                // shutdown, statement timeout).
+                ["08", "53", "57"]
+                    .iter()
+                    .any(|class| code.starts_with(class))
+            } else {
+                // A SQLite result code, maybe extended: BUSY (5) or LOCKED (6).
+                code.parse::<u32>().is_ok_and(|c| matches!(c & 0xff, 5 | 6))
+            }
+        }),
+        _ => false,
     }
 }
 

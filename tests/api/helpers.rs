@@ -129,6 +129,10 @@ impl TestDatabase {
         DatabaseConfig {
             url: SecretString::from(self.url.clone()),
             max_connections: 5,
+            // Generous: on a loaded test machine a short wait for one of five
+            // connections is contention, not the outage the fault tests make.
+            acquire_timeout: Duration::from_secs(10),
+            statement_timeout: Duration::from_secs(10),
         }
     }
 

@@ -1,0 +1,187 @@
+//! The fault suite: a dependency goes away mid-run; the service answers
+//! fast with a code the caller can act on, reports it through health, and
+//! recovers by itself. Each case counts rows and provider requests too.
+
+use std::time::{Duration, Instant};
+
+use tokio_stream::StreamExt;
+use tonic::{Code, Request};
+use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
+use uuid::Uuid;
+use voicehub::pb::{self, GetVoiceRequest};
+
+use crate::{
+    fake_elevenlabs::Route,
+    helpers::{Backend, create_request, create_voice, next, spawn_app_with_fake, watch},
+    pg_server::PgServer,
+    redis_server::RedisServer,
+};
+
+/// The fast-failure bound the service promises.
+const BOUND: Duration = Duration::from_secs(2);
+
+fn get(voice_id: &str) -> Request<GetVoiceRequest> {
+    let mut request = Request::new(GetVoiceRequest {
+        voice_id: voice_id.to_owned(),
+    });
+    // A caller that waits no longer than the bound: a hang would show as
+    // DEADLINE_EXCEEDED, not UNAVAILABLE.
+    request.set_timeout(BOUND);
+    request
+}
+
+#[tokio::test]
+async fn postgres_stopped_answers_unavailable_within_the_bound_and_health_follows_it_both_ways() {
+    let pg = PgServer::start();
+    let url = pg.url();
+    let (app, fake) = spawn_app_with_fake(Backend::Postgres, |c| {
+        c.database.url = url.into();
+        // voicehub's defaults (VOICEHUB_DB_ACQUIRE_TIMEOUT, _STATEMENT_TIMEOUT,
+        // VOICEHUB_HEALTH_INTERVAL).
+        c.database.acquire_timeout = Duration::from_secs(1);
+        c.database.statement_timeout = Duration::from_millis(1500);
+        c.health_interval = Duration::from_secs(1);
+    })
+    .await;
+    let mut client = app.client(Uuid::new_v4());
+    let voice = create_voice(&mut client, "Before the outage").await;
+    // Health changes, with when they arrived, read as they come.
+    let mut stream = app
+        .health()
+        .watch(HealthCheckRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let (tx, mut health) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(Ok(change)) = stream.next().await {
+            let _ = tx.send((change.status, Instant::now()));
+        }
+    });
+    assert_eq!(
+        health.recv().await.unwrap().0,
+        ServingStatus::Serving as i32
+    );
+
+    pg.stop();
+    let stopped = Instant::now();
+    let started = Instant::now();
+    let err = client.get_voice(get(&voice.voice_id)).await.unwrap_err();
+    println!(
+        "GetVoice with PostgreSQL stopped: {:?} in {:?}",
+        err.code(),
+        started.elapsed()
+    );
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(!err.message().contains("postgres"), "no internals: {err:?}");
+    let started = Instant::now();
+    let err = client
+        .create_voice_clone(create_request("During the outage"))
+        .await
+        .unwrap_err();
+    println!(
+        "CreateVoiceClone with PostgreSQL stopped: {:?} in {:?}",
+        err.code(),
+        started.elapsed()
+    );
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(started.elapsed() < BOUND, "{:?}", started.elapsed());
+    let (status, at) = tokio::time::timeout(BOUND, health.recv())
+        .await
+        .expect("NOT_SERVING within the bound")
+        .unwrap();
+    let after = at.saturating_duration_since(stopped);
+    println!("health NOT_SERVING {after:?} after the stop");
+    assert_eq!(status, ServingStatus::NotServing as i32);
+    assert!(after <= BOUND, "{after:?}");
+
+    pg.resume();
+    let resumed = Instant::now();
+    let (status, at) = tokio::time::timeout(BOUND, health.recv())
+        .await
+        .expect("SERVING again within the bound")
+        .unwrap();
+    println!(
+        "health SERVING {:?} after the restart",
+        at.saturating_duration_since(resumed)
+    );
+    assert_eq!(status, ServingStatus::Serving as i32);
+    let stored = client
+        .get_voice(get(&voice.voice_id))
+        .await
+        .unwrap()
+        .into_inner();
+    println!(
+        "GetVoice answered {:?} after the restart",
+        resumed.elapsed()
+    );
+    assert_eq!(stored.voice_id, voice.voice_id);
+
+    // Nothing of the refused create was kept, here or at the provider.
+    assert_eq!(app.voice_rows().await, 1);
+    assert_eq!(fake.calls(Route::Add), 1);
+    let created = client
+        .create_voice_clone(create_request("After the outage"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(created.status(), pb::VoiceStatus::Processing);
+    assert_eq!(app.voice_rows().await, 2);
+}
+
+#[tokio::test]
+async fn a_create_while_redis_is_down_succeeds_at_once_and_completes_once_redis_is_back() {
+    let mut redis = RedisServer::start();
+    let url = redis.url();
+    let (app, fake) = spawn_app_with_fake(Backend::Postgres, move |c| {
+        c.redis_url = Some(url.into());
+        // voicehub's default VOICEHUB_REDIS_TIMEOUT.
+        c.redis_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let mut client = app.client(Uuid::new_v4());
+    // Watched from before the outage, on this replica.
+    let first = create_voice(&mut client, "Before").await;
+    let mut watching = watch(&mut client, &[]).await;
+    let snapshot = next(&mut watching).await.unwrap().voice.unwrap();
+    assert_eq!(snapshot.voice_id, first.voice_id);
+
+    redis.stop();
+    let started = Instant::now();
+    let created = client
+        .create_voice_clone(create_request("While Redis is down"))
+        .await
+        .expect("storage is the truth: the create succeeds")
+        .into_inner();
+    let took = started.elapsed();
+    println!("CreateVoiceClone with Redis down: {took:?}");
+    assert!(took < BOUND, "{took:?}");
+    assert_eq!(created.status(), pb::VoiceStatus::Processing);
+    assert!(app.worker.run_once().await.is_err(), "the queue is away");
+
+    redis.restart();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut completed = 0;
+    while completed < 2 {
+        assert!(Instant::now() < deadline, "never completed");
+        if let Ok(step) = app.worker.run_once().await {
+            completed += step.completed;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Both voices completed by the status engine alone, once each, and the
+    // watcher heard of the one created during the outage.
+    assert_eq!(app.voice_rows().await, 2);
+    assert_eq!(fake.calls(Route::Add), 2);
+    let mut heard = None;
+    while heard.is_none() {
+        let event = tokio::time::timeout(Duration::from_secs(10), next(&mut watching))
+            .await
+            .expect("the terminal state reaches the watcher")
+            .unwrap();
+        let voice = event.voice.unwrap();
+        if voice.voice_id == created.voice_id && voice.status() == pb::VoiceStatus::Completed {
+            heard = Some(voice);
+        }
+    }
+}
