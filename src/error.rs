@@ -32,6 +32,14 @@ pub enum Error {
     /// A per-user quota is used up.
     #[error("{0}")]
     ResourceExhausted(String),
+    /// A per-user rate is used up until `retry_after` from now.
+    #[error("rate limit reached: {limit}")]
+    RateLimited {
+        /// The limit, e.g. "20 voice creations per hour".
+        limit: String,
+        /// When the caller may try again.
+        retry_after: std::time::Duration,
+    },
     /// A concurrent change got in the way; retrying is safe.
     #[error("{0}")]
     Aborted(&'static str),
@@ -124,6 +132,17 @@ impl From<Error> for Status {
             Error::ResourceExhausted(why) => {
                 tracing::info!(reason = %why, "refused: resource exhausted");
                 Status::resource_exhausted(why)
+            }
+            Error::RateLimited { limit, retry_after } => {
+                tracing::info!(%limit, ?retry_after, "refused: rate limit");
+                Status::with_error_details(
+                    Code::ResourceExhausted,
+                    format!(
+                        "rate limit reached: at most {limit}; retry in {} s",
+                        retry_after.as_secs()
+                    ),
+                    ErrorDetails::with_retry_info(Some(retry_after)),
+                )
             }
             Error::Aborted(why) => Status::aborted(why),
             Error::Provider(e) => provider_status(e),

@@ -6,8 +6,8 @@
 //! Layers: each module imports only modules listed after it here, so no
 //! module imports one that imports it back (`tests/api/layering.rs` checks):
 //! `server`, `config`, `health`, `grpc`, `auth`, `write_path`,
-//! `status_engine`, `events`, `error`, `pb`, `provider`, `store`, `redis`,
-//! `metrics`, `telemetry`, `allocator`. `config` turns flags into each component's own
+//! `status_engine`, `events`, `error`, `pb`, `provider`, `store`, `quota`,
+//! `redis`, `metrics`, `telemetry`, `allocator`. `config` turns flags into each component's own
 //! settings type and builds the provider; only `main.rs` and `server` import it.
 
 mod allocator;
@@ -20,6 +20,7 @@ mod health;
 pub mod metrics;
 pub mod pb;
 pub mod provider;
+mod quota;
 pub mod redis;
 pub mod server;
 pub mod status_engine;

@@ -103,6 +103,14 @@ pub(crate) struct ConnectionLabel {
     pub(crate) connection: &'static str,
 }
 
+/// The label of `voicehub_limit_refusals_total`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub(crate) struct LimitLabel {
+    /// The limit: `concurrent_rpcs`, `concurrent_uploads`, `watches_per_user`,
+    /// `watches`, `create_rate`.
+    pub(crate) limit: &'static str,
+}
+
 /// The label of `voicehub_db_connections`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub(crate) struct PoolLabel {
@@ -163,6 +171,14 @@ pub struct Metrics {
     /// Events waiting in the outbox, as of the relay's last failed pass (0
     /// once it drained the outbox).
     pub(crate) outbox_backlog: Gauge,
+    /// Calls refused at a limit, by limit.
+    pub(crate) limit_refusals: Family<LimitLabel, Counter>,
+    /// Unary calls in progress.
+    pub(crate) rpcs_in_flight: Gauge,
+    /// CreateVoiceClone calls in progress.
+    pub(crate) uploads_in_flight: Gauge,
+    /// Creates let through because the creation rate could not be checked.
+    pub(crate) quota_unchecked: Counter,
 }
 
 impl Metrics {
@@ -190,6 +206,10 @@ impl Metrics {
             events_delivered: Counter::default(),
             events_coalesced: Counter::default(),
             outbox_backlog: Gauge::default(),
+            limit_refusals: Family::default(),
+            rpcs_in_flight: Gauge::default(),
+            uploads_in_flight: Gauge::default(),
+            quota_unchecked: Counter::default(),
         };
         let m = &metrics;
         let r = &mut registry;
@@ -279,6 +299,26 @@ impl Metrics {
             "outbox_backlog",
             "Voice events waiting in the outbox while the event bus refuses them",
             m.outbox_backlog.clone(),
+        );
+        r.register(
+            "limit_refusals",
+            "Calls refused with RESOURCE_EXHAUSTED at a limit, by limit",
+            m.limit_refusals.clone(),
+        );
+        r.register(
+            "rpcs_in_flight",
+            "Unary calls in progress",
+            m.rpcs_in_flight.clone(),
+        );
+        r.register(
+            "uploads_in_flight",
+            "CreateVoiceClone calls in progress (each holds its samples)",
+            m.uploads_in_flight.clone(),
+        );
+        r.register(
+            "quota_unchecked",
+            "Creates let through because the creation rate could not be checked (Redis away)",
+            m.quota_unchecked.clone(),
         );
         Metrics {
             registry: Arc::new(registry),

@@ -20,12 +20,13 @@ use tonic_health::ServingStatus;
 use crate::{
     allocator,
     auth::Authenticator,
-    config::Config,
+    config::{self, Config},
     events::{self, DynBus, LocalBus, RedisBus, Relay},
-    grpc::{ObserveLayer, VoiceApi},
+    grpc::{LimitLayer, ObserveLayer, VoiceApi, Watches},
     health::{self, StorageHealth},
     metrics::{self, Metrics, PoolLabel},
     pb,
+    quota::CreateQuota,
     redis::Redis,
     status_engine::{DynQueue, LocalQueue, RedisQueue, Sweeper, Worker},
     store::Store,
@@ -55,6 +56,7 @@ pub struct Application {
     redis: Option<RedisParts>,
     metrics: Metrics,
     health_interval: Duration,
+    limits: config::Limits,
 }
 
 impl Application {
@@ -67,7 +69,7 @@ impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         if config.auth.development {
             tracing::warn!(
-                secret_file = crate::config::DEV_SECRET_FILE,
+                secret_file = config::DEV_SECRET_FILE,
                 "development mode: user tokens are signed with a locally generated secret; \
                  set VOICEHUB_JWT_SECRET in production"
             );
@@ -112,6 +114,7 @@ impl Application {
                 max_per_user: config.max_voices_per_user,
                 max_age: config.sync_max_age,
             },
+            create_quota(&config, redis.as_ref(), &metrics),
         );
 
         let listener = TcpListener::bind(config.listen)
@@ -141,6 +144,7 @@ impl Application {
             redis,
             metrics,
             health_interval: config.health_interval,
+            limits: config.limits,
         })
     }
 
@@ -204,6 +208,7 @@ impl Application {
             redis,
             metrics,
             health_interval,
+            limits,
         } = self;
         let (reporter, health_service) = tonic_health::server::health_reporter();
         health::set_all(&reporter, ServingStatus::Serving).await;
@@ -228,23 +233,10 @@ impl Application {
             );
         }
         if let Some(listener) = metrics_listener {
-            let pool = store.clone();
-            let refresh = move |metrics: &Metrics| {
-                let (open, idle) = pool.pool_usage();
-                let idle = i64::try_from(idle).unwrap_or(i64::MAX);
-                let gauge = |state| {
-                    metrics
-                        .db_connections
-                        .get_or_create(&PoolLabel { state })
-                        .clone()
-                };
-                gauge("idle").set(idle);
-                gauge("in_use").set(i64::from(open) - idle);
-            };
-            tasks.spawn(metrics::serve(
+            tasks.spawn(serve_metrics(
                 listener,
+                store.clone(),
                 metrics.clone(),
-                refresh,
                 shutdown.clone(),
             ));
         }
@@ -260,7 +252,14 @@ impl Application {
             tasks.spawn(async move { queue.listen(subscriber, stop).await });
         }
 
-        let api = VoiceApi::new(store.clone(), writes, bus.hub().clone(), shutdown.clone());
+        let watches = Watches::new(limits.watches_per_user, limits.watches, &metrics);
+        let api = VoiceApi::new(
+            store.clone(),
+            writes,
+            bus.hub().clone(),
+            watches,
+            shutdown.clone(),
+        );
         tracing::info!(%local_addr, "voicehub serving gRPC");
         let stopping = shutdown.clone();
         let served = Server::builder()
@@ -269,7 +268,12 @@ impl Application {
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .trace_fn(|req| tracing::info_span!("grpc", method = %req.uri().path()))
-            .layer(ObserveLayer::new(metrics))
+            .layer(ObserveLayer::new(metrics.clone()))
+            .layer(LimitLayer::new(
+                limits.concurrent_rpcs,
+                limits.concurrent_uploads,
+                &metrics,
+            ))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
@@ -334,6 +338,51 @@ async fn queue_and_bus(
             Arc::new(LocalBus::new(metrics)),
             None,
         )
+    })
+}
+
+/// Serves `GET /metrics` on `listener`, with the pool's connections read at
+/// each scrape.
+fn serve_metrics(
+    listener: TcpListener,
+    store: Store,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+) -> impl Future<Output = ()> {
+    let refresh = move |metrics: &Metrics| {
+        let (open, idle) = store.pool_usage();
+        let idle = i64::try_from(idle).unwrap_or(i64::MAX);
+        let gauge = |state| {
+            metrics
+                .db_connections
+                .get_or_create(&PoolLabel { state })
+                .clone()
+        };
+        gauge("idle").set(idle);
+        gauge("in_use").set(i64::from(open) - idle);
+    };
+    metrics::serve(listener, metrics, refresh, shutdown)
+}
+
+/// The per-user creation rate, counted in Redis when the replicas share one.
+fn create_quota(
+    config: &Config,
+    redis: Option<&RedisParts>,
+    metrics: &Metrics,
+) -> Arc<CreateQuota> {
+    let (per_hour, per_day) = (
+        config.limits.creates_per_hour,
+        config.limits.creates_per_day,
+    );
+    Arc::new(match redis {
+        Some(parts) => CreateQuota::redis(
+            parts.redis.commands.clone(),
+            &config.redis_prefix,
+            per_hour,
+            per_day,
+            metrics,
+        ),
+        None => CreateQuota::local(per_hour, per_day, metrics),
     })
 }
 

@@ -38,6 +38,7 @@ use crate::{
     error::{Error, chain},
     events::Relay,
     provider::{AudioFile, CloneRequest, DynProvider, INSTANT_CLONE, ProviderError, labels_sent},
+    quota::CreateQuota,
     status_engine::{Scheduler, delete_at_provider},
     store::{self, Labels, Reservation, Store, Visibility, Voice, VoiceStatus},
 };
@@ -112,6 +113,7 @@ pub(crate) struct WritePath {
     scheduler: Scheduler,
     relay: Arc<Relay>,
     limits: Limits,
+    quota: Arc<CreateQuota>,
 }
 
 /// The limits the write path enforces.
@@ -132,6 +134,7 @@ impl WritePath {
         scheduler: Scheduler,
         relay: Arc<Relay>,
         limits: Limits,
+        quota: Arc<CreateQuota>,
     ) -> Self {
         WritePath {
             store,
@@ -139,20 +142,28 @@ impl WritePath {
             scheduler,
             relay,
             limits,
+            quota,
         }
     }
 
     /// Clones a voice at the provider and stores it as PROCESSING.
     ///
     /// # Errors
-    /// RESOURCE_EXHAUSTED at the per-user limit, a provider failure, or a
-    /// storage failure (after compensation).
+    /// RESOURCE_EXHAUSTED at the per-user limit or creation rate, a provider
+    /// failure, or a storage failure (after compensation).
     pub(crate) async fn create(&self, owner: Uuid, new: NewVoice) -> Result<Voice, Error> {
         if let Some(request_id) = &new.request_id
             && let Some(existing) = self.store.find_by_request_id(owner, request_id).await?
         {
             tracing::info!(voice_id = %existing.id, request_id, "repeated request_id: returning the same voice");
             return Ok(existing);
+        }
+        // Counted before anything is written: a refused create leaves nothing.
+        if let Err(exceeded) = self.quota.take(owner).await {
+            return Err(Error::RateLimited {
+                limit: exceeded.limit,
+                retry_after: exceeded.retry_after,
+            });
         }
         let reserved = match self
             .store

@@ -83,6 +83,25 @@ pub struct ServeArgs {
     /// Most live (not deleted) voices one user may have.
     #[arg(long, env = "VOICEHUB_MAX_VOICES_PER_USER", default_value_t = 50)]
     pub max_voices_per_user: u64,
+    /// Most unary calls in progress on this replica (0: no limit).
+    #[arg(long, env = "VOICEHUB_MAX_CONCURRENT_RPCS", default_value_t = Limits::DEFAULT.concurrent_rpcs)]
+    pub max_concurrent_rpcs: usize,
+    /// Most CreateVoiceClone calls in progress on this replica; each holds
+    /// up to 50 MiB of samples (0: no limit).
+    #[arg(long, env = "VOICEHUB_MAX_CONCURRENT_UPLOADS", default_value_t = Limits::DEFAULT.concurrent_uploads)]
+    pub max_concurrent_uploads: usize,
+    /// Most open watch streams of one user on this replica (0: no limit).
+    #[arg(long, env = "VOICEHUB_MAX_WATCHES_PER_USER", default_value_t = Limits::DEFAULT.watches_per_user)]
+    pub max_watches_per_user: usize,
+    /// Most open watch streams on this replica (0: no limit).
+    #[arg(long, env = "VOICEHUB_MAX_WATCHES", default_value_t = Limits::DEFAULT.watches)]
+    pub max_watches: usize,
+    /// Most voice creations per user per clock hour, across replicas (0: no limit).
+    #[arg(long, env = "VOICEHUB_CREATE_LIMIT_PER_HOUR", default_value_t = Limits::DEFAULT.creates_per_hour)]
+    pub create_limit_per_hour: u32,
+    /// Most voice creations per user per UTC day, across replicas (0: no limit).
+    #[arg(long, env = "VOICEHUB_CREATE_LIMIT_PER_DAY", default_value_t = Limits::DEFAULT.creates_per_day)]
+    pub create_limit_per_day: u32,
     /// A voice still PROCESSING this long after creation is FAILED.
     #[arg(long, env = "VOICEHUB_SYNC_MAX_AGE", default_value = "30m", value_parser = humantime::parse_duration)]
     pub sync_max_age: Duration,
@@ -173,6 +192,36 @@ fn user_id(value: &str) -> Result<Uuid, String> {
     }
 }
 
+/// The limits of one replica (`0` turns one off); beyond each, a call is
+/// RESOURCE_EXHAUSTED.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Unary calls in progress.
+    pub concurrent_rpcs: usize,
+    /// CreateVoiceClone calls in progress.
+    pub concurrent_uploads: usize,
+    /// Open watch streams of one user.
+    pub watches_per_user: usize,
+    /// Open watch streams.
+    pub watches: usize,
+    /// Creates per user per clock hour (across replicas with Redis).
+    pub creates_per_hour: u32,
+    /// Creates per user per UTC day (across replicas with Redis).
+    pub creates_per_day: u32,
+}
+
+impl Limits {
+    /// The defaults, which the flags' defaults are.
+    pub const DEFAULT: Limits = Limits {
+        concurrent_rpcs: 1000,
+        concurrent_uploads: 8,
+        watches_per_user: 100,
+        watches: 20_000,
+        creates_per_hour: 20,
+        creates_per_day: 100,
+    };
+}
+
 /// Everything `serve` needs, validated.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -188,6 +237,8 @@ pub struct Config {
     pub health_interval: Duration,
     /// Live voices one user may have.
     pub max_voices_per_user: u64,
+    /// What one replica serves at a time, and how fast a user may create.
+    pub limits: Limits,
     /// How long a voice may stay PROCESSING.
     pub sync_max_age: Duration,
     /// Prefix of every Redis key and channel.
@@ -255,6 +306,14 @@ impl ServeArgs {
             redis_url: self.redis_url.map(SecretString::from),
             health_interval: self.health_interval,
             max_voices_per_user: self.max_voices_per_user,
+            limits: Limits {
+                concurrent_rpcs: self.max_concurrent_rpcs,
+                concurrent_uploads: self.max_concurrent_uploads,
+                watches_per_user: self.max_watches_per_user,
+                watches: self.max_watches,
+                creates_per_hour: self.create_limit_per_hour,
+                creates_per_day: self.create_limit_per_day,
+            },
             sync_max_age: self.sync_max_age,
             redis_prefix: self.redis_prefix,
             redis_timeout: self.redis_timeout,

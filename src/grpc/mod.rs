@@ -7,6 +7,8 @@
 //! is an [`Error`] turned into a `Status` in one place (`error.rs`).
 
 mod audio;
+mod limits;
+mod methods;
 mod observe;
 mod page_token;
 mod validate;
@@ -17,8 +19,10 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, service::interceptor::InterceptedService};
 
+pub(crate) use limits::LimitLayer;
 pub(crate) use observe::ObserveLayer;
 pub(crate) use validate::MAX_REQUEST_BYTES;
+pub(crate) use watch::Watches;
 
 use crate::{
     auth::{Authenticator, caller},
@@ -35,6 +39,8 @@ pub(crate) struct VoiceApi {
     store: Store,
     writes: WritePath,
     hub: Arc<Hub>,
+    /// The open watch streams and their limits.
+    watches: Arc<Watches>,
     /// Ends every watch stream (with UNAVAILABLE) when the server stops.
     shutdown: CancellationToken,
 }
@@ -44,18 +50,21 @@ pub(crate) type AuthenticatedVoiceService =
     InterceptedService<VoiceServiceServer<VoiceApi>, Authenticator>;
 
 impl VoiceApi {
-    /// The API over storage (reads), the write path, and this replica's hub (watches).
+    /// The API over storage (reads), the write path, and this replica's hub
+    /// and open streams (watches).
     #[must_use]
     pub(crate) fn new(
         store: Store,
         writes: WritePath,
         hub: Arc<Hub>,
+        watches: Arc<Watches>,
         shutdown: CancellationToken,
     ) -> Self {
         VoiceApi {
             store,
             writes,
             hub,
+            watches,
             shutdown,
         }
     }
@@ -119,7 +128,15 @@ impl VoiceApi {
     ) -> Result<watch::EventStream, Error> {
         let user = caller(&request)?;
         let ids = validate::watch_request(request.into_inner())?;
-        watch::open(&self.store, &self.hub, self.shutdown.clone(), user.0, ids).await
+        watch::open(
+            &self.store,
+            &self.hub,
+            &self.watches,
+            self.shutdown.clone(),
+            user.0,
+            ids,
+        )
+        .await
     }
 }
 

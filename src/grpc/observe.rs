@@ -13,25 +13,22 @@
 //! under the target `voicehub::rpc`.
 
 use std::{
-    collections::HashMap,
     future::Future,
     pin::Pin,
-    sync::LazyLock,
     task::{Context, Poll},
     time::{Duration, Instant},
 };
 
 use http::{HeaderMap, Request, Response};
 use http_body::{Body, Frame, SizeHint};
-use prost::Message;
 use tonic::Code;
 use tower_layer::Layer;
 use tower_service::Service;
 
+use super::methods;
 use crate::{
     auth::CallerSlot,
     metrics::{MethodLabel, Metrics, RpcLabels},
-    pb,
 };
 
 /// Observes every call of the service it wraps.
@@ -80,7 +77,7 @@ where
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         let call = Call {
-            method: method_name(request.uri().path()),
+            method: methods::name(request.uri().path()),
             started: Instant::now(),
             caller: CallerSlot::default(),
             metrics: Some(self.metrics.clone()),
@@ -242,69 +239,9 @@ fn code_name(code: Code) -> &'static str {
     }
 }
 
-/// `package.Service/Method` of every method this server has, keyed by its
-/// request path; read from the descriptors the server is built from.
-static METHODS: LazyLock<HashMap<String, &'static str>> = LazyLock::new(|| {
-    let sets = [
-        pb::FILE_DESCRIPTOR_SET,
-        tonic_health::pb::FILE_DESCRIPTOR_SET,
-        tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
-        tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
-    ];
-    let mut methods = HashMap::new();
-    for set in sets {
-        let Ok(set) = prost_types::FileDescriptorSet::decode(set) else {
-            continue;
-        };
-        for file in set.file {
-            for service in &file.service {
-                for method in &service.method {
-                    let name = format!("{}.{}/{}", file.package(), service.name(), method.name());
-                    // Leaked once: a handful of names that label metrics for
-                    // the life of the process.
-                    let label: &'static str = Box::leak(name.clone().into_boxed_str());
-                    methods.insert(format!("/{name}"), label);
-                }
-            }
-        }
-    }
-    methods
-});
-
-/// The method a request path names; `unknown` for any other path, so a
-/// caller cannot grow the metrics with made-up paths.
-fn method_name(path: &str) -> &'static str {
-    METHODS.get(path).copied().unwrap_or("unknown")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn every_method_of_the_server_has_its_name_and_others_are_unknown() {
-        for method in [
-            "CreateVoiceClone",
-            "GetVoice",
-            "ListUserVoices",
-            "UpdateVoice",
-            "DeleteVoice",
-            "WatchVoiceStatus",
-        ] {
-            let path = format!("/voicehub.v1.VoiceService/{method}");
-            assert_eq!(method_name(&path), &path[1..]);
-        }
-        assert_eq!(
-            method_name("/grpc.health.v1.Health/Check"),
-            "grpc.health.v1.Health/Check"
-        );
-        assert_eq!(
-            method_name("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"),
-            "grpc.reflection.v1.ServerReflection/ServerReflectionInfo"
-        );
-        assert_eq!(method_name("/voicehub.v1.VoiceService/Nope"), "unknown");
-        assert_eq!(method_name("/x"), "unknown");
-    }
 
     #[test]
     fn the_status_is_read_from_headers_and_a_bad_one_is_unknown() {

@@ -11,6 +11,9 @@
 //!   terminal; the "all my voices" form stays open.
 //! - Disconnect drops the stream and with it the subscription; server
 //!   shutdown ends the stream with UNAVAILABLE so clients reconnect elsewhere.
+//! - Open streams are bounded on each replica, per user
+//!   (`VOICEHUB_MAX_WATCHES_PER_USER`) and in all (`VOICEHUB_MAX_WATCHES`):
+//!   one more is RESOURCE_EXHAUSTED before anything is read (see [`Watches`]).
 
 use std::{
     collections::{HashMap, HashSet},
@@ -18,6 +21,8 @@ use std::{
     sync::Arc,
 };
 
+use parking_lot::Mutex;
+use prometheus_client::metrics::counter::Counter;
 use tokio_stream::Stream;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
@@ -26,6 +31,7 @@ use uuid::Uuid;
 use crate::{
     error::Error,
     events::{Hub, Interest},
+    metrics::{LimitLabel, Metrics},
     pb::{self, timestamp},
     store::{Store, may_see},
 };
@@ -42,18 +48,97 @@ fn message(voice: pb::Voice, snapshot: bool) -> pb::VoiceStatusEvent {
     }
 }
 
+/// The open watch streams of one replica, by user, within their limits
+/// (`0`: no limit).
+pub(crate) struct Watches {
+    per_user: usize,
+    total: usize,
+    open: Mutex<(usize, HashMap<Uuid, usize>)>,
+    refused_per_user: Counter,
+    refused_total: Counter,
+}
+
+impl Watches {
+    /// At most `per_user` streams of one user and `total` in all.
+    pub(crate) fn new(per_user: usize, total: usize, metrics: &Metrics) -> Arc<Self> {
+        let refused = |limit| {
+            metrics
+                .limit_refusals
+                .get_or_create(&LimitLabel { limit })
+                .clone()
+        };
+        Arc::new(Watches {
+            per_user,
+            total,
+            open: Mutex::default(),
+            refused_per_user: refused("watches_per_user"),
+            refused_total: refused("watches"),
+        })
+    }
+
+    /// A place for one more stream of `user`, held until it is dropped.
+    fn admit(self: &Arc<Self>, user: Uuid) -> Result<WatchSlot, Error> {
+        let mut open = self.open.lock();
+        let (all, by_user) = &mut *open;
+        if self.total > 0 && *all >= self.total {
+            self.refused_total.inc();
+            return Err(Error::ResourceExhausted(
+                "this server has its most open watch streams; retry later or on another replica"
+                    .into(),
+            ));
+        }
+        let mine = by_user.entry(user).or_default();
+        if self.per_user > 0 && *mine >= self.per_user {
+            self.refused_per_user.inc();
+            return Err(Error::ResourceExhausted(format!(
+                "a user may have at most {} open watch streams; close one first",
+                self.per_user
+            )));
+        }
+        *mine += 1;
+        *all += 1;
+        Ok(WatchSlot {
+            watches: self.clone(),
+            user,
+        })
+    }
+}
+
+/// One stream's place among the open ones.
+struct WatchSlot {
+    watches: Arc<Watches>,
+    user: Uuid,
+}
+
+impl Drop for WatchSlot {
+    fn drop(&mut self) {
+        let mut open = self.watches.open.lock();
+        let (all, by_user) = &mut *open;
+        *all -= 1;
+        if let Some(mine) = by_user.get_mut(&self.user) {
+            *mine -= 1;
+            if *mine == 0 {
+                by_user.remove(&self.user);
+            }
+        }
+    }
+}
+
 /// Opens a watch for `user` on `ids` (validated, distinct), or on all of the
 /// user's voices when `ids` is empty.
 ///
 /// # Errors
-/// NOT_FOUND (before the stream starts) if any id is not a voice the user may see.
+/// RESOURCE_EXHAUSTED at a limit of open streams; NOT_FOUND (before the
+/// stream starts) if any id is not a voice the user may see.
 pub(super) async fn open(
     store: &Store,
     hub: &Arc<Hub>,
+    watches: &Arc<Watches>,
     shutdown: CancellationToken,
     user: Uuid,
     ids: Vec<Uuid>,
 ) -> Result<EventStream, Error> {
+    let slot = watches.admit(user)?;
     let explicit = !ids.is_empty();
     let (subscription, snapshot) = if explicit {
         let subscription = hub.subscribe(Interest::Voices(ids.clone()));
@@ -69,6 +154,7 @@ pub(super) async fn open(
     };
 
     Ok(Box::pin(async_stream::try_stream! {
+        let _slot = slot;
         let mut sent: HashMap<Uuid, i64> = HashMap::new();
         let mut open: HashSet<Uuid> = HashSet::new();
         for voice in snapshot {
@@ -108,4 +194,36 @@ pub(super) async fn open(
             }
         }
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn streams_are_admitted_within_both_limits_and_leaving_frees_a_place() {
+        let metrics = Metrics::new();
+        let watches = Watches::new(2, 3, &metrics);
+        let (alice, bob) = (Uuid::new_v4(), Uuid::new_v4());
+        let a1 = watches.admit(alice).unwrap();
+        let _a2 = watches.admit(alice).unwrap();
+        let err = watches.admit(alice).err().unwrap();
+        assert!(err.to_string().contains("at most 2"), "{err}");
+        let _b1 = watches.admit(bob).unwrap();
+        let err = watches.admit(bob).err().unwrap();
+        assert!(err.to_string().contains("most open watch streams"), "{err}");
+        drop(a1);
+        let _a3 = watches.admit(alice).unwrap();
+        let refused = |limit| {
+            metrics
+                .limit_refusals
+                .get_or_create(&LimitLabel { limit })
+                .get()
+        };
+        assert_eq!((refused("watches_per_user"), refused("watches")), (1, 1));
+        let unlimited = Watches::new(0, 0, &metrics);
+        let many: Vec<_> = (0..50).map(|_| unlimited.admit(alice).unwrap()).collect();
+        drop(many);
+        assert!(unlimited.open.lock().1.is_empty());
+    }
 }

@@ -31,6 +31,7 @@ async fn a_process_killed_with_ten_creates_in_flight_leaves_every_voice_settled_
         ("ELEVENLABS_MAX_CONCURRENCY", "16"),
         ("VOICEHUB_SYNC_ADOPT_AFTER", "3s"),
         ("VOICEHUB_JWT_SECRET", JWT_SECRET),
+        ("VOICEHUB_MAX_CONCURRENT_UPLOADS", "16"),
     ];
     let first = serve(dir.path(), &env);
     // Each create reaches the provider, which makes its voice 800 ms later.

@@ -8,7 +8,10 @@ use tokio_stream::StreamExt;
 use tonic::{Code, Request};
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
 use uuid::Uuid;
-use voicehub::pb::{self, GetVoiceRequest};
+use voicehub::{
+    config::Limits,
+    pb::{self, GetVoiceRequest},
+};
 
 use crate::{
     fake_elevenlabs::Route,
@@ -74,6 +77,14 @@ async fn postgres_stopped_answers_unavailable_within_the_bound_and_health_follow
     );
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
     assert!(!err.message().contains("postgres"), "no internals: {err:?}");
+    // A caller's own deadline shorter than the bound is honoured.
+    let mut short = get(&voice.voice_id);
+    short.set_timeout(Duration::from_millis(300));
+    let err = client.get_voice(short).await.unwrap_err();
+    assert!(
+        matches!(err.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{err:?}"
+    );
     let started = Instant::now();
     let err = client
         .create_voice_clone(create_request("During the outage"))
@@ -135,8 +146,10 @@ async fn a_create_while_redis_is_down_succeeds_at_once_and_completes_once_redis_
     let url = redis.url();
     let (app, fake) = spawn_app_with_fake(Backend::Postgres, move |c| {
         c.redis_url = Some(url.into());
-        // voicehub's default VOICEHUB_REDIS_TIMEOUT.
+        // voicehub's defaults: VOICEHUB_REDIS_TIMEOUT, and the creation
+        // rate, which is counted in Redis.
         c.redis_timeout = Duration::from_secs(1);
+        c.limits = Limits::DEFAULT;
     })
     .await;
     let mut client = app.client(Uuid::new_v4());
@@ -157,6 +170,11 @@ async fn a_create_while_redis_is_down_succeeds_at_once_and_completes_once_redis_
     println!("CreateVoiceClone with Redis down: {took:?}");
     assert!(took < BOUND, "{took:?}");
     assert_eq!(created.status(), pb::VoiceStatus::Processing);
+    assert_eq!(
+        app.metric("voicehub_quota_unchecked_total"),
+        1,
+        "the creation rate could not be counted: the create went ahead"
+    );
     assert!(app.worker.run_once().await.is_err(), "the queue is away");
 
     redis.restart();

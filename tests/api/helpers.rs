@@ -16,7 +16,7 @@ use uuid::Uuid;
 use voicehub::{
     Application,
     auth::{AuthConfig, Authenticator},
-    config::{Config, ProviderConfig},
+    config::{Config, Limits, ProviderConfig},
     metrics::Metrics,
     pb::{
         self, CreateVoiceCloneRequest, VoiceStatusEvent, WatchVoiceStatusRequest,
@@ -192,6 +192,14 @@ pub(crate) async fn spawn_app_with(backend: Backend, adjust: impl FnOnce(&mut Co
         migrate_on_start: true,
         health_interval: Duration::from_secs(5),
         max_voices_per_user: 50,
+        // Tests create many voices quickly and in parallel; the limits'
+        // own tests set them.
+        limits: Limits {
+            concurrent_uploads: 0,
+            creates_per_hour: 0,
+            creates_per_day: 0,
+            ..Limits::DEFAULT
+        },
         sync_max_age: Duration::from_mins(30),
         redis_url: (backend == Backend::Postgres).then(|| SecretString::from(redis_url())),
         redis_prefix: format!("vhtest-{}", Uuid::new_v4().simple()),
@@ -261,6 +269,25 @@ pub(crate) async fn spawn_app_with_fake(
     })
     .await;
     (app, fake)
+}
+
+/// Another replica of `app`: same database, same Redis and prefix, with
+/// `fake` as its provider, adjusted by `adjust`.
+pub(crate) async fn replica_of(
+    app: &TestApp,
+    fake: &crate::fake_elevenlabs::FakeElevenLabs,
+    adjust: impl FnOnce(&mut Config),
+) -> TestApp {
+    let (url, prefix) = app.redis.clone().expect("a Redis-backed app");
+    let (database, provider) = (app.database.clone(), fake.provider_config());
+    spawn_app_with(Backend::Postgres, |c| {
+        c.database = database;
+        c.redis_url = Some(SecretString::from(url));
+        c.redis_prefix = prefix;
+        c.provider = provider;
+        adjust(c);
+    })
+    .await
 }
 
 /// The ElevenLabs settings inside a test configuration.

@@ -4,7 +4,7 @@
 use std::{collections::BTreeSet, fs, path::Path};
 
 /// The layer order, top first, as `src/lib.rs` documents it.
-const LAYERS: [&str; 16] = [
+const LAYERS: [&str; 17] = [
     "server",
     "config",
     "health",
@@ -17,6 +17,7 @@ const LAYERS: [&str; 16] = [
     "pb",
     "provider",
     "store",
+    "quota",
     "redis",
     "metrics",
     "telemetry",

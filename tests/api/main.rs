@@ -18,6 +18,7 @@ mod get_voice;
 mod grpcurl;
 mod health;
 mod layering;
+mod limits;
 mod list_user_voices;
 mod migrations;
 mod operations;

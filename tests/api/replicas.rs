@@ -21,8 +21,7 @@ use crate::{
     fake_elevenlabs::{API_KEY, FakeElevenLabs, Report, Route},
     grpcurl::serve,
     helpers::{
-        Backend, JWT_SECRET, TestApp, create_voice, next, spawn_app_with, spawn_app_with_fake,
-        watch,
+        Backend, JWT_SECRET, TestApp, create_voice, next, replica_of, spawn_app_with_fake, watch,
     },
     redis_server::RedisServer,
 };
@@ -48,19 +47,6 @@ async fn queue_of(app: &TestApp) -> (Redis, RedisQueue) {
     (redis, queue)
 }
 
-/// Another replica of `app`: same database, same Redis and prefix, same provider.
-async fn replica_of(app: &TestApp, fake: &FakeElevenLabs) -> TestApp {
-    let (url, prefix) = app.redis.clone().expect("a Redis-backed app");
-    let (database, provider) = (app.database.clone(), fake.provider_config());
-    spawn_app_with(Backend::Postgres, |c| {
-        c.database = database;
-        c.redis_url = Some(SecretString::from(url));
-        c.redis_prefix = prefix;
-        c.provider = provider;
-    })
-    .await
-}
-
 async fn status_of(app: &TestApp, user: Uuid, voice_id: &str) -> pb::VoiceStatus {
     let request = GetVoiceRequest {
         voice_id: voice_id.to_owned(),
@@ -76,7 +62,7 @@ async fn status_of(app: &TestApp, user: Uuid, voice_id: &str) -> pb::VoiceStatus
 #[tokio::test]
 async fn a_watcher_on_one_replica_sees_a_completion_made_by_another() {
     let (a, fake) = spawn_app_with_fake(Backend::Postgres, |_| {}).await;
-    let b = replica_of(&a, &fake).await;
+    let b = replica_of(&a, &fake, |_| {}).await;
     let user = Uuid::new_v4();
     let mut on_a = a.client(user);
     let voice = create_voice(&mut on_a, "Shared").await;
@@ -97,7 +83,7 @@ async fn a_watcher_on_one_replica_sees_a_completion_made_by_another() {
 #[tokio::test]
 async fn no_voice_is_checked_twice_inside_a_lease() {
     let (a, fake) = spawn_app_with_fake(Backend::Postgres, |_| {}).await;
-    let b = replica_of(&a, &fake).await;
+    let b = replica_of(&a, &fake, |_| {}).await;
     a.worker.run_once().await.unwrap(); // start-up reconciliation: the queue is live
     let mut client = a.client(Uuid::new_v4());
     for i in 0..3 {
@@ -119,7 +105,7 @@ async fn no_voice_is_checked_twice_inside_a_lease() {
 #[tokio::test]
 async fn a_dead_replicas_claims_are_finished_by_another_after_the_lease() {
     let (a, fake) = spawn_app_with_fake(Backend::Postgres, |_| {}).await;
-    let b = replica_of(&a, &fake).await;
+    let b = replica_of(&a, &fake, |_| {}).await;
     a.worker.run_once().await.unwrap(); // start-up reconciliation: the queue is live
     let user = Uuid::new_v4();
     let mut client = b.client(user);
@@ -428,7 +414,7 @@ async fn accept_events(app: &TestApp) {
 #[tokio::test]
 async fn a_change_whose_replica_stops_between_commit_and_publish_reaches_a_watcher_on_another() {
     let (mut a, fake) = spawn_app_with_fake(Backend::Postgres, |_| {}).await;
-    let b = replica_of(&a, &fake).await;
+    let b = replica_of(&a, &fake, |_| {}).await;
     fake.set_default_report(Report::awaiting_verification());
     let user = Uuid::new_v4();
     let voice = a.create_voice(user, "Outboxed").await;

@@ -1,0 +1,251 @@
+//! Bounded resources: beyond each limit a call is RESOURCE_EXHAUSTED at
+//! once, names the limit, writes nothing and calls no provider; the
+//! refusals are counted.
+
+use std::time::Duration;
+
+use tonic::{Code, Status};
+use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
+use tonic_types::StatusExt;
+use uuid::Uuid;
+use voicehub::pb::{self, GetVoiceRequest, WatchVoiceStatusRequest};
+
+use crate::{
+    fake_elevenlabs::{Fault, Route},
+    helpers::{
+        Backend, Client, TestApp, create_request, create_voice, replica_of, spawn_app_with,
+        spawn_app_with_fake,
+    },
+    on_both_backends,
+};
+
+fn assert_exhausted(status: &Status, words: &str) {
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains(words), "{status:?}");
+}
+
+/// How long the refusal says to wait.
+fn retry_after(status: &Status) -> Duration {
+    status
+        .get_details_retry_info()
+        .expect("a RetryInfo detail")
+        .retry_delay
+        .expect("a delay")
+}
+
+fn refusals(app: &TestApp, limit: &str) -> u64 {
+    app.metric(&format!(
+        "voicehub_limit_refusals_total{{limit=\"{limit}\"}}"
+    ))
+}
+
+async fn open_watch(client: &mut Client) -> Result<tonic::Streaming<pb::VoiceStatusEvent>, Status> {
+    client
+        .watch_voice_status(WatchVoiceStatusRequest::default())
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+async fn watch_streams_are_bounded_per_user_and_in_all(backend: Backend) {
+    let app = spawn_app_with(backend, |c| {
+        c.limits.watches_per_user = 2;
+        c.limits.watches = 3;
+    })
+    .await;
+    let (mut alice, mut bob) = (app.client(Uuid::new_v4()), app.client(Uuid::new_v4()));
+    let first = open_watch(&mut alice).await.unwrap();
+    let _second = open_watch(&mut alice).await.unwrap();
+    let refused = open_watch(&mut alice).await.unwrap_err();
+    assert_exhausted(&refused, "at most 2 open watch streams");
+    let _bobs = open_watch(&mut bob).await.unwrap();
+    let refused = open_watch(&mut bob).await.unwrap_err();
+    assert_exhausted(&refused, "most open watch streams");
+    assert_eq!(app.metric("voicehub_watch_streams"), 3);
+    assert_eq!(
+        (
+            refusals(&app, "watches_per_user"),
+            refusals(&app, "watches")
+        ),
+        (1, 1)
+    );
+
+    // Closing a stream gives its place back (once the server hears of it).
+    drop(first);
+    let mut reopened = None;
+    for _ in 0..200 {
+        match open_watch(&mut alice).await {
+            Ok(stream) => {
+                reopened = Some(stream);
+                break;
+            }
+            Err(status) => assert_eq!(status.code(), Code::ResourceExhausted),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(reopened.is_some(), "the closed stream's place was freed");
+}
+
+async fn creates_beyond_the_hourly_rate_are_refused_with_when_to_retry(backend: Backend) {
+    let (app, fake) = spawn_app_with_fake(backend, |c| c.limits.creates_per_hour = 2).await;
+    let user = Uuid::new_v4();
+    let mut client = app.client(user);
+    let mut first = create_request("First");
+    first.request_id = "first-take".into();
+    let kept = client
+        .create_voice_clone(first.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    create_voice(&mut client, "Second").await;
+    let refused = client
+        .create_voice_clone(create_request("Third"))
+        .await
+        .unwrap_err();
+    assert_exhausted(&refused, "2 voice creations per hour");
+    let wait = retry_after(&refused);
+    assert!(
+        wait > Duration::ZERO && wait <= Duration::from_hours(1),
+        "{wait:?}"
+    );
+    // A retry of an earlier create is not a new one: it is answered.
+    let again = client.create_voice_clone(first).await.unwrap().into_inner();
+    assert_eq!(again.voice_id, kept.voice_id);
+    // Another user has their own.
+    create_voice(&mut app.client(Uuid::new_v4()), "Someone else's").await;
+    assert_eq!(
+        app.voice_rows().await,
+        3,
+        "the refused create wrote nothing"
+    );
+    assert_eq!(fake.calls(Route::Add), 3, "nor reached the provider");
+    assert_eq!(refusals(&app, "create_rate"), 1);
+}
+
+on_both_backends!(
+    watch_streams_are_bounded_per_user_and_in_all,
+    creates_beyond_the_hourly_rate_are_refused_with_when_to_retry
+);
+
+#[tokio::test]
+async fn the_creation_rate_is_counted_across_replicas_and_by_the_day_too() {
+    let (a, fake) = spawn_app_with_fake(Backend::Postgres, |c| {
+        c.limits.creates_per_hour = 0;
+        c.limits.creates_per_day = 3;
+    })
+    .await;
+    let b = replica_of(&a, &fake, |c| {
+        c.limits.creates_per_hour = 0;
+        c.limits.creates_per_day = 3;
+    })
+    .await;
+    let user = Uuid::new_v4();
+    create_voice(&mut a.client(user), "On A").await;
+    create_voice(&mut b.client(user), "On B").await;
+    create_voice(&mut a.client(user), "On A again").await;
+    let refused = b
+        .client(user)
+        .create_voice_clone(create_request("One too many"))
+        .await
+        .unwrap_err();
+    assert_exhausted(&refused, "3 voice creations per day");
+    assert!(retry_after(&refused) <= Duration::from_hours(24));
+    assert_eq!(a.voice_rows().await, 3);
+    assert_eq!(fake.calls(Route::Add), 3);
+}
+
+/// A server with one create held at the (fake) provider for 1.5 s, and
+/// that create's call.
+async fn with_a_create_held(
+    adjust: impl FnOnce(&mut voicehub::config::Config),
+) -> (
+    TestApp,
+    crate::fake_elevenlabs::FakeElevenLabs,
+    Uuid,
+    pb::Voice,
+    tokio::task::JoinHandle<Result<tonic::Response<pb::Voice>, Status>>,
+) {
+    let (app, fake) = spawn_app_with_fake(Backend::Sqlite, adjust).await;
+    let user = Uuid::new_v4();
+    let existing = create_voice(&mut app.client(user), "Existing").await;
+    fake.inject(Route::Add, 1, Fault::Slow(Duration::from_millis(1_500)));
+    let mut slow = app.client(user);
+    let held = tokio::spawn(async move { slow.create_voice_clone(create_request("Slow")).await });
+    for _ in 0..200 {
+        if fake.calls(Route::Add) == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        fake.calls(Route::Add),
+        2,
+        "the slow create is at the provider"
+    );
+    (app, fake, user, existing, held)
+}
+
+#[tokio::test]
+async fn an_upload_beyond_the_limit_is_refused_before_it_is_read_and_others_still_served() {
+    let (app, fake, user, existing, held) = with_a_create_held(|c| {
+        c.limits.concurrent_uploads = 1;
+    })
+    .await;
+    let refused = app
+        .client(user)
+        .create_voice_clone(create_request("Second upload"))
+        .await
+        .unwrap_err();
+    assert_exhausted(&refused, "CreateVoiceClone uploads");
+    assert_eq!(retry_after(&refused), Duration::from_secs(1));
+    let got = app
+        .client(user)
+        .get_voice(GetVoiceRequest {
+            voice_id: existing.voice_id.clone(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(got.into_inner().voice_id, existing.voice_id);
+    held.await.unwrap().unwrap();
+    assert_eq!(app.voice_rows().await, 2, "only the admitted creates wrote");
+    assert_eq!(fake.calls(Route::Add), 2);
+    assert_eq!(refusals(&app, "concurrent_uploads"), 1);
+    assert_eq!(app.metric("voicehub_uploads_in_flight"), 0);
+    // With the slow create done, an upload is admitted again.
+    create_voice(&mut app.client(user), "After").await;
+}
+
+#[tokio::test]
+async fn a_unary_call_beyond_the_limit_is_refused_but_health_and_streams_are_not_counted() {
+    let (app, fake, user, existing, held) = with_a_create_held(|c| {
+        c.limits.concurrent_rpcs = 1;
+    })
+    .await;
+    let refused = app
+        .client(user)
+        .get_voice(GetVoiceRequest {
+            voice_id: existing.voice_id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_exhausted(&refused, "concurrent calls");
+    assert_eq!(retry_after(&refused), Duration::from_secs(1));
+    assert_eq!(app.metric("voicehub_rpcs_in_flight"), 1);
+    let health = app
+        .health()
+        .check(HealthCheckRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(health.status, ServingStatus::Serving as i32);
+    let _stream = open_watch(&mut app.client(user)).await.unwrap();
+    held.await.unwrap().unwrap();
+    assert_eq!(refusals(&app, "concurrent_rpcs"), 1);
+    assert_eq!(fake.calls(Route::Add), 2);
+    let got = app
+        .client(user)
+        .get_voice(GetVoiceRequest {
+            voice_id: existing.voice_id,
+        })
+        .await;
+    assert!(got.is_ok(), "{got:?}");
+}
