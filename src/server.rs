@@ -7,12 +7,18 @@
 //! serves until the shutdown token is cancelled — the one token every
 //! background task and every watch stream listens to: health goes
 //! NOT_SERVING, watch streams end with UNAVAILABLE, the listener closes,
-//! in-flight calls finish, background tasks stop, connections close.
+//! in-flight calls finish, background tasks stop (the status engine hands
+//! the voices it claimed back to the queue, due now), connections close;
+//! all within `VOICEHUB_SHUTDOWN_GRACE`, past which what is left is cut.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    net::SocketAddr,
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
 
 use anyhow::Context;
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, time::Instant};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::transport::{Server, server::TcpIncoming};
 use tonic_health::ServingStatus;
@@ -57,6 +63,8 @@ pub struct Application {
     metrics: Metrics,
     health_interval: Duration,
     limits: config::Limits,
+    /// How long a shutdown waits for calls in progress.
+    grace: Duration,
 }
 
 impl Application {
@@ -145,6 +153,7 @@ impl Application {
             metrics,
             health_interval: config.health_interval,
             limits: config.limits,
+            grace: config.shutdown_grace,
         })
     }
 
@@ -209,6 +218,7 @@ impl Application {
             metrics,
             health_interval,
             limits,
+            grace,
         } = self;
         let (reporter, health_service) = tonic_health::server::health_reporter();
         health::set_all(&reporter, ServingStatus::Serving).await;
@@ -262,7 +272,7 @@ impl Application {
         );
         tracing::info!(%local_addr, "voicehub serving gRPC");
         let stopping = shutdown.clone();
-        let served = Server::builder()
+        let serving = Server::builder()
             // Detects dead peers behind NATs and load balancers that drop idle
             // connections silently; without it a half-open stream lives forever.
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
@@ -283,11 +293,8 @@ impl Application {
                 // Before the listener closes, so health watchers see it go.
                 health::set_all(&reporter, ServingStatus::NotServing).await;
                 tracing::info!("shutting down: NOT_SERVING, ending watch streams, draining calls");
-            })
-            .await;
-        shutdown.cancel();
-        tasks.close();
-        tasks.wait().await;
+            });
+        let served = drain(serving, &shutdown, grace, &tasks).await;
         if let Some(parts) = redis {
             parts.redis.quit().await;
         }
@@ -339,6 +346,40 @@ async fn queue_and_bus(
             None,
         )
     })
+}
+
+/// Lets the server drain after `shutdown` (calls in progress finish, streams
+/// end), then the background tasks stop (the worker hands its claims back):
+/// all within `grace` of the signal; past it, what is left is cut.
+async fn drain(
+    serving: impl Future<Output = Result<(), tonic::transport::Error>>,
+    shutdown: &CancellationToken,
+    grace: Duration,
+    tasks: &TaskTracker,
+) -> Result<(), tonic::transport::Error> {
+    let cut_at = OnceLock::new();
+    let grace_over = async {
+        shutdown.cancelled().await;
+        let at = *cut_at.get_or_init(|| Instant::now() + grace);
+        tokio::time::sleep_until(at).await;
+    };
+    let served = tokio::select! {
+        served = serving => served,
+        () = grace_over => {
+            tracing::warn!(?grace, "shutdown grace over: calls still in progress are cut");
+            Ok(())
+        }
+    };
+    shutdown.cancel();
+    tasks.close();
+    let at = *cut_at.get_or_init(|| Instant::now() + grace);
+    if tokio::time::timeout_at(at, tasks.wait()).await.is_err() {
+        tracing::warn!(
+            ?grace,
+            "shutdown grace over: background tasks still running are cut"
+        );
+    }
+    served
 }
 
 /// Serves `GET /metrics` on `listener`, with the pool's connections read at

@@ -76,6 +76,10 @@ pub struct ServeArgs {
     /// Redis for the due-queue and event bus (used by the status engine; unset = in-process).
     #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
+    /// Longest a shutdown (SIGTERM, SIGINT) waits for calls in progress
+    /// before it cuts them and exits.
+    #[arg(long, env = "VOICEHUB_SHUTDOWN_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
     /// How often storage is pinged for the health service (a protocol-level
     /// ping, not SQL).
     #[arg(long, env = "VOICEHUB_HEALTH_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
@@ -235,6 +239,8 @@ pub struct Config {
     pub redis_url: Option<SecretString>,
     /// How often storage is pinged for the health service.
     pub health_interval: Duration,
+    /// Longest a shutdown waits for calls in progress.
+    pub shutdown_grace: Duration,
     /// Live voices one user may have.
     pub max_voices_per_user: u64,
     /// What one replica serves at a time, and how fast a user may create.
@@ -305,6 +311,7 @@ impl ServeArgs {
             migrate_on_start: self.migrate_on_start,
             redis_url: self.redis_url.map(SecretString::from),
             health_interval: self.health_interval,
+            shutdown_grace: self.shutdown_grace,
             max_voices_per_user: self.max_voices_per_user,
             limits: Limits {
                 concurrent_rpcs: self.max_concurrent_rpcs,

@@ -208,6 +208,9 @@ pub struct Worker {
     config: SyncConfig,
     reconcile_needed: Arc<AtomicBool>,
     next_reconcile: Arc<Mutex<Instant>>,
+    /// Voices this replica has claimed and not yet handed back: on shutdown
+    /// they are made due again at once, for another replica.
+    held: Arc<Mutex<HashSet<Uuid>>>,
     /// The queue's depth and each step's claim, as seen by the claims.
     queue_depth: Gauge,
     claimed_per_step: Histogram,
@@ -229,6 +232,7 @@ impl Worker {
             store,
             provider,
             relay,
+            held: Arc::default(),
             queue_depth: metrics.queue_depth.clone(),
             claimed_per_step: metrics.claimed_per_step.clone(),
             next_reconcile: Arc::new(Mutex::new(Instant::now() + config.reconcile_every)),
@@ -303,6 +307,7 @@ impl Worker {
         if ids.is_empty() {
             return Ok(checked);
         }
+        self.held.lock().extend(ids.iter().copied());
         // Delays count from the claim, not from the answer: a voice checked
         // every half second is asked twice a second, however long the step takes.
         let claimed_at = Instant::now();
@@ -447,6 +452,12 @@ impl Worker {
             step.next_due = Some(step.next_due.map_or(*delay, |d| d.min(*delay)));
         }
         step.rescheduled = again.len();
+        {
+            let mut held = self.held.lock();
+            for id in done.iter().chain(again.iter().map(|(id, _)| id)) {
+                held.remove(id);
+            }
+        }
         // One round trip for the whole batch. A failed reschedule is covered
         // by the leases running out.
         if let Err(e) = self.queue.reschedule(&again).await {
@@ -701,7 +712,12 @@ impl Worker {
                 let this = self.clone();
                 steps.spawn(async move { this.run_once().await });
             }
-            let Some(joined) = steps.join_next().await else {
+            let joined = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return self.stop(steps).await,
+                joined = steps.join_next() => joined,
+            };
+            let Some(joined) = joined else {
                 continue;
             };
             let result = match joined {
@@ -750,14 +766,38 @@ impl Worker {
             tokio::select! {
                 // Shutdown first: when it and other work are both ready, stop.
                 biased;
-                () = shutdown.cancelled() => {
-                    // A step under way finishes: its voices are decided or leased.
-                    while steps.join_next().await.is_some() {}
-                    return;
-                }
+                () = shutdown.cancelled() => return self.stop(steps).await,
                 () = wakeup.notified() => {}
                 () = tokio::time::sleep(delay) => {}
             }
+        }
+    }
+
+    /// Stops the steps under way (a check is only a question; a settle cut
+    /// short rolls back or is found settled by the next check) and hands
+    /// every voice this replica holds back to the queue, due now, so another
+    /// replica takes them at once instead of after the lease.
+    async fn stop(&self, mut steps: JoinSet<Result<Step, SyncError>>) {
+        steps.shutdown().await;
+        let held: Vec<(Uuid, Duration)> = self
+            .held
+            .lock()
+            .drain()
+            .map(|id| (id, Duration::ZERO))
+            .collect();
+        if held.is_empty() {
+            return;
+        }
+        match self.queue.reschedule(&held).await {
+            Ok(()) => tracing::info!(
+                voices = held.len(),
+                "shutting down: claimed voices handed back to the queue, due now"
+            ),
+            Err(e) => tracing::warn!(
+                voices = held.len(),
+                error = %e,
+                "shutting down: could not hand claimed voices back; their leases will expire"
+            ),
         }
     }
 

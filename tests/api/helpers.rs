@@ -191,6 +191,7 @@ pub(crate) async fn spawn_app_with(backend: Backend, adjust: impl FnOnce(&mut Co
         metrics_listen: None,
         migrate_on_start: true,
         health_interval: Duration::from_secs(5),
+        shutdown_grace: Duration::from_secs(30),
         max_voices_per_user: 50,
         // Tests create many voices quickly and in parallel; the limits'
         // own tests set them.

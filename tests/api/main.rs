@@ -27,6 +27,7 @@ mod provider_faults;
 mod readme;
 mod redis_server;
 mod replicas;
+mod shutdown;
 mod status_engine;
 mod sweep;
 mod transport;

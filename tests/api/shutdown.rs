@@ -1,0 +1,151 @@
+//! Graceful shutdown: health goes NOT_SERVING, watch streams end with
+//! UNAVAILABLE, voices the status engine claimed are due again at once for
+//! another replica, and the process exits 0 within its grace period.
+
+use std::time::{Duration, Instant};
+
+use fred::prelude::*;
+use prometheus_client::metrics::counter::Counter;
+use rustix::process::{Pid, Signal, kill_process};
+use tonic::{Code, Request, transport::Endpoint};
+use uuid::Uuid;
+use voicehub::{
+    auth::Authenticator,
+    metrics::Metrics,
+    pb::{WatchVoiceStatusRequest, voice_service_client::VoiceServiceClient},
+    redis::Redis,
+    status_engine::{Claim, DueQueue, RedisQueue},
+};
+
+use crate::{
+    fake_elevenlabs::{Fault, Route},
+    grpcurl::serve,
+    helpers::{Backend, JWT_SECRET, auth_config, create_voice, spawn_app_with_fake},
+};
+
+#[tokio::test]
+async fn voices_a_stopping_replica_claimed_are_due_again_at_once() {
+    let (mut app, fake) = spawn_app_with_fake(Backend::Postgres, |c| c.sync_worker = true).await;
+    // Every check hangs at the provider: the engine holds its claims.
+    fake.inject(Route::Lookup, 10, Fault::Slow(Duration::from_secs(20)));
+    fake.inject(Route::Get, 10, Fault::Slow(Duration::from_secs(20)));
+    let mut client = app.client(Uuid::new_v4());
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(
+            create_voice(&mut client, &format!("Held {i}"))
+                .await
+                .voice_id,
+        );
+    }
+    for _ in 0..500 {
+        if fake.calls(Route::Lookup) + fake.calls(Route::Get) > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        fake.calls(Route::Lookup) + fake.calls(Route::Get) > 0,
+        "a check is at the provider"
+    );
+    let started = Instant::now();
+    app.stop().await;
+    println!("stopped in {:?} with a check hanging", started.elapsed());
+
+    // Another replica's claim takes all three now, not after the 30 s lease.
+    let (url, prefix) = app.redis.clone().unwrap();
+    let redis = Redis::connect(
+        &url,
+        Duration::from_secs(1),
+        Duration::from_secs(1),
+        &Metrics::new(),
+    )
+    .await
+    .unwrap();
+    let queue = RedisQueue::new(redis.commands.clone(), &prefix, Counter::default());
+    let Claim::Claimed { ids: claimed, .. } =
+        queue.claim(10, Duration::from_secs(30)).await.unwrap()
+    else {
+        panic!("the queue is there")
+    };
+    let mut claimed: Vec<String> = claimed.iter().map(Uuid::to_string).collect();
+    claimed.sort();
+    ids.sort();
+    assert_eq!(claimed, ids);
+    redis.commands.quit().await.unwrap();
+}
+
+#[tokio::test]
+async fn sigterm_with_a_thousand_watch_streams_ends_each_with_unavailable_and_exits_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = serve(
+        dir.path(),
+        &[
+            ("VOICEHUB_JWT_SECRET", JWT_SECRET),
+            ("VOICEHUB_SHUTDOWN_GRACE", "10s"),
+        ],
+    );
+    let auth = Authenticator::new(&auth_config());
+    // Ten users with a hundred streams each (the per-user limit), one
+    // connection per user.
+    let mut streams = Vec::new();
+    for _ in 0..10 {
+        let token = auth.mint(Uuid::new_v4(), Duration::from_hours(1)).unwrap();
+        let channel = Endpoint::from_shared(format!("http://{}", server.addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut opening = Vec::new();
+        for _ in 0..100 {
+            let mut client = VoiceServiceClient::new(channel.clone());
+            let mut request = Request::new(WatchVoiceStatusRequest::default());
+            request
+                .metadata_mut()
+                .insert("authorization", format!("Bearer {token}").parse().unwrap());
+            opening.push(tokio::spawn(async move {
+                client.watch_voice_status(request).await
+            }));
+        }
+        for open in opening {
+            streams.push(open.await.unwrap().unwrap().into_inner());
+        }
+    }
+    assert_eq!(streams.len(), 1_000);
+
+    let signalled = Instant::now();
+    kill_process(Pid::from_child(&server.child), Signal::TERM).unwrap();
+    let ends: Vec<_> = streams
+        .into_iter()
+        .map(|mut stream| tokio::spawn(async move { stream.message().await }))
+        .collect();
+    let mut unavailable = 0;
+    for end in ends {
+        let end = tokio::time::timeout(Duration::from_secs(10), end)
+            .await
+            .expect("each stream ends within the grace period")
+            .unwrap();
+        match end {
+            Err(status) if status.code() == Code::Unavailable => unavailable += 1,
+            other => panic!("a stream ended otherwise: {other:?}"),
+        }
+    }
+    println!(
+        "1000 streams ended UNAVAILABLE {:?} after SIGTERM",
+        signalled.elapsed()
+    );
+    assert_eq!(unavailable, 1_000);
+    let status = tokio::task::spawn_blocking(move || {
+        let status = server.child.wait().unwrap();
+        (status, server)
+    })
+    .await
+    .unwrap()
+    .0;
+    println!("exited {status:?} {:?} after SIGTERM", signalled.elapsed());
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        signalled.elapsed() < Duration::from_secs(10),
+        "within the grace"
+    );
+}
