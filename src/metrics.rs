@@ -171,6 +171,8 @@ pub struct Metrics {
     /// Events waiting in the outbox, as of the relay's last failed pass (0
     /// once it drained the outbox).
     pub(crate) outbox_backlog: Gauge,
+    /// Times every watch stream was asked to re-read its voices from storage.
+    pub(crate) watch_resyncs: Counter,
     /// Calls refused at a limit, by limit.
     pub(crate) limit_refusals: Family<LimitLabel, Counter>,
     /// Unary calls in progress.
@@ -206,6 +208,7 @@ impl Metrics {
             events_delivered: Counter::default(),
             events_coalesced: Counter::default(),
             outbox_backlog: Gauge::default(),
+            watch_resyncs: Counter::default(),
             limit_refusals: Family::default(),
             rpcs_in_flight: Gauge::default(),
             uploads_in_flight: Gauge::default(),
@@ -299,6 +302,11 @@ impl Metrics {
             "outbox_backlog",
             "Voice events waiting in the outbox while the event bus refuses them",
             m.outbox_backlog.clone(),
+        );
+        r.register(
+            "watch_resyncs",
+            "Times the watch streams re-read their voices from storage after the event reader was away",
+            m.watch_resyncs.clone(),
         );
         r.register(
             "limit_refusals",

@@ -11,6 +11,10 @@
 //! it watches. Events are shared (`Arc`): dispatching to a thousand streams
 //! copies no voice. Dropping a [`Subscription`] unregisters it at once; the
 //! `voicehub_watch_streams` gauge counts open subscriptions.
+//!
+//! When events may have been lost (the event reader reconnected), the hub
+//! asks every subscription to resync: its stream re-reads the voices it
+//! watches from storage and sends the states it has not sent.
 
 use std::{
     collections::{HashMap, VecDeque, hash_map::Entry},
@@ -39,6 +43,10 @@ pub(crate) struct Hub {
     routes: Mutex<Routes>,
     open: Gauge,
     counts: Arc<Counts>,
+    /// Bumped when events may have been missed (the event reader was
+    /// away): every subscription then re-reads what it watches.
+    resyncs: tokio::sync::watch::Sender<u64>,
+    resynced: Counter,
 }
 
 /// What mailboxes count: events taken by their stream, and events replaced
@@ -67,7 +75,20 @@ impl Hub {
                 delivered: metrics.events_delivered.clone(),
                 coalesced: metrics.events_coalesced.clone(),
             }),
+            resyncs: tokio::sync::watch::Sender::new(0),
+            resynced: metrics.watch_resyncs.clone(),
         })
+    }
+
+    /// Asks every open subscription to re-read what it watches from
+    /// storage: events may have been lost while the event reader was away.
+    pub(crate) fn resync(&self) {
+        self.resyncs.send_modify(|generation| *generation += 1);
+        self.resynced.inc();
+        tracing::info!(
+            streams = self.open.get(),
+            "event reader back: watch streams re-read their voices from storage"
+        );
     }
 
     /// Registers interest; events dispatched from now on reach the subscription.
@@ -104,6 +125,7 @@ impl Hub {
             id,
             interest,
             mailbox,
+            resyncs: self.resyncs.subscribe(),
         }
     }
 
@@ -191,6 +213,7 @@ pub(crate) struct Subscription {
     id: u64,
     interest: Interest,
     mailbox: Arc<Mailbox>,
+    resyncs: tokio::sync::watch::Receiver<u64>,
 }
 
 impl Subscription {
@@ -203,6 +226,26 @@ impl Subscription {
             // notify_one stores a permit when nobody waits, so an offer made
             // between take() and here is not missed.
             self.mailbox.notify.notified().await;
+        }
+    }
+}
+
+impl Subscription {
+    /// The hub's requests to resync, from now on.
+    pub(crate) fn resyncs(&self) -> Resyncs {
+        Resyncs(self.resyncs.clone())
+    }
+}
+
+/// A subscription's view of the hub's resync requests (see [`Hub::resync`]).
+pub(crate) struct Resyncs(tokio::sync::watch::Receiver<u64>);
+
+impl Resyncs {
+    /// Completes at a resync request not yet seen here.
+    pub(crate) async fn requested(&mut self) {
+        if self.0.changed().await.is_err() {
+            // The hub is gone, and with it any reason to resync.
+            std::future::pending::<()>().await;
         }
     }
 }

@@ -4,7 +4,7 @@
 use std::{sync::Arc, time::Duration};
 
 use bytes::Bytes;
-use fred::{prelude::*, types::streams::XReadResponse};
+use fred::{interfaces::EventInterface, prelude::*, types::streams::XReadResponse};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
@@ -45,6 +45,11 @@ impl RedisBus {
         // the last id seen, across reconnects.
         let mut last = "$".to_owned();
         let mut failing = false;
+        // Events may be lost while the reader is away (a Redis restart or
+        // flush takes unread entries with it): once it reads again, every
+        // watch stream re-reads its voices from storage.
+        let mut missed = false;
+        let mut reconnects = reader.reconnect_rx();
         loop {
             if last == "$" {
                 match reader
@@ -85,11 +90,19 @@ impl RedisBus {
                 () = shutdown.cancelled() => return,
                 entries = read => entries,
             };
+            // Reconnected meanwhile (the read itself may have been replayed
+            // and succeeded): what was sent while away may be gone.
+            while reconnects.try_recv().is_ok() {
+                missed = true;
+            }
             match entries {
                 Ok(streams) => {
                     if failing {
                         tracing::info!("event stream reachable again");
                         failing = false;
+                    }
+                    if std::mem::take(&mut missed) {
+                        self.hub.resync();
                     }
                     for (id, fields) in streams.into_values().flatten() {
                         match fields.get(STREAM_FIELD).map(|b| VoiceEvent::decode(b)) {
@@ -107,6 +120,7 @@ impl RedisBus {
                 }
                 Err(e) => {
                     failing = outage(failing, &e);
+                    missed = true;
                     if sleep_or_stop(&shutdown).await {
                         return;
                     }

@@ -129,7 +129,7 @@ impl VoiceApi {
         let user = caller(&request)?;
         let ids = validate::watch_request(request.into_inner())?;
         watch::open(
-            &self.store,
+            self.store.clone(),
             &self.hub,
             &self.watches,
             self.shutdown.clone(),

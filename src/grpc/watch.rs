@@ -11,6 +11,8 @@
 //!   terminal; the "all my voices" form stays open.
 //! - Disconnect drops the stream and with it the subscription; server
 //!   shutdown ends the stream with UNAVAILABLE so clients reconnect elsewhere.
+//! - When events may have been lost (the event reader reconnected), the
+//!   stream re-reads its voices from storage and sends what changed.
 //! - Open streams are bounded on each replica, per user
 //!   (`VOICEHUB_MAX_WATCHES_PER_USER`) and in all (`VOICEHUB_MAX_WATCHES`):
 //!   one more is RESOURCE_EXHAUSTED before anything is read (see [`Watches`]).
@@ -124,6 +126,58 @@ impl Drop for WatchSlot {
     }
 }
 
+/// A state of a voice a stream may send.
+struct Change {
+    id: Uuid,
+    revision: i64,
+    terminal: bool,
+    voice: pb::Voice,
+}
+
+/// The current state of what a stream watches, after events may have been
+/// lost: its voices not yet terminal, plus, for the "all my voices" form,
+/// every voice of the user still processing (some may be new).
+///
+/// # Errors
+/// NOT_FOUND if an explicitly watched voice is no longer visible; storage.
+async fn resync(
+    store: &Store,
+    user: Uuid,
+    explicit: bool,
+    open: &HashSet<Uuid>,
+) -> Result<Vec<Change>, Error> {
+    let ids: Vec<Uuid> = open.iter().copied().collect();
+    let mut voices = store.get_many(&ids).await?;
+    if let Some(hidden) = voices
+        .iter()
+        .find(|v| !may_see(user, v.owner_user_id, v.visibility))
+    {
+        tracing::debug!(voice_id = %hidden.id, "a watched voice is no longer visible");
+        return Err(Error::NotFound("voice"));
+    }
+    if explicit && voices.len() != ids.len() {
+        return Err(Error::NotFound("voice"));
+    }
+    if !explicit {
+        voices.extend(
+            store
+                .processing_of(user)
+                .await?
+                .into_iter()
+                .filter(|v| !open.contains(&v.id)),
+        );
+    }
+    Ok(voices
+        .into_iter()
+        .map(|v| Change {
+            id: v.id,
+            revision: v.revision,
+            terminal: v.status.is_terminal(),
+            voice: v.into(),
+        })
+        .collect())
+}
+
 /// Opens a watch for `user` on `ids` (validated, distinct), or on all of the
 /// user's voices when `ids` is empty.
 ///
@@ -131,7 +185,7 @@ impl Drop for WatchSlot {
 /// RESOURCE_EXHAUSTED at a limit of open streams; NOT_FOUND (before the
 /// stream starts) if any id is not a voice the user may see.
 pub(super) async fn open(
-    store: &Store,
+    store: Store,
     hub: &Arc<Hub>,
     watches: &Arc<Watches>,
     shutdown: CancellationToken,
@@ -167,28 +221,48 @@ pub(super) async fn open(
         if explicit && open.is_empty() {
             return;
         }
+        let mut resyncs = subscription.resyncs();
         loop {
             let next = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => None,
-                voice = subscription.next() => Some(voice),
+                () = resyncs.requested() => Some(None),
+                voice = subscription.next() => Some(Some(voice)),
             };
-            let Some(event) = next else {
+            let Some(next) = next else {
                 Err(Status::unavailable("the server is shutting down; reconnect to continue watching"))?;
                 return;
             };
-            if sent.get(&event.voice_id).is_some_and(|revision| event.revision <= *revision) {
-                continue;
+            let changes = match next {
+                Some(event) => {
+                    if sent.get(&event.voice_id).is_some_and(|revision| event.revision <= *revision) {
+                        continue;
+                    }
+                    if !may_see(user, event.owner, event.visibility) {
+                        // Made private by its owner while we watched it.
+                        Err(Status::not_found(format!("voice {} is no longer visible", event.voice_id)))?;
+                    }
+                    vec![Change {
+                        id: event.voice_id,
+                        revision: event.revision,
+                        terminal: event.is_terminal(),
+                        voice: event.voice.clone(),
+                    }]
+                }
+                None => resync(&store, user, explicit, &open)
+                    .await
+                    .map_err(Status::from)?,
+            };
+            for change in changes {
+                if sent.get(&change.id).is_some_and(|revision| change.revision <= *revision) {
+                    continue;
+                }
+                sent.insert(change.id, change.revision);
+                if change.terminal {
+                    open.remove(&change.id);
+                }
+                yield message(change.voice, false);
             }
-            if !may_see(user, event.owner, event.visibility) {
-                // Made private by its owner while we watched it.
-                Err(Status::not_found(format!("voice {} is no longer visible", event.voice_id)))?;
-            }
-            sent.insert(event.voice_id, event.revision);
-            if event.is_terminal() {
-                open.remove(&event.voice_id);
-            }
-            yield message(event.voice.clone(), false);
             if explicit && open.is_empty() {
                 return;
             }

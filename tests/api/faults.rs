@@ -11,11 +11,15 @@ use uuid::Uuid;
 use voicehub::{
     config::Limits,
     pb::{self, GetVoiceRequest},
+    store::{self, Visibility, VoiceStatus},
 };
 
 use crate::{
     fake_elevenlabs::Route,
-    helpers::{Backend, create_request, create_voice, next, spawn_app_with_fake, watch},
+    helpers::{
+        Backend, create_request, create_voice, next, spawn_app_with, spawn_app_with_fake, voice,
+        watch,
+    },
     pg_server::PgServer,
     redis_server::RedisServer,
 };
@@ -202,4 +206,71 @@ async fn a_create_while_redis_is_down_succeeds_at_once_and_completes_once_redis_
             heard = Some(voice);
         }
     }
+}
+
+#[tokio::test]
+async fn after_the_event_reader_was_away_watch_streams_catch_up_from_storage() {
+    let mut redis = RedisServer::start();
+    let url = redis.url();
+    let app = spawn_app_with(Backend::Postgres, move |c| {
+        c.redis_url = Some(url.into());
+    })
+    .await;
+    let user = Uuid::new_v4();
+    let mut client = app.client(user);
+    let watched = create_voice(&mut client, "Watched").await;
+    let mut explicit = watch(&mut client, &[&watched.voice_id]).await;
+    let mut all = watch(&mut client, &[]).await;
+    for stream in [&mut explicit, &mut all] {
+        let snapshot = next(stream).await.unwrap();
+        assert!(snapshot.snapshot);
+        assert_eq!(snapshot.voice.unwrap().voice_id, watched.voice_id);
+    }
+
+    // Two changes whose events are lost (written to storage alone, as if
+    // their entries went with a Redis that died before this replica read them).
+    app.execute(&format!(
+        "UPDATE voices SET status = 'completed', revision = revision + 1 WHERE id = '{}'",
+        watched.voice_id
+    ))
+    .await;
+    let new = app
+        .insert(voice(
+            user,
+            Visibility::Private,
+            VoiceStatus::Processing,
+            store::now(),
+        ))
+        .await;
+    redis.restart();
+
+    let completed = tokio::time::timeout(Duration::from_secs(20), next(&mut explicit))
+        .await
+        .expect("the explicit watch catches up")
+        .unwrap();
+    let completed = completed.voice.unwrap();
+    assert_eq!(completed.voice_id, watched.voice_id);
+    assert_eq!(completed.status(), pb::VoiceStatus::Completed);
+    assert_eq!(completed.revision, watched.revision + 1);
+    assert!(
+        next(&mut explicit).await.is_none(),
+        "then it ends: all terminal"
+    );
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let event = tokio::time::timeout(Duration::from_secs(20), next(&mut all))
+            .await
+            .expect("the all-voices watch catches up")
+            .unwrap();
+        let voice = event.voice.unwrap();
+        seen.push((voice.voice_id.clone(), voice.status()));
+    }
+    seen.sort();
+    let mut expected = vec![
+        (watched.voice_id.clone(), pb::VoiceStatus::Completed),
+        (new.id.to_string(), pb::VoiceStatus::Processing),
+    ];
+    expected.sort();
+    assert_eq!(seen, expected);
+    assert!(app.metric("voicehub_watch_resyncs_total") >= 1);
 }
