@@ -9,7 +9,7 @@
 
 use std::{
     sync::{Arc, OnceLock},
-    time::Duration,
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
@@ -33,9 +33,19 @@ pub struct AuthConfig {
     pub development: bool,
 }
 
+/// The longest `authorization` value looked at. Longer ones are refused
+/// for their call (the server's HTTP/2 header limit is far above this, so
+/// an oversized token never costs the connection its other calls).
+pub const MAX_AUTHORIZATION_BYTES: usize = 8 * 1024;
+
 /// The authenticated caller, as found in the token's `sub`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct UserId(pub Uuid);
+
+/// When the token of an authenticated call stops being accepted: a stream
+/// opened with it ends then.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ValidUntil(pub(crate) SystemTime);
 
 /// Where the authenticator leaves the caller for whoever observes the call
 /// from outside the service (the RPC log): put into a request's extensions
@@ -119,9 +129,24 @@ impl Authenticator {
     /// # Errors
     /// [`Error::Unauthenticated`] saying what is wrong with the token.
     pub fn verify(&self, authorization: Option<&str>) -> Result<UserId, Error> {
+        self.verify_until(authorization).map(|(user, _)| user)
+    }
+
+    /// As [`Authenticator::verify`], with the moment the token stops being
+    /// accepted (its `exp` plus the clock leeway): streams end there.
+    ///
+    /// # Errors
+    /// As [`Authenticator::verify`].
+    pub fn verify_until(&self, authorization: Option<&str>) -> Result<(UserId, SystemTime), Error> {
         let header = authorization.ok_or(Error::Unauthenticated(
             "missing authorization metadata: send 'authorization: Bearer <token>'",
         ))?;
+        // Before any parsing: a user token is a few hundred bytes.
+        if header.len() > MAX_AUTHORIZATION_BYTES {
+            return Err(Error::Unauthenticated(
+                "token is too long (the authorization metadata holds at most 8 KiB)",
+            ));
+        }
         let token = header
             .strip_prefix("Bearer ")
             .or_else(|| header.strip_prefix("bearer "))
@@ -158,7 +183,8 @@ impl Authenticator {
                 "token is issued in the future (iat)",
             ));
         }
-        user_of(&data.claims.sub)
+        let until = UNIX_EPOCH + Duration::from_secs(data.claims.exp.saturating_add(leeway));
+        Ok((user_of(&data.claims.sub)?, until))
     }
 
     /// Signs a token for `user`, valid for `ttl`, with the configured issuer
@@ -212,11 +238,12 @@ impl Interceptor for Authenticator {
                     .map_err(|_| Error::Unauthenticated("token is malformed"))
             })
             .transpose()?;
-        let user = self.verify(header)?;
+        let (user, until) = self.verify_until(header)?;
         if let Some(slot) = request.extensions().get::<CallerSlot>() {
             let _ = slot.0.set(user.0);
         }
         request.extensions_mut().insert(user);
+        request.extensions_mut().insert(ValidUntil(until));
         Ok(request)
     }
 }

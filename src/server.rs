@@ -277,6 +277,10 @@ impl Application {
             // connections silently; without it a half-open stream lives forever.
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            // hyper's 16 KiB default turns a large header (a 64 KiB token)
+            // into a GOAWAY that kills every call on the connection; up to
+            // this size the call alone is refused (see auth).
+            .http2_max_header_list_size(Some(MAX_HEADER_LIST_BYTES))
             .trace_fn(|req| tracing::info_span!("grpc", method = %req.uri().path()))
             .layer(ObserveLayer::new(metrics.clone()))
             .layer(LimitLayer::new(
@@ -426,6 +430,9 @@ fn create_quota(
         None => CreateQuota::local(per_hour, per_day, metrics),
     })
 }
+
+/// The largest header list a request may carry (HTTP/2 SETTINGS).
+const MAX_HEADER_LIST_BYTES: u32 = 256 * 1024;
 
 /// How long an accepted connection may sit idle before the kernel starts
 /// probing whether its peer is still there.

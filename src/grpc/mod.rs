@@ -25,7 +25,7 @@ pub(crate) use validate::MAX_REQUEST_BYTES;
 pub(crate) use watch::Watches;
 
 use crate::{
-    auth::{Authenticator, caller},
+    auth::{Authenticator, ValidUntil, caller},
     error::Error,
     events::Hub,
     pb::{self, voice_service_server::VoiceServiceServer},
@@ -127,13 +127,14 @@ impl VoiceApi {
         request: Request<pb::WatchVoiceStatusRequest>,
     ) -> Result<watch::EventStream, Error> {
         let user = caller(&request)?;
+        let until = request.extensions().get::<ValidUntil>().map(|v| v.0);
         let ids = validate::watch_request(request.into_inner())?;
         watch::open(
             self.store.clone(),
             &self.hub,
             &self.watches,
             self.shutdown.clone(),
-            user.0,
+            (user.0, until),
             ids,
         )
         .await

@@ -11,6 +11,9 @@
 //!   terminal; the "all my voices" form stays open.
 //! - Disconnect drops the stream and with it the subscription; server
 //!   shutdown ends the stream with UNAVAILABLE so clients reconnect elsewhere.
+//! - The stream ends with UNAUTHENTICATED when the token that opened it
+//!   expires (its `exp` plus the clock leeway): a client re-authenticates
+//!   and watches again, and the snapshot makes that lossless.
 //! - When events may have been lost (the event reader reconnected), the
 //!   stream re-reads its voices from storage and sends what changed.
 //! - Open streams are bounded on each replica, per user
@@ -21,6 +24,7 @@ use std::{
     collections::{HashMap, HashSet},
     pin::Pin,
     sync::Arc,
+    time::{Duration, SystemTime},
 };
 
 use parking_lot::Mutex;
@@ -32,7 +36,7 @@ use uuid::Uuid;
 
 use crate::{
     error::Error,
-    events::{Hub, Interest},
+    events::{Hub, Interest, VoiceEvent},
     metrics::{LimitLabel, Metrics},
     pb::{self, timestamp},
     store::{Store, may_see},
@@ -126,6 +130,14 @@ impl Drop for WatchSlot {
     }
 }
 
+/// What woke a stream.
+enum Next {
+    ShuttingDown,
+    Expired,
+    Resync,
+    Event(Arc<VoiceEvent>),
+}
+
 /// A state of a voice a stream may send.
 struct Change {
     id: Uuid,
@@ -183,16 +195,23 @@ async fn resync(
 ///
 /// # Errors
 /// RESOURCE_EXHAUSTED at a limit of open streams; NOT_FOUND (before the
-/// stream starts) if any id is not a voice the user may see.
+/// stream starts) if any id is not a voice the user may see. The stream of
+/// `user` ends when `valid_until` (the token's end) passes.
 pub(super) async fn open(
     store: Store,
     hub: &Arc<Hub>,
     watches: &Arc<Watches>,
     shutdown: CancellationToken,
-    user: Uuid,
+    (user, valid_until): (Uuid, Option<SystemTime>),
     ids: Vec<Uuid>,
 ) -> Result<EventStream, Error> {
     let slot = watches.admit(user)?;
+    // The stream lives no longer than the token that opened it.
+    let expired = valid_until.map_or(Duration::MAX, |until| {
+        until
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO)
+    });
     let explicit = !ids.is_empty();
     let (subscription, snapshot) = if explicit {
         let subscription = hub.subscribe(Interest::Voices(ids.clone()));
@@ -222,19 +241,28 @@ pub(super) async fn open(
             return;
         }
         let mut resyncs = subscription.resyncs();
+        let expiry = tokio::time::sleep(expired);
+        tokio::pin!(expiry);
         loop {
             let next = tokio::select! {
                 biased;
-                () = shutdown.cancelled() => None,
-                () = resyncs.requested() => Some(None),
-                voice = subscription.next() => Some(Some(voice)),
-            };
-            let Some(next) = next else {
-                Err(Status::unavailable("the server is shutting down; reconnect to continue watching"))?;
-                return;
+                () = shutdown.cancelled() => Next::ShuttingDown,
+                () = &mut expiry => Next::Expired,
+                () = resyncs.requested() => Next::Resync,
+                event = subscription.next() => Next::Event(event),
             };
             let changes = match next {
-                Some(event) => {
+                Next::ShuttingDown => {
+                    Err(Status::unavailable("the server is shutting down; reconnect to continue watching"))?;
+                    return;
+                }
+                Next::Expired => {
+                    Err(Status::unauthenticated(
+                        "token has expired: re-authenticate and watch again (the new stream starts with the current state)",
+                    ))?;
+                    return;
+                }
+                Next::Event(event) => {
                     if sent.get(&event.voice_id).is_some_and(|revision| event.revision <= *revision) {
                         continue;
                     }
@@ -249,7 +277,7 @@ pub(super) async fn open(
                         voice: event.voice.clone(),
                     }]
                 }
-                None => resync(&store, user, explicit, &open)
+                Next::Resync => resync(&store, user, explicit, &open)
                     .await
                     .map_err(Status::from)?,
             };

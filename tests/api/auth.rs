@@ -259,3 +259,76 @@ async fn every_rpc_needs_a_token() {
         assert_eq!(result.unwrap_err().code(), Code::Unauthenticated);
     }
 }
+
+#[tokio::test]
+async fn an_oversized_token_is_unauthenticated_for_its_call_and_the_connection_lives_on() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let user = Uuid::new_v4();
+    // A stream on the same HTTP/2 connection, open across the bad call.
+    let mut owner = app.client(user);
+    let mut stream = owner
+        .watch_voice_status(WatchVoiceStatusRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    for size in [10 * 1024, 64 * 1024, 200 * 1024] {
+        let header = format!("Bearer {}", "a".repeat(size));
+        let err = app
+            .with_authorization(&header)
+            .list_user_voices(ListUserVoicesRequest::default())
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::Unauthenticated, "{size} bytes: {err:?}");
+        assert!(err.message().contains("too long"), "{size} bytes: {err:?}");
+    }
+    // The connection and its other calls are unharmed.
+    let listed = owner
+        .list_user_voices(ListUserVoicesRequest::default())
+        .await
+        .unwrap();
+    assert!(listed.into_inner().voices.is_empty());
+    app.create_voice(user, "Still watched").await;
+    let event = tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .expect("the stream still delivers")
+        .unwrap()
+        .unwrap();
+    assert_eq!(event.voice.unwrap().name, "Still watched");
+}
+
+#[tokio::test]
+async fn a_watch_stream_ends_unauthenticated_when_its_token_expires() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let user = Uuid::new_v4();
+    let voice = app.create_voice(user, "Watched briefly").await;
+    // Expired 58 s ago: still inside the 60 s clock leeway, so accepted,
+    // and no longer so two seconds from now.
+    let token = sign(
+        &json!({"sub": user.to_string(), "exp": now() - 58}),
+        JWT_SECRET,
+    );
+    let mut stream = app
+        .with_authorization(&format!("Bearer {token}"))
+        .watch_voice_status(WatchVoiceStatusRequest {
+            voice_ids: vec![voice.voice_id.clone()],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let snapshot = stream.message().await.unwrap().unwrap();
+    assert_eq!(snapshot.voice.unwrap().voice_id, voice.voice_id);
+    let end = tokio::time::timeout(Duration::from_secs(15), stream.message())
+        .await
+        .expect("the stream ends when the token does")
+        .unwrap_err();
+    assert_eq!(end.code(), Code::Unauthenticated, "{end:?}");
+    assert!(end.message().contains("expired"), "{end:?}");
+    // Its subscription is gone with it (dropped just after the last frame).
+    for _ in 0..200 {
+        if app.metric("voicehub_watch_streams") == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(app.metric("voicehub_watch_streams"), 0);
+}
