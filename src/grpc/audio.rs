@@ -1,6 +1,30 @@
 //! Audio formats accepted as voice samples, recognised both by declared
 //! content type and by the data's magic bytes (via `infer`), so a sample
-//! whose bytes and label disagree is refused before it reaches the provider.
+//! whose bytes and label disagree is refused before it reaches the provider;
+//! then parsed ([`probe`], symphonia): its container must open, hold an
+//! audio track, and its first packets decode, and it must last at least
+//! [`MIN_SAMPLE_DURATION`]. A signature followed by anything else (a bare
+//! `RIFF....WAVE`, `ID3` or `OggS` with text after it) is refused.
+
+use std::{io::Cursor, time::Duration};
+
+use bytes::Bytes;
+use symphonia::core::{
+    codecs::{CODEC_TYPE_NULL, CODEC_TYPE_OPUS, DecoderOptions},
+    errors::Error as ParseError,
+    formats::FormatOptions,
+    io::{MediaSourceStream, MediaSourceStreamOptions},
+    meta::MetadataOptions,
+    probe::Hint,
+    units::TimeBase,
+};
+
+/// The shortest sample accepted: less than a second of speech carries no
+/// voice worth cloning.
+pub(crate) const MIN_SAMPLE_DURATION: Duration = Duration::from_secs(1);
+
+/// Packets decoded to show that a sample is audio and not just a header.
+const PACKETS_DECODED: usize = 4;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Format {
@@ -58,6 +82,18 @@ impl Format {
         }
     }
 
+    /// The file extension symphonia is hinted with.
+    fn extension(self) -> &'static str {
+        match self {
+            Format::Wav => "wav",
+            Format::Mp3 => "mp3",
+            Format::Ogg => "ogg",
+            Format::Flac => "flac",
+            Format::Mp4 => "m4a",
+            Format::WebM => "webm",
+        }
+    }
+
     /// The content type sent on to the provider.
     pub(crate) fn canonical_content_type(self) -> &'static str {
         match self {
@@ -68,6 +104,90 @@ impl Format {
             Format::Mp4 => "audio/mp4",
             Format::WebM => "audio/webm",
         }
+    }
+}
+
+/// Parses `data` as audio: opens its container, takes its first audio
+/// track, decodes its first packets (Opus, which has no decoder here, is
+/// only demuxed), and returns how long it lasts.
+///
+/// # Errors
+/// What made it not audio, in words for the caller.
+pub(crate) fn probe(format: Format, data: Bytes) -> Result<Duration, String> {
+    let source = MediaSourceStream::new(
+        Box::new(Cursor::new(data)),
+        MediaSourceStreamOptions::default(),
+    );
+    let mut hint = Hint::new();
+    hint.with_extension(format.extension());
+    let probed = symphonia::default::get_probe()
+        .format(
+            &hint,
+            source,
+            &FormatOptions::default(),
+            &MetadataOptions::default(),
+        )
+        .map_err(|e| format!("its container does not open ({})", reason(&e)))?;
+    let mut reader = probed.format;
+    let track = reader
+        .tracks()
+        .iter()
+        .find(|t| t.codec_params.codec != CODEC_TYPE_NULL)
+        .ok_or("it holds no audio track")?;
+    let (track_id, params) = (track.id, track.codec_params.clone());
+    let time_base = params
+        .time_base
+        .or_else(|| params.sample_rate.map(|rate| TimeBase::new(1, rate)))
+        .ok_or("its audio has no sample rate")?;
+    let mut decoder = if params.codec == CODEC_TYPE_OPUS {
+        None
+    } else {
+        Some(
+            symphonia::default::get_codecs()
+                .make(&params, &DecoderOptions::default())
+                .map_err(|e| format!("its codec is not supported ({})", reason(&e)))?,
+        )
+    };
+    let mut frames = 0u64;
+    let mut packets = 0;
+    loop {
+        let packet = match reader.next_packet() {
+            Ok(packet) => packet,
+            Err(ParseError::IoError(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+            Err(e) => return Err(format!("its audio is damaged ({})", reason(&e))),
+        };
+        if packet.track_id() != track_id {
+            continue;
+        }
+        if packets < PACKETS_DECODED {
+            if let Some(decoder) = &mut decoder {
+                decoder
+                    .decode(&packet)
+                    .map_err(|e| format!("its audio does not decode ({})", reason(&e)))?;
+            }
+            packets += 1;
+        } else if let Some(n_frames) = params.n_frames {
+            // The container says how long it is, and the start decodes.
+            frames = n_frames;
+            break;
+        }
+        frames += packet.dur;
+    }
+    if packets == 0 {
+        return Err("it holds no audio".into());
+    }
+    let time = time_base.calc_time(frames);
+    Ok(Duration::from_secs(time.seconds) + Duration::from_secs_f64(time.frac))
+}
+
+/// A parse error in words, without symphonia's internals.
+fn reason(e: &ParseError) -> String {
+    match e {
+        ParseError::IoError(_) => "it ends too soon".into(),
+        ParseError::DecodeError(what) | ParseError::Unsupported(what) => (*what).to_owned(),
+        ParseError::SeekError(_) => "it cannot be read through".into(),
+        ParseError::LimitError(what) => format!("a limit was hit: {what}"),
+        ParseError::ResetRequired => "its stream changes midway".into(),
     }
 }
 
@@ -94,5 +214,69 @@ mod tests {
         }
         assert_eq!(Format::sniff(b"%PDF-1.7"), None);
         assert_eq!(Format::from_content_type("image/png"), None);
+    }
+
+    /// A PCM WAV of `millis` ms of a 440 Hz tone, 16 kHz mono.
+    fn wav(millis: u32) -> Bytes {
+        let samples = 16 * millis;
+        let mut out = Vec::new();
+        out.extend_from_slice(b"RIFF");
+        out.extend_from_slice(&(36 + samples * 2).to_le_bytes());
+        out.extend_from_slice(b"WAVEfmt ");
+        for field in [16u32, 0x0001_0001, 16_000, 32_000, 0x0010_0002] {
+            out.extend_from_slice(&field.to_le_bytes());
+        }
+        out.extend_from_slice(b"data");
+        out.extend_from_slice(&(samples * 2).to_le_bytes());
+        for i in 0..samples {
+            let t = f64::from(i) / 16_000.0;
+            #[allow(clippy::cast_possible_truncation)]
+            let v = (f64::sin(2.0 * std::f64::consts::PI * 440.0 * t) * 8_000.0) as i16;
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        out.into()
+    }
+
+    /// An ID3v2.3 tag with a title, then `frames` silent MPEG-1 Layer III
+    /// frames (128 kb/s, 44.1 kHz: 26 ms each).
+    fn mp3(frames: usize) -> Bytes {
+        let mut out =
+            b"ID3\x03\x00\x00\x00\x00\x00\x0fTIT2\x00\x00\x00\x05\x00\x00\x00Take".to_vec();
+        for _ in 0..frames {
+            out.extend_from_slice(&[0xFF, 0xFB, 0x90, 0x64]);
+            out.extend(std::iter::repeat_n(0u8, 413));
+        }
+        out.into()
+    }
+
+    #[test]
+    fn real_audio_parses_with_its_duration() {
+        let wav = probe(Format::Wav, wav(1_500)).unwrap();
+        assert!((wav.as_secs_f64() - 1.5).abs() < 0.01, "{wav:?}");
+        let mp3 = probe(Format::Mp3, mp3(40)).unwrap();
+        assert!((mp3.as_secs_f64() - 1.045).abs() < 0.03, "{mp3:?}");
+    }
+
+    #[test]
+    fn a_signature_followed_by_anything_else_is_not_audio() {
+        let cases: [(Format, &[u8]); 5] = [
+            (Format::Wav, b"RIFF\x04\x00\x00\x00WAVE"),
+            (
+                Format::Wav,
+                b"RIFF\x00\x10\x00\x00WAVEjunk\x13\x37\xde\xad\xbe\xef\x01\x02",
+            ),
+            (
+                Format::Mp3,
+                b"ID3\x04\x00\x00\x00\x00\x00\x00this is not audio at all",
+            ),
+            (Format::Ogg, b"OggS\x00\x02 and then some text"),
+            (Format::Flac, b"fLaC and a story"),
+        ];
+        for (format, data) in cases {
+            let mut data = data.to_vec();
+            data.extend(std::iter::repeat_n(b'x', 600));
+            let why = probe(format, data.into()).unwrap_err();
+            assert!(!why.is_empty(), "{format:?}");
+        }
     }
 }

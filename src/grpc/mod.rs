@@ -82,7 +82,13 @@ impl VoiceApi {
         request: Request<pb::CreateVoiceCloneRequest>,
     ) -> Result<pb::Voice, Error> {
         let user = caller(&request)?;
-        let new = validate::create_request(request.into_inner())?;
+        // Parsing up to 50 MiB of audio is CPU work: off the async workers.
+        let inner = request.into_inner();
+        let new = match tokio::task::spawn_blocking(move || validate::create_request(inner)).await {
+            Ok(new) => new?,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => return Err(Error::Aborted("the server is shutting down")),
+        };
         Ok(self.writes.create(user.0, new).await?.into())
     }
 

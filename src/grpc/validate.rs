@@ -22,7 +22,10 @@ use std::collections::{BTreeMap, HashMap};
 
 use uuid::Uuid;
 
-use super::{audio::Format, page_token::Listing};
+use super::{
+    audio::{self, Format, MIN_SAMPLE_DURATION},
+    page_token::Listing,
+};
 use crate::{
     error::Error,
     pb,
@@ -454,6 +457,20 @@ fn samples(samples: Vec<pb::AudioSample>) -> Result<Vec<AudioFile>, Error> {
                     format!("says {} but the data is {}", declared.name(), detected.name()),
                 ));
             }
+            let duration = audio::probe(declared, data.clone()).map_err(|why| {
+                Error::invalid(field("data"), format!("is not {} audio: {why}", declared.name()))
+            })?;
+            if duration < MIN_SAMPLE_DURATION {
+                return Err(Error::invalid(
+                    field("data"),
+                    format!(
+                        "holds {:.2} s of audio; a sample needs at least {} s",
+                        duration.as_secs_f64(),
+                        MIN_SAMPLE_DURATION.as_secs()
+                    ),
+                ));
+            }
+            tracing::debug!(sample = i, filename, format = declared.name(), ?duration, "sample parsed");
             Ok(AudioFile {
                 filename,
                 content_type: declared.canonical_content_type().to_owned(),

@@ -62,7 +62,7 @@ async fn create_then_get_and_list_show_the_processing_voice(backend: Backend) {
                 "files".to_owned(),
                 "take-1.wav".to_owned(),
                 "audio/wav".to_owned(),
-                wav(200).len()
+                wav(1_000).len()
             ),
             (
                 "files".to_owned(),
@@ -201,6 +201,47 @@ async fn every_invalid_create_request_is_refused_naming_the_field_and_nothing_is
                 r.samples[1] = sample("doc.mp3", "audio/mpeg", b"%PDF-1.7 not audio".to_vec());
             }),
             "samples[1].data",
+        ),
+        (
+            "a bare RIFF/WAVE header",
+            with(|r| r.samples[0].data = b"RIFF\x04\x00\x00\x00WAVE".to_vec().into()),
+            "samples[0].data",
+        ),
+        (
+            "a WAV signature followed by random bytes",
+            with(|r| {
+                let mut data = b"RIFF\x00\x10\x00\x00WAVE".to_vec();
+                data.extend(
+                    (0..4096u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13).to_le_bytes()[0]),
+                );
+                r.samples[0].data = data.into();
+            }),
+            "samples[0].data",
+        ),
+        (
+            "ID3 then text",
+            with(|r| {
+                r.samples[1].data = b"ID3\x03\x00\x00\x00\x00\x00\x00Dear diary, today I uploaded a text file as audio."
+                    .to_vec()
+                    .into();
+            }),
+            "samples[1].data",
+        ),
+        (
+            "OggS then text",
+            with(|r| {
+                r.samples[0] = sample(
+                    "a.ogg",
+                    "audio/ogg",
+                    b"OggS\x00\x02\x00\x00 and after the capture pattern, prose".to_vec(),
+                );
+            }),
+            "samples[0].data",
+        ),
+        (
+            "half a second of audio",
+            with(|r| r.samples[0].data = wav(500).into()),
+            "samples[0].data",
         ),
         (
             "11 labels",

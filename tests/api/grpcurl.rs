@@ -261,7 +261,7 @@ fn call(addr: &str, auth: &str, method: &str, body: &str) -> serde_json::Value {
 fn write_path_through_grpcurl(dir: &Path, addr: &str) -> String {
     use base64::Engine;
     let auth = token(dir, Uuid::new_v4());
-    let wav = base64::engine::general_purpose::STANDARD.encode(crate::helpers::wav(250));
+    let wav = base64::engine::general_purpose::STANDARD.encode(crate::helpers::wav(1_000));
     let create = serde_json::json!({
         "name": "Narrator",
         "description": "made with grpcurl",
@@ -320,7 +320,7 @@ fn write_path_through_grpcurl(dir: &Path, addr: &str) -> String {
 fn watch_through_grpcurl(dir: &Path, addr: &str) {
     use base64::Engine;
     let auth = token(dir, Uuid::new_v4());
-    let wav = base64::engine::general_purpose::STANDARD.encode(crate::helpers::wav(250));
+    let wav = base64::engine::general_purpose::STANDARD.encode(crate::helpers::wav(1_000));
     let create = serde_json::json!({
         "name": "Watched",
         "samples": [{"filename": "hello.wav", "content_type": "audio/wav", "data": wav}],

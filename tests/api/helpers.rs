@@ -328,11 +328,14 @@ pub(crate) fn wav(millis: u32) -> Vec<u8> {
     out
 }
 
-/// The start of an MPEG-1 Layer III stream with an ID3v2 tag.
+/// An MP3 of just over a second: an ID3v2.3 tag with a title, then 40
+/// silent MPEG-1 Layer III frames (128 kb/s, 44.1 kHz, 26 ms each).
 pub(crate) fn mp3() -> Vec<u8> {
-    let mut out = b"ID3\x04\x00\x00\x00\x00\x00\x00".to_vec();
-    out.extend_from_slice(&[0xFF, 0xFB, 0x90, 0x64]);
-    out.extend(std::iter::repeat_n(0u8, 413));
+    let mut out = b"ID3\x03\x00\x00\x00\x00\x00\x0fTIT2\x00\x00\x00\x05\x00\x00\x00Take".to_vec();
+    for _ in 0..40 {
+        out.extend_from_slice(&[0xFF, 0xFB, 0x90, 0x64]);
+        out.extend(std::iter::repeat_n(0u8, 413));
+    }
     out
 }
 
@@ -346,7 +349,7 @@ pub(crate) fn create_request(name: &str) -> CreateVoiceCloneRequest {
             AudioSample {
                 filename: "take-1.wav".into(),
                 content_type: "audio/wav".into(),
-                data: wav(200).into(),
+                data: wav(1_000).into(),
             },
             AudioSample {
                 filename: "take-2.mp3".into(),

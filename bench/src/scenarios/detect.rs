@@ -226,12 +226,14 @@ async fn create_all(channel: &Channel, users: &[Token], voices: usize) -> anyhow
     Ok(created)
 }
 
-/// The start of an MPEG-1 Layer III stream with an ID3v2 tag: a sample
-/// voicehub accepts (the fake provider does not listen to it).
+/// An MP3 of just over a second (an ID3v2.3 tag, 40 silent MPEG-1 Layer III
+/// frames): a sample voicehub accepts (the fake provider does not listen to it).
 fn mp3() -> Vec<u8> {
-    let mut out = b"ID3\x04\x00\x00\x00\x00\x00\x00".to_vec();
-    out.extend_from_slice(&[0xFF, 0xFB, 0x90, 0x64]);
-    out.extend(std::iter::repeat_n(0u8, 413));
+    let mut out = b"ID3\x03\x00\x00\x00\x00\x00\x0fTIT2\x00\x00\x00\x05\x00\x00\x00Take".to_vec();
+    for _ in 0..40 {
+        out.extend_from_slice(&[0xFF, 0xFB, 0x90, 0x64]);
+        out.extend(std::iter::repeat_n(0u8, 413));
+    }
     out
 }
 
