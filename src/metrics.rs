@@ -149,6 +149,8 @@ pub struct Metrics {
     pub(crate) queue_depth: Gauge,
     /// Voices one status-engine step claimed.
     pub(crate) claimed_per_step: Histogram,
+    /// Claimed ids storage does not know (another deployment's entries).
+    pub(crate) sync_unknown_ids: Counter,
     /// Voices that moved to a status, by status.
     pub(crate) transitions: Family<TransitionLabel, Counter>,
     /// Calls to the voice provider (after retries), by endpoint and outcome.
@@ -198,6 +200,7 @@ impl Metrics {
             queue_round_trips: Counter::default(),
             queue_depth: Gauge::default(),
             claimed_per_step: batch_sizes(),
+            sync_unknown_ids: Counter::default(),
             transitions: Family::default(),
             provider_calls: Family::default(),
             provider_duration: Family::new_with_constructor(latency),
@@ -251,6 +254,11 @@ impl Metrics {
             "sync_claimed_per_step",
             "Voices one status-engine step claimed",
             m.claimed_per_step.clone(),
+        );
+        r.register(
+            "sync_unknown_ids",
+            "Claimed queue entries this database does not know (a shared VOICEHUB_REDIS_PREFIX?)",
+            m.sync_unknown_ids.clone(),
         );
         r.register(
             "voice_transitions",

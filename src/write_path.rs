@@ -286,10 +286,15 @@ impl WritePath {
     }
 
     async fn release(&self, id: Uuid) {
-        if let Err(e) = self.store.release(id).await {
+        match self.store.release(id).await {
+            // Gone from storage: off the queue too, or it would be an id
+            // storage does not know.
+            Ok(()) => self.scheduler.forget(id).await,
             // The row stays PROCESSING without a provider id; the status engine's
             // maximum age turns it FAILED, so it cannot linger for ever.
-            tracing::error!(voice_id = %id, error = %chain(&e), "could not release a voice reservation");
+            Err(e) => {
+                tracing::error!(voice_id = %id, error = %chain(&e), "could not release a voice reservation");
+            }
         }
     }
 

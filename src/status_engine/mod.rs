@@ -110,6 +110,15 @@ impl Scheduler {
         self.schedule_in(id, self.adopt_after.min(max_age)).await;
     }
 
+    /// Takes `id` off the queue: its reservation was released (the row is
+    /// gone), so nothing is left to check. Best effort: an entry left
+    /// behind is reported as unknown by the worker and expires with its lease.
+    pub(crate) async fn forget(&self, id: Uuid) {
+        if let Err(e) = self.queue.finish(&[id]).await {
+            tracing::debug!(voice_id = %id, error = %e, "could not take a released voice off the queue");
+        }
+    }
+
     async fn schedule_in(&self, id: Uuid, delay: Duration) {
         if let Err(e) = self.queue.enqueue(id, delay).await {
             tracing::warn!(voice_id = %id, error = %e, "could not queue a status check; reconciliation will");

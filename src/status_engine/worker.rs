@@ -36,7 +36,7 @@ use std::{
 
 use futures_util::future::join_all;
 use parking_lot::Mutex;
-use prometheus_client::metrics::{gauge::Gauge, histogram::Histogram};
+use prometheus_client::metrics::{counter::Counter, gauge::Gauge, histogram::Histogram};
 use tokio::{task::JoinSet, time::Instant};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -92,6 +92,9 @@ pub struct Step {
 fn check_interval(age: Duration, min: Duration, max: Duration) -> Duration {
     (age.saturating_sub(FIRST_MINUTE) / 4).clamp(min, max)
 }
+
+/// Unknown ids remembered as logged, at most (then forgotten, and logged again).
+const UNKNOWN_REPORTED_MAX: usize = 10_000;
 
 /// How long a new voice is checked at the shortest interval.
 const FIRST_MINUTE: Duration = Duration::from_mins(1);
@@ -211,6 +214,10 @@ pub struct Worker {
     /// Voices this replica has claimed and not yet handed back: on shutdown
     /// they are made due again at once, for another replica.
     held: Arc<Mutex<HashSet<Uuid>>>,
+    /// Claimed ids unknown to storage (see `report_unknown`): counted, and
+    /// the ones already logged.
+    unknown_ids: Counter,
+    unknown_reported: Arc<Mutex<HashSet<Uuid>>>,
     /// The queue's depth and each step's claim, as seen by the claims.
     queue_depth: Gauge,
     claimed_per_step: Histogram,
@@ -233,6 +240,8 @@ impl Worker {
             provider,
             relay,
             held: Arc::default(),
+            unknown_ids: metrics.sync_unknown_ids.clone(),
+            unknown_reported: Arc::default(),
             queue_depth: metrics.queue_depth.clone(),
             claimed_per_step: metrics.claimed_per_step.clone(),
             next_reconcile: Arc::new(Mutex::new(Instant::now() + config.reconcile_every)),
@@ -262,6 +271,55 @@ impl Worker {
         self.settle(checked).await
     }
 
+    /// Claims what is due; `None` when the queue had lost its data and was
+    /// rebuilt instead (the step then claims nothing).
+    async fn claim(&self, step: &mut Step) -> Result<Option<Vec<Uuid>>, SyncError> {
+        match self
+            .queue
+            .claim(self.config.batch, self.config.lease)
+            .await?
+        {
+            Claim::Lost => {
+                tracing::warn!(
+                    "the due-queue lost its data (Redis restart, failover or flush): rebuilding it from storage"
+                );
+                self.reconcile().await?;
+                step.reconciled = true;
+                step.next_due = Some(Duration::ZERO);
+                Ok(None)
+            }
+            Claim::Claimed {
+                ids,
+                next_due,
+                queued,
+            } => {
+                step.next_due = next_due;
+                self.observe_claim(ids.len(), queued);
+                Ok(Some(ids))
+            }
+        }
+    }
+
+    /// Claimed ids storage has never heard of: another deployment shares this
+    /// Redis prefix but not this database (a misconfiguration). Their
+    /// entries are left as they are, for their owner to take when the lease
+    /// ends; each is logged once at ERROR and counted every time.
+    fn report_unknown<'a>(&self, unknown: impl Iterator<Item = &'a Uuid>) {
+        for id in unknown {
+            self.unknown_ids.inc();
+            let mut reported = self.unknown_reported.lock();
+            if reported.len() >= UNKNOWN_REPORTED_MAX {
+                reported.clear();
+            }
+            if reported.insert(*id) {
+                tracing::error!(
+                    voice_id = %id,
+                    "the due-queue holds a voice this database does not know: is another deployment using the same VOICEHUB_REDIS_PREFIX? Its entry is left for its owner"
+                );
+            }
+        }
+    }
+
     fn observe_claim(&self, claimed: usize, queued: usize) {
         self.queue_depth
             .set(i64::try_from(queued).unwrap_or(i64::MAX));
@@ -279,29 +337,8 @@ impl Worker {
             self.reconcile().await?;
             step.reconciled = true;
         }
-        let ids = match self
-            .queue
-            .claim(self.config.batch, self.config.lease)
-            .await?
-        {
-            Claim::Lost => {
-                tracing::warn!(
-                    "the due-queue lost its data (Redis restart, failover or flush): rebuilding it from storage"
-                );
-                self.reconcile().await?;
-                step.reconciled = true;
-                step.next_due = Some(Duration::ZERO);
-                return Ok(checked);
-            }
-            Claim::Claimed {
-                ids,
-                next_due,
-                queued,
-            } => {
-                step.next_due = next_due;
-                self.observe_claim(ids.len(), queued);
-                ids
-            }
+        let Some(ids) = self.claim(step).await? else {
+            return Ok(checked);
         };
         step.claimed = ids.len();
         if ids.is_empty() {
@@ -312,6 +349,7 @@ impl Worker {
         // every half second is asked twice a second, however long the step takes.
         let claimed_at = Instant::now();
         let voices = self.store.get_many(&ids).await?;
+        let known: HashSet<Uuid> = voices.iter().map(|v| v.id).collect();
         let pushes: Vec<Voice> = voices.iter().filter(|v| push_due(v)).cloned().collect();
         let processing: Vec<Voice> = voices
             .into_iter()
@@ -322,8 +360,9 @@ impl Worker {
         checked.done = ids
             .iter()
             .copied()
-            .filter(|id| !to_check.contains(id))
+            .filter(|id| !to_check.contains(id) && known.contains(id))
             .collect();
+        self.report_unknown(ids.iter().filter(|id| !known.contains(id)));
         // Stored metadata the provider does not hold yet, pushed beside the checks.
         let mut pushing = JoinSet::new();
         for voice in pushes {

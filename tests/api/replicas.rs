@@ -18,10 +18,11 @@ use voicehub::{
 };
 
 use crate::{
-    fake_elevenlabs::{API_KEY, FakeElevenLabs, Report, Route},
+    fake_elevenlabs::{API_KEY, FakeElevenLabs, Fault, Report, Route},
     grpcurl::serve,
     helpers::{
-        Backend, JWT_SECRET, TestApp, create_voice, next, replica_of, spawn_app_with_fake, watch,
+        Backend, JWT_SECRET, TestApp, create_request, create_voice, next, replica_of,
+        spawn_app_with_fake, watch,
     },
     redis_server::RedisServer,
 };
@@ -520,4 +521,61 @@ async fn a_change_whose_process_is_killed_between_commit_and_publish_reaches_a_w
         2,
         "the creation and A's completion"
     );
+}
+
+#[tokio::test]
+async fn an_entry_of_another_deployment_on_the_same_prefix_is_reported_and_left_for_its_owner() {
+    let (app, fake) = spawn_app_with_fake(Backend::Postgres, |c| {
+        c.sync.lease = Duration::from_millis(300);
+    })
+    .await;
+    let user = Uuid::new_v4();
+    let ours = create_voice(&mut app.client(user), "Ours").await;
+    // Another deployment, same Redis and prefix, its own database.
+    let (_redis, theirs) = queue_of(&app).await;
+    let foreign = Uuid::now_v7();
+    theirs.enqueue(foreign, Duration::ZERO).await.unwrap();
+
+    let step = app.worker.run_once().await.unwrap();
+    assert_eq!(step.claimed, 2, "{step:?}");
+    assert_eq!(step.completed, 1, "ours is checked as usual");
+    assert_eq!(app.metric("voicehub_sync_unknown_ids_total"), 1);
+    assert_eq!(
+        status_of(&app, user, &ours.voice_id).await,
+        pb::VoiceStatus::Completed
+    );
+    assert_eq!(fake.calls(Route::Add), 1);
+    // Not dropped: once our lease ends, its owner claims it.
+    let mut claimed = Vec::new();
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if let Claim::Claimed { ids, .. } = theirs.claim(10, Duration::from_secs(30)).await.unwrap()
+            && !ids.is_empty()
+        {
+            claimed = ids;
+            break;
+        }
+    }
+    assert_eq!(claimed, vec![foreign]);
+}
+
+#[tokio::test]
+async fn a_create_the_provider_refuses_leaves_no_queue_entry_behind() {
+    let (app, fake) = spawn_app_with_fake(Backend::Postgres, |_| {}).await;
+    fake.inject(Route::Add, 1, Fault::unprocessable_files());
+    let refused = app
+        .client(Uuid::new_v4())
+        .create_voice_clone(create_request("Refused"))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    assert_eq!(app.voice_rows().await, 0, "the reservation was released");
+    let (redis, prefix) = redis_of(&app).await;
+    let queued: i64 = redis
+        .commands
+        .zcard(format!("{prefix}:sync:due"))
+        .await
+        .unwrap();
+    assert_eq!(queued, 0, "and taken off the queue");
+    assert_eq!(app.metric("voicehub_sync_unknown_ids_total"), 0);
 }
