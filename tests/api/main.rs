@@ -11,6 +11,7 @@ mod helpers;
 
 mod auth;
 mod cli;
+mod contract;
 mod crash;
 mod create_voice_clone;
 mod faults;
