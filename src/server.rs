@@ -20,7 +20,7 @@ use std::{
 use anyhow::Context;
 use tokio::{net::TcpListener, time::Instant};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tonic::transport::{Server, server::TcpIncoming};
+use tonic::transport::{Identity, Server, ServerTlsConfig, server::TcpIncoming};
 use tonic_health::ServingStatus;
 
 use crate::{
@@ -46,6 +46,21 @@ struct RedisParts {
     bus: Arc<RedisBus>,
 }
 
+impl RedisParts {
+    /// This replica's readers of Redis: the event stream into the hub, and
+    /// the queue's wake-ups into the worker.
+    fn spawn_readers(&self, tasks: &TaskTracker, shutdown: &CancellationToken) {
+        tasks.spawn(
+            self.bus
+                .clone()
+                .read(self.redis.reader.clone(), shutdown.clone()),
+        );
+        let queue = self.queue.clone();
+        let (subscriber, stop) = (self.redis.subscriber.clone(), shutdown.clone());
+        tasks.spawn(async move { queue.listen(subscriber, stop).await });
+    }
+}
+
 /// A built server: bound, connected and migrated, not yet serving.
 pub struct Application {
     listener: TcpListener,
@@ -65,6 +80,8 @@ pub struct Application {
     limits: config::Limits,
     /// How long a shutdown waits for calls in progress.
     grace: Duration,
+    /// TLS for the gRPC listener, when configured.
+    tls: Option<ServerTlsConfig>,
 }
 
 impl Application {
@@ -129,6 +146,19 @@ impl Application {
             .await
             .with_context(|| format!("binding {} (VOICEHUB_LISTEN)", config.listen))?;
         let local_addr = listener.local_addr()?;
+        let tls = config.tls.as_ref().map(|files| {
+            use secrecy::ExposeSecret;
+            ServerTlsConfig::new().identity(Identity::from_pem(
+                &files.cert,
+                files.key.expose_secret().as_bytes(),
+            ))
+        });
+        if let Some(tls) = &tls {
+            // Refused now, at start-up, rather than when serving begins.
+            Server::builder()
+                .tls_config(tls.clone())
+                .context(TLS_FILES)?;
+        }
         let metrics_listener = match config.metrics_listen {
             Some(addr) => Some(
                 TcpListener::bind(addr)
@@ -154,6 +184,7 @@ impl Application {
             health_interval: config.health_interval,
             limits: config.limits,
             grace: config.shutdown_grace,
+            tls,
         })
     }
 
@@ -219,6 +250,7 @@ impl Application {
             health_interval,
             limits,
             grace,
+            tls,
         } = self;
         let (reporter, health_service) = tonic_health::server::health_reporter();
         health::set_all(&reporter, ServingStatus::Serving).await;
@@ -251,15 +283,7 @@ impl Application {
             ));
         }
         if let Some(parts) = &redis {
-            tasks.spawn(
-                parts
-                    .bus
-                    .clone()
-                    .read(parts.redis.reader.clone(), shutdown.clone()),
-            );
-            let queue = parts.queue.clone();
-            let (subscriber, stop) = (parts.redis.subscriber.clone(), shutdown.clone());
-            tasks.spawn(async move { queue.listen(subscriber, stop).await });
+            parts.spawn_readers(&tasks, &shutdown);
         }
 
         let watches = Watches::new(limits.watches_per_user, limits.watches, &metrics);
@@ -272,7 +296,12 @@ impl Application {
         );
         tracing::info!(%local_addr, "voicehub serving gRPC");
         let stopping = shutdown.clone();
-        let serving = Server::builder()
+        let mut builder = Server::builder();
+        if let Some(tls) = tls {
+            builder = builder.tls_config(tls).context(TLS_FILES)?;
+            tracing::info!("gRPC over TLS");
+        }
+        let serving = builder
             // Detects dead peers behind NATs and load balancers that drop idle
             // connections silently; without it a half-open stream lives forever.
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
@@ -430,6 +459,9 @@ fn create_quota(
         None => CreateQuota::local(per_hour, per_day, metrics),
     })
 }
+
+/// What a TLS failure at start-up names.
+const TLS_FILES: &str = "the TLS certificate or key (VOICEHUB_TLS_CERT, VOICEHUB_TLS_KEY)";
 
 /// The largest header list a request may carry (HTTP/2 SETTINGS).
 const MAX_HEADER_LIST_BYTES: u32 = 256 * 1024;

@@ -67,6 +67,13 @@ pub struct ServeArgs {
     /// Address to listen on for gRPC (HTTP/2, plaintext).
     #[arg(long, env = "VOICEHUB_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
+    /// PEM certificate chain of the gRPC listener; with `tls_key`, the
+    /// listener speaks TLS (HTTP/2 over TLS) instead of plaintext.
+    #[arg(long, env = "VOICEHUB_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// PEM private key of `tls_cert`.
+    #[arg(long, env = "VOICEHUB_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
     /// Address of the Prometheus metrics listener (`GET /metrics`); unset: no listener.
     #[arg(long, env = "VOICEHUB_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
@@ -196,6 +203,21 @@ fn user_id(value: &str) -> Result<Uuid, String> {
     }
 }
 
+/// A TLS identity as read from its files at start-up.
+#[derive(Clone)]
+pub struct TlsFiles {
+    /// The PEM certificate chain.
+    pub cert: Vec<u8>,
+    /// The PEM private key.
+    pub key: SecretString,
+}
+
+impl std::fmt::Debug for TlsFiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsFiles").finish_non_exhaustive()
+    }
+}
+
 /// The limits of one replica (`0` turns one off); beyond each, a call is
 /// RESOURCE_EXHAUSTED.
 #[derive(Debug, Clone, Copy)]
@@ -233,6 +255,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// The metrics listen address; `None`: metrics are not served.
     pub metrics_listen: Option<SocketAddr>,
+    /// The gRPC listener's certificate and key (PEM); `None`: plaintext.
+    pub tls: Option<TlsFiles>,
     /// Apply pending migrations at start-up.
     pub migrate_on_start: bool,
     /// Redis for the due-queue and events; `None`: in-process, one replica.
@@ -292,6 +316,17 @@ impl ServeArgs {
         if self.redis_prefix.is_empty() || self.redis_prefix.contains(char::is_whitespace) {
             bail!("VOICEHUB_REDIS_PREFIX must be a non-empty word");
         }
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles {
+                cert: std::fs::read(cert)
+                    .map_err(|e| anyhow::anyhow!("VOICEHUB_TLS_CERT {}: {e}", cert.display()))?,
+                key: SecretString::from(
+                    std::fs::read_to_string(key)
+                        .map_err(|e| anyhow::anyhow!("VOICEHUB_TLS_KEY {}: {e}", key.display()))?,
+                ),
+            }),
+            _ => None,
+        };
         let provider = self.provider.into_config()?;
         if let ProviderConfig::ElevenLabs(elevenlabs) = &provider {
             // A create may take its retry budget plus one last attempt; an
@@ -308,6 +343,7 @@ impl ServeArgs {
         Ok(Config {
             listen: self.listen,
             metrics_listen: self.metrics_listen,
+            tls,
             migrate_on_start: self.migrate_on_start,
             redis_url: self.redis_url.map(SecretString::from),
             health_interval: self.health_interval,

@@ -183,12 +183,12 @@ pub(crate) async fn spawn_app(backend: Backend) -> TestApp {
     spawn_app_with(backend, |_| {}).await
 }
 
-/// As [`spawn_app`], letting the test adjust the configuration first.
-pub(crate) async fn spawn_app_with(backend: Backend, adjust: impl FnOnce(&mut Config)) -> TestApp {
-    let db = TestDatabase::new(backend).await;
-    let mut config = Config {
+/// The configuration tests start from, over `db`.
+pub(crate) fn test_config(backend: Backend, db: &TestDatabase) -> Config {
+    Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         metrics_listen: None,
+        tls: None,
         migrate_on_start: true,
         health_interval: Duration::from_secs(5),
         shutdown_grace: Duration::from_secs(30),
@@ -212,7 +212,13 @@ pub(crate) async fn spawn_app_with(backend: Backend, adjust: impl FnOnce(&mut Co
         provider: ProviderConfig::Simulated {
             ready_after: Duration::from_secs(1),
         },
-    };
+    }
+}
+
+/// As [`spawn_app`], letting the test adjust the configuration first.
+pub(crate) async fn spawn_app_with(backend: Backend, adjust: impl FnOnce(&mut Config)) -> TestApp {
+    let db = TestDatabase::new(backend).await;
+    let mut config = test_config(backend, &db);
     adjust(&mut config);
     let auth = Authenticator::new(&config.auth);
     let database = config.database.clone();
@@ -233,12 +239,11 @@ pub(crate) async fn spawn_app_with(backend: Backend, adjust: impl FnOnce(&mut Co
         .expect("connect to the test database");
     let shutdown = CancellationToken::new();
     let server = tokio::spawn(app.run_until_stopped(shutdown.clone()));
-    // The listener is already bound, so connecting needs no waiting.
+    // The listener is already bound, so the first call needs no waiting
+    // (lazily: a TLS listener's test brings its own channel).
     let channel = Endpoint::from_shared(format!("http://{addr}"))
         .unwrap()
-        .connect()
-        .await
-        .expect("connect to the test server");
+        .connect_lazy();
     TestApp {
         store,
         db: db_connection,

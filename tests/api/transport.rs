@@ -72,3 +72,93 @@ async fn every_accepted_connection_has_tcp_nodelay_and_keepalive() {
         );
     }
 }
+
+/// A self-signed certificate for `localhost` and 127.0.0.1, made by openssl.
+fn generated_pair(dir: &std::path::Path) -> (Vec<u8>, String) {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let status = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
+        .args(["-nodes", "-days", "1", "-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+        // A server certificate, not a CA: rustls refuses a CA as end entity.
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("openssl");
+    assert!(status.success());
+    (fs::read(cert).unwrap(), fs::read_to_string(key).unwrap())
+}
+
+#[tokio::test]
+async fn with_a_certificate_the_listener_speaks_tls_and_refuses_plaintext() {
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = generated_pair(dir.path());
+    let files = voicehub::config::TlsFiles {
+        cert: cert.clone(),
+        key: key.into(),
+    };
+    let app = crate::helpers::spawn_app_with(Backend::Sqlite, |c| c.tls = Some(files)).await;
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&cert))
+        .domain_name("localhost");
+    let channel = Endpoint::from_shared(format!("https://{}", app.addr))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .expect("a TLS connection");
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    let status = health
+        .check(HealthCheckRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .status;
+    assert_eq!(
+        status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+    let mut client = voicehub::pb::voice_service_client::VoiceServiceClient::new(channel);
+    let mut request = tonic::Request::new(voicehub::pb::ListUserVoicesRequest::default());
+    let token = app
+        .auth
+        .mint(uuid::Uuid::new_v4(), Duration::from_mins(5))
+        .unwrap();
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    assert!(client.list_user_voices(request).await.is_ok());
+    // The plaintext channel of the helper gets no answer over TLS.
+    let plaintext = app.health().check(HealthCheckRequest::default()).await;
+    assert!(plaintext.is_err(), "{plaintext:?}");
+}
+
+#[tokio::test]
+async fn a_key_that_is_not_a_key_stops_start_up_naming_the_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, _) = generated_pair(dir.path());
+    let db = crate::helpers::TestDatabase::new(Backend::Sqlite).await;
+    let mut config = crate::helpers::test_config(Backend::Sqlite, &db);
+    config.tls = Some(voicehub::config::TlsFiles {
+        cert,
+        key: "not a key".to_owned().into(),
+    });
+    let err = voicehub::Application::build(config)
+        .await
+        .err()
+        .expect("start-up refuses it");
+    assert!(format!("{err:#}").contains("VOICEHUB_TLS_KEY"), "{err:#}");
+}
