@@ -13,8 +13,8 @@
 //! - ListUserVoices → page size (0 = default, above the maximum = maximum,
 //!   negative refused), scope and status enums, and the page token, which
 //!   must belong to the same caller, scope and status.
-//! - WatchVoiceStatus → at most [`MAX_WATCHED`] voice ids, each a UUID;
-//!   duplicates are watched once.
+//! - WatchVoiceStatus → at most [`MAX_WATCHED`] voice ids, each a UUID,
+//!   none named twice.
 //!
 //! Enum numbers outside the contract are refused, never mapped to a default.
 
@@ -134,7 +134,8 @@ fn status_filter(value: i32) -> Result<Option<VoiceStatus>, Error> {
 /// The distinct voice ids a WatchVoiceStatus request names, in their order.
 ///
 /// # Errors
-/// INVALID_ARGUMENT for too many ids or one that is not a UUID.
+/// INVALID_ARGUMENT for too many ids, one that is not a UUID, or one named
+/// twice (a client bug worth hearing of, not silently folding).
 pub(crate) fn watch_request(request: pb::WatchVoiceStatusRequest) -> Result<Vec<Uuid>, Error> {
     let pb::WatchVoiceStatusRequest { voice_ids } = request;
     if voice_ids.len() > MAX_WATCHED {
@@ -147,9 +148,13 @@ pub(crate) fn watch_request(request: pb::WatchVoiceStatusRequest) -> Result<Vec<
     for (i, raw) in voice_ids.iter().enumerate() {
         let id = Uuid::parse_str(raw)
             .map_err(|_| Error::invalid(format!("voice_ids[{i}]"), "must be a UUID"))?;
-        if !ids.contains(&id) {
-            ids.push(id);
+        if let Some(first) = ids.iter().position(|seen| *seen == id) {
+            return Err(Error::invalid(
+                format!("voice_ids[{i}]"),
+                format!("names the same voice as voice_ids[{first}]"),
+            ));
         }
+        ids.push(id);
     }
     Ok(ids)
 }
@@ -304,22 +309,29 @@ fn description(field: &'static str, value: &str) -> Result<String, Error> {
             format!("must be at most {MAX_DESCRIPTION_CHARS} characters"),
         ));
     }
-    // Line breaks and tabs are text; other control characters are not.
+    // Line breaks and tabs are text; other hidden characters are not.
     if description
         .chars()
-        .any(|c| c.is_control() && c != '\n' && c != '\t' && c != '\r')
+        .any(|c| hidden(c) && c != '\n' && c != '\t' && c != '\r')
     {
-        return Err(Error::invalid(field, "must not contain control characters"));
+        return Err(Error::invalid(
+            field,
+            "must not contain control (but line breaks and tabs), format (bidirectional or \
+             zero-width), private-use or unassigned characters",
+        ));
     }
     Ok(description.to_owned())
 }
 
 fn gender(value: &str) -> Result<String, Error> {
     let gender = value.trim();
-    if gender.chars().count() > MAX_GENDER_CHARS || has_control(gender) {
+    if gender.chars().count() > MAX_GENDER_CHARS || gender.chars().any(hidden) {
         return Err(Error::invalid(
             "gender",
-            format!("must be at most {MAX_GENDER_CHARS} characters without control characters"),
+            format!(
+                "must be at most {MAX_GENDER_CHARS} characters without control, format, \
+                 private-use or unassigned characters"
+            ),
         ));
     }
     Ok(gender.to_owned())
@@ -381,11 +393,12 @@ fn labels(
                 format!("the label key {TAG_LABEL} is reserved for voicehub's own use"),
             ));
         }
-        if value.chars().count() > MAX_LABEL_VALUE_CHARS || has_control(value) {
+        if value.chars().count() > MAX_LABEL_VALUE_CHARS || value.chars().any(hidden) {
             return Err(Error::invalid(
                 format!("{field}[{key:?}]"),
                 format!(
-                    "label values must be at most {MAX_LABEL_VALUE_CHARS} characters without control characters"
+                    "label values must be at most {MAX_LABEL_VALUE_CHARS} characters without control, \
+                     format (bidirectional or zero-width), private-use or unassigned characters"
                 ),
             ));
         }

@@ -9,6 +9,7 @@
 mod fake_elevenlabs;
 mod helpers;
 
+mod abuse;
 mod auth;
 mod cli;
 mod contract;

@@ -1,0 +1,630 @@
+//! The abuse suite: malformed requests across all six RPCs, and one user
+//! reaching for another's voices with every field that takes a voice id,
+//! and with every kind of bad token. Each case asserts the documented code
+//! (naming the field) and that nothing was written, changed or sent to the
+//! provider.
+
+use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+use prost_types::FieldMask;
+use serde_json::json;
+use tonic::{Code, Status};
+use uuid::Uuid;
+use voicehub::{
+    pb::{
+        self, AudioSample, CreateVoiceCloneRequest, DeleteVoiceRequest, GetVoiceRequest,
+        ListUserVoicesRequest, UpdateVoiceRequest, WatchVoiceStatusRequest,
+    },
+    store::{Visibility, VoiceStatus},
+};
+
+use crate::{
+    helpers::{
+        Backend, Client, JWT_SECRET, TestApp, assert_invalid_field, create_request, mp3,
+        spawn_app_with_fake, wav,
+    },
+    on_both_backends,
+};
+
+/// One call of any RPC.
+#[derive(Clone)]
+#[allow(clippy::large_enum_variant)] // a test table, built once
+enum Call {
+    Create(CreateVoiceCloneRequest),
+    Get(GetVoiceRequest),
+    List(ListUserVoicesRequest),
+    Update(UpdateVoiceRequest),
+    Delete(DeleteVoiceRequest),
+    Watch(WatchVoiceStatusRequest),
+}
+
+impl Call {
+    /// Makes the call; the error, if it failed (a stream that opens counts
+    /// as success).
+    async fn run(self, client: &mut Client) -> Option<Status> {
+        match self {
+            Call::Create(r) => client.create_voice_clone(r).await.err(),
+            Call::Get(r) => client.get_voice(r).await.err(),
+            Call::List(r) => client.list_user_voices(r).await.err(),
+            Call::Update(r) => client.update_voice(r).await.err(),
+            Call::Delete(r) => client.delete_voice(r).await.err(),
+            Call::Watch(r) => client.watch_voice_status(r).await.err(),
+        }
+    }
+}
+
+fn create(change: impl FnOnce(&mut CreateVoiceCloneRequest)) -> Call {
+    let mut request = create_request("Abuse");
+    change(&mut request);
+    Call::Create(request)
+}
+
+fn sample(filename: &str, content_type: &str, data: Vec<u8>) -> AudioSample {
+    AudioSample {
+        filename: filename.into(),
+        content_type: content_type.into(),
+        data: data.into(),
+    }
+}
+
+fn update(voice_id: &str, paths: &[&str], change: impl FnOnce(&mut pb::Voice)) -> Call {
+    let mut voice = pb::Voice {
+        voice_id: voice_id.to_owned(),
+        name: "Renamed".into(),
+        visibility: pb::Visibility::Private as i32,
+        ..pb::Voice::default()
+    };
+    change(&mut voice);
+    Call::Update(UpdateVoiceRequest {
+        voice: Some(voice),
+        update_mask: Some(FieldMask {
+            paths: paths.iter().map(ToString::to_string).collect(),
+        }),
+    })
+}
+
+fn list(change: impl FnOnce(&mut ListUserVoicesRequest)) -> Call {
+    let mut request = ListUserVoicesRequest::default();
+    change(&mut request);
+    Call::List(request)
+}
+
+fn watch(ids: Vec<String>) -> Call {
+    Call::Watch(WatchVoiceStatusRequest { voice_ids: ids })
+}
+
+/// The state of every voice, to compare before and after.
+async fn snapshot(app: &TestApp) -> Vec<(Uuid, String, i64, VoiceStatus, Visibility)> {
+    use sea_orm::{EntityTrait, QueryOrder};
+    use voicehub::store::entity::voice;
+    voice::Entity::find()
+        .order_by_asc(voice::Column::Id)
+        .all(&app.db)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|v| (v.id, v.name, v.revision, v.status, v.visibility))
+        .collect()
+}
+
+async fn malformed_requests_across_all_rpcs_are_refused_naming_the_field(backend: Backend) {
+    let (app, fake) = spawn_app_with_fake(backend, |_| {}).await;
+    let user = Uuid::new_v4();
+    let mine = app
+        .seed(user, Visibility::Private, VoiceStatus::Completed)
+        .await
+        .id
+        .to_string();
+    let mut client = app.client(user);
+    // A page token of someone else's listing, and one tampered with.
+    let others_token = {
+        let other = Uuid::new_v4();
+        for _ in 0..3 {
+            app.seed(other, Visibility::Private, VoiceStatus::Completed)
+                .await;
+        }
+        app.client(other)
+            .list_user_voices(ListUserVoicesRequest {
+                page_size: 1,
+                ..ListUserVoicesRequest::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .next_page_token
+    };
+    assert!(!others_token.is_empty());
+    let mut tampered = others_token.clone();
+    tampered.replace_range(..4, "AAAA");
+    let before = snapshot(&app).await;
+
+    let id = mine.clone();
+    let cases: Vec<(&str, Call, &str)> = vec![
+        // CreateVoiceClone
+        ("empty name", create(|r| r.name.clear()), "name"),
+        (
+            "101-character name",
+            create(|r| r.name = "n".repeat(101)),
+            "name",
+        ),
+        (
+            "control character in the name",
+            create(|r| r.name = "Nar\u{7}rator".into()),
+            "name",
+        ),
+        (
+            "zero-width-only name",
+            create(|r| r.name = "\u{200B}\u{200D}".into()),
+            "name",
+        ),
+        (
+            "right-to-left override in the name",
+            create(|r| r.name = "abc\u{202E}def".into()),
+            "name",
+        ),
+        (
+            "501-character description",
+            create(|r| r.description = "d".repeat(501)),
+            "description",
+        ),
+        (
+            "control character in the description",
+            create(|r| r.description = "a\u{0}b".into()),
+            "description",
+        ),
+        ("no samples", create(|r| r.samples.clear()), "samples"),
+        (
+            "26 samples",
+            create(|r| r.samples = vec![r.samples[0].clone(); 26]),
+            "samples",
+        ),
+        (
+            "empty sample",
+            create(|r| r.samples[0].data = Vec::new().into()),
+            "samples[0].data",
+        ),
+        (
+            "filename with a path",
+            create(|r| r.samples[0].filename = "../etc/passwd".into()),
+            "samples[0].filename",
+        ),
+        (
+            "text sent as audio/wav",
+            create(|r| {
+                r.samples[0] = sample(
+                    "a.wav",
+                    "audio/wav",
+                    b"just some text, long enough".repeat(40),
+                );
+            }),
+            "samples[0].data",
+        ),
+        (
+            "PDF sent as audio/mpeg",
+            create(|r| r.samples[1] = sample("b.mp3", "audio/mpeg", b"%PDF-1.7 ".repeat(100))),
+            "samples[1].data",
+        ),
+        (
+            "WAV labelled audio/mpeg",
+            create(|r| r.samples[0].content_type = "audio/mpeg".into()),
+            "samples[0].content_type",
+        ),
+        (
+            "image content type",
+            create(|r| r.samples[1] = sample("b.png", "image/png", mp3())),
+            "samples[1].content_type",
+        ),
+        (
+            "half a second of audio",
+            create(|r| r.samples[0].data = wav(500).into()),
+            "samples[0].data",
+        ),
+        (
+            "unknown visibility",
+            create(|r| r.visibility = 7),
+            "visibility",
+        ),
+        (
+            "11 labels",
+            create(|r| r.labels = (0..11).map(|i| (format!("k{i}"), "v".into())).collect()),
+            "labels",
+        ),
+        (
+            "label key with capitals",
+            create(|r| r.labels = [("Key".into(), "v".into())].into()),
+            "labels[\"Key\"]",
+        ),
+        (
+            "33-character label key",
+            create(|r| r.labels = [("k".repeat(33), "v".into())].into()),
+            "labels[\"kkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkk\"]",
+        ),
+        (
+            "65-character label value",
+            create(|r| r.labels = [("accent".into(), "v".repeat(65))].into()),
+            "labels[\"accent\"]",
+        ),
+        (
+            "zero-width label value",
+            create(|r| r.labels = [("accent".into(), "a\u{200B}b".into())].into()),
+            "labels[\"accent\"]",
+        ),
+        (
+            "reserved label key",
+            create(|r| r.labels = [("voicehub_id".into(), "x".into())].into()),
+            "labels[\"voicehub_id\"]",
+        ),
+        (
+            "language that is not BCP-47",
+            create(|r| r.language = "english please".into()),
+            "language",
+        ),
+        (
+            "request_id with a space",
+            create(|r| r.request_id = "take 1".into()),
+            "request_id",
+        ),
+        (
+            "65-character request_id",
+            create(|r| r.request_id = "r".repeat(65)),
+            "request_id",
+        ),
+        // GetVoice
+        (
+            "GetVoice without an id",
+            Call::Get(GetVoiceRequest::default()),
+            "voice_id",
+        ),
+        (
+            "GetVoice id not a UUID",
+            Call::Get(GetVoiceRequest {
+                voice_id: "42".into(),
+            }),
+            "voice_id",
+        ),
+        (
+            "GetVoice id with a zero-width space",
+            Call::Get(GetVoiceRequest {
+                voice_id: format!("{id}\u{200B}"),
+            }),
+            "voice_id",
+        ),
+        // ListUserVoices
+        (
+            "negative page size",
+            list(|r| r.page_size = -1),
+            "page_size",
+        ),
+        ("unknown scope", list(|r| r.scope = 9), "scope"),
+        ("unknown status", list(|r| r.status = 42), "status"),
+        (
+            "listing deleted voices",
+            list(|r| r.status = pb::VoiceStatus::Deleted as i32),
+            "status",
+        ),
+        (
+            "someone else's page token",
+            list(|r| r.page_token.clone_from(&others_token)),
+            "page_token",
+        ),
+        (
+            "tampered page token",
+            list(|r| r.page_token.clone_from(&tampered)),
+            "page_token",
+        ),
+        (
+            "page token of garbage",
+            list(|r| r.page_token = "%%%not-base64%%%".into()),
+            "page_token",
+        ),
+        (
+            "page token for another scope",
+            list(|r| {
+                r.page_token.clone_from(&others_token);
+                r.scope = pb::VoiceScope::All as i32;
+            }),
+            "page_token",
+        ),
+        // UpdateVoice
+        (
+            "UpdateVoice without a voice",
+            Call::Update(UpdateVoiceRequest {
+                voice: None,
+                update_mask: Some(FieldMask {
+                    paths: vec!["name".into()],
+                }),
+            }),
+            "voice",
+        ),
+        (
+            "UpdateVoice id not a UUID",
+            update("nope", &["name"], |_| {}),
+            "voice.voice_id",
+        ),
+        (
+            "UpdateVoice without a mask",
+            update(&id, &[], |_| {}),
+            "update_mask",
+        ),
+        (
+            "UpdateVoice of status",
+            update(&id, &["status"], |_| {}),
+            "update_mask",
+        ),
+        (
+            "UpdateVoice of provider_voice_id",
+            update(&id, &["provider_voice_id"], |_| {}),
+            "update_mask",
+        ),
+        (
+            "UpdateVoice to an empty name",
+            update(&id, &["name"], |v| v.name.clear()),
+            "voice.name",
+        ),
+        (
+            "UpdateVoice to a bidi name",
+            update(&id, &["name"], |v| v.name = "\u{2067}x\u{2069}".into()),
+            "voice.name",
+        ),
+        (
+            "UpdateVoice to UNSPECIFIED visibility",
+            update(&id, &["visibility"], |v| v.visibility = 0),
+            "voice.visibility",
+        ),
+        (
+            "UpdateVoice to an unknown visibility",
+            update(&id, &["visibility"], |v| v.visibility = 5),
+            "voice.visibility",
+        ),
+        (
+            "UpdateVoice with 11 labels",
+            update(&id, &["labels"], |v| {
+                v.labels = (0..11).map(|i| (format!("k{i}"), "v".into())).collect();
+            }),
+            "voice.labels",
+        ),
+        // DeleteVoice
+        (
+            "DeleteVoice without an id",
+            Call::Delete(DeleteVoiceRequest::default()),
+            "voice_id",
+        ),
+        (
+            "DeleteVoice id not a UUID",
+            Call::Delete(DeleteVoiceRequest {
+                voice_id: "DROP TABLE voices".into(),
+            }),
+            "voice_id",
+        ),
+        // WatchVoiceStatus
+        (
+            "101 watched voices",
+            watch((0..101).map(|_| Uuid::new_v4().to_string()).collect()),
+            "voice_ids",
+        ),
+        (
+            "a watched id that is not a UUID",
+            watch(vec![id.clone(), "x".into()]),
+            "voice_ids[1]",
+        ),
+        (
+            "a voice watched twice",
+            watch(vec![id.clone(), id.clone()]),
+            "voice_ids[1]",
+        ),
+    ];
+    assert!(cases.len() >= 40, "{} cases", cases.len());
+    for (case, call, field) in cases {
+        let status = call
+            .run(&mut client)
+            .await
+            .unwrap_or_else(|| panic!("{case}: accepted"));
+        assert_invalid_field(&status, field);
+        println!("{case}: {}", status.message());
+    }
+    // A message above the transport's limit is refused before it is read.
+    let huge = create(|r| {
+        r.samples = (0..6)
+            .map(|i| sample(&format!("{i}.wav"), "audio/wav", vec![0; 9 << 20]))
+            .collect();
+    });
+    let status = huge.run(&mut client).await.expect("refused");
+    assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+
+    assert_eq!(
+        snapshot(&app).await,
+        before,
+        "nothing was written or changed"
+    );
+    assert!(fake.requests().is_empty(), "the provider was never called");
+}
+
+/// Signs `claims` as HS256 with `secret`.
+fn sign(claims: &serde_json::Value, secret: &str) -> String {
+    encode(
+        &Header::default(),
+        claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+async fn another_users_voices_are_out_of_reach_whatever_the_field_or_token(backend: Backend) {
+    let (app, fake) = spawn_app_with_fake(backend, |_| {}).await;
+    let (alice, bob) = (Uuid::new_v4(), Uuid::new_v4());
+    let private = app
+        .seed(alice, Visibility::Private, VoiceStatus::Completed)
+        .await
+        .id
+        .to_string();
+    let public = app
+        .seed(alice, Visibility::Public, VoiceStatus::Completed)
+        .await
+        .id
+        .to_string();
+    let before = snapshot(&app).await;
+    let mut bob_client = app.client(bob);
+
+    // Every field that takes a voice id, with Alice's private voice: not
+    // found, exactly as for a voice that does not exist.
+    let missing = Uuid::new_v4().to_string();
+    for id in [&private, &missing] {
+        let calls = [
+            Call::Get(GetVoiceRequest {
+                voice_id: id.clone(),
+            }),
+            update(id, &["name"], |_| {}),
+            Call::Delete(DeleteVoiceRequest {
+                voice_id: id.clone(),
+            }),
+            watch(vec![id.clone()]),
+            watch(vec![public.clone(), id.clone()]),
+        ];
+        for call in calls {
+            let status = call.run(&mut bob_client).await.expect("refused");
+            assert_eq!(status.code(), Code::NotFound, "{status:?}");
+            assert_eq!(status.message(), "voice not found", "{status:?}");
+        }
+    }
+    // Her public voice may be read and watched, never changed or deleted.
+    let status = update(&public, &["name"], |_| {})
+        .run(&mut bob_client)
+        .await
+        .expect("refused");
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
+    let status = Call::Delete(DeleteVoiceRequest {
+        voice_id: public.clone(),
+    })
+    .run(&mut bob_client)
+    .await
+    .expect("refused");
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
+    assert!(
+        Call::Get(GetVoiceRequest {
+            voice_id: public.clone()
+        })
+        .run(&mut bob_client)
+        .await
+        .is_none()
+    );
+    // Listing: Bob's own scope holds none of hers; ALL holds only the public one.
+    let all = bob_client
+        .list_user_voices(ListUserVoicesRequest {
+            scope: pb::VoiceScope::All as i32,
+            ..ListUserVoicesRequest::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let ids: Vec<_> = all.voices.iter().map(|v| v.voice_id.clone()).collect();
+    assert_eq!(ids, std::slice::from_ref(&public));
+    // Bob reusing Alice's request_id makes Bob's own voice, not hers.
+    let mut request = create_request("Bob's");
+    request.request_id = "shared-take".into();
+    let mut alices = create_request("Alice's");
+    alices.request_id = "shared-take".into();
+    let hers = app
+        .client(alice)
+        .create_voice_clone(alices)
+        .await
+        .unwrap()
+        .into_inner();
+    let his = bob_client
+        .create_voice_clone(request)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_ne!(his.voice_id, hers.voice_id);
+    assert_eq!(his.name, "Bob's");
+
+    // Bad tokens on every RPC: UNAUTHENTICATED before anything is read.
+    let now = jsonwebtoken::get_current_timestamp();
+    let sub = bob.to_string();
+    let none_alg = {
+        use base64::Engine;
+        let b64 = |v: serde_json::Value| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+        };
+        format!(
+            "{}.{}.",
+            b64(json!({"alg": "none", "typ": "JWT"})),
+            b64(json!({"sub": sub, "exp": now + 600}))
+        )
+    };
+    let tokens = [
+        (
+            "expired",
+            sign(&json!({"sub": sub, "exp": now - 3600}), JWT_SECRET),
+        ),
+        (
+            "not valid yet",
+            sign(
+                &json!({"sub": sub, "exp": now + 7200, "nbf": now + 3600}),
+                JWT_SECRET,
+            ),
+        ),
+        (
+            "another secret",
+            sign(
+                &json!({"sub": sub, "exp": now + 600}),
+                "another-secret-another-secret-another!",
+            ),
+        ),
+        (
+            "another algorithm",
+            encode(
+                &Header::new(Algorithm::HS512),
+                &json!({"sub": sub, "exp": now + 600}),
+                &EncodingKey::from_secret(JWT_SECRET.as_bytes()),
+            )
+            .unwrap(),
+        ),
+        ("alg none", none_alg),
+        ("no sub", sign(&json!({"exp": now + 600}), JWT_SECRET)),
+        (
+            "sub not a UUID",
+            sign(&json!({"sub": "bob", "exp": now + 600}), JWT_SECRET),
+        ),
+        (
+            "sub of another spelling",
+            sign(
+                &json!({"sub": alice.simple().to_string(), "exp": now + 600}),
+                JWT_SECRET,
+            ),
+        ),
+    ];
+    let calls = [
+        Call::Create(create_request("Forged")),
+        Call::Get(GetVoiceRequest {
+            voice_id: private.clone(),
+        }),
+        list(|r| r.scope = pb::VoiceScope::All as i32),
+        update(&private, &["name"], |_| {}),
+        Call::Delete(DeleteVoiceRequest {
+            voice_id: private.clone(),
+        }),
+        watch(vec![private.clone()]),
+    ];
+    let mut refused = 0;
+    for (kind, token) in &tokens {
+        let mut forged = app.with_authorization(&format!("Bearer {token}"));
+        for call in calls.clone() {
+            let status = call.run(&mut forged).await.expect("refused");
+            assert_eq!(status.code(), Code::Unauthenticated, "{kind}: {status:?}");
+            refused += 1;
+        }
+    }
+    assert_eq!(refused, tokens.len() * calls.len());
+
+    // Alice's voices are as they were; the only writes are the two creates.
+    let after = snapshot(&app).await;
+    assert_eq!(after.len(), before.len() + 2);
+    for voice in &before {
+        assert!(after.contains(voice), "{voice:?} changed");
+    }
+    assert_eq!(fake.requests().len(), 2, "the two creates, nothing else");
+}
+
+on_both_backends!(
+    malformed_requests_across_all_rpcs_are_refused_naming_the_field,
+    another_users_voices_are_out_of_reach_whatever_the_field_or_token
+);
