@@ -15,7 +15,7 @@ use voicehub::{
 };
 
 use crate::{
-    fake_elevenlabs::Route,
+    fake_elevenlabs::{Report, Route},
     helpers::{
         Backend, create_request, create_voice, next, spawn_app_with, spawn_app_with_fake, voice,
         watch,
@@ -273,4 +273,138 @@ async fn after_the_event_reader_was_away_watch_streams_catch_up_from_storage() {
     expected.sort();
     assert_eq!(seen, expected);
     assert!(app.metric("voicehub_watch_resyncs_total") >= 1);
+}
+
+#[tokio::test]
+async fn a_watcher_that_stops_reading_costs_one_state_and_then_gets_the_latest() {
+    use prost_types::FieldMask;
+    use voicehub::pb::UpdateVoiceRequest;
+    let app = spawn_app_with(Backend::Sqlite, |_| {}).await;
+    let user = Uuid::new_v4();
+    let mut client = app.client(user);
+    let voice = create_voice(&mut client, "Rename 0").await;
+    // A reader with a small HTTP/2 window, so its stream backs up in the
+    // server rather than in the client's buffers.
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", app.addr))
+        .unwrap()
+        .initial_stream_window_size(Some(8 * 1024))
+        .connect()
+        .await
+        .unwrap();
+    let mut reader = pb::voice_service_client::VoiceServiceClient::with_interceptor(
+        channel,
+        crate::helpers::Bearer(format!(
+            "Bearer {}",
+            app.auth.mint(user, Duration::from_hours(1)).unwrap()
+        )),
+    );
+    let mut stream = watch(&mut reader, &[&voice.voice_id]).await;
+    assert!(next(&mut stream).await.unwrap().snapshot);
+
+    // The watcher reads nothing while the voice changes 1,000 times.
+    for i in 1..=1_000 {
+        let request = UpdateVoiceRequest {
+            voice: Some(pb::Voice {
+                voice_id: voice.voice_id.clone(),
+                name: format!("Rename {i}"),
+                description: format!("{i:>4} ").repeat(90),
+                ..pb::Voice::default()
+            }),
+            update_mask: Some(FieldMask {
+                paths: vec!["name".into(), "description".into()],
+            }),
+        };
+        client.update_voice(request).await.unwrap();
+    }
+    let coalesced = app.metric("voicehub_events_coalesced_total");
+    let handed = app.metric("voicehub_events_delivered_total");
+    println!("while not reading: {handed} handed to the stream, {coalesced} coalesced");
+    // What the server holds for the stream is bounded: HTTP/2's send buffer
+    // (hyper's 400 KiB at most) and, behind it, its mailbox's one state of
+    // the voice; every later change replaced the one before.
+    assert!(coalesced > handed, "{coalesced} coalesced, {handed} handed");
+
+    // Reading again, it reaches the latest state, in revision order.
+    let mut received = 0;
+    let mut last = 0;
+    loop {
+        let event = next(&mut stream).await.unwrap().voice.unwrap();
+        assert!(event.revision > last, "in order");
+        last = event.revision;
+        received += 1;
+        if event.name == "Rename 1000" {
+            break;
+        }
+    }
+    println!("then read {received} states, the last one the latest");
+    assert!(received < 1_000);
+    // Every change was handed to the stream or replaced by a newer one (the
+    // creation's event may count too, if it came after the subscription).
+    let total = app.metric("voicehub_events_delivered_total")
+        + app.metric("voicehub_events_coalesced_total");
+    assert!((1_000..=1_001).contains(&total), "{total}");
+}
+
+#[tokio::test]
+async fn redis_killed_restarted_and_flushed_mid_run_still_ends_every_voice_and_tells_watchers() {
+    let mut redis = RedisServer::start();
+    let url = redis.url();
+    let (app, fake) = spawn_app_with_fake(Backend::Postgres, move |c| {
+        c.redis_url = Some(url.into());
+        c.sync_worker = true;
+    })
+    .await;
+    fake.set_default_report(Report::awaiting_verification());
+    let user = Uuid::new_v4();
+    let mut client = app.client(user);
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        ids.push(create_voice(&mut client, &format!("Through it all {i}")).await);
+    }
+    let mut all = watch(&mut client, &[]).await;
+    for _ in 0..10 {
+        assert!(next(&mut all).await.unwrap().snapshot);
+    }
+
+    // Mid-run: Redis dies; meanwhile the provider finishes every voice;
+    // Redis comes back empty, then is flushed once more.
+    redis.stop();
+    for voice in &ids {
+        fake.set_report(&voice.provider_voice_id, Report::default());
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    redis.restart();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(redis.cli(&["FLUSHALL"]).trim(), "OK");
+
+    // The watcher hears every voice complete.
+    let mut completed = std::collections::BTreeSet::new();
+    while completed.len() < ids.len() {
+        let event = tokio::time::timeout(Duration::from_secs(30), next(&mut all))
+            .await
+            .expect("every terminal state reaches the watcher")
+            .unwrap();
+        let voice = event.voice.unwrap();
+        if voice.status() == pb::VoiceStatus::Completed {
+            completed.insert(voice.voice_id);
+        }
+    }
+    // Storage agrees, and nothing was lost or made twice.
+    for voice in &ids {
+        let stored = client
+            .get_voice(GetVoiceRequest {
+                voice_id: voice.voice_id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(stored.status(), pb::VoiceStatus::Completed);
+    }
+    assert_eq!(app.voice_rows().await, 10);
+    assert_eq!(fake.calls(Route::Add), 10);
+    assert_eq!(
+        fake.voice_ids().len(),
+        10,
+        "no provider voice without a row"
+    );
 }
