@@ -207,6 +207,25 @@ struct Inner {
     /// The largest page a search returns, whatever `page_size` asks (the
     /// real API may return fewer voices than asked for).
     page_limit: Option<usize>,
+    /// Until then, every other request fails (see [`FakeElevenLabs::storm`]).
+    storm_until: Option<std::time::Instant>,
+    storm_count: u64,
+}
+
+impl Inner {
+    /// The storm's answer to the next request: 429 and 500 in turn for
+    /// every other request while it lasts.
+    fn storm_fault(&mut self) -> Option<Fault> {
+        if self.storm_until? <= std::time::Instant::now() {
+            return None;
+        }
+        self.storm_count += 1;
+        match self.storm_count % 4 {
+            1 => Some(Fault::too_many_concurrent()),
+            3 => Some(Fault::server_error()),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -252,6 +271,11 @@ impl FakeElevenLabs {
                 budget: Duration::from_secs(10),
             },
         })
+    }
+
+    /// For `lasting`, half of all answers, on every route, are 429 or 500.
+    pub(crate) fn storm(&self, lasting: Duration) {
+        self.inner.lock().unwrap().storm_until = Some(std::time::Instant::now() + lasting);
     }
 
     /// The next `times` requests to `route` get `fault`.
@@ -367,7 +391,8 @@ async fn begin(inner: &Arc<Mutex<Inner>>, recorded: Recorded) -> Option<Response
     let fault = {
         let mut inner = inner.lock().unwrap();
         inner.requests.push(recorded);
-        inner.faults.get_mut(&route).and_then(VecDeque::pop_front)
+        let queued = inner.faults.get_mut(&route).and_then(VecDeque::pop_front);
+        queued.or_else(|| inner.storm_fault())
     };
     match fault {
         Some(Fault::Respond {

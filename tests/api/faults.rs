@@ -408,3 +408,103 @@ async fn redis_killed_restarted_and_flushed_mid_run_still_ends_every_voice_and_t
         "no provider voice without a row"
     );
 }
+
+#[tokio::test]
+async fn a_provider_storm_while_thirty_voices_are_created_and_watched_ends_each_once() {
+    use std::collections::{BTreeMap, BTreeSet};
+    let (app, fake) = spawn_app_with_fake(Backend::Postgres, |c| c.sync_worker = true).await;
+    let user = Uuid::new_v4();
+    let mut all = watch(&mut app.client(user), &[]).await;
+    // Half of every answer is a 429 or a 500, for the length of the creates.
+    fake.storm(Duration::from_secs(8));
+    let creates: Vec<_> = (0..30)
+        .map(|i| {
+            let mut client = app.client(user);
+            tokio::spawn(async move {
+                let mut request = create_request(&format!("Storm {i}"));
+                request.request_id = format!("storm-{i}");
+                // A client that retries with the same request_id.
+                for attempt in 1..=20 {
+                    match client.create_voice_clone(request.clone()).await {
+                        Ok(voice) => return (voice.into_inner(), attempt),
+                        Err(status) if status.code() == Code::Unavailable => {
+                            tokio::time::sleep(Duration::from_millis(300)).await;
+                        }
+                        Err(status) => panic!("create {i}: {status:?}"),
+                    }
+                }
+                panic!("create {i} never answered")
+            })
+        })
+        .collect();
+    let mut attempts = BTreeMap::new();
+    for create in creates {
+        let (voice, tries) = create.await.unwrap();
+        attempts.insert(voice.voice_id, tries);
+    }
+    assert_eq!(attempts.len(), 30, "30 distinct voices");
+
+    // Every voice ends terminal, and the watcher hears it.
+    let mut ended = BTreeMap::new();
+    while ended.len() < 30 {
+        let event = tokio::time::timeout(Duration::from_mins(1), next(&mut all))
+            .await
+            .expect("every voice ends")
+            .unwrap();
+        let voice = event.voice.unwrap();
+        if matches!(
+            voice.status(),
+            pb::VoiceStatus::Completed | pb::VoiceStatus::Failed
+        ) {
+            ended.insert(voice.voice_id.clone(), voice.status());
+        }
+    }
+    let completed = ended
+        .values()
+        .filter(|s| **s == pb::VoiceStatus::Completed)
+        .count();
+    println!(
+        "storm: {} client attempts, {} provider requests, {completed} COMPLETED, {} FAILED",
+        attempts.values().sum::<u32>(),
+        fake.requests().len(),
+        30 - completed
+    );
+    assert_eq!(app.voice_rows().await, 30, "no duplicate row");
+    // Retries within bounds: per voice, at most 4 clone requests (1 + 3
+    // retries) per attempt of its client.
+    let mut adds: BTreeMap<String, u32> = BTreeMap::new();
+    for request in fake.requests() {
+        if request.route == Route::Add {
+            let labels: serde_json::Value =
+                serde_json::from_str(request.text("labels").unwrap()).unwrap();
+            *adds
+                .entry(labels["voicehub_id"].as_str().unwrap().to_owned())
+                .or_default() += 1;
+        }
+    }
+    for (voice, tries) in &attempts {
+        let sent = adds.get(voice).copied().unwrap_or_default();
+        assert!(
+            sent <= 4 * tries,
+            "{voice}: {sent} clone requests for {tries} attempts"
+        );
+    }
+    // No provider voice without a row, and none cloned twice.
+    let held: BTreeSet<String> = {
+        use sea_orm::EntityTrait;
+        store::entity::voice::Entity::find()
+            .all(&app.db)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter_map(|v| v.provider_voice_id)
+            .collect()
+    };
+    let at_provider: BTreeSet<String> = fake.voice_ids().into_iter().collect();
+    assert_eq!(held, at_provider);
+    assert_eq!(
+        completed,
+        at_provider.len(),
+        "each provider voice is a COMPLETED one"
+    );
+}
