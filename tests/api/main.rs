@@ -30,6 +30,7 @@ mod readme;
 mod redis_server;
 mod replicas;
 mod shutdown;
+mod soak;
 mod status_engine;
 mod sweep;
 mod transport;
