@@ -422,12 +422,14 @@ async fn a_provider_storm_while_thirty_voices_are_created_and_watched_ends_each_
     let (app, fake) = spawn_app_with_fake(Backend::Postgres, |c| c.sync_worker = true).await;
     let user = Uuid::new_v4();
     let mut all = watch(&mut app.client(user), &[]).await;
-    // Half of every answer is a 429 or a 500, for the length of the creates.
-    fake.storm(Duration::from_secs(8));
-    let creates: Vec<_> = (0..30)
+    // For a minute, half of every answer is a 429 or a 500, while a voice
+    // is created every 2 s.
+    fake.storm(Duration::from_secs(62));
+    let creates: Vec<_> = (0..30u64)
         .map(|i| {
             let mut client = app.client(user);
             tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(2 * i)).await;
                 let mut request = create_request(&format!("Storm {i}"));
                 request.request_id = format!("storm-{i}");
                 // A client that retries with the same request_id.

@@ -1,6 +1,6 @@
 //! The soak: `voicehub serve` under creates, lists, gets and watches at a
 //! steady rate while the provider fails now and then, for
-//! `VOICEHUB_SOAK_SECS` (60 s in the test command; set it higher for a
+//! `VOICEHUB_SOAK_SECS` (150 s in the test command; set it higher for a
 //! longer soak). Nothing may fail but what was injected (and the service
 //! absorbs those by retrying), no voice may stay PROCESSING, and the
 //! server's memory (RSS) at the end is reported beside its start.
@@ -55,7 +55,7 @@ async fn a_bounded_soak_with_provider_faults_leaves_no_stuck_voice_and_flat_memo
     let seconds: u64 = std::env::var("VOICEHUB_SOAK_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(60);
+        .unwrap_or(150);
     let fake = FakeElevenLabs::start().await;
     let dir = tempfile::tempdir().unwrap();
     let server = serve(
