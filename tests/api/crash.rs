@@ -16,7 +16,9 @@ use voicehub::{
 use crate::{
     fake_elevenlabs::{API_KEY, FakeElevenLabs, Fault, Report, Route},
     grpcurl::serve,
-    helpers::{Backend, JWT_SECRET, TestDatabase, auth_config, create_request, redis_url},
+    helpers::{
+        Backend, JWT_SECRET, TestDatabase, auth_config, create_request, redis_url, wait_for,
+    },
 };
 
 #[tokio::test]
@@ -56,12 +58,7 @@ async fn a_process_killed_with_ten_creates_in_flight_leaves_every_voice_settled_
             client.create_voice_clone(request).await
         }));
     }
-    for _ in 0..200 {
-        if fake.calls(Route::Add) == 10 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for(Duration::from_secs(4), || fake.calls(Route::Add) == 10).await;
     assert_eq!(
         fake.calls(Route::Add),
         10,
@@ -171,12 +168,7 @@ async fn a_replica_killed_holding_claims_and_creates_leaves_the_other_to_finish_
             .await
             .unwrap();
     }
-    for _ in 0..300 {
-        if fake.calls(Route::Lookup) > 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for(Duration::from_secs(6), || fake.calls(Route::Lookup) > 0).await;
     assert!(
         fake.calls(Route::Lookup) > 0,
         "A's check is at the provider"
@@ -189,12 +181,7 @@ async fn a_replica_killed_holding_claims_and_creates_leaves_the_other_to_finish_
             tokio::spawn(async move { client.create_voice_clone(request).await })
         })
         .collect();
-    for _ in 0..300 {
-        if fake.calls(Route::Add) == 10 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for(Duration::from_secs(6), || fake.calls(Route::Add) == 10).await;
     assert_eq!(
         fake.calls(Route::Add),
         10,

@@ -277,6 +277,42 @@ pub(crate) async fn spawn_app_with_fake(
     (app, fake)
 }
 
+/// `app`'s Redis, connected as another process would, and its key prefix.
+pub(crate) async fn redis_of(app: &TestApp) -> (voicehub::redis::Redis, String) {
+    let (url, prefix) = app.redis.clone().expect("a Redis-backed app");
+    let redis = voicehub::redis::Redis::connect(
+        &url,
+        Duration::from_secs(1),
+        Duration::from_secs(1),
+        &Metrics::new(),
+    )
+    .await
+    .unwrap();
+    (redis, prefix)
+}
+
+/// `app`'s due-queue, as another replica would open it.
+pub(crate) async fn queue_of(
+    app: &TestApp,
+) -> (voicehub::redis::Redis, voicehub::status_engine::RedisQueue) {
+    let (redis, prefix) = redis_of(app).await;
+    let queue = voicehub::status_engine::RedisQueue::new(
+        redis.commands.clone(),
+        &prefix,
+        prometheus_client::metrics::counter::Counter::default(),
+    );
+    (redis, queue)
+}
+
+/// Polls `done` every 20 ms until it holds or `within` has passed; the
+/// caller asserts what it waited for.
+pub(crate) async fn wait_for(within: Duration, mut done: impl FnMut() -> bool) {
+    let until = tokio::time::Instant::now() + within;
+    while !done() && tokio::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Another replica of `app`: same database, same Redis and prefix, with
 /// `fake` as its provider, adjusted by `adjust`.
 pub(crate) async fn replica_of(

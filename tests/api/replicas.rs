@@ -4,16 +4,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use fred::prelude::*;
-use prometheus_client::metrics::counter::Counter;
 use sea_orm::EntityTrait;
 use secrecy::{ExposeSecret, SecretString};
 use uuid::Uuid;
 use voicehub::{
     events::{self, STREAM_FIELD, VoiceEvent},
-    metrics::Metrics,
     pb::{self, GetVoiceRequest, ListUserVoicesRequest},
-    redis::Redis,
-    status_engine::{Claim, DueQueue, RedisQueue},
+    status_engine::{Claim, DueQueue},
     store::{VoiceStatus, entity::voice},
 };
 
@@ -21,32 +18,11 @@ use crate::{
     fake_elevenlabs::{API_KEY, FakeElevenLabs, Fault, Report, Route},
     grpcurl::serve,
     helpers::{
-        Backend, JWT_SECRET, TestApp, create_request, create_voice, next, replica_of,
-        spawn_app_with_fake, watch,
+        Backend, JWT_SECRET, TestApp, create_request, create_voice, next, queue_of, redis_of,
+        replica_of, spawn_app_with_fake, watch,
     },
     redis_server::RedisServer,
 };
-
-/// `app`'s Redis, connected as another process would.
-async fn redis_of(app: &TestApp) -> (Redis, String) {
-    let (url, prefix) = app.redis.clone().expect("a Redis-backed app");
-    let redis = Redis::connect(
-        &url,
-        Duration::from_secs(1),
-        Duration::from_secs(1),
-        &Metrics::new(),
-    )
-    .await
-    .unwrap();
-    (redis, prefix)
-}
-
-/// `app`'s due-queue, as another replica would open it.
-async fn queue_of(app: &TestApp) -> (Redis, RedisQueue) {
-    let (redis, prefix) = redis_of(app).await;
-    let queue = RedisQueue::new(redis.commands.clone(), &prefix, Counter::default());
-    (redis, queue)
-}
 
 async fn status_of(app: &TestApp, user: Uuid, voice_id: &str) -> pb::VoiceStatus {
     let request = GetVoiceRequest {

@@ -5,22 +5,19 @@
 use std::time::{Duration, Instant};
 
 use fred::prelude::*;
-use prometheus_client::metrics::counter::Counter;
 use rustix::process::{Pid, Signal, kill_process};
 use tonic::{Code, Request, transport::Endpoint};
 use uuid::Uuid;
 use voicehub::{
     auth::Authenticator,
-    metrics::Metrics,
     pb::{WatchVoiceStatusRequest, voice_service_client::VoiceServiceClient},
-    redis::Redis,
-    status_engine::{Claim, DueQueue, RedisQueue},
+    status_engine::{Claim, DueQueue},
 };
 
 use crate::{
     fake_elevenlabs::{Fault, Route},
     grpcurl::serve,
-    helpers::{Backend, JWT_SECRET, auth_config, create_voice, spawn_app_with_fake},
+    helpers::{Backend, JWT_SECRET, auth_config, create_voice, queue_of, spawn_app_with_fake},
 };
 
 #[tokio::test]
@@ -53,16 +50,7 @@ async fn voices_a_stopping_replica_claimed_are_due_again_at_once() {
     println!("stopped in {:?} with a check hanging", started.elapsed());
 
     // Another replica's claim takes all three now, not after the 30 s lease.
-    let (url, prefix) = app.redis.clone().unwrap();
-    let redis = Redis::connect(
-        &url,
-        Duration::from_secs(1),
-        Duration::from_secs(1),
-        &Metrics::new(),
-    )
-    .await
-    .unwrap();
-    let queue = RedisQueue::new(redis.commands.clone(), &prefix, Counter::default());
+    let (redis, queue) = queue_of(&app).await;
     let Claim::Claimed { ids: claimed, .. } =
         queue.claim(10, Duration::from_secs(30)).await.unwrap()
     else {
