@@ -177,6 +177,12 @@ pub struct DatabaseArgs {
     /// Longest one SQL statement may run on PostgreSQL (`statement_timeout`).
     #[arg(long, env = "VOICEHUB_DB_STATEMENT_TIMEOUT", default_value = "1500ms", value_parser = humantime::parse_duration)]
     pub db_statement_timeout: Duration,
+    /// Longest one storage call (waiting for a connection, its statements,
+    /// the commit) may take on PostgreSQL before it fails with UNAVAILABLE,
+    /// timed by voicehub itself: the bound that holds when the server stops
+    /// answering mid-statement.
+    #[arg(long, env = "VOICEHUB_DB_CALL_TIMEOUT", default_value = "1800ms", value_parser = humantime::parse_duration)]
+    pub db_call_timeout: Duration,
 }
 
 /// The flags of `voicehub token`.
@@ -392,9 +398,12 @@ impl DatabaseArgs {
         if self.db_max_connections == 0 {
             bail!("VOICEHUB_DB_MAX_CONNECTIONS must be at least 1");
         }
-        if self.db_acquire_timeout.is_zero() || self.db_statement_timeout.is_zero() {
+        if self.db_acquire_timeout.is_zero()
+            || self.db_statement_timeout.is_zero()
+            || self.db_call_timeout.is_zero()
+        {
             bail!(
-                "VOICEHUB_DB_ACQUIRE_TIMEOUT and VOICEHUB_DB_STATEMENT_TIMEOUT must be above zero"
+                "VOICEHUB_DB_ACQUIRE_TIMEOUT, VOICEHUB_DB_STATEMENT_TIMEOUT and VOICEHUB_DB_CALL_TIMEOUT must be above zero"
             );
         }
         Ok(DatabaseConfig {
@@ -402,6 +411,7 @@ impl DatabaseArgs {
             max_connections: self.db_max_connections,
             acquire_timeout: self.db_acquire_timeout,
             statement_timeout: self.db_statement_timeout,
+            call_timeout: self.db_call_timeout,
         })
     }
 }
@@ -417,6 +427,7 @@ mod tests {
             db_max_connections: 5,
             db_acquire_timeout: Duration::from_secs(1),
             db_statement_timeout: Duration::from_secs(1),
+            db_call_timeout: Duration::from_secs(1),
         };
         let err = args.into_config().unwrap_err();
         assert!(err.to_string().contains("DATABASE_URL"), "{err}");

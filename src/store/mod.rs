@@ -18,6 +18,16 @@
 //! - timestamps are UTC and truncated to microseconds (PostgreSQL's
 //!   precision), so what a caller gets back is exactly what is stored.
 //!
+//! - **bounded calls**: on PostgreSQL every call (waiting for a connection,
+//!   its statements, the commit) ends within `call_timeout`, timed here and
+//!   not only by the server: a server that stops answering mid-statement
+//!   (its host hangs, the network drops packets) cannot enforce its own
+//!   `statement_timeout`. A call cut this way fails as unavailable; its
+//!   transaction is rolled back unless the commit had already been sent, in
+//!   which case the caller cannot tell, as with any lost connection (every
+//!   write is guarded and every create idempotent, so a retry is safe).
+//!   SQLite is a local file that cannot hang like this; its calls wait.
+//!
 //! Database failures are returned as [`DbErr`] and mapped to gRPC codes in
 //! `error.rs`; nothing here retries. Every statement is counted in
 //! `voicehub_sql_statements_total`.
@@ -28,7 +38,7 @@ mod reads;
 mod visibility;
 mod writes;
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use chrono::{DateTime, SubsecRound, Utc};
 use prometheus_client::metrics::{counter::Counter, family::Family};
@@ -56,6 +66,9 @@ pub struct DatabaseConfig {
     pub acquire_timeout: Duration,
     /// Longest one statement may run on PostgreSQL (its `statement_timeout`).
     pub statement_timeout: Duration,
+    /// Longest one storage call may take on PostgreSQL, timed here: see
+    /// [`Store`]'s "bounded calls".
+    pub call_timeout: Duration,
 }
 
 /// How long a SQLite write waits for another writer. SQLite is a local
@@ -71,6 +84,8 @@ pub struct Store {
     writer: uuid::Uuid,
     /// Voices that moved to a status, counted after their commit.
     transitions: Family<TransitionLabel, Counter>,
+    /// The client-side bound of one call; `None` on SQLite.
+    call_timeout: Option<Duration>,
 }
 
 impl Store {
@@ -105,6 +120,8 @@ impl Store {
                     .busy_timeout(SQLITE_BUSY_TIMEOUT)
             });
         let mut db = Database::connect(options).await?;
+        let call_timeout = (db.get_database_backend() == sea_orm::DbBackend::Postgres)
+            .then_some(config.call_timeout);
         let statements = metrics.sql_statements.clone();
         db.set_metric_callback(move |info| {
             count(&statements, &info.statement.sql);
@@ -117,6 +134,7 @@ impl Store {
             encode_event,
             writer: uuid::Uuid::now_v7(),
             transitions: metrics.transitions.clone(),
+            call_timeout,
         })
     }
 
@@ -157,6 +175,24 @@ impl Store {
 }
 
 impl Store {
+    /// Runs one storage call within the call bound: past it the call is
+    /// dropped (sqlx rolls back an open transaction when its connection is
+    /// next used, or closes the connection) and fails as unavailable.
+    async fn bounded<T>(&self, call: impl Future<Output = Result<T, DbErr>>) -> Result<T, DbErr> {
+        let Some(limit) = self.call_timeout else {
+            return call.await;
+        };
+        tokio::time::timeout(limit, call).await.unwrap_or_else(|_| {
+            let io = std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("the database did not answer within {limit:?}"),
+            );
+            Err(DbErr::Conn(sea_orm::RuntimeErr::SqlxError(Arc::new(
+                sqlx::Error::Io(io),
+            ))))
+        })
+    }
+
     /// Counts a committed move of `voice` to its status.
     fn count_transition(&self, voice: &Voice) {
         let to = match voice.status {

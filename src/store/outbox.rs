@@ -79,17 +79,20 @@ impl Store {
         which: Pending,
         limit: u64,
     ) -> Result<Vec<StoredEvent>, DbErr> {
-        let mine = Column::Writer.eq(self.writer);
-        let filter = match which {
-            Pending::Mine => mine,
-            Pending::MineAndStoredBefore(at) => mine.or(Column::CreatedAt.lt(at)),
-        };
-        Entity::find()
-            .filter(filter)
-            .order_by_asc(Column::Id)
-            .limit(limit)
-            .all(&self.db)
-            .await
+        self.bounded(async {
+            let mine = Column::Writer.eq(self.writer);
+            let filter = match which {
+                Pending::Mine => mine,
+                Pending::MineAndStoredBefore(at) => mine.or(Column::CreatedAt.lt(at)),
+            };
+            Entity::find()
+                .filter(filter)
+                .order_by_asc(Column::Id)
+                .limit(limit)
+                .all(&self.db)
+                .await
+        })
+        .await
     }
 
     /// Deletes published events (by id: an event with a lower id may still
@@ -98,14 +101,17 @@ impl Store {
     /// # Errors
     /// A database failure; the events are then published again later.
     pub(crate) async fn forget_events(&self, ids: &[i64]) -> Result<(), DbErr> {
-        if ids.is_empty() {
-            return Ok(());
-        }
-        Entity::delete_many()
-            .filter(Column::Id.is_in(ids.iter().copied()))
-            .exec(&self.db)
-            .await
-            .map(drop)
+        self.bounded(async {
+            if ids.is_empty() {
+                return Ok(());
+            }
+            Entity::delete_many()
+                .filter(Column::Id.is_in(ids.iter().copied()))
+                .exec(&self.db)
+                .await
+                .map(drop)
+        })
+        .await
     }
 
     /// How many events wait to be published.
@@ -113,7 +119,8 @@ impl Store {
     /// # Errors
     /// A database failure.
     pub(crate) async fn event_backlog(&self) -> Result<u64, DbErr> {
-        Entity::find().count(&self.db).await
+        self.bounded(async { Entity::find().count(&self.db).await })
+            .await
     }
 
     /// Listens for events stored by any process (PostgreSQL only; `None`

@@ -74,10 +74,13 @@ impl Store {
     /// # Errors
     /// A database failure.
     pub(crate) async fn get_visible(&self, caller: Uuid, id: Uuid) -> Result<Option<Voice>, DbErr> {
-        Entity::find_by_id(id)
-            .filter(visible_to(caller))
-            .one(&self.db)
-            .await
+        self.bounded(async {
+            Entity::find_by_id(id)
+                .filter(visible_to(caller))
+                .one(&self.db)
+                .await
+        })
+        .await
     }
 
     /// The voices among `ids` that `caller` may see (never DELETED), in one query.
@@ -89,11 +92,14 @@ impl Store {
         caller: Uuid,
         ids: &[Uuid],
     ) -> Result<Vec<Voice>, DbErr> {
-        Entity::find()
-            .filter(Column::Id.is_in(ids.iter().copied()))
-            .filter(visible_to(caller))
-            .all(&self.db)
-            .await
+        self.bounded(async {
+            Entity::find()
+                .filter(Column::Id.is_in(ids.iter().copied()))
+                .filter(visible_to(caller))
+                .all(&self.db)
+                .await
+        })
+        .await
     }
 
     /// The owner's voice `id`, unless it is DELETED.
@@ -101,11 +107,14 @@ impl Store {
     /// # Errors
     /// A database failure.
     pub(crate) async fn get_owned(&self, owner: Uuid, id: Uuid) -> Result<Option<Voice>, DbErr> {
-        Entity::find_by_id(id)
-            .filter(Column::OwnerUserId.eq(owner))
-            .filter(Column::Status.ne(VoiceStatus::Deleted))
-            .one(&self.db)
-            .await
+        self.bounded(async {
+            Entity::find_by_id(id)
+                .filter(Column::OwnerUserId.eq(owner))
+                .filter(Column::Status.ne(VoiceStatus::Deleted))
+                .one(&self.db)
+                .await
+        })
+        .await
     }
 
     /// The voice a user created with `request_id`, in whatever state.
@@ -117,11 +126,14 @@ impl Store {
         owner: Uuid,
         request_id: &str,
     ) -> Result<Option<Voice>, DbErr> {
-        Entity::find()
-            .filter(Column::OwnerUserId.eq(owner))
-            .filter(Column::RequestId.eq(request_id))
-            .one(&self.db)
-            .await
+        self.bounded(async {
+            Entity::find()
+                .filter(Column::OwnerUserId.eq(owner))
+                .filter(Column::RequestId.eq(request_id))
+                .one(&self.db)
+                .await
+        })
+        .await
     }
 
     /// The voices with these ids, whoever owns them, in one query (the
@@ -130,13 +142,16 @@ impl Store {
     /// # Errors
     /// A database failure.
     pub(crate) async fn get_many(&self, ids: &[Uuid]) -> Result<Vec<Voice>, DbErr> {
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        Entity::find()
-            .filter(Column::Id.is_in(ids.iter().copied()))
-            .all(&self.db)
-            .await
+        self.bounded(async {
+            if ids.is_empty() {
+                return Ok(Vec::new());
+            }
+            Entity::find()
+                .filter(Column::Id.is_in(ids.iter().copied()))
+                .all(&self.db)
+                .await
+        })
+        .await
     }
 
     /// The ids of every voice the status engine still has work for, to
@@ -146,19 +161,22 @@ impl Store {
     /// # Errors
     /// A database failure.
     pub(crate) async fn unfinished_ids(&self) -> Result<Vec<Uuid>, DbErr> {
-        Entity::find()
-            .select_only()
-            .column(Column::Id)
-            .filter(
-                Column::Status
-                    .eq(VoiceStatus::Processing)
-                    .or(Column::PushPending
-                        .eq(true)
-                        .and(Column::Status.eq(VoiceStatus::Completed))),
-            )
-            .into_tuple()
-            .all(&self.db)
-            .await
+        self.bounded(async {
+            Entity::find()
+                .select_only()
+                .column(Column::Id)
+                .filter(
+                    Column::Status
+                        .eq(VoiceStatus::Processing)
+                        .or(Column::PushPending
+                            .eq(true)
+                            .and(Column::Status.eq(VoiceStatus::Completed))),
+                )
+                .into_tuple()
+                .all(&self.db)
+                .await
+        })
+        .await
     }
 
     /// The owner's PROCESSING voices, oldest first (a watch's snapshot).
@@ -166,13 +184,16 @@ impl Store {
     /// # Errors
     /// A database failure.
     pub(crate) async fn processing_of(&self, owner: Uuid) -> Result<Vec<Voice>, DbErr> {
-        Entity::find()
-            .filter(Column::OwnerUserId.eq(owner))
-            .filter(Column::Status.eq(VoiceStatus::Processing))
-            .order_by_asc(Column::CreatedAt)
-            .order_by_asc(Column::Id)
-            .all(&self.db)
-            .await
+        self.bounded(async {
+            Entity::find()
+                .filter(Column::OwnerUserId.eq(owner))
+                .filter(Column::Status.eq(VoiceStatus::Processing))
+                .order_by_asc(Column::CreatedAt)
+                .order_by_asc(Column::Id)
+                .all(&self.db)
+                .await
+        })
+        .await
     }
 
     /// One page of a listing, newest first.
@@ -180,35 +201,38 @@ impl Store {
     /// # Errors
     /// A database failure.
     pub(crate) async fn list(&self, query: &ListQuery) -> Result<Page, DbErr> {
-        // One row more than asked tells whether another page follows.
-        let fetch = query.limit + 1;
-        let mut voices = match query.scope {
-            Scope::Owned => {
-                self.list_where(query, Column::OwnerUserId.eq(query.caller), fetch)
-                    .await?
-            }
-            Scope::Public => self.list_where(query, public(), fetch).await?,
-            // Two index-ordered reads merged here, rather than one `owner = ? OR
-            // public` that the database would have to sort in full for every page.
-            Scope::All => {
-                let own = self.list_where(query, Column::OwnerUserId.eq(query.caller), fetch);
-                let others = self.list_where(
-                    query,
-                    public().and(Column::OwnerUserId.ne(query.caller)),
-                    fetch,
-                );
-                let (own, others) = tokio::try_join!(own, others)?;
-                merge_newest_first(own, others)
-            }
-        };
-        let more = voices.len() as u64 > query.limit;
-        voices.truncate(usize::try_from(query.limit).unwrap_or(usize::MAX));
-        let next = if more {
-            voices.last().map(Cursor::from)
-        } else {
-            None
-        };
-        Ok(Page { voices, next })
+        self.bounded(async {
+            // One row more than asked tells whether another page follows.
+            let fetch = query.limit + 1;
+            let mut voices = match query.scope {
+                Scope::Owned => {
+                    self.list_where(query, Column::OwnerUserId.eq(query.caller), fetch)
+                        .await?
+                }
+                Scope::Public => self.list_where(query, public(), fetch).await?,
+                // Two index-ordered reads merged here, rather than one `owner = ? OR
+                // public` that the database would have to sort in full for every page.
+                Scope::All => {
+                    let own = self.list_where(query, Column::OwnerUserId.eq(query.caller), fetch);
+                    let others = self.list_where(
+                        query,
+                        public().and(Column::OwnerUserId.ne(query.caller)),
+                        fetch,
+                    );
+                    let (own, others) = tokio::try_join!(own, others)?;
+                    merge_newest_first(own, others)
+                }
+            };
+            let more = voices.len() as u64 > query.limit;
+            voices.truncate(usize::try_from(query.limit).unwrap_or(usize::MAX));
+            let next = if more {
+                voices.last().map(Cursor::from)
+            } else {
+                None
+            };
+            Ok(Page { voices, next })
+        })
+        .await
     }
 
     async fn list_where(

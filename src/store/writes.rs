@@ -44,49 +44,54 @@ impl Store {
     /// # Errors
     /// A database failure.
     pub(crate) async fn reserve(&self, voice: Voice, max: u64) -> Result<Reservation, DbErr> {
-        let (owner, request_id) = (voice.owner_user_id, voice.request_id.clone());
-        // SQLite: take the write lock up front (BEGIN IMMEDIATE); a deferred
-        // transaction that reads, then writes, fails with SQLITE_BUSY under a race.
-        let txn = self
-            .db
-            .begin_with_options(TransactionOptions {
-                sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
-                ..TransactionOptions::default()
-            })
-            .await?;
-        if txn.get_database_backend() == DbBackend::Postgres {
-            txn.execute_raw(sea_orm::Statement::from_sql_and_values(
-                DbBackend::Postgres,
-                "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
-                [owner.to_string().into()],
-            ))
-            .await?;
-        }
-        let live = Entity::find()
-            .filter(Column::OwnerUserId.eq(owner))
-            .filter(Column::Status.ne(VoiceStatus::Deleted))
-            .count(&txn)
-            .await?;
-        if live >= max {
-            return Ok(Reservation::LimitReached);
-        }
-        match voice.into_active_model().insert(&txn).await {
-            Ok(voice) => {
-                txn.commit().await?;
-                self.count_transition(&voice);
-                Ok(Reservation::Reserved(voice))
+        self.bounded(async {
+            let (owner, request_id) = (voice.owner_user_id, voice.request_id.clone());
+            // SQLite: take the write lock up front (BEGIN IMMEDIATE); a deferred
+            // transaction that reads, then writes, fails with SQLITE_BUSY under a race.
+            let txn = self
+                .db
+                .begin_with_options(TransactionOptions {
+                    sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+                    ..TransactionOptions::default()
+                })
+                .await?;
+            if txn.get_database_backend() == DbBackend::Postgres {
+                txn.execute_raw(sea_orm::Statement::from_sql_and_values(
+                    DbBackend::Postgres,
+                    "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+                    [owner.to_string().into()],
+                ))
+                .await?;
             }
-            // Someone else holds this request_id: a racing duplicate. Report theirs.
-            Err(e) if matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
-                drop(txn);
-                let request_id = request_id.ok_or(e)?;
-                self.find_by_request_id(owner, &request_id)
-                    .await?
-                    .map(Reservation::Existing)
-                    .ok_or_else(|| DbErr::RecordNotFound("voice of a duplicate request_id".into()))
+            let live = Entity::find()
+                .filter(Column::OwnerUserId.eq(owner))
+                .filter(Column::Status.ne(VoiceStatus::Deleted))
+                .count(&txn)
+                .await?;
+            if live >= max {
+                return Ok(Reservation::LimitReached);
             }
-            Err(e) => Err(e),
-        }
+            match voice.into_active_model().insert(&txn).await {
+                Ok(voice) => {
+                    txn.commit().await?;
+                    self.count_transition(&voice);
+                    Ok(Reservation::Reserved(voice))
+                }
+                // Someone else holds this request_id: a racing duplicate. Report theirs.
+                Err(e) if matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
+                    drop(txn);
+                    let request_id = request_id.ok_or(e)?;
+                    self.find_by_request_id(owner, &request_id)
+                        .await?
+                        .map(Reservation::Existing)
+                        .ok_or_else(|| {
+                            DbErr::RecordNotFound("voice of a duplicate request_id".into())
+                        })
+                }
+                Err(e) => Err(e),
+            }
+        })
+        .await
     }
 
     /// Records the provider's id on a reserved voice (or finds it recorded
@@ -101,20 +106,23 @@ impl Store {
         provider_voice_id: &str,
         category: &str,
     ) -> Result<Option<Voice>, DbErr> {
-        let update = Entity::update_many()
-            .col_expr(Column::ProviderVoiceId, Expr::value(provider_voice_id))
-            .col_expr(Column::Category, Expr::value(category))
-            .filter(Column::ProviderVoiceId.is_null())
-            .filter(Column::Status.eq(VoiceStatus::Processing));
-        if let Some(accepted) = self.revise(id, now(), update).await? {
-            return Ok(Some(accepted));
-        }
-        // Accepted already with this very provider voice: the status engine
-        // adopted it while its create was still running. Same outcome.
-        Ok(self.get_many(&[id]).await?.into_iter().find(|v| {
-            v.provider_voice_id.as_deref() == Some(provider_voice_id)
-                && v.status != VoiceStatus::Deleted
-        }))
+        self.bounded(async {
+            let update = Entity::update_many()
+                .col_expr(Column::ProviderVoiceId, Expr::value(provider_voice_id))
+                .col_expr(Column::Category, Expr::value(category))
+                .filter(Column::ProviderVoiceId.is_null())
+                .filter(Column::Status.eq(VoiceStatus::Processing));
+            if let Some(accepted) = self.revise(id, now(), update).await? {
+                return Ok(Some(accepted));
+            }
+            // Accepted already with this very provider voice: the status engine
+            // adopted it while its create was still running. Same outcome.
+            Ok(self.get_many(&[id]).await?.into_iter().find(|v| {
+                v.provider_voice_id.as_deref() == Some(provider_voice_id)
+                    && v.status != VoiceStatus::Deleted
+            }))
+        })
+        .await
     }
 
     /// Removes a reservation the provider never accepted.
@@ -122,12 +130,15 @@ impl Store {
     /// # Errors
     /// A database failure.
     pub(crate) async fn release(&self, id: Uuid) -> Result<(), DbErr> {
-        Entity::delete_many()
-            .filter(Column::Id.eq(id))
-            .filter(Column::ProviderVoiceId.is_null())
-            .exec(&self.db)
-            .await
-            .map(drop)
+        self.bounded(async {
+            Entity::delete_many()
+                .filter(Column::Id.eq(id))
+                .filter(Column::ProviderVoiceId.is_null())
+                .exec(&self.db)
+                .await
+                .map(drop)
+        })
+        .await
     }
 
     /// Writes the caller-editable fields of `voice` (name, description,
@@ -142,18 +153,21 @@ impl Store {
         revision: i64,
         push: bool,
     ) -> Result<Option<Voice>, DbErr> {
-        let mut update = Entity::update_many();
-        if push {
-            update = update.col_expr(Column::PushPending, Expr::value(true));
-        }
-        let update = update
-            .col_expr(Column::Name, Expr::value(voice.name.clone()))
-            .col_expr(Column::Description, Expr::value(voice.description.clone()))
-            .col_expr(Column::Visibility, Expr::value(voice.visibility))
-            .col_expr(Column::Labels, Expr::value(voice.labels.clone()))
-            .filter(Column::Revision.eq(revision))
-            .filter(Column::Status.ne(VoiceStatus::Deleted));
-        self.revise(voice.id, now(), update).await
+        self.bounded(async {
+            let mut update = Entity::update_many();
+            if push {
+                update = update.col_expr(Column::PushPending, Expr::value(true));
+            }
+            let update = update
+                .col_expr(Column::Name, Expr::value(voice.name.clone()))
+                .col_expr(Column::Description, Expr::value(voice.description.clone()))
+                .col_expr(Column::Visibility, Expr::value(voice.visibility))
+                .col_expr(Column::Labels, Expr::value(voice.labels.clone()))
+                .filter(Column::Revision.eq(revision))
+                .filter(Column::Status.ne(VoiceStatus::Deleted));
+            self.revise(voice.id, now(), update).await
+        })
+        .await
     }
 
     /// Takes the push of voice `id` for `lease`, if a push is pending, the
@@ -169,22 +183,25 @@ impl Store {
         id: Uuid,
         lease: std::time::Duration,
     ) -> Result<Option<Voice>, DbErr> {
-        let at = now();
-        let until = at + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX);
-        let rows = Entity::update_many()
-            .col_expr(Column::PushLeaseUntil, Expr::value(until))
-            .filter(Column::Id.eq(id))
-            .filter(Column::PushPending.eq(true))
-            .filter(Column::ProviderVoiceId.is_not_null())
-            .filter(Column::Status.is_in([VoiceStatus::Processing, VoiceStatus::Completed]))
-            .filter(
-                Column::PushLeaseUntil
-                    .is_null()
-                    .or(Column::PushLeaseUntil.lte(at)),
-            )
-            .exec_with_returning(&self.db)
-            .await?;
-        Ok(rows.into_iter().next())
+        self.bounded(async {
+            let at = now();
+            let until = at + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX);
+            let rows = Entity::update_many()
+                .col_expr(Column::PushLeaseUntil, Expr::value(until))
+                .filter(Column::Id.eq(id))
+                .filter(Column::PushPending.eq(true))
+                .filter(Column::ProviderVoiceId.is_not_null())
+                .filter(Column::Status.is_in([VoiceStatus::Processing, VoiceStatus::Completed]))
+                .filter(
+                    Column::PushLeaseUntil
+                        .is_null()
+                        .or(Column::PushLeaseUntil.lte(at)),
+                )
+                .exec_with_returning(&self.db)
+                .await?;
+            Ok(rows.into_iter().next())
+        })
+        .await
     }
 
     /// Ends the push of voice `id` taken at `revision`, releasing its lease.
@@ -200,23 +217,26 @@ impl Store {
         revision: i64,
         settled: bool,
     ) -> Result<bool, DbErr> {
-        let mut update = Entity::update_many().col_expr(
-            Column::PushLeaseUntil,
-            Expr::value(Option::<DateTime<Utc>>::None),
-        );
-        if settled {
-            update = update.col_expr(
-                Column::PushPending,
-                Expr::case(Column::Revision.eq(revision), Expr::value(false))
-                    .finally(Expr::col(Column::PushPending))
-                    .into(),
+        self.bounded(async {
+            let mut update = Entity::update_many().col_expr(
+                Column::PushLeaseUntil,
+                Expr::value(Option::<DateTime<Utc>>::None),
             );
-        }
-        let rows = update
-            .filter(Column::Id.eq(id))
-            .exec_with_returning(&self.db)
-            .await?;
-        Ok(rows.first().is_some_and(|v| v.push_pending))
+            if settled {
+                update = update.col_expr(
+                    Column::PushPending,
+                    Expr::case(Column::Revision.eq(revision), Expr::value(false))
+                        .finally(Expr::col(Column::PushPending))
+                        .into(),
+                );
+            }
+            let rows = update
+                .filter(Column::Id.eq(id))
+                .exec_with_returning(&self.db)
+                .await?;
+            Ok(rows.first().is_some_and(|v| v.push_pending))
+        })
+        .await
     }
 
     /// Marks a voice DELETED (kept for audit). `None` if it already was.
@@ -224,16 +244,19 @@ impl Store {
     /// # Errors
     /// A database failure.
     pub(crate) async fn mark_deleted(&self, id: Uuid) -> Result<Option<Voice>, DbErr> {
-        let at = now();
-        let update = Entity::update_many()
-            .col_expr(Column::Status, Expr::value(VoiceStatus::Deleted))
-            .col_expr(Column::DeletedAt, Expr::value(at))
-            .filter(Column::Status.ne(VoiceStatus::Deleted));
-        let deleted = self.revise(id, at, without_deadline(update)).await?;
-        if let Some(voice) = &deleted {
-            self.count_transition(voice);
-        }
-        Ok(deleted)
+        self.bounded(async {
+            let at = now();
+            let update = Entity::update_many()
+                .col_expr(Column::Status, Expr::value(VoiceStatus::Deleted))
+                .col_expr(Column::DeletedAt, Expr::value(at))
+                .filter(Column::Status.ne(VoiceStatus::Deleted));
+            let deleted = self.revise(id, at, without_deadline(update)).await?;
+            if let Some(voice) = &deleted {
+                self.count_transition(voice);
+            }
+            Ok(deleted)
+        })
+        .await
     }
 
     /// The recorded orphans of `provider`, oldest first, at most `limit`.
@@ -245,12 +268,15 @@ impl Store {
         provider: &str,
         limit: u64,
     ) -> Result<Vec<provider_orphan::Model>, DbErr> {
-        provider_orphan::Entity::find()
-            .filter(provider_orphan::Column::Provider.eq(provider))
-            .order_by_asc(provider_orphan::Column::Id)
-            .limit(limit)
-            .all(&self.db)
-            .await
+        self.bounded(async {
+            provider_orphan::Entity::find()
+                .filter(provider_orphan::Column::Provider.eq(provider))
+                .order_by_asc(provider_orphan::Column::Id)
+                .limit(limit)
+                .all(&self.db)
+                .await
+        })
+        .await
     }
 
     /// Forgets a recorded orphan: it is gone at the provider.
@@ -258,10 +284,13 @@ impl Store {
     /// # Errors
     /// A database failure.
     pub(crate) async fn forget_orphan(&self, id: Uuid) -> Result<(), DbErr> {
-        provider_orphan::Entity::delete_by_id(id)
-            .exec(&self.db)
-            .await
-            .map(drop)
+        self.bounded(async {
+            provider_orphan::Entity::delete_by_id(id)
+                .exec(&self.db)
+                .await
+                .map(drop)
+        })
+        .await
     }
 
     /// Remembers a provider voice that exists at the provider but nowhere here.
@@ -275,18 +304,21 @@ impl Store {
         voice_id: Option<Uuid>,
         reason: &str,
     ) -> Result<(), DbErr> {
-        provider_orphan::Model {
-            id: Uuid::now_v7(),
-            provider: provider.to_owned(),
-            provider_voice_id: provider_voice_id.to_owned(),
-            voice_id,
-            reason: reason.to_owned(),
-            created_at: now(),
-        }
-        .into_active_model()
-        .insert(&self.db)
+        self.bounded(async {
+            provider_orphan::Model {
+                id: Uuid::now_v7(),
+                provider: provider.to_owned(),
+                provider_voice_id: provider_voice_id.to_owned(),
+                voice_id,
+                reason: reason.to_owned(),
+                created_at: now(),
+            }
+            .into_active_model()
+            .insert(&self.db)
+            .await
+            .map(drop)
+        })
         .await
-        .map(drop)
     }
 
     /// Settles a batch of the status engine's decisions: each voice still
@@ -302,73 +334,76 @@ impl Store {
         &self,
         settlements: &[(Uuid, Settlement)],
     ) -> Result<Vec<Voice>, DbErr> {
-        // PostgreSQL binds JSON as jsonb; the column is json, and a CASE
-        // needs one type for all its branches.
-        let postgres = self.db.get_database_backend() == DbBackend::Postgres;
-        let (mut completed, mut failed) = (Vec::new(), Vec::new());
-        let (mut preview, mut labels, mut reasons) = (None, None, None);
-        for (id, settlement) in settlements {
-            match settlement {
-                Settlement::Complete {
-                    preview_url,
-                    provider_labels: reported,
-                } => {
-                    completed.push(*id);
-                    preview = Some(when(preview, *id, Expr::value(preview_url.clone())));
-                    if let Some(reported) = reported {
-                        let value = Expr::value(Labels(reported.clone()));
-                        let value = if postgres {
-                            value.cast_as("json")
-                        } else {
-                            value
-                        };
-                        labels = Some(when(labels, *id, value));
+        self.bounded(async {
+            // PostgreSQL binds JSON as jsonb; the column is json, and a CASE
+            // needs one type for all its branches.
+            let postgres = self.db.get_database_backend() == DbBackend::Postgres;
+            let (mut completed, mut failed) = (Vec::new(), Vec::new());
+            let (mut preview, mut labels, mut reasons) = (None, None, None);
+            for (id, settlement) in settlements {
+                match settlement {
+                    Settlement::Complete {
+                        preview_url,
+                        provider_labels: reported,
+                    } => {
+                        completed.push(*id);
+                        preview = Some(when(preview, *id, Expr::value(preview_url.clone())));
+                        if let Some(reported) = reported {
+                            let value = Expr::value(Labels(reported.clone()));
+                            let value = if postgres {
+                                value.cast_as("json")
+                            } else {
+                                value
+                            };
+                            labels = Some(when(labels, *id, value));
+                        }
+                    }
+                    Settlement::Fail(reason) => {
+                        failed.push(*id);
+                        reasons = Some(when(reasons, *id, Expr::value(reason.clone())));
                     }
                 }
-                Settlement::Fail(reason) => {
-                    failed.push(*id);
-                    reasons = Some(when(reasons, *id, Expr::value(reason.clone())));
+            }
+            let at = now();
+            let complete = (!completed.is_empty()).then(|| {
+                let mut update = Entity::update_many()
+                    .col_expr(Column::Status, Expr::value(VoiceStatus::Completed))
+                    .col_expr(Column::CompletedAt, Expr::value(at))
+                    .col_expr(Column::PreviewUrl, otherwise(preview, Column::PreviewUrl));
+                if labels.is_some() {
+                    update = update.col_expr(
+                        Column::ProviderLabels,
+                        otherwise(labels, Column::ProviderLabels),
+                    );
                 }
+                batch(update, at, completed)
+            });
+            let fail = (!failed.is_empty()).then(|| {
+                let update = Entity::update_many()
+                    .col_expr(Column::Status, Expr::value(VoiceStatus::Failed))
+                    .col_expr(
+                        Column::FailureReason,
+                        otherwise(reasons, Column::FailureReason),
+                    );
+                batch(update, at, failed)
+            });
+            if complete.is_none() && fail.is_none() {
+                return Ok(Vec::new());
             }
-        }
-        let at = now();
-        let complete = (!completed.is_empty()).then(|| {
-            let mut update = Entity::update_many()
-                .col_expr(Column::Status, Expr::value(VoiceStatus::Completed))
-                .col_expr(Column::CompletedAt, Expr::value(at))
-                .col_expr(Column::PreviewUrl, otherwise(preview, Column::PreviewUrl));
-            if labels.is_some() {
-                update = update.col_expr(
-                    Column::ProviderLabels,
-                    otherwise(labels, Column::ProviderLabels),
-                );
+            // One transaction: the batch and its events are stored whole or not at all.
+            let txn = self.db.begin().await?;
+            let mut settled = Vec::with_capacity(settlements.len());
+            for update in [complete, fail].into_iter().flatten() {
+                settled.extend(update.exec_with_returning(&txn).await?);
             }
-            batch(update, at, completed)
-        });
-        let fail = (!failed.is_empty()).then(|| {
-            let update = Entity::update_many()
-                .col_expr(Column::Status, Expr::value(VoiceStatus::Failed))
-                .col_expr(
-                    Column::FailureReason,
-                    otherwise(reasons, Column::FailureReason),
-                );
-            batch(update, at, failed)
-        });
-        if complete.is_none() && fail.is_none() {
-            return Ok(Vec::new());
-        }
-        // One transaction: the batch and its events are stored whole or not at all.
-        let txn = self.db.begin().await?;
-        let mut settled = Vec::with_capacity(settlements.len());
-        for update in [complete, fail].into_iter().flatten() {
-            settled.extend(update.exec_with_returning(&txn).await?);
-        }
-        self.record_events(&txn, &settled).await?;
-        txn.commit().await?;
-        for voice in &settled {
-            self.count_transition(voice);
-        }
-        Ok(settled)
+            self.record_events(&txn, &settled).await?;
+            txn.commit().await?;
+            for voice in &settled {
+                self.count_transition(voice);
+            }
+            Ok(settled)
+        })
+        .await
     }
 
     /// Writes `update` to voice `id` as one change, with its event: its

@@ -17,8 +17,8 @@ use voicehub::{
 use crate::{
     fake_elevenlabs::{Report, Route},
     helpers::{
-        Backend, create_request, create_voice, next, spawn_app_with, spawn_app_with_fake, voice,
-        watch,
+        Backend, Client, create_request, create_voice, next, spawn_app_with, spawn_app_with_fake,
+        voice, watch,
     },
     pg_server::PgServer,
     redis_server::RedisServer,
@@ -47,6 +47,7 @@ async fn postgres_stopped_answers_unavailable_within_the_bound_and_health_follow
         // VOICEHUB_HEALTH_INTERVAL).
         c.database.acquire_timeout = Duration::from_secs(1);
         c.database.statement_timeout = Duration::from_millis(1500);
+        c.database.call_timeout = Duration::from_millis(1800);
         c.health_interval = Duration::from_secs(1);
     })
     .await;
@@ -142,6 +143,206 @@ async fn postgres_stopped_answers_unavailable_within_the_bound_and_health_follow
         .into_inner();
     assert_eq!(created.status(), pb::VoiceStatus::Processing);
     assert_eq!(app.voice_rows().await, 2);
+}
+
+#[tokio::test]
+async fn postgres_hung_mid_statement_answers_unavailable_within_the_bound_and_recovers_by_itself() {
+    let pg = PgServer::start();
+    let url = pg.url();
+    let (app, fake) = spawn_app_with_fake(Backend::Postgres, |c| {
+        c.database.url = url.clone().into();
+        // voicehub's defaults.
+        c.database.acquire_timeout = Duration::from_secs(1);
+        c.database.statement_timeout = Duration::from_millis(1500);
+        c.database.call_timeout = Duration::from_millis(1800);
+        c.health_interval = Duration::from_secs(1);
+    })
+    .await;
+    let mut client = app.client(Uuid::new_v4());
+    let voice = create_voice(&mut client, "Before the hang").await;
+    let mut health = app.health();
+    let locker = sea_orm::Database::connect(&url).await.unwrap();
+
+    // A read whose statement reaches PostgreSQL and waits there (behind a
+    // lock this test holds) when the whole server freezes: the statement
+    // is sent, no answer will come, and PostgreSQL's own statement_timeout
+    // cannot fire.
+    let lock = hold(&locker, "LOCK TABLE voices IN ACCESS EXCLUSIVE MODE").await;
+    let mut reader = client.clone();
+    let voice_id = voice.voice_id.clone();
+    let in_flight = tokio::spawn(async move {
+        let mut request = Request::new(GetVoiceRequest { voice_id });
+        // Longer than the bound: what ends the call is the server's own.
+        request.set_timeout(Duration::from_secs(10));
+        let started = Instant::now();
+        let result = reader.get_voice(request).await.map(|_| ());
+        (result, started.elapsed())
+    });
+    until_waiting_on_a_lock(&locker).await;
+    pg.freeze();
+    let frozen = Instant::now();
+    while serving_status(&mut health).await != ServingStatus::NotServing {
+        assert!(
+            frozen.elapsed() <= BOUND,
+            "health NOT_SERVING within the bound"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!("health NOT_SERVING {:?} after the freeze", frozen.elapsed());
+    let (result, took) = in_flight.await.unwrap();
+    let err = result.unwrap_err();
+    println!(
+        "GetVoice in flight when PostgreSQL froze: {:?} after {took:?}",
+        err.code()
+    );
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(took <= BOUND, "{took:?}");
+    assert!(!err.message().contains("postgres"), "no internals: {err:?}");
+    let started = Instant::now();
+    let err = client.get_voice(get(&voice.voice_id)).await.unwrap_err();
+    println!(
+        "GetVoice sent while PostgreSQL is frozen: {:?} in {:?}",
+        err.code(),
+        started.elapsed()
+    );
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    let started = Instant::now();
+    let err = client
+        .create_voice_clone(create_request("During the hang"))
+        .await
+        .unwrap_err();
+    println!(
+        "CreateVoiceClone while PostgreSQL is frozen: {:?} in {:?}",
+        err.code(),
+        started.elapsed()
+    );
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(started.elapsed() <= BOUND, "{:?}", started.elapsed());
+
+    pg.thaw();
+    lock.rollback().await.unwrap();
+    let thawed = Instant::now();
+    let stored = until_answered(&mut client, &voice.voice_id, thawed).await;
+    assert_eq!(stored.voice_id, voice.voice_id);
+    while serving_status(&mut health).await != ServingStatus::Serving {
+        assert!(
+            thawed.elapsed() <= BOUND,
+            "health SERVING again within the bound"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!("health SERVING {:?} after the thaw", thawed.elapsed());
+
+    // A write cut mid-transaction: the voice row is updated, its event
+    // waits (the outbox is locked) when the server freezes. Nothing of it
+    // may be kept.
+    let events_before = app.outbox_rows().await;
+    let lock = hold(&locker, "LOCK TABLE voice_events IN EXCLUSIVE MODE").await;
+    let mut writer = client.clone();
+    let mut renamed = stored.clone();
+    renamed.name = "Cut mid-transaction".into();
+    let in_flight = tokio::spawn(async move {
+        let mut request = Request::new(pb::UpdateVoiceRequest {
+            voice: Some(renamed),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["name".into()],
+            }),
+        });
+        request.set_timeout(Duration::from_secs(10));
+        let started = Instant::now();
+        let result = writer.update_voice(request).await.map(|_| ());
+        (result, started.elapsed())
+    });
+    until_waiting_on_a_lock(&locker).await;
+    pg.freeze();
+    let (result, took) = in_flight.await.unwrap();
+    let err = result.unwrap_err();
+    println!(
+        "UpdateVoice frozen mid-transaction: {:?} after {took:?}",
+        err.code()
+    );
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(took <= BOUND, "{took:?}");
+    pg.thaw();
+    lock.rollback().await.unwrap();
+    let after = until_answered(&mut client, &voice.voice_id, Instant::now()).await;
+    assert_eq!(after.name, stored.name, "the cut update was rolled back");
+    assert_eq!(after.revision, stored.revision);
+    assert_eq!(
+        app.outbox_rows().await,
+        events_before,
+        "and its event with it"
+    );
+    // The row is not left locked by the cut transaction.
+    let mut again = stored.clone();
+    again.name = "After the hang".into();
+    let updated = client
+        .update_voice(pb::UpdateVoiceRequest {
+            voice: Some(again),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["name".into()],
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(updated.name, "After the hang");
+    assert_eq!(updated.revision, stored.revision + 1);
+
+    // Nothing of the refused create was kept, here or at the provider.
+    assert_eq!(app.voice_rows().await, 1);
+    assert_eq!(fake.calls(Route::Add), 1);
+}
+
+/// A transaction on `db` that holds the lock `sql` takes until it ends.
+async fn hold(db: &sea_orm::DatabaseConnection, sql: &str) -> sea_orm::DatabaseTransaction {
+    use sea_orm::{ConnectionTrait, TransactionTrait};
+    let txn = db.begin().await.unwrap();
+    txn.execute_unprepared(sql).await.unwrap();
+    txn
+}
+
+/// Returns once a session of the server waits for a lock.
+async fn until_waiting_on_a_lock(db: &sea_orm::DatabaseConnection) {
+    use sea_orm::ConnectionTrait;
+    let waiting = sea_orm::Statement::from_string(
+        sea_orm::DbBackend::Postgres,
+        "SELECT count(*) AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock'",
+    );
+    loop {
+        let row = db.query_one_raw(waiting.clone()).await.unwrap().unwrap();
+        if row.try_get::<i64>("", "n").unwrap() > 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The voice, from the first GetVoice that answers within the bound of `since`.
+async fn until_answered(client: &mut Client, voice_id: &str, since: Instant) -> pb::Voice {
+    loop {
+        if let Ok(voice) = client.get_voice(get(voice_id)).await {
+            println!("GetVoice answered {:?} after the thaw", since.elapsed());
+            return voice.into_inner();
+        }
+        assert!(
+            since.elapsed() <= BOUND,
+            "GetVoice answers within the bound of the thaw"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn serving_status(
+    health: &mut tonic_health::pb::health_client::HealthClient<tonic::transport::Channel>,
+) -> ServingStatus {
+    let status = health
+        .check(HealthCheckRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .status;
+    ServingStatus::try_from(status).unwrap()
 }
 
 #[tokio::test]

@@ -133,6 +133,7 @@ impl TestDatabase {
             // connections is contention, not the outage the fault tests make.
             acquire_timeout: Duration::from_secs(10),
             statement_timeout: Duration::from_secs(10),
+            call_timeout: Duration::from_secs(15),
         }
     }
 

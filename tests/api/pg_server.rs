@@ -7,6 +7,8 @@ use std::{
     process::{Command, Stdio},
 };
 
+use rustix::process::{Pid, Signal, kill_process};
+
 pub(crate) struct PgServer {
     pub(crate) port: u16,
     bin: PathBuf,
@@ -108,6 +110,50 @@ impl PgServer {
         ]);
     }
 
+    /// Freezes every process of the server (SIGSTOP): connections stay
+    /// open and nothing answers, as when its host hangs or the network
+    /// drops packets. A statement already sent gets no reply.
+    pub(crate) fn freeze(&self) {
+        // The postmaster first, so it starts no backend the loop misses.
+        for pid in self.processes() {
+            kill_process(pid, Signal::STOP).unwrap();
+        }
+    }
+
+    /// Undoes [`PgServer::freeze`].
+    pub(crate) fn thaw(&self) {
+        for pid in self.processes() {
+            kill_process(pid, Signal::CONT).unwrap();
+        }
+    }
+
+    /// The postmaster, then its children (the backends and workers).
+    fn processes(&self) -> Vec<Pid> {
+        let pid_file = std::fs::read_to_string(self.data.join("postmaster.pid")).unwrap();
+        let postmaster: i32 = pid_file.lines().next().unwrap().trim().parse().unwrap();
+        let mut pids = vec![postmaster];
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            // `pid (comm) state ppid ...`; comm may hold spaces and parentheses.
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            let parent = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<i32>().ok());
+            if parent == Some(postmaster) {
+                pids.push(pid);
+            }
+        }
+        pids.into_iter().filter_map(Pid::from_raw).collect()
+    }
+
     fn pg_ctl(&self, args: &[&str]) {
         let mut all = vec!["-D", self.data.to_str().unwrap()];
         all.extend_from_slice(args);
@@ -118,6 +164,8 @@ impl PgServer {
 impl Drop for PgServer {
     fn drop(&mut self) {
         if self.data.join("postmaster.pid").exists() {
+            // A frozen server cannot stop.
+            self.thaw();
             let _ = Command::new("runuser")
                 .args(["-u", "postgres", "--"])
                 .arg(self.bin.join("pg_ctl"))

@@ -430,7 +430,7 @@ async fn three_ready_two_banned(
 async fn a_mixed_batch_settles_in_one_statement_per_status_and_every_watcher_hears(
     backend: Backend,
 ) {
-    let (app, mut client, voices, mut stream, _) = three_ready_two_banned(backend).await;
+    let (app, mut client, voices, mut stream, _) = Box::pin(three_ready_two_banned(backend)).await;
     let (reads, writes) = (app.metric(READS), app.metric(WRITES));
     let step = app.worker.run_once().await.unwrap();
     assert_eq!(
@@ -493,7 +493,8 @@ fn refuse_failed_writes(backend: Backend, refuse: bool) -> &'static str {
 }
 
 async fn a_batch_whose_write_fails_is_stored_not_at_all_and_checked_again(backend: Backend) {
-    let (app, mut client, voices, mut stream, revisions) = three_ready_two_banned(backend).await;
+    let (app, mut client, voices, mut stream, revisions) =
+        Box::pin(three_ready_two_banned(backend)).await;
 
     app.execute(refuse_failed_writes(backend, true)).await;
     let step = app.worker.run_once().await.unwrap();
