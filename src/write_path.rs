@@ -304,6 +304,7 @@ impl WritePath {
         delete_at_provider(
             &self.provider,
             &self.store,
+            self.scheduler.queue(),
             provider_voice_id,
             voice_id,
             reason,

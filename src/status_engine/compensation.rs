@@ -6,12 +6,15 @@
 //!
 //! A voice already gone at the provider counts as deleted. A deletion that
 //! fails is logged at error level with the provider voice id and recorded in
-//! `provider_orphans`, so the sweep (or an operator) can delete it later; a
-//! failure to record it is logged too. Nothing here fails its caller: the
+//! `provider_orphans`, and the queue's orphans mark is set, so the next
+//! sweep (or an operator) deletes it later; a failure to record it is
+//! logged too. Should the mark be lost (Redis flushed), the sweep still
+//! finds the voice by its tag. Nothing here fails its caller: the
 //! change that made the voice unwanted is already decided.
 
 use uuid::Uuid;
 
+use super::{queue::DynQueue, sweep::ORPHANS_MARK};
 use crate::{
     error::chain,
     provider::{DynProvider, ProviderError},
@@ -23,6 +26,7 @@ use crate::{
 pub(crate) async fn delete_at_provider(
     provider: &DynProvider,
     store: &Store,
+    queue: &DynQueue,
     provider_voice_id: &str,
     voice_id: Uuid,
     reason: &str,
@@ -44,6 +48,8 @@ pub(crate) async fn delete_at_provider(
                 .await
             {
                 tracing::error!(provider_voice_id, error = %chain(&db), "could not record the orphaned provider voice");
+            } else if let Err(e) = queue.mark(ORPHANS_MARK).await {
+                tracing::warn!(provider_voice_id, error = %e, "could not tell the sweep of the recorded orphan; it finds the voice by its tag");
             }
         }
     }

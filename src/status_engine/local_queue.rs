@@ -3,7 +3,7 @@
 //! the process; start-up reconciliation refills it from storage.
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::{BTreeSet, HashMap, HashSet},
     sync::Arc,
     time::Duration,
 };
@@ -39,6 +39,7 @@ impl Entries {
 /// The due-queue of a single replica without Redis.
 pub(crate) struct LocalQueue {
     entries: Mutex<Entries>,
+    marks: Mutex<HashSet<String>>,
     wakeup: Arc<Notify>,
     round_trips: Counter,
 }
@@ -49,6 +50,7 @@ impl LocalQueue {
     pub(crate) fn new(round_trips: Counter) -> Self {
         LocalQueue {
             entries: Mutex::default(),
+            marks: Mutex::default(),
             wakeup: Arc::default(),
             round_trips,
         }
@@ -71,6 +73,17 @@ impl DueQueue for LocalQueue {
     async fn try_lease(&self, _name: &str, _ttl: Duration) -> Result<bool, QueueError> {
         // One process holds this queue: it is the only replica.
         Ok(true)
+    }
+
+    async fn mark(&self, name: &str) -> Result<(), QueueError> {
+        self.round_trips.inc();
+        self.marks.lock().insert(name.to_owned());
+        Ok(())
+    }
+
+    async fn take_mark(&self, name: &str) -> Result<bool, QueueError> {
+        self.round_trips.inc();
+        Ok(self.marks.lock().remove(name))
     }
 
     async fn claim(&self, max: usize, lease: Duration) -> Result<Claim, QueueError> {

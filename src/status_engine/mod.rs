@@ -119,6 +119,11 @@ impl Scheduler {
         }
     }
 
+    /// The queue the voices are scheduled on.
+    pub(crate) fn queue(&self) -> &DynQueue {
+        &self.queue
+    }
+
     async fn schedule_in(&self, id: Uuid, delay: Duration) {
         if let Err(e) = self.queue.enqueue(id, delay).await {
             tracing::warn!(voice_id = %id, error = %e, "could not queue a status check; reconciliation will");

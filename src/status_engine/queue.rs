@@ -64,6 +64,15 @@ pub trait DueQueue: Send + Sync + 'static {
     /// how a job that must run on one replica at a time (the sweep) picks
     /// its replica. The lease is not released early: it also spaces the job.
     async fn try_lease(&self, name: &str, ttl: Duration) -> Result<bool, QueueError>;
+
+    /// Sets the mark `name` for every replica: "there is work of this kind"
+    /// (an orphan was recorded), so the job that does it needs no SQL to
+    /// find out.
+    async fn mark(&self, name: &str) -> Result<(), QueueError>;
+
+    /// Clears the mark `name`; whether it was set. Taken before the work is
+    /// read, so a mark set meanwhile survives for the next run.
+    async fn take_mark(&self, name: &str) -> Result<bool, QueueError>;
 }
 
 /// The configured due-queue, shared.

@@ -218,6 +218,22 @@ impl DueQueue for RedisQueue {
         Ok(taken.is_some())
     }
 
+    async fn mark(&self, name: &str) -> Result<(), QueueError> {
+        self.round_trips.inc();
+        let key = format!("{}:mark:{name}", self.queue_key);
+        self.client
+            .set::<(), _, _>(key, 1, None, None, false)
+            .await
+            .map_err(err)
+    }
+
+    async fn take_mark(&self, name: &str) -> Result<bool, QueueError> {
+        self.round_trips.inc();
+        let key = format!("{}:mark:{name}", self.queue_key);
+        let removed: i64 = self.client.del(key).await.map_err(err)?;
+        Ok(removed > 0)
+    }
+
     async fn finish(&self, ids: &[Uuid]) -> Result<(), QueueError> {
         if ids.is_empty() {
             return Ok(());

@@ -7,7 +7,9 @@
 //! longer ago than the grace period (its id is a UUIDv7, so it tells when).
 //! Voices without the tag are never touched: an account may hold voices
 //! that are not voicehub's. It then retries the deletions recorded in
-//! `provider_orphans`, forgetting each one that is gone.
+//! `provider_orphans`, forgetting each one that is gone, when the queue's
+//! orphans mark says one was recorded since: a sweep with nothing to
+//! retry and no tagged voice at the provider runs no SQL.
 //!
 //! One replica at a time: a sweep first takes a lease for its whole
 //! interval from the due-queue (Redis when replicas share one), so the
@@ -32,6 +34,9 @@ use crate::{
 
 /// The most orphan records one sweep retries.
 const ORPHANS_PER_SWEEP: u64 = 1_000;
+
+/// The queue mark set when an orphan is recorded.
+pub(crate) const ORPHANS_MARK: &str = "orphans";
 
 /// How soon after start-up a replica first tries to sweep.
 const FIRST_SWEEP: Duration = Duration::from_mins(1);
@@ -127,21 +132,10 @@ impl Sweeper {
                 swept.failed += 1;
             }
         }
-        for orphan in self
-            .store
-            .orphans(self.provider.name(), ORPHANS_PER_SWEEP)
-            .await?
-        {
-            let reason = "recorded as an orphan";
-            if self
-                .delete(&orphan.provider_voice_id, orphan.voice_id, reason)
-                .await
-            {
-                self.store.forget_orphan(orphan.id).await?;
-                swept.orphans_cleared += 1;
-            } else {
-                swept.failed += 1;
-            }
+        // The mark is taken before the records are read: one recorded
+        // meanwhile sets it again for the next sweep.
+        if self.queue.take_mark(ORPHANS_MARK).await? {
+            self.retry_orphans(&mut swept).await?;
         }
         tracing::info!(
             tagged = swept.tagged,
@@ -151,6 +145,38 @@ impl Sweeper {
             "provider sweep done"
         );
         Ok(Some(swept))
+    }
+
+    /// Retries the recorded orphans' deletions, forgetting each that is
+    /// gone. Those left (refused, or past this sweep's share) keep the mark.
+    async fn retry_orphans(&self, swept: &mut Swept) -> Result<(), SyncError> {
+        let result = async {
+            let orphans = self
+                .store
+                .orphans(self.provider.name(), ORPHANS_PER_SWEEP)
+                .await?;
+            let mut left =
+                orphans.len() == usize::try_from(ORPHANS_PER_SWEEP).unwrap_or(usize::MAX);
+            for orphan in orphans {
+                let reason = "recorded as an orphan";
+                if self
+                    .delete(&orphan.provider_voice_id, orphan.voice_id, reason)
+                    .await
+                {
+                    self.store.forget_orphan(orphan.id).await?;
+                    swept.orphans_cleared += 1;
+                } else {
+                    swept.failed += 1;
+                    left = true;
+                }
+            }
+            Ok::<_, SyncError>(left)
+        }
+        .await;
+        if !matches!(result, Ok(false)) {
+            self.queue.mark(ORPHANS_MARK).await?;
+        }
+        result.map(drop)
     }
 
     /// Whether the provider voice is gone now; logs either way.

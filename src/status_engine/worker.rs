@@ -461,6 +461,7 @@ impl Worker {
                             delete_at_provider(
                                 &self.provider,
                                 &self.store,
+                                &self.queue,
                                 provider_voice_id,
                                 id,
                                 "the voice FAILED",

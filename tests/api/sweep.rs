@@ -1,20 +1,23 @@
 //! The provider sweep: deletes the tagged provider voices no live voicehub
-//! voice holds, never a voice without the tag, and clears recorded orphans.
+//! voice holds, never a voice without the tag, and clears recorded orphans;
+//! with nothing to do it runs no SQL.
 
-use std::collections::BTreeSet;
+use std::{collections::BTreeSet, time::Duration};
 
-use sea_orm::{ActiveModelTrait, EntityTrait, IntoActiveModel};
 use uuid::{NoContext, Timestamp, Uuid};
 use voicehub::{
     status_engine::Swept,
-    store::{Visibility, VoiceStatus, entity::provider_orphan},
+    store::{Visibility, VoiceStatus},
 };
 
 use crate::{
-    fake_elevenlabs::{FakeElevenLabs, FakeVoice, Report, Route},
-    helpers::{Backend, TestApp, spawn_app_with_fake, voice},
+    fake_elevenlabs::{FakeElevenLabs, FakeVoice, Fault, Report, Route},
+    helpers::{Backend, TestApp, create_voice, spawn_app_with_fake, voice},
     on_both_backends,
 };
+
+const READS: &str = "voicehub_sql_statements_total{kind=\"read\"}";
+const WRITES: &str = "voicehub_sql_statements_total{kind=\"write\"}";
 
 fn provider_voice(labels: &[(&str, String)]) -> FakeVoice {
     FakeVoice {
@@ -75,20 +78,6 @@ async fn the_sweep_deletes_what_no_live_voice_holds_and_never_an_untagged_voice(
         "someone-elses",
         provider_voice(&[("accent", "british".into())]),
     );
-    // A provider voice recorded as an orphan (its deletion failed before).
-    fake.add_voice("recorded-orphan", provider_voice(&[]));
-    provider_orphan::Model {
-        id: Uuid::now_v7(),
-        provider: "elevenlabs".into(),
-        provider_voice_id: "recorded-orphan".into(),
-        voice_id: None,
-        reason: "storage failed to record the cloned voice".into(),
-        created_at: chrono::Utc::now(),
-    }
-    .into_active_model()
-    .insert(&app.db)
-    .await
-    .unwrap();
     // Several pages of voices to list.
     fake.set_page_limit(3);
 
@@ -103,7 +92,7 @@ async fn the_sweep_deletes_what_no_live_voice_holds_and_never_an_untagged_voice(
         Swept {
             tagged: 7,
             deleted: 4,
-            orphans_cleared: 1,
+            orphans_cleared: 0,
             failed: 0
         }
     );
@@ -118,35 +107,92 @@ async fn the_sweep_deletes_what_no_live_voice_holds_and_never_an_untagged_voice(
     .collect();
     assert_eq!(
         left, expected,
-        "deleted: {failed}, {deleted}, the second clone, the lost one, the orphan"
+        "deleted: {failed}, {deleted}, the second clone, the lost one"
     );
-    assert_eq!(fake.calls(Route::Delete), 5);
-    assert!(
-        provider_orphan::Entity::find()
-            .all(&app.db)
-            .await
-            .unwrap()
-            .is_empty(),
-        "the orphan is forgotten once gone"
+    assert_eq!(fake.calls(Route::Delete), 4);
+}
+
+async fn a_recorded_orphan_is_retried_until_gone_and_a_sweep_with_nothing_to_do_runs_no_sql(
+    backend: Backend,
+) {
+    let (app, fake) = spawn_app_with_fake(backend, |c| {
+        c.sync.sweep_every = Duration::from_millis(50);
+        c.sync_max_age = Duration::from_millis(1);
+    })
+    .await;
+    let statements = || app.metric(READS) + app.metric(WRITES);
+    let next_interval = || tokio::time::sleep(Duration::from_millis(60));
+    // Nothing at the provider and nothing recorded: no SQL.
+    let before = statements();
+    assert_eq!(
+        app.sweeper.run_once().await.unwrap(),
+        Some(Swept::default())
     );
+    assert_eq!(
+        statements(),
+        before,
+        "a sweep with nothing to do runs no SQL"
+    );
+
+    // A voice FAILED (too old) and its provider voice could not be deleted:
+    // recorded as an orphan.
+    fake.set_default_report(Report::awaiting_verification());
+    let mut client = app.client(Uuid::new_v4());
+    let voice = create_voice(&mut client, "Stubborn").await;
+    fake.inject(Route::Delete, 4, Fault::server_error());
+    assert_eq!(app.worker.run_once().await.unwrap().failed, 1);
+    assert_eq!(app.orphans().await.len(), 1);
+
+    // The provider still refuses: by its tag and by its record, counted,
+    // and kept for the next sweep.
+    next_interval().await;
+    fake.inject(Route::Delete, 8, Fault::server_error());
+    let swept = app.sweeper.run_once().await.unwrap().unwrap();
+    assert_eq!(
+        swept,
+        Swept {
+            tagged: 1,
+            deleted: 0,
+            orphans_cleared: 0,
+            failed: 2
+        }
+    );
+    assert_eq!(app.orphans().await.len(), 1);
+    next_interval().await;
+    let swept = app.sweeper.run_once().await.unwrap().unwrap();
+    assert_eq!(
+        swept,
+        Swept {
+            tagged: 1,
+            deleted: 1,
+            orphans_cleared: 1,
+            failed: 0
+        }
+    );
+    assert!(fake.voice(&voice.provider_voice_id).is_none());
+    assert!(app.orphans().await.is_empty(), "forgotten once gone");
+    // Nothing left: the next sweep runs no SQL again.
+    next_interval().await;
+    let before = statements();
+    assert_eq!(
+        app.sweeper.run_once().await.unwrap(),
+        Some(Swept::default())
+    );
+    assert_eq!(statements(), before);
 }
 
 async fn a_sweep_the_provider_refuses_is_counted_and_tried_again(backend: Backend) {
     let (app, fake) = spawn_app_with_fake(backend, |c| {
-        c.sync.sweep_every = std::time::Duration::from_millis(50);
+        c.sync.sweep_every = Duration::from_millis(50);
     })
     .await;
     let failed = stored_with_provider_voice(&app, &fake, VoiceStatus::Failed).await;
-    fake.inject(
-        Route::Delete,
-        4,
-        crate::fake_elevenlabs::Fault::server_error(),
-    );
+    fake.inject(Route::Delete, 4, Fault::server_error());
     let swept = app.sweeper.run_once().await.unwrap().unwrap();
     assert_eq!((swept.deleted, swept.failed), (0, 1), "{swept:?}");
     assert!(fake.voice(&failed).is_some());
     // The next interval's sweep deletes it.
-    tokio::time::sleep(std::time::Duration::from_millis(60)).await;
+    tokio::time::sleep(Duration::from_millis(60)).await;
     let swept = app.sweeper.run_once().await.unwrap().unwrap();
     assert_eq!((swept.deleted, swept.failed), (1, 0), "{swept:?}");
     assert!(fake.voice(&failed).is_none());
@@ -155,6 +201,7 @@ async fn a_sweep_the_provider_refuses_is_counted_and_tried_again(backend: Backen
 on_both_backends!(
     the_sweep_deletes_what_no_live_voice_holds_and_never_an_untagged_voice,
     a_sweep_the_provider_refuses_is_counted_and_tried_again,
+    a_recorded_orphan_is_retried_until_gone_and_a_sweep_with_nothing_to_do_runs_no_sql,
 );
 
 #[tokio::test]
