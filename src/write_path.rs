@@ -13,9 +13,12 @@
 //!   500) keeps the reservation and returns it PROCESSING. Either way the
 //!   status engine adopts the provider voice by its `voicehub_id` tag, or
 //!   fails the voice.
-//! - **No orphans.** If the provider created a voice that storage then cannot
-//!   record, the provider voice is deleted again (compensation); if that fails
-//!   too, its id is logged at error level and recorded in `provider_orphans`.
+//! - **No orphans.** If the provider created a voice that storage then
+//!   refuses to record, the provider voice is deleted again (compensation);
+//!   if that fails too, its id is logged at error level and recorded in
+//!   `provider_orphans`. If storage does not answer (the record may or may
+//!   not have been made), the voice is returned PROCESSING and the status
+//!   engine adopts it by its tag, as for a lost provider answer.
 //! - **Owner only.** Update and delete find the voice by owner; anyone else's
 //!   voice, public or not, is NOT_FOUND.
 //! - **Guarded writes.** Updates apply only to the revision that was read
@@ -242,6 +245,19 @@ impl WritePath {
                 Err(Error::Aborted(
                     "the voice was deleted while it was being created",
                 ))
+            }
+            Err(e) if store::unavailable(&e) => {
+                // Storage did not answer: the provider id may have been
+                // recorded (a commit cut short) or not. Deleting the
+                // provider voice could leave a row pointing at nothing, so
+                // it is kept, and so is the reservation: the status engine
+                // finds the voice by its tag (adopts it) or checks it by
+                // the recorded id, either way once storage is back.
+                tracing::warn!(voice_id = %reserved.id, provider_voice_id = cloned.voice_id, error = %chain(&e), "storage did not answer while recording a cloned voice; the status engine will adopt it");
+                // Checked at once if the record was made; if not, the check
+                // waits until the voice may be adopted.
+                self.scheduler.schedule(reserved.id).await;
+                Ok(reserved)
             }
             Err(e) => {
                 self.compensate(

@@ -16,9 +16,8 @@
 //!   transaction (see `outbox.rs`), so storage and the event bus cannot
 //!   disagree for longer than the relay takes;
 //! - timestamps are UTC and truncated to microseconds (PostgreSQL's
-//!   precision), so what a caller gets back is exactly what is stored.
-//!
-//! - **bounded calls**: on PostgreSQL every call (waiting for a connection,
+//!   precision), so what a caller gets back is exactly what is stored;
+//! - bounded calls: on PostgreSQL every call (waiting for a connection,
 //!   its statements, the commit) ends within `call_timeout`, timed here and
 //!   not only by the server: a server that stops answering mid-statement
 //!   (its host hangs, the network drops packets) cannot enforce its own
@@ -66,8 +65,8 @@ pub struct DatabaseConfig {
     pub acquire_timeout: Duration,
     /// Longest one statement may run on PostgreSQL (its `statement_timeout`).
     pub statement_timeout: Duration,
-    /// Longest one storage call may take on PostgreSQL, timed here: see
-    /// [`Store`]'s "bounded calls".
+    /// Longest one storage call may take on PostgreSQL, timed by voicehub
+    /// (see "bounded calls" in this module's documentation).
     pub call_timeout: Duration,
 }
 

@@ -15,10 +15,10 @@ use voicehub::{
 };
 
 use crate::{
-    fake_elevenlabs::{Report, Route},
+    fake_elevenlabs::{Fault, Report, Route},
     helpers::{
-        Backend, Client, create_request, create_voice, next, spawn_app_with, spawn_app_with_fake,
-        voice, watch,
+        Backend, Client, create_request, create_voice, elevenlabs, next, spawn_app_with,
+        spawn_app_with_fake, voice, watch,
     },
     pg_server::PgServer,
     redis_server::RedisServer,
@@ -292,6 +292,77 @@ async fn postgres_hung_mid_statement_answers_unavailable_within_the_bound_and_re
     // Nothing of the refused create was kept, here or at the provider.
     assert_eq!(app.voice_rows().await, 1);
     assert_eq!(fake.calls(Route::Add), 1);
+}
+
+#[tokio::test]
+async fn a_clone_storage_does_not_answer_for_is_kept_and_adopted_never_deleted() {
+    let pg = PgServer::start();
+    let url = pg.url();
+    let (app, fake) = spawn_app_with_fake(Backend::Postgres, |c| {
+        c.database.url = url.into();
+        // voicehub's defaults.
+        c.database.acquire_timeout = Duration::from_secs(1);
+        c.database.statement_timeout = Duration::from_millis(1500);
+        c.database.call_timeout = Duration::from_millis(1800);
+        c.sync.adopt_after = Duration::ZERO;
+        elevenlabs(c).timeout = Duration::from_secs(5);
+    })
+    .await;
+    let mut client = app.client(Uuid::new_v4());
+    // The clone takes 1.5 s at the provider; PostgreSQL freezes once the
+    // voice is reserved, so the provider's id cannot be recorded.
+    fake.inject(Route::Add, 1, Fault::Slow(Duration::from_millis(1500)));
+    let mut creating = client.clone();
+    let create = tokio::spawn(async move {
+        let mut request = Request::new(create_request("Unrecorded"));
+        request.set_timeout(Duration::from_secs(10));
+        creating.create_voice_clone(request).await
+    });
+    while app.voice_rows().await == 0 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    pg.freeze();
+    let created = create
+        .await
+        .unwrap()
+        .expect("the caller gets the voice it can follow")
+        .into_inner();
+    println!(
+        "CreateVoiceClone whose record storage did not answer: {:?}, provider id {:?}",
+        created.status(),
+        created.provider_voice_id
+    );
+    assert_eq!(created.status(), pb::VoiceStatus::Processing);
+    assert_eq!(fake.voice_count(), 1, "the provider voice is kept");
+    assert_eq!(fake.calls(Route::Delete), 0);
+
+    pg.thaw();
+    // The status engine finds it by its tag and completes it.
+    let mut completed = None;
+    for _ in 0..100 {
+        if let Ok(step) = app.worker.run_once().await
+            && step.completed > 0
+        {
+            completed = Some(step);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        completed.is_some(),
+        "the voice completes once storage is back"
+    );
+    let voice = client
+        .get_voice(get(&created.voice_id))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(voice.status(), pb::VoiceStatus::Completed);
+    assert_eq!(fake.voice_ids(), vec![voice.provider_voice_id.clone()]);
+    assert_eq!(fake.calls(Route::Add), 1, "cloned once");
+    assert_eq!(fake.calls(Route::Delete), 0);
+    assert!(app.orphans().await.is_empty());
+    assert_eq!(app.voice_rows().await, 1);
 }
 
 /// A transaction on `db` that holds the lock `sql` takes until it ends.
