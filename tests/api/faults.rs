@@ -9,7 +9,7 @@ use tonic::{Code, Request};
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
 use uuid::Uuid;
 use voicehub::{
-    config::Limits,
+    config::{Config, Limits},
     pb::{self, GetVoiceRequest},
     store::{self, Visibility, VoiceStatus},
 };
@@ -37,18 +37,24 @@ fn get(voice_id: &str) -> Request<GetVoiceRequest> {
     request
 }
 
+/// `config` on the private PostgreSQL at `url`, with voicehub's own
+/// defaults for the storage timeouts and the health interval
+/// (`VOICEHUB_DB_ACQUIRE_TIMEOUT`, `_STATEMENT_TIMEOUT`, `_CALL_TIMEOUT`,
+/// `VOICEHUB_HEALTH_INTERVAL`), which the other tests relax.
+fn on_private_postgres(config: &mut Config, url: String) {
+    config.database.url = url.into();
+    config.database.acquire_timeout = Duration::from_secs(1);
+    config.database.statement_timeout = Duration::from_millis(1500);
+    config.database.call_timeout = Duration::from_millis(1800);
+    config.health_interval = Duration::from_secs(1);
+}
+
 #[tokio::test]
 async fn postgres_stopped_answers_unavailable_within_the_bound_and_health_follows_it_both_ways() {
     let pg = PgServer::start();
     let url = pg.url();
     let (app, fake) = spawn_app_with_fake(Backend::Postgres, |c| {
-        c.database.url = url.into();
-        // voicehub's defaults (VOICEHUB_DB_ACQUIRE_TIMEOUT, _STATEMENT_TIMEOUT,
-        // VOICEHUB_HEALTH_INTERVAL).
-        c.database.acquire_timeout = Duration::from_secs(1);
-        c.database.statement_timeout = Duration::from_millis(1500);
-        c.database.call_timeout = Duration::from_millis(1800);
-        c.health_interval = Duration::from_secs(1);
+        on_private_postgres(c, url);
     })
     .await;
     let mut client = app.client(Uuid::new_v4());
@@ -150,12 +156,7 @@ async fn postgres_hung_mid_statement_answers_unavailable_within_the_bound_and_re
     let pg = PgServer::start();
     let url = pg.url();
     let (app, fake) = spawn_app_with_fake(Backend::Postgres, |c| {
-        c.database.url = url.clone().into();
-        // voicehub's defaults.
-        c.database.acquire_timeout = Duration::from_secs(1);
-        c.database.statement_timeout = Duration::from_millis(1500);
-        c.database.call_timeout = Duration::from_millis(1800);
-        c.health_interval = Duration::from_secs(1);
+        on_private_postgres(c, url.clone());
     })
     .await;
     let mut client = app.client(Uuid::new_v4());
@@ -299,11 +300,7 @@ async fn a_clone_storage_does_not_answer_for_is_kept_and_adopted_never_deleted()
     let pg = PgServer::start();
     let url = pg.url();
     let (app, fake) = spawn_app_with_fake(Backend::Postgres, |c| {
-        c.database.url = url.into();
-        // voicehub's defaults.
-        c.database.acquire_timeout = Duration::from_secs(1);
-        c.database.statement_timeout = Duration::from_millis(1500);
-        c.database.call_timeout = Duration::from_millis(1800);
+        on_private_postgres(c, url);
         c.sync.adopt_after = Duration::ZERO;
         elevenlabs(c).timeout = Duration::from_secs(5);
     })
