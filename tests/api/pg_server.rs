@@ -115,15 +115,21 @@ impl PgServer {
     /// drops packets. A statement already sent gets no reply.
     pub(crate) fn freeze(&self) {
         // The postmaster first, so it starts no backend the loop misses.
-        for pid in self.processes() {
-            kill_process(pid, Signal::STOP).unwrap();
-        }
+        self.signal(Signal::STOP);
     }
 
     /// Undoes [`PgServer::freeze`].
     pub(crate) fn thaw(&self) {
+        self.signal(Signal::CONT);
+    }
+
+    fn signal(&self, signal: Signal) {
         for pid in self.processes() {
-            kill_process(pid, Signal::CONT).unwrap();
+            match kill_process(pid, signal) {
+                // A backend that ended after it was listed.
+                Ok(()) | Err(rustix::io::Errno::SRCH) => {}
+                Err(e) => panic!("signalling PostgreSQL's process {pid:?}: {e}"),
+            }
         }
     }
 
