@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 
 use tokio_stream::StreamExt;
 use tonic::{Code, Request};
-use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
 use uuid::Uuid;
 use voicehub::{
     config::{Config, Limits},
@@ -17,8 +19,8 @@ use voicehub::{
 use crate::{
     fake_elevenlabs::{Fault, Report, Route},
     helpers::{
-        Backend, Client, create_request, create_voice, elevenlabs, next, spawn_app_with,
-        spawn_app_with_fake, voice, watch,
+        Backend, Client, create_request, create_voice, elevenlabs, next, serving_status,
+        spawn_app_with, spawn_app_with_fake, voice, watch,
     },
     pg_server::PgServer,
     redis_server::RedisServer,
@@ -182,13 +184,7 @@ async fn postgres_hung_mid_statement_answers_unavailable_within_the_bound_and_re
     until_waiting_on_a_lock(&locker).await;
     pg.freeze();
     let frozen = Instant::now();
-    while serving_status(&mut health).await != ServingStatus::NotServing {
-        assert!(
-            frozen.elapsed() <= BOUND,
-            "health NOT_SERVING within the bound"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_health(&mut health, ServingStatus::NotServing, frozen).await;
     println!("health NOT_SERVING {:?} after the freeze", frozen.elapsed());
     let (result, took) = in_flight.await.unwrap();
     let err = result.unwrap_err();
@@ -225,13 +221,7 @@ async fn postgres_hung_mid_statement_answers_unavailable_within_the_bound_and_re
     let thawed = Instant::now();
     let stored = until_answered(&mut client, &voice.voice_id, thawed).await;
     assert_eq!(stored.voice_id, voice.voice_id);
-    while serving_status(&mut health).await != ServingStatus::Serving {
-        assert!(
-            thawed.elapsed() <= BOUND,
-            "health SERVING again within the bound"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_health(&mut health, ServingStatus::Serving, thawed).await;
     println!("health SERVING {:?} after the thaw", thawed.elapsed());
 
     // A write cut mid-transaction: the voice row is updated, its event
@@ -401,16 +391,16 @@ async fn until_answered(client: &mut Client, voice_id: &str, since: Instant) -> 
     }
 }
 
-async fn serving_status(
-    health: &mut tonic_health::pb::health_client::HealthClient<tonic::transport::Channel>,
-) -> ServingStatus {
-    let status = health
-        .check(HealthCheckRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .status;
-    ServingStatus::try_from(status).unwrap()
+/// Returns once health reports `want`, which must come within the bound of `since`.
+async fn until_health(
+    health: &mut HealthClient<tonic::transport::Channel>,
+    want: ServingStatus,
+    since: Instant,
+) {
+    while serving_status(health).await != want {
+        assert!(since.elapsed() <= BOUND, "health {want:?} within the bound");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test]

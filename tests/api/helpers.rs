@@ -669,3 +669,16 @@ pub(crate) fn assert_invalid_field(status: &Status, field: &str) {
         "message names the field: {status:?}"
     );
 }
+
+/// What `health` reports for the whole server now (Health/Check).
+pub(crate) async fn serving_status(
+    health: &mut HealthClient<Channel>,
+) -> tonic_health::pb::health_check_response::ServingStatus {
+    let status = health
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .status;
+    tonic_health::pb::health_check_response::ServingStatus::try_from(status).unwrap()
+}

@@ -121,15 +121,9 @@ async fn with_a_certificate_the_listener_speaks_tls_and_refuses_plaintext() {
         .await
         .expect("a TLS connection");
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
-    let status = health
-        .check(HealthCheckRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .status;
     assert_eq!(
-        status,
-        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+        crate::helpers::serving_status(&mut health).await,
+        tonic_health::pb::health_check_response::ServingStatus::Serving
     );
     let mut client = voicehub::pb::voice_service_client::VoiceServiceClient::new(channel);
     let mut request = tonic::Request::new(voicehub::pb::ListUserVoicesRequest::default());
