@@ -89,7 +89,7 @@ fn provider_status(e: ProviderError) -> Status {
                 "the voice provider is unavailable; retry later (with the same request_id)",
             )
         }
-        ProviderError::OutcomeUnknown(detail) => {
+        ProviderError::OutcomeUnknown { detail, .. } => {
             tracing::warn!(%detail, "the voice provider's answer was lost");
             Status::unavailable(
                 "the voice provider did not answer; retry later (with the same request_id)",

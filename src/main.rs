@@ -43,7 +43,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
             )
             .await?;
             store.migrate().await?;
-            tracing::info!("migrations applied");
+            let installation = store.installation_id().await?;
+            tracing::info!(%installation, "migrations applied; this database's installation id");
             store.close().await;
             Ok(())
         }

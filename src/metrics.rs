@@ -118,6 +118,23 @@ pub(crate) struct PoolLabel {
     pub(crate) state: &'static str,
 }
 
+/// The label of `voicehub_installation_info`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub(crate) struct InstallationLabel {
+    /// This installation's id (one per database; one series per process).
+    pub(crate) installation: String,
+}
+
+/// The label of the sweep's counters.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub(crate) struct SweepLabel {
+    /// `voicehub_sweep_spared_total`: why a tagged provider voice was left
+    /// alone (`other_installation`, `no_row`, `held_by_live_voice`).
+    /// `voicehub_sweep_deletions_total`: `deleted`, `reported` (report-only
+    /// mode), `failed`.
+    pub(crate) what: &'static str,
+}
+
 /// A latency histogram: 1 ms to ~33 s in powers of two.
 fn latency() -> Histogram {
     Histogram::new(exponential_buckets(0.001, 2.0, 16))
@@ -183,6 +200,16 @@ pub struct Metrics {
     pub(crate) uploads_in_flight: Gauge,
     /// Creates let through because the creation rate could not be checked.
     pub(crate) quota_unchecked: Counter,
+    /// This installation's id, as a label of a constant 1.
+    pub(crate) installation: Family<InstallationLabel, Gauge>,
+    /// Tagged provider voices the sweep left alone as not provably its own, by why.
+    pub(crate) sweep_spared: Family<SweepLabel, Counter>,
+    /// Provider voices the sweep deleted, would have deleted, or failed to delete.
+    pub(crate) sweep_deletions: Family<SweepLabel, Counter>,
+    /// Sweeps that deleted nothing because they would have deleted more than their budget.
+    pub(crate) sweep_over_budget: Counter,
+    /// COMPLETED voices FAILED because they were confirmed gone at the provider.
+    pub(crate) voices_vanished: Counter,
 }
 
 impl Metrics {
@@ -216,6 +243,11 @@ impl Metrics {
             rpcs_in_flight: Gauge::default(),
             uploads_in_flight: Gauge::default(),
             quota_unchecked: Counter::default(),
+            installation: Family::default(),
+            sweep_spared: Family::default(),
+            sweep_deletions: Family::default(),
+            sweep_over_budget: Counter::default(),
+            voices_vanished: Counter::default(),
         };
         let m = &metrics;
         let r = &mut registry;
@@ -335,6 +367,31 @@ impl Metrics {
             "quota_unchecked",
             "Creates let through because the creation rate could not be checked (Redis away)",
             m.quota_unchecked.clone(),
+        );
+        r.register(
+            "installation_info",
+            "This installation's id (one per database), as a label",
+            m.installation.clone(),
+        );
+        r.register(
+            "sweep_spared",
+            "Tagged provider voices the sweep left alone, not provably this installation's, by why",
+            m.sweep_spared.clone(),
+        );
+        r.register(
+            "sweep_deletions",
+            "Provider voices the sweep deleted, reported (report-only mode) or failed to delete",
+            m.sweep_deletions.clone(),
+        );
+        r.register(
+            "sweep_over_budget",
+            "Sweeps that deleted nothing: they would have deleted more than VOICEHUB_SWEEP_MAX_DELETIONS",
+            m.sweep_over_budget.clone(),
+        );
+        r.register(
+            "voices_vanished",
+            "COMPLETED voices FAILED because they were confirmed deleted at the provider",
+            m.voices_vanished.clone(),
         );
         Metrics {
             registry: Arc::new(registry),

@@ -125,6 +125,8 @@ impl From<StoredVoice> for Voice {
             processing_deadline: _,
             push_pending: _,
             push_lease_until: _,
+            provider_missing_since: _,
+            create_lease_until: _,
         } = v;
         Voice {
             voice_id: id.to_string(),

@@ -100,18 +100,9 @@ impl Application {
             );
         }
         let metrics = Metrics::new();
-        let provider = config.provider.build(&metrics)?;
+        let (store, installation) = open_store(&config, &metrics).await?;
+        let provider = config.provider.build(&metrics, installation)?;
         tracing::info!(provider = provider.name(), "voice provider");
-        let store = Store::connect(&config.database, &metrics, events::encode_stored)
-            .await
-            .context("connecting to the database (DATABASE_URL)")?;
-        if config.migrate_on_start {
-            store
-                .migrate()
-                .await
-                .context("applying database migrations")?;
-        }
-        store.ping().await.context("checking the database")?;
 
         let (queue, bus, redis) = queue_and_bus(&config, &metrics).await?;
         let relay = Arc::new(Relay::new(
@@ -121,7 +112,17 @@ impl Application {
             metrics.events_published.clone(),
             metrics.outbox_backlog.clone(),
         ));
-        let sweeper = Sweeper::new(provider.clone(), store.clone(), queue.clone(), &config.sync);
+        let sweeper = Sweeper::new(
+            (
+                provider.clone(),
+                store.clone(),
+                queue.clone(),
+                relay.clone(),
+            ),
+            installation,
+            &config.sync,
+            &metrics,
+        );
         let worker = Worker::new(
             queue,
             store.clone(),
@@ -335,6 +336,32 @@ impl Application {
         tracing::info!("voicehub stopped");
         served.context("serving gRPC")
     }
+}
+
+/// Storage, migrated (unless disabled), and this installation's id read
+/// from it, logged and shown as a metric.
+async fn open_store(config: &Config, metrics: &Metrics) -> anyhow::Result<(Store, uuid::Uuid)> {
+    let store = Store::connect(&config.database, metrics, events::encode_stored)
+        .await
+        .context("connecting to the database (DATABASE_URL)")?;
+    if config.migrate_on_start {
+        store
+            .migrate()
+            .await
+            .context("applying database migrations")?;
+    }
+    let installation = store
+        .installation_id()
+        .await
+        .context("reading this installation's id (is the database migrated?)")?;
+    tracing::info!(%installation, "installation id: every provider voice made here carries it");
+    metrics
+        .installation
+        .get_or_create(&metrics::InstallationLabel {
+            installation: installation.to_string(),
+        })
+        .set(1);
+    Ok((store, installation))
 }
 
 /// The due-queue and the event bus: in Redis when REDIS_URL is set (shared

@@ -108,6 +108,41 @@ impl VoicePatch {
     }
 }
 
+/// What one create got from the provider, its unknown outcomes resolved.
+enum Cloned {
+    /// The provider voice made for it (or found by its tag).
+    Made(String),
+    /// The provider may hold a voice for it, or make one yet.
+    Unknown(String),
+    /// The provider surely made nothing.
+    Refused(ProviderError),
+}
+
+/// How a create ended when it did not fail.
+enum Created {
+    /// The provider voice is recorded.
+    Recorded(Voice),
+    /// The outcome is unknown: the status engine takes it from here.
+    HandedOver(Voice),
+}
+
+impl Created {
+    fn into_voice(self) -> Voice {
+        match self {
+            Created::Recorded(voice) | Created::HandedOver(voice) => voice,
+        }
+    }
+}
+
+/// The shortest time between two renewals of a create's lease.
+const MIN_RENEWAL: Duration = Duration::from_millis(10);
+
+/// Retries of a create whose server error left no tagged voice behind.
+const UNKNOWN_OUTCOME_RETRIES: u32 = 2;
+
+/// The pause before such a retry, times the retry's number.
+const UNKNOWN_OUTCOME_PAUSE: Duration = Duration::from_millis(500);
+
 /// Creates, updates and deletes voices across the provider and storage.
 #[derive(Clone)]
 pub(crate) struct WritePath {
@@ -199,8 +234,43 @@ impl WritePath {
         }
     }
 
-    /// Clones the reserved voice at the provider and records the provider's id.
+    /// Clones the reserved voice at the provider and records the provider's
+    /// id, holding the voice's create lease all the while (renewed every
+    /// third of it), so no other replica fails the voice while this create
+    /// waits for a provider slot or runs.
     async fn clone_reserved(&self, reserved: Voice, new: NewVoice) -> Result<Voice, Error> {
+        let lease = self.scheduler.create_lease();
+        let id = reserved.id;
+        // On the heap: the samples and the provider call make a large future.
+        let mut work = Box::pin(self.clone_and_record(reserved, new));
+        let mut renew = tokio::time::interval_at(
+            tokio::time::Instant::now() + lease / 3,
+            (lease / 3).max(MIN_RENEWAL),
+        );
+        loop {
+            tokio::select! {
+                result = &mut work => {
+                    // After the last renewal, so none can follow the end.
+                    if let Ok(Created::HandedOver(_)) = &result {
+                        self.hand_over(id).await;
+                    }
+                    return result.map(Created::into_voice);
+                }
+                _ = renew.tick() => {
+                    let until = store::now() + chrono::Duration::from_std(lease).unwrap_or_default();
+                    if let Err(e) = self.store.renew_create_lease(id, until).await {
+                        // The lease runs out; another replica may then look
+                        // the voice up by its tag, which is harmless.
+                        tracing::warn!(voice_id = %id, error = %chain(&e), "could not renew a create's lease");
+                    }
+                }
+            }
+        }
+    }
+
+    /// The create itself: the provider call, resolving an unknown outcome
+    /// by the voice's tag, then the record.
+    async fn clone_and_record(&self, reserved: Voice, new: NewVoice) -> Result<Created, Error> {
         let request = CloneRequest {
             voicehub_id: reserved.id,
             name: new.name.clone(),
@@ -209,35 +279,95 @@ impl WritePath {
             files: new.samples,
             remove_background_noise: new.remove_background_noise,
         };
-        let cloned = match self.provider.clone_voice(request).await {
-            Ok(cloned) => cloned,
-            Err(ProviderError::OutcomeUnknown(detail)) => {
-                // The provider may hold the voice: keep the reservation (a
-                // retry with the same request_id returns it) and let the
-                // status engine adopt it by its tag, or fail it.
-                tracing::warn!(voice_id = %reserved.id, %detail, "the provider's answer to a create was lost; the status engine will adopt or fail the voice");
-                return Ok(reserved);
+        let provider_voice_id = match self.clone_once(&request).await {
+            Cloned::Made(id) => id,
+            Cloned::Unknown(detail) => {
+                // The provider may hold the voice, or may make it yet: keep
+                // the reservation (a retry with the same request_id returns
+                // it) and let the status engine adopt it by its tag as soon
+                // as it is there, or fail it once it cannot come any more.
+                tracing::warn!(voice_id = %reserved.id, %detail, "the outcome of a create is unknown; the status engine will adopt the voice by its tag, or fail it");
+                return Ok(Created::HandedOver(reserved));
             }
-            Err(e) => {
+            Cloned::Refused(e) => {
                 self.release(reserved.id).await;
                 return Err(e.into());
             }
         };
+        self.record(reserved, &provider_voice_id).await
+    }
+
+    /// Asks the provider to clone, once: an answer that does not prove the
+    /// provider did nothing is never retried blind. It is resolved by the
+    /// voice's tag (adopted if there), and retried only if the request is
+    /// over (a server error answered it) and the tag is not there.
+    async fn clone_once(&self, request: &CloneRequest) -> Cloned {
+        let mut ambiguous: Option<String> = None;
+        for attempt in 0..=UNKNOWN_OUTCOME_RETRIES {
+            if attempt > 0 {
+                tokio::time::sleep(UNKNOWN_OUTCOME_PAUSE * attempt).await;
+            }
+            let detail = match self.provider.clone_voice(request.clone()).await {
+                Ok(cloned) => return Cloned::Made(cloned.voice_id),
+                Err(ProviderError::OutcomeUnknown {
+                    detail,
+                    may_still_run: true,
+                }) => return Cloned::Unknown(detail),
+                Err(ProviderError::OutcomeUnknown {
+                    detail,
+                    may_still_run: false,
+                }) => detail,
+                // The voice an ambiguous answer made may hold the last slot,
+                // or the outage may have hidden it: the engine finds out.
+                Err(e) if ambiguous.is_some() => {
+                    return Cloned::Unknown(format!(
+                        "{e}, after {}",
+                        ambiguous.unwrap_or_default()
+                    ));
+                }
+                Err(e) => return Cloned::Refused(e),
+            };
+            match self.provider.find_tagged(request.voicehub_id).await {
+                Ok(Some(found)) => {
+                    tracing::info!(voice_id = %request.voicehub_id, provider_voice_id = found, %detail, "a create answered a server error but the provider made the voice: adopted");
+                    return Cloned::Made(found);
+                }
+                Ok(None) => {
+                    tracing::info!(voice_id = %request.voicehub_id, %detail, "a create answered a server error and the provider holds no voice with its tag: retrying");
+                    ambiguous = Some(detail);
+                }
+                Err(e) => return Cloned::Unknown(format!("{detail}; looking for its tag: {e}")),
+            }
+        }
+        Cloned::Unknown(ambiguous.unwrap_or_default())
+    }
+
+    /// Ends this replica's create of voice `id` with an unknown outcome: its
+    /// lease ends now and the status engine looks for it by its tag at once.
+    async fn hand_over(&self, id: Uuid) {
+        if let Err(e) = self.store.renew_create_lease(id, store::now()).await {
+            tracing::warn!(voice_id = %id, error = %chain(&e), "could not end a create's lease; the engine waits for it to run out");
+        }
+        self.scheduler.schedule(id).await;
+    }
+
+    /// Records the provider voice `provider_voice_id` made for `reserved`.
+    async fn record(&self, reserved: Voice, provider_voice_id: &str) -> Result<Created, Error> {
         match self
             .store
-            .accept(reserved.id, &cloned.voice_id, INSTANT_CLONE)
+            .accept(reserved.id, provider_voice_id, INSTANT_CLONE)
             .await
         {
             Ok(Some(voice)) => {
-                tracing::info!(voice_id = %voice.id, provider_voice_id = cloned.voice_id, "voice cloned");
+                tracing::info!(voice_id = %voice.id, provider_voice_id, "voice cloned");
                 self.relay.wake();
                 self.scheduler.schedule(voice.id).await;
-                Ok(voice)
+                Ok(Created::Recorded(voice))
             }
             Ok(None) => {
                 // Deleted by its owner while the provider was cloning it.
                 self.compensate(
-                    &cloned.voice_id,
+                    provider_voice_id,
                     reserved.id,
                     "the voice was deleted while it was being cloned",
                 )
@@ -253,15 +383,12 @@ impl WritePath {
                 // it is kept, and so is the reservation: the status engine
                 // finds the voice by its tag (adopts it) or checks it by
                 // the recorded id, either way once storage is back.
-                tracing::warn!(voice_id = %reserved.id, provider_voice_id = cloned.voice_id, error = %chain(&e), "storage did not answer while recording a cloned voice; the status engine will adopt it");
-                // Checked at once if the record was made; if not, the check
-                // waits until the voice may be adopted.
-                self.scheduler.schedule(reserved.id).await;
-                Ok(reserved)
+                tracing::warn!(voice_id = %reserved.id, provider_voice_id, error = %chain(&e), "storage did not answer while recording a cloned voice; the status engine will adopt it");
+                Ok(Created::HandedOver(reserved))
             }
             Err(e) => {
                 self.compensate(
-                    &cloned.voice_id,
+                    provider_voice_id,
                     reserved.id,
                     "storage failed to record the cloned voice",
                 )
@@ -296,8 +423,12 @@ impl WritePath {
             completed_at: None,
             deleted_at: None,
             processing_deadline: Some(now + self.limits.max_age),
+            create_lease_until: Some(
+                now + chrono::Duration::from_std(self.scheduler.create_lease()).unwrap_or_default(),
+            ),
             push_pending: false,
             push_lease_until: None,
+            provider_missing_since: None,
         }
     }
 

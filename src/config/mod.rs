@@ -150,6 +150,21 @@ pub struct ServeArgs {
     /// longer wants (one replica per interval); `0s` turns the sweep off.
     #[arg(long, env = "VOICEHUB_SWEEP_INTERVAL", default_value = "1h", value_parser = humantime::parse_duration)]
     pub sweep_interval: Duration,
+    /// How long after start-up a replica first sweeps.
+    #[arg(long, env = "VOICEHUB_SWEEP_FIRST_AFTER", default_value = "1m", value_parser = humantime::parse_duration)]
+    pub sweep_first_after: Duration,
+    /// Most provider voices one sweep deletes; a sweep that would delete
+    /// more deletes none, logs ERROR and counts it (a mistake costs at most
+    /// one budget, once).
+    #[arg(long, env = "VOICEHUB_SWEEP_MAX_DELETIONS", default_value_t = 50)]
+    pub sweep_max_deletions: usize,
+    /// `false`: the sweep deletes nothing and reports what it would delete, and why.
+    #[arg(long, env = "VOICEHUB_SWEEP_DELETE", default_value_t = true, action = ArgAction::Set)]
+    pub sweep_delete: bool,
+    /// How far apart two "not found" answers about one voice must be before
+    /// it counts as gone at the provider (a voice still listed never does).
+    #[arg(long, env = "VOICEHUB_PROVIDER_CONFIRM_GONE_AFTER", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub provider_confirm_gone_after: Duration,
     /// Storage.
     #[command(flatten)]
     pub database: DatabaseArgs,
@@ -376,6 +391,10 @@ impl ServeArgs {
                 reconcile_every: self.sync_reconcile_interval,
                 adopt_after: self.sync_adopt_after,
                 sweep_every: self.sweep_interval,
+                sweep_first_after: self.sweep_first_after,
+                sweep_max_deletions: self.sweep_max_deletions,
+                sweep_delete: self.sweep_delete,
+                confirm_gone_after: self.provider_confirm_gone_after,
             },
             database: self.database.into_config()?,
             auth: self.auth.into_config(Path::new("."))?,

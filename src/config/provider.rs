@@ -69,10 +69,18 @@ impl ProviderConfig {
     ///
     /// # Errors
     /// The ElevenLabs client cannot be built (a malformed key).
-    pub(crate) fn build(&self, metrics: &Metrics) -> anyhow::Result<DynProvider> {
+    pub(crate) fn build(
+        &self,
+        metrics: &Metrics,
+        installation: uuid::Uuid,
+    ) -> anyhow::Result<DynProvider> {
         Ok(match self {
-            ProviderConfig::ElevenLabs(c) => Arc::new(ElevenLabs::new(c.clone(), metrics)?),
-            ProviderConfig::Simulated { ready_after } => Arc::new(Simulated::new(*ready_after)),
+            ProviderConfig::ElevenLabs(c) => {
+                Arc::new(ElevenLabs::new(c.clone(), metrics, installation)?)
+            }
+            ProviderConfig::Simulated { ready_after } => {
+                Arc::new(Simulated::new(*ready_after, installation))
+            }
         })
     }
 }

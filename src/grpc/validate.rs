@@ -29,7 +29,7 @@ use super::{
 use crate::{
     error::Error,
     pb,
-    provider::{AudioFile, TAG_LABEL},
+    provider::{AudioFile, RESERVED_LABELS},
     store::{ListQuery, Scope, Visibility, VoiceStatus},
     write_path::{NewVoice, VoicePatch},
 };
@@ -387,10 +387,10 @@ fn labels(
                 format!("label keys must match [a-z0-9_]{{1,{MAX_LABEL_KEY_CHARS}}}"),
             ));
         }
-        if key == TAG_LABEL {
+        if RESERVED_LABELS.contains(&key.as_str()) {
             return Err(Error::invalid(
                 format!("{field}[{key:?}]"),
-                format!("the label key {TAG_LABEL} is reserved for voicehub's own use"),
+                format!("the label key {key} is reserved for voicehub's own use"),
             ));
         }
         if value.chars().count() > MAX_LABEL_VALUE_CHARS || value.chars().any(hidden) {

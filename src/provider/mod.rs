@@ -45,11 +45,46 @@ pub(crate) struct AudioFile {
 /// add it to what they send and leave it out of the labels they report.
 pub(crate) const TAG_LABEL: &str = "voicehub_id";
 
-/// `labels` plus the tag of the voicehub voice `id`.
-pub(crate) fn tagged(labels: &BTreeMap<String, String>, id: Uuid) -> BTreeMap<String, String> {
+/// The label beside [`TAG_LABEL`] holding the id of the installation (one
+/// database) that made the voice: installations sharing one provider
+/// account act only on their own voices. Reserved and left out like it.
+pub(crate) const INSTALLATION_LABEL: &str = "voicehub_installation";
+
+/// The label keys voicehub keeps for itself.
+pub(crate) const RESERVED_LABELS: [&str; 2] = [TAG_LABEL, INSTALLATION_LABEL];
+
+/// `labels` plus the tags of the voicehub voice `id` of `installation`.
+pub(crate) fn tagged(
+    labels: &BTreeMap<String, String>,
+    id: Uuid,
+    installation: Uuid,
+) -> BTreeMap<String, String> {
     let mut tagged = labels.clone();
     tagged.insert(TAG_LABEL.to_owned(), id.to_string());
+    tagged.insert(INSTALLATION_LABEL.to_owned(), installation.to_string());
     tagged
+}
+
+/// `labels` without the keys voicehub keeps for itself.
+pub(crate) fn untagged(mut labels: BTreeMap<String, String>) -> BTreeMap<String, String> {
+    for key in RESERVED_LABELS {
+        labels.remove(key);
+    }
+    labels
+}
+
+/// A provider voice that carries voicehub's tag, as a listing shows it.
+/// Its labels are the provider's, which anyone with the account can edit:
+/// they say what the voice claims to be, not what it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TaggedVoice {
+    /// The provider's id of the voice.
+    pub(crate) provider_voice_id: String,
+    /// The voicehub voice its tag names.
+    pub(crate) voice_id: Uuid,
+    /// The installation label's value, as found; `None` for a voice tagged
+    /// before installations had ids.
+    pub(crate) installation: Option<String>,
 }
 
 /// What the provider needs to clone a voice.
@@ -142,10 +177,17 @@ pub enum ProviderError {
     /// Overloaded, failing or unreachable, still after the retries.
     #[error("the voice provider is unavailable: {0}")]
     Unavailable(String),
-    /// A create whose answer was lost (timeout, connection lost after
-    /// sending, a 500): the provider may or may not have made the voice.
-    #[error("the voice provider's answer was lost; it may have acted: {0}")]
-    OutcomeUnknown(String),
+    /// A create whose outcome is unknown: the provider may or may not have
+    /// made the voice. Never retried blind: the voice's tag tells.
+    #[error("the voice provider's answer was lost; it may have acted: {detail}")]
+    OutcomeUnknown {
+        /// What happened.
+        detail: String,
+        /// No answer came back (a timeout, a reset after sending): the
+        /// request may still be running at the provider, so its absence
+        /// now proves nothing. Otherwise a server error answered it.
+        may_still_run: bool,
+    },
     /// Our API key is wrong or lacks a permission: an operator problem.
     #[error("the voice provider refused our credentials: {0}")]
     Unauthorized(String),
@@ -163,7 +205,7 @@ impl ProviderError {
             ProviderError::Rejected { .. } => "rejected",
             ProviderError::NotFound => "not_found",
             ProviderError::Unavailable(_) => "unavailable",
-            ProviderError::OutcomeUnknown(_) => "outcome_unknown",
+            ProviderError::OutcomeUnknown { .. } => "outcome_unknown",
             ProviderError::Unauthorized(_) => "unauthorized",
             ProviderError::Protocol(_) => "protocol",
         }
@@ -226,13 +268,13 @@ pub(crate) trait VoiceProvider: Send + Sync + 'static {
     /// The search failed.
     async fn find_tagged(&self, voicehub_id: Uuid) -> Result<Option<String>, ProviderError>;
 
-    /// Every provider voice that carries voicehub's tag, with the voicehub
-    /// id it names; voices without the tag are not voicehub's and are left
-    /// out.
+    /// Every provider voice that carries voicehub's tag (of any
+    /// installation); voices without the tag are not voicehub's and are
+    /// left out. The whole account, or an error: never a part of it.
     ///
     /// # Errors
     /// Listing failed.
-    async fn list_tagged(&self) -> Result<Vec<(String, Uuid)>, ProviderError>;
+    async fn list_tagged(&self) -> Result<Vec<TaggedVoice>, ProviderError>;
 
     /// Changes a voice's name, description and labels.
     ///
@@ -269,5 +311,6 @@ pub(crate) enum Verdict {
 /// The category ElevenLabs gives an instant clone, the only kind voicehub creates.
 pub(crate) const INSTANT_CLONE: &str = "cloned";
 
-/// The reason given for a voice that vanished at the provider.
+/// The reason given for a voice the provider said twice, a while apart, it
+/// does not hold, and does not list.
 pub(crate) const GONE_AT_PROVIDER: &str = "voice no longer exists at the provider";

@@ -15,7 +15,7 @@ use parking_lot::Mutex;
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use super::{CloneRequest, Cloned, ProviderError, Verdict, VoiceEdit, VoiceProvider};
+use super::{CloneRequest, Cloned, ProviderError, TaggedVoice, Verdict, VoiceEdit, VoiceProvider};
 
 struct SimVoice {
     voicehub_id: Uuid,
@@ -26,15 +26,18 @@ struct SimVoice {
 /// The simulated provider; its voices live in this value.
 pub(crate) struct Simulated {
     ready_after: Duration,
+    /// The installation every voice here is tagged with.
+    installation: Uuid,
     voices: Mutex<HashMap<String, SimVoice>>,
 }
 
 impl Simulated {
     /// A provider whose clones become ready `ready_after` they were made.
     #[must_use]
-    pub(crate) fn new(ready_after: Duration) -> Self {
+    pub(crate) fn new(ready_after: Duration, installation: Uuid) -> Self {
         Simulated {
             ready_after,
+            installation,
             voices: Mutex::new(HashMap::new()),
         }
     }
@@ -96,12 +99,16 @@ impl VoiceProvider for Simulated {
             .map(|(id, _)| id.clone()))
     }
 
-    async fn list_tagged(&self) -> Result<Vec<(String, Uuid)>, ProviderError> {
+    async fn list_tagged(&self) -> Result<Vec<TaggedVoice>, ProviderError> {
         Ok(self
             .voices
             .lock()
             .iter()
-            .map(|(id, v)| (id.clone(), v.voicehub_id))
+            .map(|(id, v)| TaggedVoice {
+                provider_voice_id: id.clone(),
+                voice_id: v.voicehub_id,
+                installation: Some(self.installation.to_string()),
+            })
             .collect())
     }
 

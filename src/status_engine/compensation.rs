@@ -4,7 +4,9 @@
 //! deleted while it was being cloned), and the provider voice of every
 //! voice that FAILED.
 //!
-//! A voice already gone at the provider counts as deleted. A deletion that
+//! A provider voice that a live (PROCESSING or COMPLETED) row holds is never
+//! deleted, whatever led here: it is logged at ERROR and left alone. A
+//! voice already gone at the provider counts as deleted. A deletion that
 //! fails is logged at error level with the provider voice id and recorded in
 //! `provider_orphans`, and the queue's orphans mark is set, so the next
 //! sweep (or an operator) deletes it later; a failure to record it is
@@ -12,18 +14,79 @@
 //! finds the voice by its tag. Nothing here fails its caller: the
 //! change that made the voice unwanted is already decided.
 
+use std::collections::HashMap;
+
+use futures_util::future::join_all;
 use uuid::Uuid;
 
 use super::{queue::DynQueue, sweep::ORPHANS_MARK};
 use crate::{
     error::chain,
     provider::{DynProvider, ProviderError},
-    store::Store,
+    store::{Store, VoiceStatus},
 };
 
 /// Deletes `provider_voice_id` (of voicehub's `voice_id`) at the provider,
 /// or records it as an orphan; `reason` says why it is unwanted.
 pub(crate) async fn delete_at_provider(
+    provider: &DynProvider,
+    store: &Store,
+    queue: &DynQueue,
+    provider_voice_id: &str,
+    voice_id: Uuid,
+    reason: &str,
+) {
+    delete_many_at_provider(
+        provider,
+        store,
+        queue,
+        &[(voice_id, provider_voice_id)],
+        reason,
+    )
+    .await;
+}
+
+/// [`delete_at_provider`] for several voices, with one query of who holds
+/// their provider voices.
+pub(crate) async fn delete_many_at_provider(
+    provider: &DynProvider,
+    store: &Store,
+    queue: &DynQueue,
+    voices: &[(Uuid, &str)],
+    reason: &str,
+) {
+    if voices.is_empty() {
+        return;
+    }
+    let ids: Vec<&str> = voices.iter().map(|(_, p)| *p).collect();
+    let held: HashMap<String, Uuid> = match store.holders(&ids).await {
+        Ok(holders) => holders
+            .into_iter()
+            .filter(|v| matches!(v.status, VoiceStatus::Processing | VoiceStatus::Completed))
+            .filter_map(|v| Some((v.provider_voice_id?, v.id)))
+            .collect(),
+        // Unknown: a deletion could take a live voice. Recorded for the
+        // sweep, which checks again before it deletes.
+        Err(e) => {
+            tracing::warn!(voices = voices.len(), error = %chain(&e), "could not check who holds provider voices; leaving their deletion to the sweep");
+            for (voice_id, provider_voice_id) in voices {
+                record(provider, store, queue, provider_voice_id, *voice_id, reason).await;
+            }
+            return;
+        }
+    };
+    let held = &held;
+    join_all(voices.iter().map(|(voice_id, provider_voice_id)| async move {
+        if let Some(live) = held.get(*provider_voice_id) {
+            tracing::error!(provider_voice_id, %voice_id, held_by = %live, reason, "not deleting a provider voice a live voice holds");
+            return;
+        }
+        delete_one(provider, store, queue, provider_voice_id, *voice_id, reason).await;
+    }))
+    .await;
+}
+
+async fn delete_one(
     provider: &DynProvider,
     store: &Store,
     queue: &DynQueue,
@@ -43,14 +106,26 @@ pub(crate) async fn delete_at_provider(
                 error = %e,
                 "ORPHANED provider voice: it exists at the provider but voicehub does not want it; recorded for deletion"
             );
-            if let Err(db) = store
-                .record_orphan(provider.name(), provider_voice_id, Some(voice_id), reason)
-                .await
-            {
-                tracing::error!(provider_voice_id, error = %chain(&db), "could not record the orphaned provider voice");
-            } else if let Err(e) = queue.mark(ORPHANS_MARK).await {
-                tracing::warn!(provider_voice_id, error = %e, "could not tell the sweep of the recorded orphan; it finds the voice by its tag");
-            }
+            record(provider, store, queue, provider_voice_id, voice_id, reason).await;
         }
+    }
+}
+
+/// Records `provider_voice_id` in `provider_orphans` and tells the sweep.
+async fn record(
+    provider: &DynProvider,
+    store: &Store,
+    queue: &DynQueue,
+    provider_voice_id: &str,
+    voice_id: Uuid,
+    reason: &str,
+) {
+    if let Err(db) = store
+        .record_orphan(provider.name(), provider_voice_id, Some(voice_id), reason)
+        .await
+    {
+        tracing::error!(provider_voice_id, error = %chain(&db), "could not record the orphaned provider voice");
+    } else if let Err(e) = queue.mark(ORPHANS_MARK).await {
+        tracing::warn!(provider_voice_id, error = %e, "could not tell the sweep of the recorded orphan; it finds the voice by its tag");
     }
 }

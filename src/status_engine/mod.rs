@@ -45,7 +45,7 @@ use std::{
     time::Duration,
 };
 
-pub(crate) use compensation::delete_at_provider;
+pub(crate) use compensation::{delete_at_provider, delete_many_at_provider};
 pub(crate) use local_queue::LocalQueue;
 pub(crate) use queue::DynQueue;
 pub use queue::{Claim, DueQueue, QueueError};
@@ -59,6 +59,10 @@ pub use worker::{Step, SyncError, Worker};
 /// a second. Checks of many voices share lookups, so this costs the provider
 /// far less than one request per voice per interval.
 pub(crate) const MIN_BACKOFF: Duration = Duration::from_millis(500);
+
+/// The longest create lease (shorter when `adopt_after` is): a create that
+/// waits for a provider slot longer renews it, one short write a time.
+const CREATE_LEASE: Duration = Duration::from_secs(30);
 
 /// How the status engine paces its work (set from the `VOICEHUB_SYNC_*` flags).
 #[derive(Debug, Clone)]
@@ -83,6 +87,16 @@ pub struct SyncConfig {
     /// How often the provider is swept for voices voicehub no longer wants
     /// (zero: never).
     pub sweep_every: Duration,
+    /// How long after start-up a replica first sweeps.
+    pub sweep_first_after: Duration,
+    /// Most provider voices one sweep deletes; a sweep that would delete
+    /// more deletes none.
+    pub sweep_max_deletions: usize,
+    /// Whether the sweep deletes; `false`: it only reports what it would.
+    pub sweep_delete: bool,
+    /// How far apart two "not found" answers about one voice must be before
+    /// the voice counts as gone at the provider.
+    pub confirm_gone_after: Duration,
 }
 
 /// How the write path hands a new voice to the engine; made by
@@ -103,11 +117,18 @@ impl Scheduler {
     }
 
     /// Queues a just-reserved `id` for the check that adopts or fails it
-    /// should its create never finish (a crash, a lost answer): after
-    /// `adopt_after`, or at its deadline (`max_age` from now) if that comes
+    /// should its create never finish (a crash): when its first create
+    /// lease ends, or at its deadline (`max_age` from now) if that comes
     /// first. The create that finishes schedules it again, due now.
     pub(crate) async fn schedule_reserved(&self, id: Uuid, max_age: Duration) {
-        self.schedule_in(id, self.adopt_after.min(max_age)).await;
+        self.schedule_in(id, self.create_lease().min(max_age)).await;
+    }
+
+    /// How long a create's lease lasts: the write path renews it every
+    /// third of that while the create runs, and nobody else fails the voice
+    /// before it ends.
+    pub(crate) fn create_lease(&self) -> Duration {
+        CREATE_LEASE.min(self.adopt_after)
     }
 
     /// Takes `id` off the queue: its reservation was released (the row is

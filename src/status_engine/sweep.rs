@@ -1,84 +1,169 @@
-//! The sweep: finds the provider voices voicehub made but no longer wants
-//! and deletes them, so none keeps taking one of the account's voice slots.
+//! The sweep: finds the provider voices this installation made and decided
+//! to discard, and deletes them, so none keeps taking one of the account's
+//! voice slots; and notices COMPLETED voices that vanished at the provider.
 //!
-//! It lists every provider voice that carries voicehub's tag and deletes
-//! those whose voicehub voice is FAILED or DELETED, holds another provider
-//! voice (a second clone of one voice), or does not exist and was reserved
-//! longer ago than the grace period (its id is a UUIDv7, so it tells when).
-//! Voices without the tag are never touched: an account may hold voices
-//! that are not voicehub's. It then retries the deletions recorded in
-//! `provider_orphans`, forgetting each one that is gone, when the queue's
-//! orphans mark says one was recorded since: a sweep with nothing to
-//! retry and no tagged voice at the provider runs no SQL.
+//! A provider account may be shared (production and staging, a laptop with
+//! the company's key), and its labels are editable by anyone who holds the
+//! account. So the sweep acts only on what it can prove is its own, and
+//! reports the rest:
+//! - **May delete** a provider voice tagged with this installation's id (or
+//!   tagged before installations had ids, when this database has its row)
+//!   whose voicehub voice is FAILED or DELETED, or holds another provider
+//!   voice (a second clone); and the orphans this installation recorded.
+//! - **Never deletes** a voice tagged by another installation, an untagged
+//!   voice, a voice whose row this database does not have (another
+//!   installation's, or created after the backup this database was restored
+//!   from), a voice FAILED as gone (confirmed missing; if it is listed after
+//!   all, it is left for an operator), or a provider voice that any live
+//!   (PROCESSING or COMPLETED) row holds, whatever its labels say. Each
+//!   spared voice is logged at ERROR, once per sweep, and counted.
+//! - **A budget**: a sweep that would delete more than `max_deletions`
+//!   deletes none, logs ERROR and counts the refusal, so a mistake costs at
+//!   most one budget, once. With `delete` off, the sweep only reports what
+//!   it would delete, and why.
+//! - **Vanished voices**: a COMPLETED voice whose provider voice the listing
+//!   lacks is looked up directly; only two "not found" answers
+//!   `confirm_gone_after` apart move it to FAILED ("deleted at the
+//!   provider"), published like any change. A listing that is short or
+//!   empty fails no voice by itself; one that fails ends the sweep.
 //!
 //! One replica at a time: a sweep first takes a lease for its whole
 //! interval from the due-queue (Redis when replicas share one), so the
 //! replicas together sweep once per interval. A deletion the provider
 //! refuses is logged and counted, and found again by the next sweep. Every
-//! deletion is logged with its provider voice id and reason.
+//! deletion is logged with its provider voice id and reason. Cost: one
+//! listing of the account, one read of the rows its tags name (none when it
+//! names none), and one read per 1,000 COMPLETED voices.
 
 use std::{
     collections::{HashMap, HashSet},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    sync::Arc,
+    time::Duration,
 };
 
+use prometheus_client::metrics::{counter::Counter, family::Family};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::{SyncConfig, SyncError, queue::DynQueue};
 use crate::{
     error::chain,
-    provider::{DynProvider, ProviderError},
+    events::Relay,
+    metrics::{Metrics, SweepLabel},
+    provider::{DynProvider, ProviderError, TaggedVoice},
     store::{Store, Voice, VoiceStatus},
 };
 
 /// The most orphan records one sweep retries.
 const ORPHANS_PER_SWEEP: u64 = 1_000;
 
+/// The most COMPLETED voices missing from a listing one sweep looks up.
+const VANISHED_LOOKUPS_PER_SWEEP: usize = 100;
+
+/// Rows read per query.
+const PAGE: u64 = 1_000;
+
 /// The queue mark set when an orphan is recorded.
 pub(crate) const ORPHANS_MARK: &str = "orphans";
 
-/// How soon after start-up a replica first tries to sweep.
-const FIRST_SWEEP: Duration = Duration::from_mins(1);
+/// The failure reason of a voice confirmed deleted at the provider.
+pub(crate) const DELETED_AT_PROVIDER: &str =
+    "the voice was deleted at the provider (outside voicehub); create it again";
 
 /// What one sweep did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Swept {
-    /// Provider voices carrying voicehub's tag.
+    /// Provider voices carrying voicehub's tag (of any installation).
     pub tagged: usize,
-    /// Of those, deleted (or found gone): no live voicehub voice holds them.
+    /// Tagged voices left alone as not provably this installation's to
+    /// delete (another installation's, no row here, held by a live voice).
+    pub spared: usize,
+    /// Deleted (or found gone already).
     pub deleted: usize,
-    /// Recorded orphans deleted at the provider and forgotten.
-    pub orphans_cleared: usize,
+    /// Would have been deleted: the sweep only reports (or was over budget).
+    pub reported: usize,
     /// Deletions the provider refused; the next sweep tries again.
     pub failed: usize,
+    /// Of the deleted, recorded orphans (forgotten once gone).
+    pub orphans_cleared: usize,
+    /// The sweep would have deleted more than its budget, and deleted none.
+    pub over_budget: bool,
+    /// COMPLETED voices confirmed gone at the provider, now FAILED.
+    pub vanished: usize,
 }
 
-/// Sweeps the provider for voices voicehub no longer wants.
+/// A provider voice the sweep means to delete.
+struct Doomed {
+    provider_voice_id: String,
+    voice_id: Option<Uuid>,
+    reason: &'static str,
+    /// The orphan record to forget once it is gone.
+    orphan: Option<Uuid>,
+}
+
+/// The sweep's counters.
+#[derive(Clone)]
+struct SweepMetrics {
+    spared: Family<SweepLabel, Counter>,
+    deletions: Family<SweepLabel, Counter>,
+    over_budget: Counter,
+    vanished: Counter,
+}
+
+impl SweepMetrics {
+    fn spared(&self, why: &'static str) {
+        self.spared.get_or_create(&SweepLabel { what: why }).inc();
+    }
+    fn deletion(&self, outcome: &'static str) {
+        self.deletions
+            .get_or_create(&SweepLabel { what: outcome })
+            .inc();
+    }
+}
+
+/// Sweeps the provider for voices this installation no longer wants.
 #[derive(Clone)]
 pub struct Sweeper {
     provider: DynProvider,
     store: Store,
     queue: DynQueue,
-    grace: Duration,
+    relay: Arc<Relay>,
+    /// This installation's id, as its voices' labels carry it.
+    installation: String,
     every: Duration,
+    first_after: Duration,
+    max_deletions: usize,
+    delete: bool,
+    confirm_gone_after: Duration,
+    metrics: SweepMetrics,
 }
 
 impl Sweeper {
-    /// A sweeper that sweeps every `config.sweep_every` (zero: never),
-    /// sparing voices reserved less than `config.adopt_after` ago.
+    /// A sweeper of `installation`'s voices as `config` says (`sweep_every`
+    /// zero: never).
     pub(crate) fn new(
-        provider: DynProvider,
-        store: Store,
-        queue: DynQueue,
+        (provider, store, queue, relay): (DynProvider, Store, DynQueue, Arc<Relay>),
+        installation: Uuid,
         config: &SyncConfig,
+        metrics: &Metrics,
     ) -> Self {
         Sweeper {
             provider,
             store,
             queue,
-            grace: config.adopt_after,
+            relay,
+            installation: installation.to_string(),
             every: config.sweep_every,
+            first_after: config.sweep_first_after,
+            max_deletions: config.sweep_max_deletions,
+            delete: config.sweep_delete,
+            confirm_gone_after: config.confirm_gone_after,
+            metrics: SweepMetrics {
+                spared: metrics.sweep_spared.clone(),
+                deletions: metrics.sweep_deletions.clone(),
+                over_budget: metrics.sweep_over_budget.clone(),
+                vanished: metrics.voices_vanished.clone(),
+            },
         }
     }
 
@@ -86,7 +171,7 @@ impl Sweeper {
     ///
     /// # Errors
     /// The queue, storage or the provider's listing failed; single deletions
-    /// that fail are counted, not errors.
+    /// and lookups that fail are counted or logged, not errors.
     pub async fn run_once(&self) -> Result<Option<Swept>, SyncError> {
         if !self
             .queue
@@ -98,14 +183,113 @@ impl Sweeper {
         let mut swept = Swept::default();
         let tagged = self.provider.list_tagged().await?;
         swept.tagged = tagged.len();
-        let ids: Vec<Uuid> = tagged
+        let listed: HashSet<String> = tagged.iter().map(|t| t.provider_voice_id.clone()).collect();
+        let mut doomed = self.doomed(tagged, &mut swept).await?;
+        // The mark is taken before the records are read: one recorded
+        // meanwhile sets it again for the next sweep.
+        let orphans_marked = self.queue.take_mark(ORPHANS_MARK).await?;
+        let mut orphans_left = false;
+        if orphans_marked {
+            let orphans = self
+                .store
+                .orphans(self.provider.name(), ORPHANS_PER_SWEEP)
+                .await;
+            let orphans = match orphans {
+                Ok(orphans) => orphans,
+                Err(e) => {
+                    self.queue.mark(ORPHANS_MARK).await?;
+                    return Err(e.into());
+                }
+            };
+            orphans_left = orphans.len() == usize::try_from(ORPHANS_PER_SWEEP).unwrap_or(0);
+            for orphan in orphans {
+                // Listed and doomed already: one deletion forgets the record too.
+                if let Some(listed) = doomed
+                    .iter_mut()
+                    .find(|d| d.provider_voice_id == orphan.provider_voice_id)
+                {
+                    listed.orphan = Some(orphan.id);
+                    continue;
+                }
+                doomed.push(Doomed {
+                    provider_voice_id: orphan.provider_voice_id,
+                    voice_id: orphan.voice_id,
+                    reason: "recorded as an orphan",
+                    orphan: Some(orphan.id),
+                });
+            }
+        }
+        self.spare_held(&mut doomed, &mut swept).await?;
+        if doomed.len() > self.max_deletions {
+            swept.over_budget = true;
+            swept.reported = doomed.len();
+            self.metrics.over_budget.inc();
+            tracing::error!(
+                would_delete = doomed.len(),
+                budget = self.max_deletions,
+                tagged = swept.tagged,
+                "provider sweep OVER BUDGET: it would delete more provider voices than VOICEHUB_SWEEP_MAX_DELETIONS and deleted none; check what it would delete (VOICEHUB_SWEEP_DELETE=false reports it)"
+            );
+            orphans_left |= orphans_marked;
+        } else if !self.delete {
+            for d in &doomed {
+                tracing::warn!(provider_voice_id = d.provider_voice_id, voice_id = ?d.voice_id, reason = d.reason, "sweep (report only) would delete a provider voice");
+                self.metrics.deletion("reported");
+            }
+            swept.reported = doomed.len();
+            orphans_left |= orphans_marked;
+        } else {
+            for d in doomed {
+                if !self.delete_one(&d).await {
+                    swept.failed += 1;
+                    orphans_left |= d.orphan.is_some();
+                    continue;
+                }
+                swept.deleted += 1;
+                if let Some(orphan) = d.orphan {
+                    self.store.forget_orphan(orphan).await?;
+                    swept.orphans_cleared += 1;
+                }
+            }
+        }
+        if orphans_left {
+            self.queue.mark(ORPHANS_MARK).await?;
+        }
+        swept.vanished = self.vanished(&listed).await?;
+        tracing::info!(?swept, "provider sweep done");
+        Ok(Some(swept))
+    }
+
+    /// The listed voices this installation may delete; the others it may
+    /// not are reported.
+    async fn doomed(
+        &self,
+        tagged: Vec<TaggedVoice>,
+        swept: &mut Swept,
+    ) -> Result<Vec<Doomed>, SyncError> {
+        let ours = &self.installation;
+        let mut candidates = Vec::with_capacity(tagged.len());
+        for voice in tagged {
+            match &voice.installation {
+                Some(theirs) if theirs != ours => {
+                    self.spare(
+                        &voice,
+                        "other_installation",
+                        "tagged by another installation sharing this provider account",
+                        swept,
+                    );
+                }
+                _ => candidates.push(voice),
+            }
+        }
+        let ids: Vec<Uuid> = candidates
             .iter()
-            .map(|(_, id)| *id)
+            .map(|t| t.voice_id)
             .collect::<HashSet<_>>()
             .into_iter()
             .collect();
         let mut rows = HashMap::with_capacity(ids.len());
-        for chunk in ids.chunks(1_000) {
+        for chunk in ids.chunks(usize::try_from(PAGE).unwrap_or(1_000)) {
             rows.extend(
                 self.store
                     .get_many(chunk)
@@ -114,73 +298,74 @@ impl Sweeper {
                     .map(|v| (v.id, v)),
             );
         }
-        for (provider_voice_id, voice_id) in tagged {
-            let Some(reason) = unwanted(
-                rows.get(&voice_id),
-                &provider_voice_id,
-                voice_id,
-                self.grace,
-            ) else {
+        let mut doomed = Vec::new();
+        for voice in candidates {
+            let Some(row) = rows.get(&voice.voice_id) else {
+                self.spare(&voice, "no_row", "tagged for a voice this database does not have (another installation's, or made after the backup this database was restored from)", swept);
                 continue;
             };
-            if self
-                .delete(&provider_voice_id, Some(voice_id), reason)
-                .await
-            {
-                swept.deleted += 1;
-            } else {
-                swept.failed += 1;
+            if let Some(reason) = discarded(row, &voice.provider_voice_id) {
+                doomed.push(Doomed {
+                    provider_voice_id: voice.provider_voice_id,
+                    voice_id: Some(voice.voice_id),
+                    reason,
+                    orphan: None,
+                });
             }
         }
-        // The mark is taken before the records are read: one recorded
-        // meanwhile sets it again for the next sweep.
-        if self.queue.take_mark(ORPHANS_MARK).await? {
-            self.retry_orphans(&mut swept).await?;
-        }
-        tracing::info!(
-            tagged = swept.tagged,
-            deleted = swept.deleted,
-            orphans_cleared = swept.orphans_cleared,
-            failed = swept.failed,
-            "provider sweep done"
-        );
-        Ok(Some(swept))
+        Ok(doomed)
     }
 
-    /// Retries the recorded orphans' deletions, forgetting each that is
-    /// gone. Those left (refused, or past this sweep's share) keep the mark.
-    async fn retry_orphans(&self, swept: &mut Swept) -> Result<(), SyncError> {
-        let result = async {
-            let orphans = self
-                .store
-                .orphans(self.provider.name(), ORPHANS_PER_SWEEP)
-                .await?;
-            let mut left =
-                orphans.len() == usize::try_from(ORPHANS_PER_SWEEP).unwrap_or(usize::MAX);
-            for orphan in orphans {
-                let reason = "recorded as an orphan";
-                if self
-                    .delete(&orphan.provider_voice_id, orphan.voice_id, reason)
-                    .await
+    /// Takes out of `doomed` every provider voice a live row holds: its
+    /// labels were edited or copied at the provider, or an orphan record
+    /// is stale; deleting it would take a customer's voice.
+    async fn spare_held(
+        &self,
+        doomed: &mut Vec<Doomed>,
+        swept: &mut Swept,
+    ) -> Result<(), SyncError> {
+        let mut held = HashMap::new();
+        let ids: Vec<&str> = doomed
+            .iter()
+            .map(|d| d.provider_voice_id.as_str())
+            .collect();
+        for chunk in ids.chunks(usize::try_from(PAGE).unwrap_or(1_000)) {
+            for voice in self.store.holders(chunk).await? {
+                if matches!(
+                    voice.status,
+                    VoiceStatus::Processing | VoiceStatus::Completed
+                ) && let Some(id) = voice.provider_voice_id
                 {
-                    self.store.forget_orphan(orphan.id).await?;
-                    swept.orphans_cleared += 1;
-                } else {
-                    swept.failed += 1;
-                    left = true;
+                    held.insert(id, voice.id);
                 }
             }
-            Ok::<_, SyncError>(left)
         }
-        .await;
-        if !matches!(result, Ok(false)) {
-            self.queue.mark(ORPHANS_MARK).await?;
-        }
-        result.map(drop)
+        doomed.retain(|d| {
+            let Some(holder) = held.get(&d.provider_voice_id) else {
+                return true;
+            };
+            tracing::error!(provider_voice_id = d.provider_voice_id, tagged_for = ?d.voice_id, held_by = %holder, reason = d.reason, "sweep spared a provider voice a live voice holds (its labels say otherwise: edited or copied at the provider?)");
+            self.metrics.spared("held_by_live_voice");
+            swept.spared += 1;
+            false
+        });
+        Ok(())
     }
 
-    /// Whether the provider voice is gone now; logs either way.
-    async fn delete(&self, provider_voice_id: &str, voice_id: Option<Uuid>, reason: &str) -> bool {
+    fn spare(&self, voice: &TaggedVoice, why: &'static str, what: &str, swept: &mut Swept) {
+        tracing::error!(
+            provider_voice_id = voice.provider_voice_id,
+            voicehub_id = %voice.voice_id,
+            installation = ?voice.installation,
+            "sweep left a tagged provider voice alone: {what}"
+        );
+        self.metrics.spared(why);
+        swept.spared += 1;
+    }
+
+    /// Whether the provider voice is gone now; logs and counts either way.
+    async fn delete_one(&self, d: &Doomed) -> bool {
+        let (provider_voice_id, voice_id, reason) = (&d.provider_voice_id, d.voice_id, d.reason);
         match self.provider.delete_voice(provider_voice_id).await {
             Ok(()) | Err(ProviderError::NotFound) => {
                 tracing::warn!(
@@ -189,23 +374,87 @@ impl Sweeper {
                     reason,
                     "sweep deleted a provider voice"
                 );
+                self.metrics.deletion("deleted");
                 true
             }
             Err(e) => {
                 tracing::error!(provider_voice_id, ?voice_id, reason, error = %e, "sweep could not delete a provider voice; the next sweep tries again");
+                self.metrics.deletion("failed");
                 false
             }
         }
     }
 
-    /// Sweeps a minute after start-up and then every interval (the lease
+    /// Looks up the COMPLETED voices whose provider voice `listed` lacks
+    /// and fails those confirmed gone; returns how many.
+    async fn vanished(&self, listed: &HashSet<String>) -> Result<usize, SyncError> {
+        let mut missing = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = self.store.completed_page(after.as_deref(), PAGE).await?;
+            let full = page.len() == usize::try_from(PAGE).unwrap_or(0);
+            after = page.last().map(|(_, p)| p.clone());
+            missing.extend(page.into_iter().filter(|(_, p)| !listed.contains(p)));
+            if !full {
+                break;
+            }
+        }
+        if missing.len() > VANISHED_LOOKUPS_PER_SWEEP {
+            tracing::warn!(
+                missing = missing.len(),
+                looked_up = VANISHED_LOOKUPS_PER_SWEEP,
+                "many COMPLETED voices are missing from the provider's listing; looking up some now, the rest next sweep"
+            );
+            missing.truncate(VANISHED_LOOKUPS_PER_SWEEP);
+        }
+        // First reading: the voice alone, by its id.
+        let mut suspects = Vec::new();
+        for (id, provider_voice_id) in missing {
+            if self.not_found(&provider_voice_id).await {
+                suspects.push((id, provider_voice_id));
+            }
+        }
+        if suspects.is_empty() {
+            return Ok(0);
+        }
+        // A second reading, later: one not-found answer is not a verdict.
+        tokio::time::sleep(self.confirm_gone_after).await;
+        let mut vanished = 0;
+        for (id, provider_voice_id) in suspects {
+            if !self.not_found(&provider_voice_id).await {
+                continue;
+            }
+            if let Some(voice) = self.store.fail_vanished(id, DELETED_AT_PROVIDER).await? {
+                tracing::error!(voice_id = %voice.id, provider_voice_id, "a COMPLETED voice was deleted at the provider behind voicehub's back: now FAILED");
+                self.metrics.vanished.inc();
+                self.relay.wake();
+                vanished += 1;
+            }
+        }
+        Ok(vanished)
+    }
+
+    /// Whether the provider says it does not hold `provider_voice_id`
+    /// (a failed lookup says nothing).
+    async fn not_found(&self, provider_voice_id: &str) -> bool {
+        match self.provider.check_voice(provider_voice_id).await {
+            Err(ProviderError::NotFound) => true,
+            Ok(_) => false,
+            Err(e) => {
+                tracing::warn!(provider_voice_id, error = %e, "could not look up a voice missing from the provider's listing; the next sweep tries again");
+                false
+            }
+        }
+    }
+
+    /// Sweeps `first_after` start-up and then every interval (the lease
     /// keeps it to one replica per interval) until `shutdown`.
     pub(crate) async fn run(self, shutdown: CancellationToken) {
         if self.every.is_zero() {
             tracing::info!("provider sweep disabled (VOICEHUB_SWEEP_INTERVAL=0)");
             return;
         }
-        let mut wait = FIRST_SWEEP.min(self.every);
+        let mut wait = self.first_after;
         loop {
             tokio::select! {
                 biased;
@@ -213,53 +462,31 @@ impl Sweeper {
                 () = tokio::time::sleep(wait) => {}
             }
             wait = self.every;
-            if let Err(e) = self.run_once().await {
-                tracing::warn!(error = %chain(&e), "provider sweep failed; trying again next interval");
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return,
+                result = self.run_once() => if let Err(e) = result {
+                    tracing::warn!(error = %chain(&e), "provider sweep failed; trying again next interval");
+                },
             }
         }
     }
 }
 
-/// Why the provider voice `provider_voice_id`, tagged `voice_id`, is no
-/// longer wanted, given its voicehub voice `row`; `None` if it is.
-fn unwanted(
-    row: Option<&Voice>,
-    provider_voice_id: &str,
-    voice_id: Uuid,
-    grace: Duration,
-) -> Option<&'static str> {
-    match row {
-        // Reserved before its create began, so a missing row is a lost one;
-        // the grace spares a reservation still being written.
-        None => (reserved_ago(voice_id)? > grace).then_some("no voicehub voice holds it"),
-        Some(voice) if matches!(voice.status, VoiceStatus::Failed | VoiceStatus::Deleted) => {
+/// Why this installation discards the provider voice `provider_voice_id`
+/// tagged for `row`; `None` if it does not.
+fn discarded(row: &Voice, provider_voice_id: &str) -> Option<&'static str> {
+    match row.status {
+        // Confirmed gone once: if it is listed after all, an operator looks.
+        VoiceStatus::Failed if row.provider_missing_since.is_some() => None,
+        VoiceStatus::Failed | VoiceStatus::Deleted => {
             Some("its voicehub voice is FAILED or DELETED")
         }
-        Some(voice) => match &voice.provider_voice_id {
+        VoiceStatus::Processing | VoiceStatus::Completed => match &row.provider_voice_id {
             Some(held) if held != provider_voice_id => {
                 Some("its voicehub voice holds another provider voice (a second clone)")
             }
             _ => None,
         },
-    }
-}
-
-/// How long ago the UUIDv7 `id` was made; `None` for another kind of id.
-fn reserved_ago(id: Uuid) -> Option<Duration> {
-    let (secs, nanos) = id.get_timestamp()?.to_unix();
-    let made = UNIX_EPOCH + Duration::new(secs, nanos);
-    Some(SystemTime::now().duration_since(made).unwrap_or_default())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_a_uuid_v7_tells_its_age() {
-        let old = Uuid::new_v7(uuid::Timestamp::from_unix(uuid::NoContext, 1_000, 0));
-        assert!(reserved_ago(old).unwrap() > Duration::from_hours(24 * 365));
-        assert!(reserved_ago(Uuid::now_v7()).unwrap() < Duration::from_mins(1));
-        assert_eq!(reserved_ago(Uuid::new_v4()), None);
     }
 }

@@ -42,7 +42,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::{
-    Scheduler, SyncConfig, delete_at_provider,
+    Scheduler, SyncConfig, delete_many_at_provider,
     queue::{Claim, DynQueue, QueueError},
 };
 use crate::{
@@ -167,6 +167,16 @@ fn age(voice: &Voice) -> Duration {
         .unwrap_or_default()
 }
 
+/// How long the create lease of reserved `voice` still runs, if it does:
+/// its create is running on some replica, which schedules it when done.
+fn create_lease_left(voice: &Voice) -> Option<Duration> {
+    let until = voice.create_lease_until?;
+    (until - chrono::Utc::now())
+        .to_std()
+        .ok()
+        .filter(|d| !d.is_zero())
+}
+
 /// Whether `voice` has been PROCESSING longer than it may.
 fn past_deadline(voice: &Voice) -> bool {
     voice
@@ -267,7 +277,8 @@ impl Worker {
     /// The queue or storage failed as a whole; single voices that fail are
     /// rescheduled and do not fail the step.
     pub async fn run_once(&self) -> Result<Step, SyncError> {
-        let checked = self.check_due().await?;
+        // Boxed: the checks' futures are large, and callers hold this one.
+        let checked = Box::pin(self.check_due()).await?;
         self.settle(checked).await
     }
 
@@ -375,18 +386,15 @@ impl Worker {
                 asks.push(voice);
                 continue;
             }
-            // Reserved, not accepted by the provider: its create is running,
-            // or was cut off (crash, lost answer) and the voice is adopted or
-            // failed once the create cannot be running any more.
-            let age = age(&voice);
-            if age < self.config.adopt_after && !past_deadline(&voice) {
-                checked.decide(
-                    voice.id,
-                    Decision::Again(self.config.adopt_after.saturating_sub(age)),
-                    claimed_at,
-                );
-            } else {
-                adoptions.push(voice);
+            // Reserved, not accepted by the provider: its create is running
+            // (its replica holds the create lease) and is left alone, or its
+            // outcome is unknown (a lost answer, a crash): looked up by its
+            // tag, adopted as soon as it is there, failed once it cannot be.
+            match create_lease_left(&voice) {
+                Some(left) if !past_deadline(&voice) => {
+                    checked.decide(voice.id, Decision::Again(left), claimed_at);
+                }
+                _ => adoptions.push(voice),
             }
         }
         // Voices are asked about in lookups of up to the provider's limit,
@@ -449,24 +457,20 @@ impl Worker {
                 // Their events were stored with them; the relay publishes them.
                 self.relay.wake();
                 // A FAILED voice must not keep a voice slot at the provider.
-                join_all(
-                    settled
-                        .iter()
-                        .filter(|v| {
-                            v.status == VoiceStatus::Failed
-                                && v.failure_reason.as_deref() != Some(GONE_AT_PROVIDER)
-                        })
-                        .filter_map(|v| Some((v.id, v.provider_voice_id.as_deref()?)))
-                        .map(|(id, provider_voice_id)| {
-                            delete_at_provider(
-                                &self.provider,
-                                &self.store,
-                                &self.queue,
-                                provider_voice_id,
-                                id,
-                                "the voice FAILED",
-                            )
-                        }),
+                let failed: Vec<(Uuid, &str)> = settled
+                    .iter()
+                    // Failed as gone: nothing there to delete.
+                    .filter(|v| {
+                        v.status == VoiceStatus::Failed && v.provider_missing_since.is_none()
+                    })
+                    .filter_map(|v| Some((v.id, v.provider_voice_id.as_deref()?)))
+                    .collect();
+                delete_many_at_provider(
+                    &self.provider,
+                    &self.store,
+                    &self.queue,
+                    &failed,
+                    "the voice FAILED",
                 )
                 .await;
                 // Those not settled are no longer PROCESSING: another check
@@ -535,10 +539,21 @@ impl Worker {
         result
     }
 
-    /// Looks a voice whose create never finished up at the provider by its
-    /// tag. Found, it is attached to the row (adopted; its event published)
-    /// and checked like any other from the next step on; not there, the
-    /// provider never received it, and it FAILED.
+    /// Whether reserved `voice`, not found by its tag, may be FAILED as never
+    /// received: its create's lease ended `adopt_after` ago (longer than any
+    /// request the create sent may still run at the provider), or it is
+    /// past its deadline.
+    fn may_fail_reserved(&self, voice: &Voice) -> bool {
+        let ended = voice.create_lease_until.unwrap_or(voice.created_at);
+        let since = (chrono::Utc::now() - ended).to_std().unwrap_or_default();
+        past_deadline(voice) || since >= self.config.adopt_after
+    }
+
+    /// Looks a voice whose create's outcome is unknown up at the provider by
+    /// its tag. Found, it is attached to the row (adopted; its event
+    /// published) and checked like any other from the next step on; not
+    /// there, it is looked for again until [`Worker::may_fail_reserved`]
+    /// says the provider never received it, and it FAILED.
     async fn adopt(&self, voice: Voice) -> (Uuid, Decision) {
         let found = match self.provider.find_tagged(voice.id).await {
             Ok(found) => found,
@@ -548,10 +563,14 @@ impl Worker {
             }
         };
         let Some(provider_voice_id) = found else {
-            return (
-                voice.id,
-                Decision::Settle(Settlement::Fail(NEVER_RECEIVED.into())),
-            );
+            // Not there yet: looked for again, paced like any PROCESSING
+            // voice, until the create cannot make it any more.
+            let decision = if self.may_fail_reserved(&voice) {
+                Decision::Settle(Settlement::Fail(NEVER_RECEIVED.into()))
+            } else {
+                Decision::Again(self.backoff(&voice))
+            };
+            return (voice.id, decision);
         };
         match self
             .store
@@ -654,7 +673,7 @@ impl Worker {
                         .and_then(|id| verdicts.remove(id));
                     match verdict {
                         Some(verdict) => {
-                            decisions.push((voice.id, self.decide(&voice, Ok(verdict))));
+                            decisions.push((voice.id, self.judge(&voice, Ok(verdict)).await));
                         }
                         None => unreported.push(voice),
                     }
@@ -686,7 +705,7 @@ impl Worker {
             return (voice.id, Decision::Again(self.backoff(&voice)));
         };
         let answer = self.provider.check_voice(provider_voice_id).await;
-        (voice.id, self.decide(&voice, answer))
+        (voice.id, self.judge(&voice, answer).await)
     }
 
     /// What the provider's answer about `voice` means for it.
@@ -707,13 +726,69 @@ impl Worker {
                 provider_labels: Some(labels).filter(|l| !l.is_empty()),
             }),
             Ok(Verdict::Failed(reason)) => Decision::Settle(Settlement::Fail(reason)),
-            Err(ProviderError::NotFound) => {
-                Decision::Settle(Settlement::Fail(GONE_AT_PROVIDER.into()))
-            }
+            Err(ProviderError::NotFound) => self.retry_later(voice),
             Err(e) => {
                 tracing::warn!(voice_id = %voice.id, error = %e, "status check failed; will retry");
                 self.retry_later(voice)
             }
+        }
+    }
+
+    /// What the provider's answer about `voice` means for it, once a "not
+    /// found" is confirmed or refuted (see [`Worker::missing`]), and a voice
+    /// seen again has its missing mark cleared.
+    async fn judge(&self, voice: &Voice, answer: Result<Verdict, ProviderError>) -> Decision {
+        match answer {
+            Err(ProviderError::NotFound) => self.missing(voice).await,
+            answer => {
+                if answer.is_ok() && voice.provider_missing_since.is_some() {
+                    self.seen_again(voice).await;
+                }
+                self.decide(voice, answer)
+            }
+        }
+    }
+
+    /// The provider says it does not hold `voice`. One such answer is a
+    /// reading, not a verdict: the first is recorded and the voice checked
+    /// again `confirm_gone_after` later; a second one then, with no voice
+    /// carrying its tag in the provider's listing, fails it as gone.
+    async fn missing(&self, voice: &Voice) -> Decision {
+        let confirm = self.config.confirm_gone_after;
+        let Some(since) = voice.provider_missing_since else {
+            if let Err(e) = self
+                .store
+                .set_missing_since(voice.id, Some(crate::store::now()))
+                .await
+            {
+                tracing::warn!(voice_id = %voice.id, error = %chain(&e), "could not record a not-found answer; will check again");
+                return self.retry_later(voice);
+            }
+            tracing::info!(voice_id = %voice.id, ?confirm, "the provider says it does not hold the voice; checking again before believing it");
+            return Decision::Again(confirm);
+        };
+        let waited = (chrono::Utc::now() - since).to_std().unwrap_or_default();
+        if waited < confirm {
+            return Decision::Again(confirm.saturating_sub(waited));
+        }
+        match self.provider.find_tagged(voice.id).await {
+            Ok(None) => Decision::Settle(Settlement::Fail(GONE_AT_PROVIDER.into())),
+            Ok(Some(listed)) => {
+                tracing::warn!(voice_id = %voice.id, listed, "the provider answers not found for a voice its listing still shows; not gone");
+                self.seen_again(voice).await;
+                Decision::Again(self.backoff(voice))
+            }
+            Err(e) => {
+                tracing::warn!(voice_id = %voice.id, error = %e, "could not confirm a voice gone at the provider; will retry");
+                self.retry_later(voice)
+            }
+        }
+    }
+
+    /// Clears `voice`'s missing mark: the provider holds it after all.
+    async fn seen_again(&self, voice: &Voice) {
+        if let Err(e) = self.store.set_missing_since(voice.id, None).await {
+            tracing::warn!(voice_id = %voice.id, error = %chain(&e), "could not clear a voice's missing mark");
         }
     }
 

@@ -289,6 +289,8 @@ pub(crate) fn test_voice(owner: uuid::Uuid, visibility: Visibility, status: Voic
         processing_deadline: None,
         push_pending: false,
         push_lease_until: None,
+        provider_missing_since: None,
+        create_lease_until: None,
     }
 }
 

@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use sea_orm::{
-    ColumnTrait, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
     sea_query::{Expr, ExprTrait, SimpleExpr},
 };
 use uuid::Uuid;
@@ -172,6 +172,73 @@ impl Store {
                             .eq(true)
                             .and(Column::Status.eq(VoiceStatus::Completed))),
                 )
+                .into_tuple()
+                .all(&self.db)
+                .await
+        })
+        .await
+    }
+
+    /// This installation's id: made once, by the first migration run on
+    /// this database, and never changed (a restored backup keeps it).
+    ///
+    /// # Errors
+    /// A database failure, or a database not migrated yet.
+    pub async fn installation_id(&self) -> Result<Uuid, DbErr> {
+        self.bounded(async {
+            let row = self
+                .db
+                .query_one_raw(sea_orm::Statement::from_string(
+                    self.db.get_database_backend(),
+                    "SELECT id FROM installation",
+                ))
+                .await?
+                .ok_or_else(|| DbErr::RecordNotFound("the installation row".into()))?;
+            row.try_get::<Uuid>("", "id")
+        })
+        .await
+    }
+
+    /// Every voice, in any status, that holds one of `provider_voice_ids`.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub(crate) async fn holders(&self, provider_voice_ids: &[&str]) -> Result<Vec<Voice>, DbErr> {
+        self.bounded(async {
+            if provider_voice_ids.is_empty() {
+                return Ok(Vec::new());
+            }
+            Entity::find()
+                .filter(Column::ProviderVoiceId.is_in(provider_voice_ids.iter().copied()))
+                .all(&self.db)
+                .await
+        })
+        .await
+    }
+
+    /// Up to `limit` COMPLETED voices' (id, provider voice id), in provider
+    /// voice id order after `after`: the sweep walks them all this way.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub(crate) async fn completed_page(
+        &self,
+        after: Option<&str>,
+        limit: u64,
+    ) -> Result<Vec<(Uuid, String)>, DbErr> {
+        self.bounded(async {
+            let mut query = Entity::find()
+                .select_only()
+                .column(Column::Id)
+                .column(Column::ProviderVoiceId)
+                .filter(Column::Status.eq(VoiceStatus::Completed))
+                .filter(Column::ProviderVoiceId.is_not_null());
+            if let Some(after) = after {
+                query = query.filter(Column::ProviderVoiceId.gt(after));
+            }
+            query
+                .order_by_asc(Column::ProviderVoiceId)
+                .limit(limit)
                 .into_tuple()
                 .all(&self.db)
                 .await

@@ -110,6 +110,10 @@ impl Store {
             let update = Entity::update_many()
                 .col_expr(Column::ProviderVoiceId, Expr::value(provider_voice_id))
                 .col_expr(Column::Category, Expr::value(category))
+                .col_expr(
+                    Column::CreateLeaseUntil,
+                    Expr::value(Option::<DateTime<Utc>>::None),
+                )
                 .filter(Column::ProviderVoiceId.is_null())
                 .filter(Column::Status.eq(VoiceStatus::Processing));
             if let Some(accepted) = self.revise(id, now(), update).await? {
@@ -121,6 +125,80 @@ impl Store {
                 v.provider_voice_id.as_deref() == Some(provider_voice_id)
                     && v.status != VoiceStatus::Deleted
             }))
+        })
+        .await
+    }
+
+    /// Renews the create lease of reserved voice `id` until `until`, while
+    /// its create waits for the provider or runs. Bookkeeping only: no
+    /// revision, no event. Whether the voice is still reserved.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub(crate) async fn renew_create_lease(
+        &self,
+        id: Uuid,
+        until: DateTime<Utc>,
+    ) -> Result<bool, DbErr> {
+        self.bounded(async {
+            let result = Entity::update_many()
+                .col_expr(Column::CreateLeaseUntil, Expr::value(until))
+                .filter(Column::Id.eq(id))
+                .filter(Column::ProviderVoiceId.is_null())
+                .filter(Column::Status.eq(VoiceStatus::Processing))
+                .exec(&self.db)
+                .await?;
+            Ok(result.rows_affected > 0)
+        })
+        .await
+    }
+
+    /// Records when the provider first said it does not hold voice `id`
+    /// (kept if already recorded) or, with `None`, that it holds it again.
+    /// Bookkeeping only: no revision, no event.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub(crate) async fn set_missing_since(
+        &self,
+        id: Uuid,
+        since: Option<DateTime<Utc>>,
+    ) -> Result<(), DbErr> {
+        self.bounded(async {
+            let mut update = Entity::update_many()
+                .col_expr(Column::ProviderMissingSince, Expr::value(since))
+                .filter(Column::Id.eq(id));
+            if since.is_some() {
+                update = update.filter(Column::ProviderMissingSince.is_null());
+            }
+            update.exec(&self.db).await.map(drop)
+        })
+        .await
+    }
+
+    /// Moves COMPLETED voice `id`, confirmed gone at the provider, to FAILED
+    /// with `reason`, marked as gone (so nothing tries to delete it there).
+    /// `None` if it is no longer COMPLETED.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub(crate) async fn fail_vanished(
+        &self,
+        id: Uuid,
+        reason: &str,
+    ) -> Result<Option<Voice>, DbErr> {
+        self.bounded(async {
+            let at = now();
+            let update = Entity::update_many()
+                .col_expr(Column::Status, Expr::value(VoiceStatus::Failed))
+                .col_expr(Column::FailureReason, Expr::value(reason))
+                .col_expr(Column::ProviderMissingSince, Expr::value(Some(at)))
+                .filter(Column::Status.eq(VoiceStatus::Completed));
+            let failed = self.revise(id, at, update).await?;
+            if let Some(voice) = &failed {
+                self.count_transition(voice);
+            }
+            Ok(failed)
         })
         .await
     }
@@ -369,6 +447,10 @@ impl Store {
                 let mut update = Entity::update_many()
                     .col_expr(Column::Status, Expr::value(VoiceStatus::Completed))
                     .col_expr(Column::CompletedAt, Expr::value(at))
+                    .col_expr(
+                        Column::ProviderMissingSince,
+                        Expr::value(Option::<DateTime<Utc>>::None),
+                    )
                     .col_expr(Column::PreviewUrl, otherwise(preview, Column::PreviewUrl));
                 if labels.is_some() {
                     update = update.col_expr(

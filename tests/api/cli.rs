@@ -9,17 +9,37 @@ use voicehub::{
 use crate::helpers::voicehub;
 
 #[test]
-fn migrate_creates_the_default_sqlite_database() {
+fn migrate_creates_the_default_sqlite_database_and_prints_its_installation_id() {
     let dir = tempfile::tempdir().unwrap();
-    let out = voicehub(dir.path()).arg("migrate").output().unwrap();
+    let migrate = || {
+        voicehub(dir.path())
+            .args(["--log-format", "json", "migrate"])
+            .output()
+            .unwrap()
+    };
+    let out = migrate();
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(dir.path().join("voicehub.db").exists());
-    let again = voicehub(dir.path()).arg("migrate").output().unwrap();
+    let again = migrate();
     assert!(again.status.success());
+    // The installation id is made once and printed every time.
+    let printed = |out: &std::process::Output| {
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let key = "\"installation\":\"";
+        let at = text.find(key).expect("the installation id is printed");
+        text[at + key.len()..][..36].to_owned()
+    };
+    let id = printed(&out);
+    assert!(Uuid::parse_str(&id).is_ok(), "{id}");
+    assert_eq!(printed(&again), id, "the same installation, migrated twice");
 }
 
 #[test]

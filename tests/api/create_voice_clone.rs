@@ -50,10 +50,11 @@ async fn create_then_get_and_list_show_the_processing_voice(backend: Backend) {
     assert_eq!(add.text("description"), Some("Warm narrator voice"));
     assert_eq!(add.text("remove_background_noise"), Some("true"));
     let labels: serde_json::Value = serde_json::from_str(add.text("labels").unwrap()).unwrap();
+    let installation = app.store.installation_id().await.unwrap().to_string();
     assert_eq!(
         labels,
-        serde_json::json!({"accent": "british", "language": "en-GB", "gender": "female", "voicehub_id": voice.voice_id}),
-        "the caller's labels, language and gender, and voicehub's tag"
+        serde_json::json!({"accent": "british", "language": "en-GB", "gender": "female", "voicehub_id": voice.voice_id, "voicehub_installation": installation}),
+        "the caller's labels, language and gender, and voicehub's tags: the voice's and this installation's"
     );
     assert_eq!(
         add.files,
@@ -376,8 +377,8 @@ async fn a_retry_after_a_transient_failure_succeeds_with_the_same_request_id(bac
     let (app, fake) = spawn_app_with_fake(backend, |_| {}).await;
     let mut client = app.client(Uuid::new_v4());
     let request = with(|r| r.request_id = "retry-me".into());
-    // 503 on every attempt: the provider surely made nothing.
-    fake.inject(Route::Add, 4, Fault::unavailable());
+    // 429 on every attempt: the provider surely made nothing.
+    fake.inject(Route::Add, 4, Fault::too_many_concurrent());
     let status = client
         .create_voice_clone(request.clone())
         .await
@@ -641,8 +642,9 @@ async fn a_create_the_provider_never_received_fails_with_a_reason_that_says_so(b
     })
     .await;
     let mut client = app.client(Uuid::new_v4());
-    // A 500 may hide a created voice; this time it does not.
-    fake.inject(Route::Add, 1, Fault::server_error());
+    // A 500 may hide a created voice; this time none does, to the create
+    // and its two retries (each looked up by its tag).
+    fake.inject(Route::Add, 3, Fault::server_error());
     let reserved = client
         .create_voice_clone(create_request("Lost"))
         .await
@@ -658,7 +660,11 @@ async fn a_create_the_provider_never_received_fails_with_a_reason_that_says_so(b
         "{}",
         failed.failure_reason
     );
-    assert_eq!(fake.calls(Route::Lookup), 1, "looked for by its tag");
+    assert_eq!(
+        fake.calls(Route::Lookup),
+        4,
+        "looked for by its tag after each server error, then by the status engine"
+    );
     assert_eq!(fake.voice_count(), 0);
 }
 
@@ -670,7 +676,9 @@ async fn a_reserved_voice_whose_create_was_lost_obeys_the_maximum_age(backend: B
     })
     .await;
     let mut client = app.client(Uuid::new_v4());
-    fake.inject(Route::Add, 1, Fault::server_error());
+    // Server errors to the create and its two retries, each looked up by
+    // its tag in vain: the outcome stays unknown.
+    fake.inject(Route::Add, 3, Fault::server_error());
     let reserved = client
         .create_voice_clone(create_request("Cut off"))
         .await
@@ -690,8 +698,12 @@ async fn a_reserved_voice_whose_create_was_lost_obeys_the_maximum_age(backend: B
         "the true reason, not \"still processing\": {}",
         failed.failure_reason
     );
-    assert_eq!(fake.calls(Route::Lookup), 1, "looked for by its tag first");
-    assert_eq!((fake.calls(Route::Add), fake.voice_count()), (1, 0));
+    assert_eq!(
+        fake.calls(Route::Lookup),
+        4,
+        "looked for by its tag after each server error, and at its deadline"
+    );
+    assert_eq!((fake.calls(Route::Add), fake.voice_count()), (3, 0));
     assert_eq!(app.voice_rows().await, 1);
 }
 

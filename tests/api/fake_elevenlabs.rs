@@ -210,6 +210,9 @@ struct Inner {
     /// Until then, every other request fails (see [`FakeElevenLabs::storm`]).
     storm_until: Option<std::time::Instant>,
     storm_count: u64,
+    /// The account's custom voice slots: a create beyond them is refused
+    /// with `voice_limit_reached`, as ElevenLabs does.
+    voice_limit: Option<usize>,
 }
 
 impl Inner {
@@ -336,6 +339,22 @@ impl FakeElevenLabs {
             .get_mut(id)
             .expect("fake voice")
             .report = report;
+    }
+
+    /// The account holds at most `limit` voices from now on.
+    pub(crate) fn set_voice_limit(&self, limit: usize) {
+        self.inner.lock().unwrap().voice_limit = Some(limit);
+    }
+
+    /// Replaces a voice's labels, as someone with the account may at any time.
+    pub(crate) fn set_labels(&self, id: &str, labels: BTreeMap<String, String>) {
+        self.inner
+            .lock()
+            .unwrap()
+            .voices
+            .get_mut(id)
+            .expect("fake voice")
+            .labels = labels;
     }
 
     /// Removes a voice as if deleted at ElevenLabs by someone else.
@@ -501,6 +520,12 @@ async fn add_received(
         );
     }
     let mut inner = inner.lock().unwrap();
+    if inner
+        .voice_limit
+        .is_some_and(|limit| inner.voices.len() >= limit)
+    {
+        return Fault::voice_limit().into_response_now();
+    }
     inner.next_id += 1;
     let voice_id = format!("FakeVoice{:011}", inner.next_id);
     inner.voices.insert(voice_id.clone(), voice);

@@ -76,6 +76,10 @@ pub(crate) fn test_sync_config() -> SyncConfig {
         // Past the fake provider's longest create (four attempts of 400 ms).
         adopt_after: Duration::from_secs(3),
         sweep_every: Duration::from_hours(1),
+        sweep_first_after: Duration::from_mins(1),
+        sweep_max_deletions: 50,
+        sweep_delete: true,
+        confirm_gone_after: Duration::from_millis(300),
     }
 }
 
@@ -227,7 +231,8 @@ pub(crate) async fn spawn_app_with(backend: Backend, adjust: impl FnOnce(&mut Co
         .redis_url
         .as_ref()
         .map(|u| (u.expose_secret().to_owned(), config.redis_prefix.clone()));
-    let app = Application::build(config)
+    // Boxed: the server's start-up is a large future.
+    let app = Box::pin(Application::build(config))
         .await
         .expect("application builds");
     let (addr, metrics_addr) = (app.local_addr(), app.metrics_addr());
@@ -270,10 +275,10 @@ pub(crate) async fn spawn_app_with_fake(
 ) -> (TestApp, crate::fake_elevenlabs::FakeElevenLabs) {
     let fake = crate::fake_elevenlabs::FakeElevenLabs::start().await;
     let provider = fake.provider_config();
-    let app = spawn_app_with(backend, |c| {
+    let app = Box::pin(spawn_app_with(backend, |c| {
         c.provider = provider;
         adjust(c);
-    })
+    }))
     .await;
     (app, fake)
 }
@@ -648,6 +653,8 @@ pub(crate) fn voice(
             .then(|| at + chrono::Duration::minutes(30)),
         push_pending: false,
         push_lease_until: None,
+        provider_missing_since: None,
+        create_lease_until: None,
     }
 }
 

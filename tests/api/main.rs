@@ -26,6 +26,7 @@ mod migrations;
 mod operations;
 mod pg_server;
 mod provider_faults;
+mod provider_safety;
 mod readme;
 mod redis_server;
 mod replicas;

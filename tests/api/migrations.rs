@@ -18,7 +18,7 @@ use crate::{
 };
 
 /// How many migrations the schema has.
-const MIGRATIONS: i64 = 5;
+const MIGRATIONS: i64 = 6;
 
 async fn applied_migrations(db: &DatabaseConnection) -> i64 {
     let row = db
@@ -63,9 +63,10 @@ async fn processes_migrating_together_apply_the_schema_once(backend: Backend) {
             .await
             .unwrap()
             .unwrap();
-        // The primary key, the four indexes of the first migration and the
-        // pending-push index of the fifth.
-        assert_eq!(row.try_get::<i64>("", "n").unwrap(), 6);
+        // The primary key, the four indexes of the first migration, the
+        // pending-push index of the fifth and the provider voice index of
+        // the sixth.
+        assert_eq!(row.try_get::<i64>("", "n").unwrap(), 7);
     }
 }
 

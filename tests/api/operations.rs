@@ -40,8 +40,8 @@ async fn the_metrics_endpoint_shows_every_family_after_a_create_completes() {
     })
     .await;
     let addr = app.metrics_addr.expect("metrics are served");
-    // One 503 at the clone: retried once, then the voice is made.
-    fake.inject(Route::Add, 1, Fault::unavailable());
+    // One 429 at the clone: retried once, then the voice is made.
+    fake.inject(Route::Add, 1, Fault::too_many_concurrent());
     let mut client = app.client(Uuid::new_v4());
     let voice = create_voice(&mut client, "Observed").await;
     let mut stream = watch(&mut client, &[&voice.voice_id]).await;

@@ -56,18 +56,25 @@ fn create_cases() -> Vec<CreateCase> {
             attempts: 1,
         },
         CreateCase {
-            provider_answers: "503 once: retried, since it cannot have created a voice",
+            provider_answers: "503 once: a gateway may send it after ElevenLabs acted, so the voice's tag is looked up first; none there: retried, then created",
             fault: Fault::unavailable(),
             times: 1,
             outcome: ok,
             attempts: 2,
         },
         CreateCase {
-            provider_answers: "500: not retried, since it may hide a created voice; the reserved voice is returned PROCESSING, for the status engine to adopt or fail",
+            provider_answers: "500 once: looked up by its tag first; none there: retried, then created",
             fault: Fault::server_error(),
             times: 1,
             outcome: ok,
-            attempts: 1,
+            attempts: 2,
+        },
+        CreateCase {
+            provider_answers: "500 for ever: looked up after each answer, retried twice, then the reserved voice is returned PROCESSING, for the status engine to adopt or fail",
+            fault: Fault::server_error(),
+            times: 100,
+            outcome: ok,
+            attempts: 3,
         },
         CreateCase {
             provider_answers: "no answer before the timeout: not retried, it may hide a created voice; the reserved voice is returned PROCESSING",

@@ -257,6 +257,8 @@ pub(crate) fn catalogue_voice(owner: Uuid, i: u64, at: DateTime<Utc>) -> Voice {
         processing_deadline: None,
         push_pending: false,
         push_lease_until: None,
+        provider_missing_since: None,
+        create_lease_until: None,
     }
 }
 

@@ -10,8 +10,10 @@
 //!   backoff and full jitter, honouring `Retry-After`/`retry-after-ms`, within
 //!   a bounded number of retries and total time; other 4xx are never retried.
 //!   Creating a voice is not idempotent at ElevenLabs, so a create is retried
-//!   only when it cannot have been processed (429, 502/503/504, connection
-//!   failures), never after a 500 or a timeout that may hide a success;
+//!   here only when it cannot have been processed (429, connection
+//!   failures); any other failure (a 5xx, which a gateway may send after
+//!   ElevenLabs made the voice, a timeout, a reset) is returned as an
+//!   unknown outcome, for the write path to resolve by the voice's tag;
 //! - error bodies are read in all three shapes ElevenLabs sends (`detail` as
 //!   an object with `code`/`status`/`message`, as a 422 array, as a string);
 //! - the API key is sent as a sensitive header and never logged.
@@ -65,10 +67,24 @@ struct SearchedVoice {
     labels: Option<BTreeMap<String, serde_json::Value>>,
 }
 
+impl SearchedVoice {
+    /// The voice as voicehub's, if it carries a well-formed tag.
+    fn tagged(self) -> Option<TaggedVoice> {
+        let labels = self.labels?;
+        let label = |key: &str| labels.get(key)?.as_str().map(str::to_owned);
+        Some(TaggedVoice {
+            voice_id: label(TAG_LABEL)?.parse().ok()?,
+            installation: label(INSTALLATION_LABEL),
+            provider_voice_id: self.voice_id,
+        })
+    }
+}
+
 use crate::metrics::{EndpointLabel, Metrics, ProviderLabels};
 
 use super::{
-    CloneRequest, Cloned, ProviderError, TAG_LABEL, Verdict, VoiceEdit, VoiceProvider, tagged,
+    CloneRequest, Cloned, INSTALLATION_LABEL, ProviderError, TAG_LABEL, TaggedVoice, Verdict,
+    VoiceEdit, VoiceProvider, tagged,
 };
 
 /// How transient failures are retried.
@@ -123,6 +139,8 @@ pub(crate) struct ElevenLabs {
     in_flight: Arc<Semaphore>,
     retry: RetryPolicy,
     metrics: Metrics,
+    /// Sent as the installation label of every voice made or edited.
+    installation: Uuid,
 }
 
 /// Whether a request may be sent again after an ambiguous failure.
@@ -136,7 +154,11 @@ enum Idempotency {
 impl ElevenLabs {
     /// # Errors
     /// The API key is not a valid header value, or the HTTP client cannot be built.
-    pub(crate) fn new(config: ElevenLabsConfig, metrics: &Metrics) -> anyhow::Result<Self> {
+    pub(crate) fn new(
+        config: ElevenLabsConfig,
+        metrics: &Metrics,
+        installation: Uuid,
+    ) -> anyhow::Result<Self> {
         let mut api_key = HeaderValue::from_str(config.api_key.expose_secret()).map_err(|_| {
             anyhow::anyhow!("ELEVENLABS_API_KEY contains characters not allowed in a header")
         })?;
@@ -153,6 +175,7 @@ impl ElevenLabs {
             in_flight: Arc::new(Semaphore::new(config.max_concurrency.max(1))),
             retry: config.retry,
             metrics: metrics.clone(),
+            installation,
         })
     }
 
@@ -228,9 +251,13 @@ impl ElevenLabs {
                     error,
                     retry_after,
                     surely_unprocessed,
+                    answered,
                 }) => {
                     if idempotency == Idempotency::NotIdempotent && !surely_unprocessed {
-                        return Err(ProviderError::OutcomeUnknown(error.to_string()));
+                        return Err(ProviderError::OutcomeUnknown {
+                            detail: error.to_string(),
+                            may_still_run: !answered,
+                        });
                     }
                     (error, retry_after)
                 }
@@ -262,6 +289,7 @@ impl ElevenLabs {
             .await
             .map_err(|e| Failure::Transient {
                 surely_unprocessed: e.is_connect(),
+                answered: false,
                 error: ProviderError::Unavailable(transport_message(&e)),
                 retry_after: None,
             })?;
@@ -269,6 +297,7 @@ impl ElevenLabs {
         let retry_after = retry_after(response.headers());
         let body = response.bytes().await.map_err(|e| Failure::Transient {
             surely_unprocessed: false,
+            answered: false,
             error: ProviderError::Unavailable(transport_message(&e)),
             retry_after: None,
         })?;
@@ -280,13 +309,11 @@ impl ElevenLabs {
             Err(Failure::Transient {
                 error,
                 retry_after,
-                surely_unprocessed: matches!(
-                    status,
-                    StatusCode::TOO_MANY_REQUESTS
-                        | StatusCode::BAD_GATEWAY
-                        | StatusCode::SERVICE_UNAVAILABLE
-                        | StatusCode::GATEWAY_TIMEOUT
-                ),
+                // Only a 429 says the request was refused before any work. A
+                // 5xx may come from a gateway after ElevenLabs acted (a 504
+                // on a create that succeeded behind it).
+                surely_unprocessed: status == StatusCode::TOO_MANY_REQUESTS,
+                answered: true,
             })
         } else {
             Err(Failure::Final(error))
@@ -301,6 +328,9 @@ enum Failure {
         retry_after: Option<Duration>,
         /// The provider cannot have acted on the request.
         surely_unprocessed: bool,
+        /// An answer came back (a 5xx): the request is over, whatever it did.
+        /// Otherwise (a timeout, a reset) it may still be running there.
+        answered: bool,
     },
 }
 
@@ -371,7 +401,11 @@ impl VoiceProvider for ElevenLabs {
                 }
                 form = form.text(
                     "labels",
-                    labels_json(&tagged(&request.labels, request.voicehub_id)),
+                    labels_json(&tagged(
+                        &request.labels,
+                        request.voicehub_id,
+                        self.installation,
+                    )),
                 );
                 for file in &request.files {
                     // Bytes clone is a reference count: a retry re-sends without copying.
@@ -432,6 +466,7 @@ impl VoiceProvider for ElevenLabs {
 
     async fn find_tagged(&self, voicehub_id: Uuid) -> Result<Option<String>, ProviderError> {
         let tag = voicehub_id.to_string();
+        let installation = self.installation.to_string();
         let mut token: Option<String> = None;
         // The search matches labels among other fields; only the voice whose
         // tag is exactly ours counts. Bounded, in case paging never ends.
@@ -439,14 +474,12 @@ impl VoiceProvider for ElevenLabs {
             let query = std::iter::once(("search", tag.as_str()))
                 .chain(token.as_deref().map(|t| ("next_page_token", t)));
             let page: SearchPage = self.voices_page("voices.search", query).await?;
-            if let Some(found) = page.voices.into_iter().find(|v| {
-                v.labels
-                    .as_ref()
-                    .and_then(|l| l.get(TAG_LABEL))
-                    .and_then(serde_json::Value::as_str)
-                    == Some(tag.as_str())
+            if let Some(found) = page.voices.into_iter().find_map(|v| {
+                let tagged = v.tagged()?;
+                let ours = tagged.installation.is_none_or(|i| i == installation);
+                (tagged.voice_id == voicehub_id && ours).then_some(tagged.provider_voice_id)
             }) {
-                return Ok(Some(found.voice_id));
+                return Ok(Some(found));
             }
             match page.next_page_token.filter(|_| page.has_more) {
                 Some(next) => token = Some(next),
@@ -458,16 +491,13 @@ impl VoiceProvider for ElevenLabs {
         )))
     }
 
-    async fn list_tagged(&self) -> Result<Vec<(String, Uuid)>, ProviderError> {
+    async fn list_tagged(&self) -> Result<Vec<TaggedVoice>, ProviderError> {
         let mut tagged = Vec::new();
         let mut token: Option<String> = None;
         for _ in 0..MAX_LIST_PAGES {
             let query = token.as_deref().map(|t| ("next_page_token", t));
             let page: SearchPage = self.voices_page("voices.list", query).await?;
-            tagged.extend(page.voices.into_iter().filter_map(|v| {
-                let tag = v.labels.as_ref()?.get(TAG_LABEL)?.as_str()?;
-                Some((v.voice_id, tag.parse().ok()?))
-            }));
+            tagged.extend(page.voices.into_iter().filter_map(SearchedVoice::tagged));
             match page.next_page_token.filter(|_| page.has_more) {
                 Some(next) => token = Some(next),
                 None => return Ok(tagged),
@@ -487,7 +517,10 @@ impl VoiceProvider for ElevenLabs {
                 form = form.text("description", description.clone());
             }
             if let Some(labels) = &edit.labels {
-                form = form.text("labels", labels_json(&tagged(labels, edit.voicehub_id)));
+                form = form.text(
+                    "labels",
+                    labels_json(&tagged(labels, edit.voicehub_id, self.installation)),
+                );
             }
             self.http.request(Method::POST, url.clone()).multipart(form)
         })

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::provider::{TAG_LABEL, Verdict};
+use crate::provider::{Verdict, untagged};
 
 /// The fields of a voice (`GET /v1/voices/{voice_id}`, or one of a
 /// `GET /v2/voices` page) that decide readiness.
@@ -98,8 +98,7 @@ impl VoiceDetails {
                 return Verdict::Processing;
             }
         }
-        let mut labels = strings(self.labels);
-        labels.remove(TAG_LABEL);
+        let labels = untagged(strings(self.labels));
         Verdict::Completed {
             preview_url: self.preview_url.filter(|u| !u.is_empty()),
             labels,

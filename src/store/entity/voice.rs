@@ -69,6 +69,14 @@ pub struct Model {
     /// Until when one pusher holds the voice's push (so pushes of two
     /// revisions never cross at the provider); `None` when nobody does.
     pub push_lease_until: Option<DateTimeUtc>,
+    /// When the provider first answered that it does not hold the voice;
+    /// cleared when it is seen again. On a FAILED voice: it failed as gone
+    /// at the provider (confirmed), so there is nothing there to delete.
+    pub provider_missing_since: Option<DateTimeUtc>,
+    /// Until when the replica running this voice's create holds it (renewed
+    /// while the create waits for the provider or runs): before then nobody
+    /// else fails the voice. `None` once the provider accepted it.
+    pub create_lease_until: Option<DateTimeUtc>,
 }
 
 /// The table has no relations.
