@@ -9,10 +9,16 @@
 //!   reservation, so a retry with the same key can succeed.
 //! - **A create is never cut in half.** The reserved voice is on the
 //!   due-queue from the start; the provider call runs in a task of its own,
-//!   so a caller who goes away does not stop it; a lost answer (timeout, a
-//!   500) keeps the reservation and returns it PROCESSING. Either way the
-//!   status engine adopts the provider voice by its `voicehub_id` tag, or
-//!   fails the voice.
+//!   so a caller who goes away does not stop it. While it runs (waiting for
+//!   a provider slot included) this replica renews the voice's create
+//!   lease, so no other replica fails it.
+//! - **Never cloned twice blind.** An answer that does not prove the
+//!   provider did nothing is resolved by the voice's tag: after a 5xx the
+//!   tag is looked up (found: adopted; not there: created again, at most
+//!   twice); after a timeout or reset (the request may still be running
+//!   there), or a refusal following a 5xx, the reservation is kept and
+//!   returned PROCESSING, and the status engine adopts the voice by its tag
+//!   as soon as it appears, or fails it.
 //! - **No orphans.** If the provider created a voice that storage then
 //!   refuses to record, the provider voice is deleted again (compensation);
 //!   if that fails too, its id is logged at error level and recorded in

@@ -15,13 +15,18 @@
 //! Guarantees: every PROCESSING voice is on the queue or will be put back on
 //! it (at start-up, when the queue reports data loss, after an outage, and
 //! periodically); a claimed voice that is not finished comes back when its
-//! lease ends; a reserved voice the provider never accepted (its create was
-//! cut off) is looked up by its tag after `adopt_after` and adopted, or
-//! FAILED if the provider does not hold it; a voice past its deadline is
+//! lease ends; a reserved voice whose create is running (its replica holds
+//! the create lease) is left alone; one whose create's outcome is unknown
+//! (a lost answer, a crash) is looked up by its tag at the pace of any
+//! PROCESSING voice and adopted as soon as the provider holds it, or FAILED
+//! `adopt_after` after its create ended; one "not found" answer is a
+//! reading, confirmed `confirm_gone_after` later before a voice is failed
+//! as gone; a voice past its deadline is
 //! asked about once more and is
 //! COMPLETED if ready, FAILED with a reason otherwise; the provider voice of
-//! a FAILED voice is deleted (see `compensation`), and what is left behind
-//! anyway is found by the hourly sweep (see `sweep`). Checks
+//! a FAILED voice is deleted (see `compensation`, never one a live voice
+//! holds), and what is left behind anyway is found by the hourly sweep,
+//! which acts only on what this installation discarded (see `sweep`). Checks
 //! are at-least-once; transitions are written only from PROCESSING, so a
 //! repeated check is harmless.
 //!

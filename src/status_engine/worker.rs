@@ -17,7 +17,9 @@
 //! those the provider decided (in one transaction with their events, which
 //! the relay publishes), and the queue is called at most three
 //! times (one claim, one reschedule of those still processing, one finish of
-//! the rest). A voice a lookup leaves out is asked about alone; a lookup that
+//! the rest). A voice a lookup leaves out is asked about alone, and a
+//! "not found" is confirmed before it fails anything (see
+//! [`Worker::missing`]); a lookup that
 //! fails reschedules its voices, a lookup the provider refuses is replaced by
 //! single checks. Once stored, the provider voices of the voices that FAILED
 //! are deleted (compensation), so a failed voice holds no slot at the
