@@ -74,17 +74,34 @@ fn fake_voice(labels: BTreeMap<String, String>) -> FakeVoice {
 /// `app`'s installation, is at the fake; returns its provider voice id.
 async fn stored(app: &TestApp, fake: &FakeElevenLabs, status: VoiceStatus) -> String {
     let installation = app.store.installation_id().await.unwrap();
-    let mut row = voice(
-        Uuid::new_v4(),
-        Visibility::Private,
-        status,
-        chrono::Utc::now(),
-    );
-    row.provider_voice_id = Some(format!("pv-{}", row.id.simple()));
-    let row = app.insert(row).await;
-    let provider_voice_id = row.provider_voice_id.clone().unwrap();
-    fake.add_voice(&provider_voice_id, fake_voice(tags(row.id, installation)));
-    provider_voice_id
+    crate::sweep::stored_with_provider_voice(app, fake, status, Some(installation)).await
+}
+
+/// A log written into memory.
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Captured {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+    type Writer = Captured;
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
 }
 
 fn spared(app: &TestApp, why: &str) -> u64 {
@@ -218,10 +235,33 @@ async fn a_sweep_over_its_budget_deletes_nothing_and_report_only_mode_deletes_no
     assert_eq!((fake.calls(Route::Delete), fake.voice_count()), (0, 3));
 
     let (app, fake) = spawn_app_with_fake(backend, |c| c.sync.sweep_delete = false).await;
+    let mut discarded = Vec::new();
     for _ in 0..3 {
-        stored(&app, &fake, VoiceStatus::Deleted).await;
+        discarded.push(stored(&app, &fake, VoiceStatus::Deleted).await);
     }
+    // This thread's log (the test's runtime, and so the server, run on it).
+    let logs = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(logs.clone())
+        .with_ansi(false)
+        .finish();
+    let guard = tracing::subscriber::set_default(subscriber);
     let swept = app.sweeper.run_once().await.unwrap().unwrap();
+    drop(guard);
+    let logged = logs.text();
+    let would: Vec<&str> = logged
+        .lines()
+        .filter(|l| l.contains("would delete a provider voice"))
+        .collect();
+    println!("{}", would.join("\n"));
+    assert_eq!(would.len(), 3, "{logged}");
+    for provider_voice_id in &discarded {
+        assert!(
+            would.iter().any(|l| l.contains(provider_voice_id.as_str())
+                && l.contains("its voicehub voice is FAILED or DELETED")),
+            "what and why: {logged}"
+        );
+    }
     println!("report only: {swept:?}");
     assert_eq!(
         swept,

@@ -36,12 +36,15 @@ fn tagged(id: Uuid) -> FakeVoice {
     provider_voice(&[("voicehub_id", id.to_string())])
 }
 
-/// Stores a voice in `status` whose provider voice (tagged) is at the fake;
-/// returns its provider voice id.
-async fn stored_with_provider_voice(
+/// Stores a voice in `status` whose provider voice is at the fake, tagged
+/// with its voicehub id and, when given, `installation` (without it, as
+/// voices were tagged before installations had ids); returns its provider
+/// voice id.
+pub(crate) async fn stored_with_provider_voice(
     app: &TestApp,
     fake: &FakeElevenLabs,
     status: VoiceStatus,
+    installation: Option<Uuid>,
 ) -> String {
     let mut row = voice(
         Uuid::new_v4(),
@@ -53,7 +56,13 @@ async fn stored_with_provider_voice(
     row.provider_voice_id = Some(format!("pv-{}", row.id.simple()));
     let row = app.insert(row).await;
     let provider_voice_id = row.provider_voice_id.clone().unwrap();
-    fake.add_voice(&provider_voice_id, tagged(row.id));
+    let mut voice = tagged(row.id);
+    if let Some(installation) = installation {
+        voice
+            .labels
+            .insert("voicehub_installation".into(), installation.to_string());
+    }
+    fake.add_voice(&provider_voice_id, voice);
     provider_voice_id
 }
 
@@ -61,10 +70,12 @@ async fn the_sweep_deletes_what_this_installation_discarded_and_never_an_untagge
     backend: Backend,
 ) {
     let (app, fake) = spawn_app_with_fake(backend, |_| {}).await;
-    let live = stored_with_provider_voice(&app, &fake, VoiceStatus::Completed).await;
-    let processing = stored_with_provider_voice(&app, &fake, VoiceStatus::Processing).await;
-    let failed = stored_with_provider_voice(&app, &fake, VoiceStatus::Failed).await;
-    let deleted = stored_with_provider_voice(&app, &fake, VoiceStatus::Deleted).await;
+    // Tagged as before installations had ids: this installation's, since
+    // their rows are here.
+    let live = stored_with_provider_voice(&app, &fake, VoiceStatus::Completed, None).await;
+    let processing = stored_with_provider_voice(&app, &fake, VoiceStatus::Processing, None).await;
+    let failed = stored_with_provider_voice(&app, &fake, VoiceStatus::Failed, None).await;
+    let deleted = stored_with_provider_voice(&app, &fake, VoiceStatus::Deleted, None).await;
     // A second clone of the live voice (a create that cloned twice).
     let live_id = fake.voice(&live).unwrap().labels["voicehub_id"]
         .parse()
@@ -191,7 +202,7 @@ async fn a_sweep_the_provider_refuses_is_counted_and_tried_again(backend: Backen
         c.sync.sweep_every = Duration::from_millis(50);
     })
     .await;
-    let failed = stored_with_provider_voice(&app, &fake, VoiceStatus::Failed).await;
+    let failed = stored_with_provider_voice(&app, &fake, VoiceStatus::Failed, None).await;
     fake.inject(Route::Delete, 4, Fault::server_error());
     let swept = app.sweeper.run_once().await.unwrap().unwrap();
     assert_eq!((swept.deleted, swept.failed), (0, 1), "{swept:?}");
@@ -212,7 +223,7 @@ on_both_backends!(
 #[tokio::test]
 async fn replicas_sharing_redis_sweep_once_per_interval() {
     let (app, fake) = spawn_app_with_fake(Backend::Postgres, |_| {}).await;
-    stored_with_provider_voice(&app, &fake, VoiceStatus::Failed).await;
+    stored_with_provider_voice(&app, &fake, VoiceStatus::Failed, None).await;
     assert!(app.sweeper.run_once().await.unwrap().is_some());
     assert_eq!(
         app.sweeper.run_once().await.unwrap(),
