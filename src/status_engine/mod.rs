@@ -55,6 +55,7 @@ pub(crate) use local_queue::LocalQueue;
 pub(crate) use queue::DynQueue;
 pub use queue::{Claim, DueQueue, QueueError};
 pub use redis_queue::RedisQueue;
+use sweep::COMPLETED_MARK;
 pub use sweep::{Sweeper, Swept};
 use uuid::Uuid;
 pub use worker::{Step, SyncError, Worker};

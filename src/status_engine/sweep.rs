@@ -33,7 +33,12 @@
 //! refuses is logged and counted, and found again by the next sweep. Every
 //! deletion is logged with its provider voice id and reason. Cost: one
 //! listing of the account, one read of the rows its tags name (none when it
-//! names none), and one read per 1,000 COMPLETED voices.
+//! names none), and one read per 1,000 COMPLETED voices, made only when the
+//! listing holds a voice of this installation or one completed since the
+//! last sweep (the queue's `completed` mark): a sweep with nothing to do
+//! runs no SQL. Should the mark be lost (Redis flushed, an in-process
+//! restart) while every voice of this installation is gone from the
+//! provider, those go unnoticed until the next voice completes.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -65,6 +70,11 @@ const PAGE: u64 = 1_000;
 
 /// The queue mark set when an orphan is recorded.
 pub(crate) const ORPHANS_MARK: &str = "orphans";
+
+/// The queue mark that says this installation has COMPLETED voices: set by
+/// the status engine when voices complete, taken by the sweep, and set
+/// again by it while any are left.
+pub(crate) const COMPLETED_MARK: &str = "completed";
 
 /// The failure reason of a voice confirmed deleted at the provider.
 pub(crate) const DELETED_AT_PROVIDER: &str =
@@ -184,6 +194,11 @@ impl Sweeper {
         let tagged = self.provider.list_tagged().await?;
         swept.tagged = tagged.len();
         let listed: HashSet<String> = tagged.iter().map(|t| t.provider_voice_id.clone()).collect();
+        let ours_listed = tagged.iter().any(|t| {
+            t.installation
+                .as_ref()
+                .is_none_or(|i| *i == self.installation)
+        });
         let mut doomed = self.doomed(tagged, &mut swept).await?;
         // The mark is taken before the records are read: one recorded
         // meanwhile sets it again for the next sweep.
@@ -255,7 +270,15 @@ impl Sweeper {
         if orphans_left {
             self.queue.mark(ORPHANS_MARK).await?;
         }
-        swept.vanished = self.vanished(&listed).await?;
+        // With none of its voices listed and none completed since the last
+        // sweep, nothing can have vanished: no SQL.
+        if self.queue.take_mark(COMPLETED_MARK).await? || ours_listed {
+            let vanished = self.vanished(&listed).await;
+            if !matches!(vanished, Ok((_, false))) {
+                self.queue.mark(COMPLETED_MARK).await?;
+            }
+            swept.vanished = vanished?.0;
+        }
         tracing::info!(?swept, "provider sweep done");
         Ok(Some(swept))
     }
@@ -386,13 +409,17 @@ impl Sweeper {
     }
 
     /// Looks up the COMPLETED voices whose provider voice `listed` lacks
-    /// and fails those confirmed gone; returns how many.
-    async fn vanished(&self, listed: &HashSet<String>) -> Result<usize, SyncError> {
+    /// and fails those confirmed gone; returns how many, and whether any
+    /// COMPLETED voice was found at all.
+    async fn vanished(&self, listed: &HashSet<String>) -> Result<(usize, bool), SyncError> {
         let mut missing = Vec::new();
         let mut after: Option<String> = None;
         loop {
             let page = self.store.completed_page(after.as_deref(), PAGE).await?;
             let full = page.len() == usize::try_from(PAGE).unwrap_or(0);
+            if page.is_empty() && after.is_none() {
+                return Ok((0, false));
+            }
             after = page.last().map(|(_, p)| p.clone());
             missing.extend(page.into_iter().filter(|(_, p)| !listed.contains(p)));
             if !full {
@@ -415,7 +442,7 @@ impl Sweeper {
             }
         }
         if suspects.is_empty() {
-            return Ok(0);
+            return Ok((0, true));
         }
         // A second reading, later: one not-found answer is not a verdict.
         tokio::time::sleep(self.confirm_gone_after).await;
@@ -431,7 +458,7 @@ impl Sweeper {
                 vanished += 1;
             }
         }
-        Ok(vanished)
+        Ok((vanished, true))
     }
 
     /// Whether the provider says it does not hold `provider_voice_id`

@@ -44,7 +44,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::{
-    Scheduler, SyncConfig, delete_many_at_provider,
+    COMPLETED_MARK, Scheduler, SyncConfig, delete_many_at_provider,
     queue::{Claim, DynQueue, QueueError},
 };
 use crate::{
@@ -230,6 +230,9 @@ pub struct Worker {
     /// the ones already logged.
     unknown_ids: Counter,
     unknown_reported: Arc<Mutex<HashSet<Uuid>>>,
+    /// This process has set the queue's `completed` mark (for the sweep),
+    /// since it started or the queue last lost its data.
+    completed_marked: Arc<AtomicBool>,
     /// The queue's depth and each step's claim, as seen by the claims.
     queue_depth: Gauge,
     claimed_per_step: Histogram,
@@ -254,6 +257,7 @@ impl Worker {
             held: Arc::default(),
             unknown_ids: metrics.sync_unknown_ids.clone(),
             unknown_reported: Arc::default(),
+            completed_marked: Arc::default(),
             queue_depth: metrics.queue_depth.clone(),
             claimed_per_step: metrics.claimed_per_step.clone(),
             next_reconcile: Arc::new(Mutex::new(Instant::now() + config.reconcile_every)),
@@ -293,6 +297,7 @@ impl Worker {
             .await?
         {
             Claim::Lost => {
+                self.completed_marked.store(false, Ordering::Relaxed);
                 tracing::warn!(
                     "the due-queue lost its data (Redis restart, failover or flush): rebuilding it from storage"
                 );
@@ -458,6 +463,9 @@ impl Worker {
                 }
                 // Their events were stored with them; the relay publishes them.
                 self.relay.wake();
+                if step.completed > 0 {
+                    self.mark_completed().await;
+                }
                 // A FAILED voice must not keep a voice slot at the provider.
                 let failed: Vec<(Uuid, &str)> = settled
                     .iter()
@@ -511,6 +519,18 @@ impl Worker {
         }
         self.queue.finish(&done).await?;
         Ok(step)
+    }
+
+    /// Tells the sweep this installation has COMPLETED voices to watch for
+    /// deletion at the provider: once per process, or after data loss.
+    async fn mark_completed(&self) {
+        if self.completed_marked.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        if let Err(e) = self.queue.mark(COMPLETED_MARK).await {
+            self.completed_marked.store(false, Ordering::Relaxed);
+            tracing::debug!(error = %e, "could not mark COMPLETED voices for the sweep; the next completion tries again");
+        }
     }
 
     fn reconcile_due(&self) -> bool {

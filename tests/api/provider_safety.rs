@@ -293,7 +293,9 @@ async fn a_completed_voice_deleted_at_the_provider_becomes_failed_and_its_watche
         async |client: &mut Client, v: &pb::Voice| get_voice(client, &v.voice_id).await.status();
 
     // A listing that comes back empty fails nothing: each voice it lacks is
-    // looked up alone, and is there.
+    // looked up alone (the voices completed since the last sweep say there
+    // are some to look for), and is there.
+    let gets = fake.calls(Route::Get);
     fake.inject(
         Route::Lookup,
         1,
@@ -304,6 +306,7 @@ async fn a_completed_voice_deleted_at_the_provider_becomes_failed_and_its_watche
     );
     let swept = app.sweeper.run_once().await.unwrap().unwrap();
     assert_eq!(swept, Swept::default(), "an empty listing: {swept:?}");
+    assert_eq!(fake.calls(Route::Get), gets + 2, "both looked up alone");
     // A listing that fails ends the sweep, and fails nothing.
     next_interval().await;
     fake.inject(Route::Lookup, 4, Fault::server_error());
