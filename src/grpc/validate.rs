@@ -20,6 +20,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use unicode_segmentation::UnicodeSegmentation;
 use uuid::Uuid;
 
 use super::{
@@ -262,17 +263,52 @@ fn name(field: &'static str, value: &str) -> Result<String, Error> {
             format!("must be at most {MAX_NAME_CHARS} characters"),
         ));
     }
-    if name.chars().any(hidden) {
+    // Judged by what a reader sees, one grapheme cluster (a user-perceived
+    // character) at a time: an emoji joined with U+200D (👩‍💻) or a flag
+    // spelled with tag characters (🏴󠁧󠁢󠁳󠁣󠁴󠁿) is one symbol; the same characters
+    // anywhere else hide something.
+    if !name.graphemes(true).all(shows_as_it_is) {
         return Err(Error::invalid(
             field,
             "must not contain control, format (bidirectional or zero-width), private-use or \
              unassigned characters, nor line separators",
         ));
     }
-    if !name.chars().any(visible) {
+    if !name.chars().any(|c| visible(c) && !blank(c)) {
         return Err(Error::invalid(field, "must contain a visible character"));
     }
     Ok(name.to_owned())
+}
+
+/// Whether a grapheme cluster of a name shows as what it holds: nothing
+/// hidden in it, unless it is an emoji sequence (a symbol followed by
+/// zero-width joiners and the tag characters of a subdivision flag).
+fn shows_as_it_is(cluster: &str) -> bool {
+    let mut chars = cluster.chars();
+    let Some(first) = chars.next() else {
+        return true;
+    };
+    let emoji = {
+        use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
+        first.general_category() == GeneralCategory::OtherSymbol
+    };
+    !hidden(first) && chars.all(|c| !hidden(c) || (emoji && (c == ZERO_WIDTH_JOINER || is_tag(c))))
+}
+
+const ZERO_WIDTH_JOINER: char = '\u{200D}';
+
+/// A Unicode tag character (U+E0020..U+E007F): spells subdivision flags.
+fn is_tag(c: char) -> bool {
+    ('\u{E0020}'..='\u{E007F}').contains(&c)
+}
+
+/// A letter or symbol that renders as blank space: a name of only these
+/// looks empty (Hangul fillers, the blank Braille pattern).
+fn blank(c: char) -> bool {
+    matches!(
+        c,
+        '\u{115F}' | '\u{1160}' | '\u{3164}' | '\u{FFA0}' | '\u{2800}'
+    )
 }
 
 /// A character that changes how a name shows without showing itself, or
@@ -539,21 +575,38 @@ mod tests {
     #[test]
     fn names_must_show_and_hide_nothing() {
         for bad in [
-            "\u{200B}",                 // zero-width space only
-            "\u{200B}\u{200C}\u{200D}", // zero-width characters only
-            "\u{FEFF}",                 // byte order mark only
-            "\u{200E}\u{200F}",         // direction marks only
-            "abc\u{202E}fdp.exe",       // right-to-left override
-            "a\u{2066}b\u{2069}",       // bidirectional isolates
-            "line\u{2028}break",        // line separator
-            "para\u{2029}graph",        // paragraph separator
-            "tag\u{E0041}\u{E007F}",    // Unicode tag characters
-            "private\u{E000}",          // private use
-            "\u{0301}\u{0301}",         // combining marks with nothing to mark
+            "\u{3164}",                  // HANGUL FILLER: shows as blank
+            "\u{2800}\u{2800}",          // BRAILLE PATTERN BLANK
+            "\u{115F}\u{1160} \u{FFA0}", // more Hangul fillers, and a space
+            "a\u{200D}b",                // a zero-width joiner between letters
+            "\u{E0067}\u{E0062}",        // tag characters with no flag to spell
+            "\u{200B}",                  // zero-width space only
+            "\u{200B}\u{200C}\u{200D}",  // zero-width characters only
+            "\u{FEFF}",                  // byte order mark only
+            "\u{200E}\u{200F}",          // direction marks only
+            "abc\u{202E}fdp.exe",        // right-to-left override
+            "a\u{2066}b\u{2069}",        // bidirectional isolates
+            "line\u{2028}break",         // line separator
+            "para\u{2029}graph",         // paragraph separator
+            "tag\u{E0041}\u{E007F}",     // Unicode tag characters
+            "private\u{E000}",           // private use
+            "\u{0301}\u{0301}",          // combining marks with nothing to mark
         ] {
             assert!(name("name", bad).is_err(), "{bad:?}");
         }
-        for good in ["Ada", "Zoë", "東京", "Ølo-2 (beta)", "🎙️ Narrator", "مرحبا"] {
+        for good in [
+            "Ada",
+            "Zoë",
+            "東京",
+            "Ølo-2 (beta)",
+            "🎙️ Narrator",
+            "مرحبا",
+            "👩\u{200D}💻 coder",     // emoji ZWJ sequence
+            "👨\u{200D}👩\u{200D}👧", // family
+            "🏳\u{FE0F}\u{200D}🌈",    // rainbow flag
+            "🏴\u{E0067}\u{E0062}\u{E0073}\u{E0063}\u{E0074}\u{E007F}", // Scotland (tag flag)
+            "Ada \u{3164}",           // a filler beside a letter
+        ] {
             assert_eq!(name("name", good).unwrap(), good, "{good:?}");
         }
     }

@@ -157,6 +157,16 @@ async fn malformed_requests_across_all_rpcs_are_refused_naming_the_field(backend
             "name",
         ),
         (
+            "a name that shows as blank (HANGUL FILLER, BRAILLE PATTERN BLANK)",
+            create(|r| r.name = "\u{3164}\u{2800}".into()),
+            "name",
+        ),
+        (
+            "a zero-width joiner between letters in the name",
+            create(|r| r.name = "Nar\u{200D}rator".into()),
+            "name",
+        ),
+        (
             "right-to-left override in the name",
             create(|r| r.name = "abc\u{202E}def".into()),
             "name",

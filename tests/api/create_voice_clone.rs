@@ -352,6 +352,27 @@ async fn repeating_a_request_id_returns_the_same_voice_without_a_second_clone(ba
     assert_ne!(other.voice_id, first.voice_id);
 }
 
+async fn emoji_sequences_and_tag_flags_are_names_like_any_other(backend: Backend) {
+    let (app, fake) = spawn_app_with_fake(backend, |_| {}).await;
+    let mut client = app.client(Uuid::new_v4());
+    let names = [
+        "👩\u{200D}💻 Coder",
+        "👨\u{200D}👩\u{200D}👧 Family",
+        "🏳\u{FE0F}\u{200D}🌈 Pride",
+        "🏴\u{E0067}\u{E0062}\u{E0073}\u{E0063}\u{E0074}\u{E007F} Scots",
+    ];
+    for name in names {
+        let voice = client
+            .create_voice_clone(with(|r| r.name = name.into()))
+            .await
+            .unwrap_or_else(|e| panic!("{name:?}: {e:?}"))
+            .into_inner();
+        assert_eq!(voice.name, name, "stored as sent");
+    }
+    assert_eq!(fake.calls(Route::Add), names.len());
+    assert_eq!(app.voice_rows().await, 4);
+}
+
 async fn concurrent_requests_with_one_request_id_make_one_voice(backend: Backend) {
     let (app, fake) = spawn_app_with_fake(backend, |_| {}).await;
     // Slow the provider so both requests are in flight together.
@@ -758,6 +779,7 @@ on_both_backends!(
     a_message_larger_than_the_sample_limits_is_refused_by_the_transport,
     repeating_a_request_id_returns_the_same_voice_without_a_second_clone,
     concurrent_requests_with_one_request_id_make_one_voice,
+    emoji_sequences_and_tag_flags_are_names_like_any_other,
     a_retry_after_a_transient_failure_succeeds_with_the_same_request_id,
     the_per_user_voice_limit_is_resource_exhausted_and_freed_by_delete,
     a_provider_voice_that_cannot_be_recorded_is_deleted_again,
