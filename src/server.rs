@@ -92,13 +92,7 @@ impl Application {
     /// A bad provider setting, storage unreachable, a migration failing, or
     /// the address in use; each with its context.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        if config.auth.development {
-            tracing::warn!(
-                secret_file = config::DEV_SECRET_FILE,
-                "development mode: user tokens are signed with a locally generated secret; \
-                 set VOICEHUB_JWT_SECRET in production"
-            );
-        }
+        warn_about_tokens(&config.auth);
         let metrics = Metrics::new();
         let (store, installation) = open_store(&config, &metrics).await?;
         let provider = config.provider.build(&metrics, installation)?;
@@ -335,6 +329,25 @@ impl Application {
         store.close().await;
         tracing::info!("voicehub stopped");
         served.context("serving gRPC")
+    }
+}
+
+/// Start-up warnings about how user tokens are checked.
+fn warn_about_tokens(auth: &crate::auth::AuthConfig) {
+    if auth.development {
+        tracing::warn!(
+            secret_file = config::DEV_SECRET_FILE,
+            "development mode: user tokens are signed with a locally generated secret; \
+             set VOICEHUB_JWT_SECRET in production"
+        );
+    } else if auth.issuer.is_none() || auth.audience.is_none() {
+        // Two environments with one secret would accept each other's tokens.
+        tracing::warn!(
+            issuer = auth.issuer.is_some(),
+            audience = auth.audience.is_some(),
+            "VOICEHUB_JWT_ISSUER or VOICEHUB_JWT_AUDIENCE is unset: any token signed with \
+             this secret is accepted, also one minted for another environment; set both"
+        );
     }
 }
 

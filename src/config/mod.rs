@@ -349,6 +349,13 @@ impl ServeArgs {
             _ => None,
         };
         let provider = self.provider.into_config()?;
+        let auth = self.auth.into_config(Path::new("."))?;
+        if auth.development && matches!(provider, ProviderConfig::ElevenLabs(_)) {
+            bail!(
+                "VOICEHUB_JWT_SECRET must be set with the ElevenLabs provider: a generated \
+                 development secret is only for the simulated provider"
+            );
+        }
         if let ProviderConfig::ElevenLabs(elevenlabs) = &provider {
             // A create may take its retry budget plus one last attempt; an
             // adoption before then could fail a voice whose create still runs.
@@ -397,7 +404,7 @@ impl ServeArgs {
                 confirm_gone_after: self.provider_confirm_gone_after,
             },
             database: self.database.into_config()?,
-            auth: self.auth.into_config(Path::new("."))?,
+            auth,
             provider,
         })
     }

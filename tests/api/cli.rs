@@ -98,7 +98,7 @@ fn token_refuses_a_user_that_is_not_a_uuid_or_is_nil() {
 #[test]
 fn serve_refuses_bad_configuration_with_the_variable_named() {
     let dir = tempfile::tempdir().unwrap();
-    let cases: [(&[(&str, &str)], &str); 9] = [
+    let cases: [(&[(&str, &str)], &str); 10] = [
         (&[("VOICEHUB_JWT_SECRET", "short")], "VOICEHUB_JWT_SECRET"),
         (&[("DATABASE_URL", "mysql://localhost/x")], "DATABASE_URL"),
         (&[("VOICEHUB_LISTEN", "not-an-address")], "--listen"),
@@ -116,10 +116,22 @@ fn serve_refuses_bad_configuration_with_the_variable_named() {
             ],
             "ELEVENLABS_BASE_URL",
         ),
+        // A real provider with a generated development secret.
         (
             &[
                 ("VOICEHUB_PROVIDER", "elevenlabs"),
                 ("ELEVENLABS_API_KEY", "k"),
+            ],
+            "VOICEHUB_JWT_SECRET must be set with the ElevenLabs provider",
+        ),
+        (
+            &[
+                ("VOICEHUB_PROVIDER", "elevenlabs"),
+                ("ELEVENLABS_API_KEY", "k"),
+                (
+                    "VOICEHUB_JWT_SECRET",
+                    "a-production-secret-of-enough-length!",
+                ),
                 ("ELEVENLABS_TIMEOUT", "60s"),
                 ("ELEVENLABS_RETRY_BUDGET", "90s"),
                 ("VOICEHUB_SYNC_ADOPT_AFTER", "2m"),

@@ -14,7 +14,7 @@ use voicehub::store::{self, Visibility, VoiceStatus};
 
 use crate::{
     fake_elevenlabs::{API_KEY, FakeElevenLabs, Route},
-    helpers::{insert, voice, voicehub},
+    helpers::{JWT_SECRET, insert, voice, voicehub},
 };
 
 pub(crate) struct Server {
@@ -234,12 +234,15 @@ async fn grpcurl_lists_describes_checks_health_and_lists_voices_with_a_minted_to
     stop_with_sigterm(server);
 }
 
-/// Mints a token with `voicehub token` in `dir` (zero configuration).
-fn token(dir: &Path, user: Uuid) -> String {
-    let out = voicehub(dir)
-        .args(["token", "--user", &user.to_string()])
-        .output()
-        .unwrap();
+/// Mints a token with `voicehub token` in `dir`: with the development
+/// secret (zero configuration), or with `secret` as `serve` has it.
+fn token(dir: &Path, user: Uuid, secret: Option<&str>) -> String {
+    let mut command = voicehub(dir);
+    command.args(["token", "--user", &user.to_string()]);
+    if let Some(secret) = secret {
+        command.env("VOICEHUB_JWT_SECRET", secret);
+    }
+    let out = command.output().unwrap();
     format!("authorization: Bearer {}", stdout_of(&out).trim())
 }
 
@@ -258,9 +261,9 @@ fn call(addr: &str, auth: &str, method: &str, body: &str) -> serde_json::Value {
 
 /// Create (a real WAV, base64 in JSON), update, get, delete: the write path
 /// as a grpcurl user drives it. Returns the provider's voice id.
-fn write_path_through_grpcurl(dir: &Path, addr: &str) -> String {
+fn write_path_through_grpcurl(dir: &Path, addr: &str, secret: Option<&str>) -> String {
     use base64::Engine;
-    let auth = token(dir, Uuid::new_v4());
+    let auth = token(dir, Uuid::new_v4(), secret);
     let wav = base64::engine::general_purpose::STANDARD.encode(crate::helpers::wav(1_000));
     let create = serde_json::json!({
         "name": "Narrator",
@@ -319,7 +322,7 @@ fn write_path_through_grpcurl(dir: &Path, addr: &str) -> String {
 /// Creates a voice and watches it until the sync engine completes it.
 fn watch_through_grpcurl(dir: &Path, addr: &str) {
     use base64::Engine;
-    let auth = token(dir, Uuid::new_v4());
+    let auth = token(dir, Uuid::new_v4(), None);
     let wav = base64::engine::general_purpose::STANDARD.encode(crate::helpers::wav(1_000));
     let create = serde_json::json!({
         "name": "Watched",
@@ -372,7 +375,7 @@ async fn grpcurl_creates_updates_and_deletes_a_voice_with_the_simulated_provider
     let dir = tempfile::tempdir().unwrap();
     // Long enough for the watch to open before the clone is ready.
     let server = serve(dir.path(), &[("VOICEHUB_SIMULATED_READY_AFTER", "2s")]);
-    write_path_through_grpcurl(dir.path(), &server.addr);
+    write_path_through_grpcurl(dir.path(), &server.addr, None);
     watch_through_grpcurl(dir.path(), &server.addr);
     let logs = server.logs.lock().unwrap().join("\n");
     assert!(
@@ -391,16 +394,19 @@ async fn grpcurl_creates_updates_and_deletes_a_voice_at_a_fake_elevenlabs() {
         &[
             ("ELEVENLABS_BASE_URL", &fake.url),
             ("ELEVENLABS_API_KEY", API_KEY),
+            // A real provider needs a configured secret: no development mode.
+            ("VOICEHUB_JWT_SECRET", JWT_SECRET),
             ("RUST_LOG", "debug"),
         ],
     );
     // grpcurl blocks; the fake needs this runtime to answer meanwhile.
     let addr = server.addr.clone();
     let path = dir.path().to_owned();
-    let provider_voice_id =
-        tokio::task::spawn_blocking(move || write_path_through_grpcurl(&path, &addr))
-            .await
-            .unwrap();
+    let provider_voice_id = tokio::task::spawn_blocking(move || {
+        write_path_through_grpcurl(&path, &addr, Some(JWT_SECRET))
+    })
+    .await
+    .unwrap();
     // The status engine's GETs interleave as it pleases; the writes are ours.
     let routes: Vec<Route> = fake
         .requests()
@@ -422,6 +428,10 @@ async fn grpcurl_creates_updates_and_deletes_a_voice_at_a_fake_elevenlabs() {
     let logs = server.logs.lock().unwrap().join("\n");
     assert!(logs.contains(r#""provider":"elevenlabs""#), "{logs}");
     assert!(!logs.contains(API_KEY), "the API key reached the log");
+    assert!(
+        logs.contains("VOICEHUB_JWT_ISSUER or VOICEHUB_JWT_AUDIENCE is unset"),
+        "a secret without issuer and audience is warned about: {logs}"
+    );
 }
 
 /// SIGTERM: health goes NOT_SERVING, the server drains and exits 0.
