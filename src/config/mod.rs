@@ -15,7 +15,10 @@
 use std::{net::SocketAddr, path::Path, time::Duration};
 
 use anyhow::bail;
-use clap::{ArgAction, Args, Parser, Subcommand};
+use clap::{
+    ArgAction, Args, CommandFactory, Parser, Subcommand,
+    error::{ContextKind, ContextValue},
+};
 use secrecy::SecretString;
 use uuid::Uuid;
 
@@ -31,6 +34,10 @@ use crate::{
     store::DatabaseConfig,
     telemetry::LogFormat,
 };
+
+/// The fewest connections `serve` works with on PostgreSQL: one is held
+/// for LISTEN by the event relay, the rest serve calls and the engine.
+const MIN_POSTGRES_CONNECTIONS: u32 = 2;
 
 /// The default database: a SQLite file in the working directory, created if missing.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://voicehub.db?mode=rwc";
@@ -48,6 +55,56 @@ pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl Cli {
+    /// Parses the command line and the environment. A value clap refuses
+    /// (malformed, missing) is reported naming the environment variable
+    /// behind the flag first, since operators set variables, not flags.
+    #[must_use]
+    pub fn parse_naming_variables() -> Self {
+        Self::try_parse().unwrap_or_else(|e| {
+            let variables = variables_of(&e);
+            if variables.is_empty() {
+                e.exit()
+            }
+            let rendered = e.render().to_string();
+            let message = rendered.strip_prefix("error: ").unwrap_or(&rendered);
+            eprint!("error: {}: {message}", variables.join(", "));
+            std::process::exit(e.exit_code())
+        })
+    }
+}
+
+/// The environment variables behind the flags a clap error names.
+fn variables_of(e: &clap::Error) -> Vec<String> {
+    let flags: Vec<&str> = match e.get(ContextKind::InvalidArg) {
+        Some(ContextValue::String(flag)) => vec![flag.as_str()],
+        Some(ContextValue::Strings(flags)) => flags.iter().map(String::as_str).collect(),
+        _ => Vec::new(),
+    };
+    let cli = Cli::command();
+    flags
+        .iter()
+        .filter_map(|flag| {
+            let long = flag.split_whitespace().next()?.strip_prefix("--")?;
+            variable_of(&cli, long)
+        })
+        .collect()
+}
+
+/// The environment variable of the flag `--long` in `command` or its subcommands.
+fn variable_of(command: &clap::Command, long: &str) -> Option<String> {
+    command
+        .get_arguments()
+        .find(|arg| arg.get_long() == Some(long))
+        .and_then(clap::Arg::get_env)
+        .map(|env| env.to_string_lossy().into_owned())
+        .or_else(|| {
+            command
+                .get_subcommands()
+                .find_map(|sub| variable_of(sub, long))
+        })
 }
 
 /// The subcommands.
@@ -323,6 +380,7 @@ impl ServeArgs {
         if self.max_voices_per_user == 0 {
             bail!("VOICEHUB_MAX_VOICES_PER_USER must be at least 1");
         }
+        self.database.check_serving()?;
         if self.sync_max_age.is_zero() {
             bail!("VOICEHUB_SYNC_MAX_AGE must be above zero");
         }
@@ -411,6 +469,25 @@ impl ServeArgs {
 }
 
 impl DatabaseArgs {
+    /// Whether `serve` can work with these settings: on PostgreSQL the event
+    /// relay holds one connection for LISTEN, and calls need one more.
+    ///
+    /// # Errors
+    /// A pool too small to serve.
+    fn check_serving(&self) -> anyhow::Result<()> {
+        let url = self.database_url.trim();
+        if (url.starts_with("postgres://") || url.starts_with("postgresql://"))
+            && self.db_max_connections < MIN_POSTGRES_CONNECTIONS
+        {
+            bail!(
+                "VOICEHUB_DB_MAX_CONNECTIONS must be at least {MIN_POSTGRES_CONNECTIONS} on \
+                 PostgreSQL: the event relay holds one connection for LISTEN, and calls need \
+                 at least one more"
+            );
+        }
+        Ok(())
+    }
+
     /// # Errors
     /// An unsupported scheme or a zero pool size.
     pub fn into_config(self) -> anyhow::Result<DatabaseConfig> {

@@ -98,17 +98,43 @@ fn token_refuses_a_user_that_is_not_a_uuid_or_is_nil() {
 #[test]
 fn serve_refuses_bad_configuration_with_the_variable_named() {
     let dir = tempfile::tempdir().unwrap();
-    let cases: [(&[(&str, &str)], &str); 10] = [
+    let cases: [(&[(&str, &str)], &str); 16] = [
         (&[("VOICEHUB_JWT_SECRET", "short")], "VOICEHUB_JWT_SECRET"),
         (&[("DATABASE_URL", "mysql://localhost/x")], "DATABASE_URL"),
-        (&[("VOICEHUB_LISTEN", "not-an-address")], "--listen"),
+        // Refused by the parser: named by their variables too.
+        (&[("VOICEHUB_LISTEN", "not-an-address")], "VOICEHUB_LISTEN"),
+        (
+            &[("VOICEHUB_MAX_VOICES_PER_USER", "-1")],
+            "VOICEHUB_MAX_VOICES_PER_USER",
+        ),
+        (
+            &[("VOICEHUB_SWEEP_INTERVAL", "soon")],
+            "VOICEHUB_SWEEP_INTERVAL",
+        ),
+        (&[("VOICEHUB_LOG_FORMAT", "xml")], "VOICEHUB_LOG_FORMAT"),
+        (
+            &[("VOICEHUB_SHUTDOWN_GRACE", "forever")],
+            "VOICEHUB_SHUTDOWN_GRACE",
+        ),
+        (
+            &[("VOICEHUB_TLS_CERT", "/nowhere/cert.pem")],
+            "VOICEHUB_TLS_KEY",
+        ),
+        // A pool the event relay's LISTEN would take whole.
+        (
+            &[
+                ("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none"),
+                ("VOICEHUB_DB_MAX_CONNECTIONS", "1"),
+            ],
+            "VOICEHUB_DB_MAX_CONNECTIONS must be at least 2",
+        ),
         (&[("REDIS_URL", "http://localhost")], "REDIS_URL"),
         (
             &[("VOICEHUB_MAX_VOICES_PER_USER", "0")],
             "VOICEHUB_MAX_VOICES_PER_USER",
         ),
         (&[("VOICEHUB_PROVIDER", "elevenlabs")], "ELEVENLABS_API_KEY"),
-        (&[("VOICEHUB_PROVIDER", "acme")], "--provider"),
+        (&[("VOICEHUB_PROVIDER", "acme")], "VOICEHUB_PROVIDER"),
         (
             &[
                 ("ELEVENLABS_API_KEY", "k"),
