@@ -210,6 +210,8 @@ pub struct Metrics {
     pub(crate) sweep_over_budget: Counter,
     /// COMPLETED voices FAILED because they were confirmed gone at the provider.
     pub(crate) voices_vanished: Counter,
+    /// Connections the listener failed to accept (EMFILE and the like).
+    pub(crate) accept_errors: Counter,
 }
 
 impl Metrics {
@@ -248,6 +250,7 @@ impl Metrics {
             sweep_deletions: Family::default(),
             sweep_over_budget: Counter::default(),
             voices_vanished: Counter::default(),
+            accept_errors: Counter::default(),
         };
         let m = &metrics;
         let r = &mut registry;
@@ -392,6 +395,11 @@ impl Metrics {
             "voices_vanished",
             "COMPLETED voices FAILED because they were confirmed deleted at the provider",
             m.voices_vanished.clone(),
+        );
+        r.register(
+            "accept_errors",
+            "Connections the gRPC listener failed to accept (out of file descriptors, ...); accepts pause after each",
+            m.accept_errors.clone(),
         );
         Metrics {
             registry: Arc::new(registry),

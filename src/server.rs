@@ -316,12 +316,17 @@ impl Application {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(api.into_service(auth))
-            .serve_with_incoming_shutdown(incoming(listener), async move {
-                stopping.cancelled().await;
-                // Before the listener closes, so health watchers see it go.
-                health::set_all(&reporter, ServingStatus::NotServing).await;
-                tracing::info!("shutting down: NOT_SERVING, ending watch streams, draining calls");
-            });
+            .serve_with_incoming_shutdown(
+                incoming(listener, metrics.accept_errors.clone()),
+                async move {
+                    stopping.cancelled().await;
+                    // Before the listener closes, so health watchers see it go.
+                    health::set_all(&reporter, ServingStatus::NotServing).await;
+                    tracing::info!(
+                        "shutting down: NOT_SERVING, ending watch streams, draining calls"
+                    );
+                },
+            );
         let served = drain(serving, &shutdown, grace, &tasks).await;
         if let Some(parts) = redis {
             parts.redis.quit().await;
@@ -518,11 +523,55 @@ const TCP_KEEPALIVE: Duration = Duration::from_mins(1);
 /// - TCP keepalive: a peer that vanished without a FIN (a NAT or load
 ///   balancer dropping the flow) is noticed instead of holding the
 ///   connection for ever.
-fn incoming(listener: TcpListener) -> TcpIncoming {
-    TcpIncoming::from(listener)
+///
+/// A failed accept (out of file descriptors, EMFILE; out of memory) is
+/// logged once per run of failures, counted in `accept_errors`, and
+/// followed by a pause that doubles up to [`ACCEPT_PAUSE_MAX`]: tonic's loop
+/// accepts again at once, which under EMFILE spins a core and starves the
+/// connections already open. The pause ends at the first success.
+fn incoming(
+    listener: TcpListener,
+    accept_errors: prometheus_client::metrics::counter::Counter,
+) -> std::pin::Pin<
+    Box<dyn futures_util::Stream<Item = std::io::Result<tokio::net::TcpStream>> + Send>,
+> {
+    use futures_util::StreamExt;
+    let mut accepted = TcpIncoming::from(listener)
         .with_nodelay(Some(true))
-        .with_keepalive(Some(TCP_KEEPALIVE))
+        .with_keepalive(Some(TCP_KEEPALIVE));
+    // Boxed: its state would otherwise sit inside the server's own future.
+    Box::pin(async_stream::stream! {
+        let mut pause = ACCEPT_PAUSE_MIN;
+        let mut failing = false;
+        while let Some(next) = accepted.next().await {
+            match next {
+                Ok(stream) => {
+                    if failing {
+                        tracing::info!("accepting connections again");
+                    }
+                    (pause, failing) = (ACCEPT_PAUSE_MIN, false);
+                    yield Ok(stream);
+                }
+                Err(e) => {
+                    accept_errors.inc();
+                    if !failing {
+                        tracing::error!(error = %e, "accepting a connection failed (out of file descriptors?); pausing accepts, logged once per run of failures");
+                        failing = true;
+                    }
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(ACCEPT_PAUSE_MAX);
+                    yield Err(e);
+                }
+            }
+        }
+    })
 }
+
+/// The first pause after a failed accept.
+const ACCEPT_PAUSE_MIN: Duration = Duration::from_millis(10);
+
+/// The longest pause between accepts while they fail.
+const ACCEPT_PAUSE_MAX: Duration = Duration::from_secs(1);
 
 /// Reflection knows every type a client may meet: the API, health, both
 /// reflection versions, and `google.rpc` (so grpcurl can print BadRequest details).

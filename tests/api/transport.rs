@@ -156,3 +156,82 @@ async fn a_key_that_is_not_a_key_stops_start_up_naming_the_setting() {
         .expect("start-up refuses it");
     assert!(format!("{err:#}").contains("VOICEHUB_TLS_KEY"), "{err:#}");
 }
+
+/// User plus system CPU time of process `pid`, in clock ticks (1/100 s).
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // After the command name's closing parenthesis: fields 3 onwards.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+#[tokio::test]
+async fn out_of_file_descriptors_the_server_pauses_accepts_and_keeps_serving_open_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = crate::grpcurl::serve(dir.path(), &[]);
+    let pid = server.child.id();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(
+        tonic::transport::Endpoint::from_shared(format!("http://{}", server.addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    );
+    let check = HealthCheckRequest {
+        service: String::new(),
+    };
+    health.check(check.clone()).await.unwrap();
+    // A few descriptors above what it holds now; then many more clients
+    // than that, which the kernel queues for accept.
+    let open = fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count();
+    let limit = open + 8;
+    assert!(
+        std::process::Command::new("prlimit")
+            .args([
+                "--pid",
+                &pid.to_string(),
+                &format!("--nofile={limit}:{limit}")
+            ])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let clients: Vec<std::net::TcpStream> = (0..100)
+        .map(|_| std::net::TcpStream::connect(&server.addr).unwrap())
+        .collect();
+    let failed = || {
+        server
+            .logs
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains("accepting a connection failed"))
+            .count()
+    };
+    crate::helpers::wait_for(Duration::from_secs(10), || failed() > 0).await;
+    assert_eq!(failed(), 1, "logged once per run of failures");
+    // While accepts keep failing, the server pauses instead of spinning, and
+    // the connection it already has is served at once.
+    let before = cpu_ticks(pid);
+    for _ in 0..10 {
+        let answer = tokio::time::timeout(Duration::from_secs(1), health.check(check.clone()))
+            .await
+            .expect("Health/Check within a second")
+            .unwrap();
+        assert_eq!(answer.into_inner().status, 1, "SERVING");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let spent = cpu_ticks(pid) - before;
+    println!(
+        "{} clients beyond a limit of {limit} descriptors: {spent} ticks of CPU in about 2 s",
+        clients.len()
+    );
+    assert!(spent < 100, "{spent} ticks: the accept loop spins");
+    assert_eq!(failed(), 1);
+    drop(clients);
+}
