@@ -8,6 +8,12 @@
 //!   Each holds up to 50 MiB of samples, so the refusal comes before the
 //!   request's body is read.
 //!
+//! - request size: every call but CreateVoiceClone (whose samples have
+//!   their own limits) carries at most [`MAX_SMALL_REQUEST_BYTES`] of
+//!   request body; the call ends with OUT_OF_RANGE as soon as more arrives,
+//!   before the rest is buffered (every field of those requests is far
+//!   smaller: names, labels, ids).
+//!
 //! A refused call did nothing. Refusals are counted in
 //! `voicehub_limit_refusals_total{limit}`, calls in progress in
 //! `voicehub_rpcs_in_flight` and `voicehub_uploads_in_flight`.
@@ -20,7 +26,9 @@ use std::{
     time::Duration,
 };
 
+use bytes::Bytes;
 use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
 use prometheus_client::metrics::{counter::Counter, gauge::Gauge};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::{Code, Status};
@@ -36,6 +44,92 @@ const CREATE: &str = "/voicehub.v1.VoiceService/CreateVoiceClone";
 
 /// The health service's paths.
 const HEALTH: &str = "/grpc.health.v1.Health/";
+
+/// The most request body a call other than CreateVoiceClone may send.
+pub(crate) const MAX_SMALL_REQUEST_BYTES: usize = 64 * 1024;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+pin_project_lite::pin_project! {
+    /// A request body that fails with OUT_OF_RANGE once it has carried more
+    /// than its limit, or as soon as its message's gRPC header declares more
+    /// (tonic reserves a buffer of the declared length when it reads the
+    /// header): tonic reports a `Status` found in a body error as it is.
+    struct Capped<B> {
+        #[pin]
+        inner: B,
+        left: usize,
+        // The first message's 5-byte header (flag, length), as it arrives.
+        header: [u8; 5],
+        header_seen: usize,
+    }
+}
+
+impl<B> Capped<B> {
+    fn new(inner: B) -> Self {
+        Capped {
+            inner,
+            left: MAX_SMALL_REQUEST_BYTES,
+            header: [0; 5],
+            header_seen: 0,
+        }
+    }
+}
+
+fn too_large() -> BoxError {
+    Box::new(Status::out_of_range(format!(
+        "the request is larger than this method accepts ({MAX_SMALL_REQUEST_BYTES} bytes)"
+    )))
+}
+
+impl<B> Body for Capped<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        let frame = match std::task::ready!(this.inner.poll_frame(cx)) {
+            Some(Ok(frame)) => frame,
+            Some(Err(e)) => return Poll::Ready(Some(Err(e.into()))),
+            None => return Poll::Ready(None),
+        };
+        if let Some(data) = frame.data_ref() {
+            if *this.header_seen < this.header.len() {
+                let take = (this.header.len() - *this.header_seen).min(data.len());
+                this.header[*this.header_seen..*this.header_seen + take]
+                    .copy_from_slice(&data[..take]);
+                *this.header_seen += take;
+                if *this.header_seen == this.header.len() {
+                    let [_, a, b, c, d] = *this.header;
+                    let declared = u32::from_be_bytes([a, b, c, d]) as usize;
+                    if declared > MAX_SMALL_REQUEST_BYTES - this.header.len() {
+                        return Poll::Ready(Some(Err(too_large())));
+                    }
+                }
+            }
+            let Some(left) = this.left.checked_sub(data.len()) else {
+                return Poll::Ready(Some(Err(too_large())));
+            };
+            *this.left = left;
+        }
+        Poll::Ready(Some(Ok(frame)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
 
 /// When a refused caller may try again: calls here last milliseconds to a
 /// minute, so a second is a fair first backoff.
@@ -148,7 +242,9 @@ pub(crate) struct Limit<S> {
 
 impl<S, ReqBody> Service<Request<ReqBody>> for Limit<S>
 where
-    S: Service<Request<ReqBody>, Response = Response<tonic::body::Body>>,
+    S: Service<Request<tonic::body::Body>, Response = Response<tonic::body::Body>>,
+    ReqBody: Body<Data = Bytes> + Send + 'static,
+    ReqBody::Error: Into<BoxError>,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
 {
@@ -178,6 +274,11 @@ where
                 Err(status) => return Box::pin(std::future::ready(Ok(status.into_http()))),
             }
         }
+        let request = if path == CREATE {
+            request.map(tonic::body::Body::new)
+        } else {
+            request.map(|inner| tonic::body::Body::new(Capped::new(inner)))
+        };
         let response = self.inner.call(request);
         Box::pin(async move {
             let response = response.await;

@@ -123,7 +123,9 @@ async fn creates_beyond_the_hourly_rate_are_refused_with_when_to_retry(backend: 
 
 on_both_backends!(
     watch_streams_are_bounded_per_user_and_in_all,
-    creates_beyond_the_hourly_rate_are_refused_with_when_to_retry
+    creates_beyond_the_hourly_rate_are_refused_with_when_to_retry,
+    requests_other_than_uploads_are_capped_at_64_kib,
+    a_held_body_declaring_a_large_message_is_refused_at_once,
 );
 
 #[tokio::test]
@@ -248,4 +250,95 @@ async fn a_unary_call_beyond_the_limit_is_refused_but_health_and_streams_are_not
         })
         .await;
     assert!(got.is_ok(), "{got:?}");
+}
+
+async fn requests_other_than_uploads_are_capped_at_64_kib(backend: Backend) {
+    let app = spawn_app_with(backend, |_| {}).await;
+    let mut client = app.client(Uuid::new_v4());
+    let voice = create_voice(&mut client, "Small").await;
+    let big = "d".repeat(1024 * 1024);
+    let update = |description: String| pb::UpdateVoiceRequest {
+        voice: Some(pb::Voice {
+            description,
+            ..voice.clone()
+        }),
+        update_mask: Some(prost_types::FieldMask {
+            paths: vec!["description".into()],
+        }),
+    };
+    let refused = client.update_voice(update(big.clone())).await.unwrap_err();
+    println!("1 MiB UpdateVoice: {refused:?}");
+    assert_eq!(refused.code(), Code::OutOfRange, "{refused:?}");
+    assert!(
+        refused
+            .message()
+            .contains("larger than this method accepts"),
+        "{refused:?}"
+    );
+    let refused = client
+        .get_voice(GetVoiceRequest { voice_id: big })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::OutOfRange, "{refused:?}");
+    // Nothing changed; a request of a normal size still goes through on the
+    // same connection.
+    let stored = client
+        .get_voice(GetVoiceRequest {
+            voice_id: voice.voice_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stored.revision, voice.revision);
+    let updated = client
+        .update_voice(update("a fine description".into()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(updated.revision, voice.revision + 1);
+}
+
+/// A raw HTTP/2 client sends the headers of an UpdateVoice and a gRPC
+/// message header declaring 50 MiB, then holds the rest: the server answers
+/// OUT_OF_RANGE at once, before any of it arrives (and before reserving a
+/// buffer of the declared size).
+async fn a_held_body_declaring_a_large_message_is_refused_at_once(backend: Backend) {
+    let app = spawn_app_with(backend, |_| {}).await;
+    let tcp = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+    let token = app
+        .auth
+        .mint(Uuid::new_v4(), Duration::from_mins(5))
+        .unwrap();
+    let request = http::Request::post(format!(
+        "http://{}/voicehub.v1.VoiceService/UpdateVoice",
+        app.addr
+    ))
+    .header("content-type", "application/grpc")
+    .header("te", "trailers")
+    .header("authorization", format!("Bearer {token}"))
+    .body(())
+    .unwrap();
+    let (response, mut body) = client.send_request(request, false).unwrap();
+    let mut declared = vec![0_u8];
+    declared.extend_from_slice(&(50_u32 << 20).to_be_bytes());
+    declared.extend_from_slice(b"only a little of it");
+    body.send_data(declared.into(), false).unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(5), response)
+        .await
+        .expect("answered without waiting for the body")
+        .unwrap();
+    let (parts, mut answer) = response.into_parts();
+    // A refusal before any message: the status may come as headers alone
+    // (trailers-only) or as trailers.
+    let status = if let Some(status) = parts.headers.get("grpc-status") {
+        status.clone()
+    } else {
+        while answer.data().await.is_some() {}
+        answer.trailers().await.unwrap().unwrap()["grpc-status"].clone()
+    };
+    assert_eq!(status, (Code::OutOfRange as i32).to_string().as_str());
+    drop(body);
 }
