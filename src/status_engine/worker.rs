@@ -748,7 +748,7 @@ impl Worker {
                 provider_labels: Some(labels).filter(|l| !l.is_empty()),
             }),
             Ok(Verdict::Failed(reason)) => Decision::Settle(Settlement::Fail(reason)),
-            Err(ProviderError::NotFound) => self.retry_later(voice),
+            // A not-found answer never reaches here: `judge` confirms it.
             Err(e) => {
                 tracing::warn!(voice_id = %voice.id, error = %e, "status check failed; will retry");
                 self.retry_later(voice)

@@ -104,6 +104,25 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
     }
 }
 
+/// Reads the voices `ids` every 50 ms until none is PROCESSING or `within`
+/// has passed; returns them as last read (the caller asserts).
+async fn until_settled(client: &mut Client, ids: &[String], within: Duration) -> Vec<pb::Voice> {
+    let until = Instant::now() + within;
+    loop {
+        let mut voices = Vec::with_capacity(ids.len());
+        for id in ids {
+            voices.push(get_voice(client, id).await);
+        }
+        let settled = voices
+            .iter()
+            .all(|v| v.status() != pb::VoiceStatus::Processing);
+        if settled || Instant::now() >= until {
+            return voices;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn spared(app: &TestApp, why: &str) -> u64 {
     app.metric(&format!("voicehub_sweep_spared_total{{what=\"{why}\"}}"))
 }
@@ -381,16 +400,19 @@ async fn a_create_whose_provider_call_times_out_completes_as_soon_as_the_voice_i
         reserved.provider_voice_id.is_empty(),
         "the outcome is unknown"
     );
-    let mut done = None;
-    for _ in 0..300 {
-        let voice = get_voice(&mut client, &reserved.voice_id).await;
-        if voice.status() != pb::VoiceStatus::Processing {
-            done = Some(voice);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let done = done.expect("settled within 15 s");
+    let [done] = until_settled(
+        &mut client,
+        std::slice::from_ref(&reserved.voice_id),
+        Duration::from_secs(15),
+    )
+    .await
+    .try_into()
+    .unwrap();
+    assert_ne!(
+        done.status(),
+        pb::VoiceStatus::Processing,
+        "settled within 15 s"
+    );
     let took = started.elapsed();
     println!("COMPLETED {took:?} after the create (adopt_after: 3 min)");
     assert_eq!(done.status(), pb::VoiceStatus::Completed);
@@ -663,17 +685,11 @@ async fn creates_queued_behind_one_provider_slot_are_never_failed_by_another_rep
         ids.push(voice.voice_id);
     }
     // The other replica's engine completes them.
-    let mut statuses = Vec::new();
-    for _ in 0..200 {
-        statuses.clear();
-        for id in &ids {
-            statuses.push(get_voice(&mut client, id).await.status());
-        }
-        if statuses.iter().all(|s| *s != pb::VoiceStatus::Processing) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let statuses: Vec<pb::VoiceStatus> = until_settled(&mut client, &ids, Duration::from_secs(10))
+        .await
+        .iter()
+        .map(pb::Voice::status)
+        .collect();
     println!(
         "after five queued creates: {statuses:?}, {} add requests, {} deletes",
         fake.calls(Route::Add),
