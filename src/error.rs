@@ -43,6 +43,15 @@ pub enum Error {
     /// A concurrent change got in the way; retrying is safe.
     #[error("{0}")]
     Aborted(&'static str),
+    /// A part of this server cannot serve now; retrying, here or on
+    /// another replica, may work. `detail` is logged, never sent.
+    #[error("{what} is unavailable: {detail}")]
+    Unavailable {
+        /// What cannot serve, for the caller: "the audio check".
+        what: &'static str,
+        /// Why, for the log.
+        detail: String,
+    },
     /// The voice provider failed or refused.
     #[error(transparent)]
     Provider(#[from] ProviderError),
@@ -145,6 +154,10 @@ impl From<Error> for Status {
                 )
             }
             Error::Aborted(why) => Status::aborted(why),
+            Error::Unavailable { what, detail } => {
+                tracing::error!(%what, %detail, "cannot serve a call");
+                Status::unavailable(format!("{what} is unavailable, try again later"))
+            }
             Error::Provider(e) => provider_status(e),
             Error::NotFound(what) => Status::not_found(format!("{what} not found")),
             Error::Unauthenticated(why) => {

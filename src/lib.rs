@@ -6,11 +6,12 @@
 //! Layers: each module imports only modules listed after it here, so no
 //! module imports one that imports it back (`tests/api/layering.rs` checks):
 //! `server`, `config`, `health`, `grpc`, `auth`, `write_path`,
-//! `status_engine`, `events`, `error`, `pb`, `provider`, `store`, `quota`,
+//! `status_engine`, `events`, `error`, `audio`, `pb`, `provider`, `store`, `quota`,
 //! `redis`, `metrics`, `telemetry`, `allocator`. `config` turns flags into each component's own
 //! settings type and builds the provider; only `main.rs` and `server` import it.
 
 mod allocator;
+pub mod audio;
 pub mod auth;
 pub mod config;
 pub mod error;

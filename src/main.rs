@@ -1,4 +1,5 @@
-//! The `voicehub` command: `serve`, `migrate`, `token`. Parses the command
+//! The `voicehub` command: `serve`, `migrate`, `token` (and `check-audio`,
+//! which `serve` runs as its child). Parses the command
 //! line, installs logging, and runs the library's [`Application`].
 
 use std::process::ExitCode;
@@ -13,11 +14,21 @@ use voicehub::{
     telemetry,
 };
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse_naming_variables();
+    if let Command::CheckAudio = cli.command {
+        // A child of `serve`: no runtime, no threads, no logging.
+        return voicehub::audio::child::main();
+    }
     telemetry::init(cli.log_format);
-    match run(cli.command).await {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the async runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "voicehub failed");
@@ -52,6 +63,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             println!("{}", Authenticator::new(&auth).mint(args.user, args.ttl)?);
             Ok(())
         }
+        Command::CheckAudio => unreachable!("handled before the runtime starts"),
     }
 }
 

@@ -111,6 +111,21 @@ pub(crate) struct LimitLabel {
     pub(crate) limit: &'static str,
 }
 
+/// The label of `voicehub_audio_checks_total`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub(crate) struct AudioCheckLabel {
+    /// `accepted` (every sample is audio), `refused` (one is not, or broke
+    /// a bound), `failed` (the check could not run).
+    pub(crate) outcome: &'static str,
+}
+
+/// The label of `voicehub_audio_bounds_broken_total`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub(crate) struct AudioBoundLabel {
+    /// `memory`, `cpu`, `stack`, `wall`, or `crash` (the parser died otherwise).
+    pub(crate) bound: &'static str,
+}
+
 /// The label of `voicehub_db_connections`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub(crate) struct PoolLabel {
@@ -212,6 +227,10 @@ pub struct Metrics {
     pub(crate) voices_vanished: Counter,
     /// Connections the listener failed to accept (EMFILE and the like).
     pub(crate) accept_errors: Counter,
+    /// CreateVoiceClone audio checks, by outcome.
+    pub(crate) audio_checks: Family<AudioCheckLabel, Counter>,
+    /// Audio checks whose child process broke a bound, by bound.
+    pub(crate) audio_bounds_broken: Family<AudioBoundLabel, Counter>,
 }
 
 impl Metrics {
@@ -251,6 +270,8 @@ impl Metrics {
             sweep_over_budget: Counter::default(),
             voices_vanished: Counter::default(),
             accept_errors: Counter::default(),
+            audio_checks: Family::default(),
+            audio_bounds_broken: Family::default(),
         };
         let m = &metrics;
         let r = &mut registry;
@@ -400,6 +421,16 @@ impl Metrics {
             "accept_errors",
             "Connections the gRPC listener failed to accept (out of file descriptors, ...); accepts pause after each",
             m.accept_errors.clone(),
+        );
+        r.register(
+            "audio_checks",
+            "CreateVoiceClone audio checks (each in a bounded child process), by outcome",
+            m.audio_checks.clone(),
+        );
+        r.register(
+            "audio_bounds_broken",
+            "Audio checks whose child broke a bound (memory, cpu, stack, wall) or crashed; the sample was refused",
+            m.audio_bounds_broken.clone(),
         );
         Metrics {
             registry: Arc::new(registry),

@@ -24,7 +24,7 @@ use tonic::transport::{Identity, Server, ServerTlsConfig, server::TcpIncoming};
 use tonic_health::ServingStatus;
 
 use crate::{
-    allocator,
+    allocator, audio,
     auth::Authenticator,
     config::{self, Config},
     events::{self, DynBus, LocalBus, RedisBus, Relay},
@@ -69,6 +69,7 @@ pub struct Application {
     store: Store,
     auth: Authenticator,
     writes: WritePath,
+    audio: Arc<audio::Checker>,
     worker: Worker,
     sweeper: Sweeper,
     relay: Arc<Relay>,
@@ -137,6 +138,14 @@ impl Application {
             create_quota(&config, redis.as_ref(), &metrics),
         );
 
+        let audio = Arc::new(audio::Checker::new(config.audio_check.clone(), &metrics));
+        audio.self_test().await.with_context(|| {
+            format!(
+                "the audio checker ({} check-audio) does not run",
+                config.audio_check.program.display()
+            )
+        })?;
+
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("binding {} (VOICEHUB_LISTEN)", config.listen))?;
@@ -169,6 +178,7 @@ impl Application {
             store,
             auth: Authenticator::new(&config.auth),
             writes,
+            audio,
             worker,
             sweeper,
             relay,
@@ -235,6 +245,7 @@ impl Application {
             store,
             auth,
             writes,
+            audio,
             worker,
             sweeper,
             relay,
@@ -285,6 +296,7 @@ impl Application {
         let api = VoiceApi::new(
             store.clone(),
             writes,
+            audio,
             bus.hub().clone(),
             watches,
             shutdown.clone(),

@@ -29,6 +29,7 @@ pub use auth::{AuthArgs, DEV_SECRET_FILE};
 pub use provider::{ProviderArgs, ProviderConfig, ProviderKind};
 
 use crate::{
+    audio,
     auth::AuthConfig,
     status_engine::{self, SyncConfig},
     store::DatabaseConfig,
@@ -107,6 +108,17 @@ fn variable_of(command: &clap::Command, long: &str) -> Option<String> {
         })
 }
 
+/// This process's executable, for running it again as a child. On Linux,
+/// `/proc/self/exe` names the very file this process runs even after an
+/// upgrade replaced or removed it on disk, so parent and child always match.
+fn own_executable() -> anyhow::Result<std::path::PathBuf> {
+    if cfg!(target_os = "linux") {
+        return Ok("/proc/self/exe".into());
+    }
+    std::env::current_exe()
+        .map_err(|e| anyhow::anyhow!("cannot find voicehub's own executable: {e}"))
+}
+
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -116,6 +128,10 @@ pub enum Command {
     Migrate(DatabaseArgs),
     /// Print a user token signed with the configured secret, for grpcurl and tests.
     Token(TokenArgs),
+    /// Check audio samples framed on standard input: run by `serve` as its
+    /// own bounded child process, not by hand.
+    #[command(name = "check-audio", hide = true)]
+    CheckAudio,
 }
 
 /// The flags of `voicehub serve`.
@@ -363,6 +379,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// The voice provider.
     pub provider: ProviderConfig,
+    /// How uploaded samples are parsed: in a bounded child process.
+    pub audio_check: audio::CheckerConfig,
 }
 
 impl ServeArgs {
@@ -464,6 +482,10 @@ impl ServeArgs {
             database: self.database.into_config()?,
             auth,
             provider,
+            audio_check: audio::CheckerConfig {
+                program: own_executable()?,
+                wall: audio::WALL_BOUND,
+            },
         })
     }
 }

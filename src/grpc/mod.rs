@@ -6,7 +6,6 @@
 //! read or one write-path operation, and converts the answer. Every failure
 //! is an [`Error`] turned into a `Status` in one place (`error.rs`).
 
-mod audio;
 mod limits;
 mod methods;
 mod observe;
@@ -25,6 +24,7 @@ pub(crate) use validate::MAX_REQUEST_BYTES;
 pub(crate) use watch::Watches;
 
 use crate::{
+    audio,
     auth::{Authenticator, ValidUntil, caller},
     error::Error,
     events::Hub,
@@ -38,6 +38,8 @@ use crate::{
 pub(crate) struct VoiceApi {
     store: Store,
     writes: WritePath,
+    /// Parses uploaded samples, out of this process.
+    audio: Arc<audio::Checker>,
     hub: Arc<Hub>,
     /// The open watch streams and their limits.
     watches: Arc<Watches>,
@@ -56,6 +58,7 @@ impl VoiceApi {
     pub(crate) fn new(
         store: Store,
         writes: WritePath,
+        audio: Arc<audio::Checker>,
         hub: Arc<Hub>,
         watches: Arc<Watches>,
         shutdown: CancellationToken,
@@ -63,6 +66,7 @@ impl VoiceApi {
         VoiceApi {
             store,
             writes,
+            audio,
             hub,
             watches,
             shutdown,
@@ -82,13 +86,8 @@ impl VoiceApi {
         request: Request<pb::CreateVoiceCloneRequest>,
     ) -> Result<pb::Voice, Error> {
         let user = caller(&request)?;
-        // Parsing up to 50 MiB of audio is CPU work: off the async workers.
-        let inner = request.into_inner();
-        let new = match tokio::task::spawn_blocking(move || validate::create_request(inner)).await {
-            Ok(new) => new?,
-            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            Err(_) => return Err(Error::Aborted("the server is shutting down")),
-        };
+        let (new, samples) = validate::create_request(request.into_inner())?;
+        validate::audio_verdicts(&samples, self.audio.check(&samples).await)?;
         Ok(self.writes.create(user.0, new).await?.into())
     }
 

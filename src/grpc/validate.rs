@@ -6,7 +6,9 @@
 //!
 //! - CreateVoiceClone → [`NewVoice`]: name, description, language (BCP-47),
 //!   gender, labels, visibility, request_id, and every sample (size, file
-//!   name, content type agreeing with the data's format).
+//!   name, content type agreeing with the data's format); then, once the
+//!   audio check has parsed them, [`audio_verdicts`] (each is audio and
+//!   lasts long enough).
 //! - UpdateVoice → id and [`VoicePatch`]: `update_mask` paths and the fields
 //!   they name, with the same limits as on create.
 //! - GetVoice, DeleteVoice → `voice_id`, a UUID.
@@ -23,11 +25,9 @@ use std::collections::{BTreeMap, HashMap};
 use unicode_segmentation::UnicodeSegmentation;
 use uuid::Uuid;
 
-use super::{
-    audio::{self, Format, MIN_SAMPLE_DURATION},
-    page_token::Listing,
-};
+use super::page_token::Listing;
 use crate::{
+    audio::{self, CheckError, Format, MIN_SAMPLE_DURATION},
     error::Error,
     pb,
     provider::{AudioFile, RESERVED_LABELS},
@@ -162,7 +162,12 @@ pub(crate) fn watch_request(request: pb::WatchVoiceStatusRequest) -> Result<Vec<
 
 /// # Errors
 /// INVALID_ARGUMENT naming the first bad field.
-pub(crate) fn create_request(request: pb::CreateVoiceCloneRequest) -> Result<NewVoice, Error> {
+/// Everything but whether the samples are audio: that needs their parse,
+/// in a bounded child process ([`audio::Checker`]), judged by
+/// [`audio_verdicts`].
+pub(crate) fn create_request(
+    request: pb::CreateVoiceCloneRequest,
+) -> Result<(NewVoice, Vec<audio::Sample>), Error> {
     let pb::CreateVoiceCloneRequest {
         name,
         description,
@@ -174,7 +179,8 @@ pub(crate) fn create_request(request: pb::CreateVoiceCloneRequest) -> Result<New
         request_id,
         remove_background_noise,
     } = request;
-    Ok(NewVoice {
+    let (samples, to_check) = self::samples(samples)?;
+    let new = NewVoice {
         name: self::name("name", &name)?,
         description: self::description("description", &description)?,
         language: self::language(&language)?,
@@ -191,9 +197,46 @@ pub(crate) fn create_request(request: pb::CreateVoiceCloneRequest) -> Result<New
             }
         },
         request_id: self::request_id(&request_id)?,
-        samples: self::samples(samples)?,
+        samples,
         remove_background_noise,
-    })
+    };
+    Ok((new, to_check))
+}
+
+/// The audio check's answer for `samples`, as the caller should hear it.
+///
+/// # Errors
+/// INVALID_ARGUMENT naming `samples[i].data` for a sample that is not audio,
+/// broke a bound of the check, or is too short; UNAVAILABLE if the check
+/// could not run.
+pub(crate) fn audio_verdicts(
+    samples: &[audio::Sample],
+    verdicts: Result<Vec<std::time::Duration>, CheckError>,
+) -> Result<(), Error> {
+    let field = |i: usize| format!("samples[{i}].data");
+    let durations = verdicts.map_err(|e| match e {
+        CheckError::Refused { index, why } => Error::invalid(
+            field(index),
+            format!("is not {} audio: {why}", samples[index].format.name()),
+        ),
+        CheckError::Failed(detail) => Error::Unavailable {
+            what: "the audio check",
+            detail,
+        },
+    })?;
+    for (i, duration) in durations.into_iter().enumerate() {
+        if duration < MIN_SAMPLE_DURATION {
+            return Err(Error::invalid(
+                field(i),
+                format!(
+                    "holds {:.2} s of audio; a sample needs at least {} s",
+                    duration.as_secs_f64(),
+                    MIN_SAMPLE_DURATION.as_secs()
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The update paths UpdateVoice accepts.
@@ -459,7 +502,8 @@ fn request_id(value: &str) -> Result<Option<String>, Error> {
     Ok(Some(value.to_owned()))
 }
 
-fn samples(samples: Vec<pb::AudioSample>) -> Result<Vec<AudioFile>, Error> {
+/// The samples as sent on to the provider, and as handed to the check.
+fn samples(samples: Vec<pb::AudioSample>) -> Result<(Vec<AudioFile>, Vec<audio::Sample>), Error> {
     if samples.is_empty() || samples.len() > MAX_SAMPLES {
         return Err(Error::invalid(
             "samples",
@@ -506,27 +550,22 @@ fn samples(samples: Vec<pb::AudioSample>) -> Result<Vec<AudioFile>, Error> {
                     format!("says {} but the data is {}", declared.name(), detected.name()),
                 ));
             }
-            let duration = audio::probe(declared, data.clone()).map_err(|why| {
-                Error::invalid(field("data"), format!("is not {} audio: {why}", declared.name()))
-            })?;
-            if duration < MIN_SAMPLE_DURATION {
-                return Err(Error::invalid(
-                    field("data"),
-                    format!(
-                        "holds {:.2} s of audio; a sample needs at least {} s",
-                        duration.as_secs_f64(),
-                        MIN_SAMPLE_DURATION.as_secs()
-                    ),
-                ));
-            }
-            tracing::debug!(sample = i, filename, format = declared.name(), ?duration, "sample parsed");
-            Ok(AudioFile {
-                filename,
-                content_type: declared.canonical_content_type().to_owned(),
-                data,
-            })
+            tracing::debug!(sample = i, filename, format = declared.name(), "sample recognised");
+            let check = audio::Sample {
+                format: declared,
+                data: data.clone(),
+            };
+            Ok((
+                AudioFile {
+                    filename,
+                    content_type: declared.canonical_content_type().to_owned(),
+                    data,
+                },
+                check,
+            ))
         })
-        .collect()
+        .collect::<Result<Vec<_>, Error>>()
+        .map(|pairs| pairs.into_iter().unzip())
 }
 
 #[cfg(test)]

@@ -217,6 +217,11 @@ pub(crate) fn test_config(backend: Backend, db: &TestDatabase) -> Config {
         provider: ProviderConfig::Simulated {
             ready_after: Duration::from_secs(1),
         },
+        // The test binary is not voicehub: check audio with the built one.
+        audio_check: voicehub::audio::CheckerConfig {
+            program: BIN.into(),
+            wall: voicehub::audio::WALL_BOUND,
+        },
     }
 }
 

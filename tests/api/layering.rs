@@ -4,7 +4,7 @@
 use std::{collections::BTreeSet, fs, path::Path};
 
 /// The layer order, top first, as `src/lib.rs` documents it.
-const LAYERS: [&str; 17] = [
+const LAYERS: [&str; 18] = [
     "server",
     "config",
     "health",
@@ -14,6 +14,7 @@ const LAYERS: [&str; 17] = [
     "status_engine",
     "events",
     "error",
+    "audio",
     "pb",
     "provider",
     "store",

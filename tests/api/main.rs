@@ -19,6 +19,7 @@ mod faults;
 mod get_voice;
 mod grpcurl;
 mod health;
+mod hostile_audio;
 mod layering;
 mod limits;
 mod list_user_voices;

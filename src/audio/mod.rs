@@ -1,10 +1,22 @@
-//! Audio formats accepted as voice samples, recognised both by declared
-//! content type and by the data's magic bytes (via `infer`), so a sample
-//! whose bytes and label disagree is refused before it reaches the provider;
-//! then parsed ([`probe`], symphonia): its container must open, hold an
-//! audio track, and its first packets decode, and it must last at least
-//! [`MIN_SAMPLE_DURATION`]. A signature followed by anything else (a bare
-//! `RIFF....WAVE`, `ID3` or `OggS` with text after it) is refused.
+//! Voice samples: what format they are, and whether they are audio.
+//!
+//! Role: a sample's format is recognised both by its declared content type
+//! and by its magic bytes (via `infer`), so a sample whose bytes and label
+//! disagree is refused before it reaches the provider ([`Format`]). Then it
+//! is parsed (symphonia): its container must open, hold an audio track, and
+//! its first packets decode; its duration is returned. A signature followed
+//! by anything else (a bare `RIFF....WAVE`, `ID3` or `OggS` with text after
+//! it) is refused.
+//!
+//! Guarantee: the serving process never parses uploaded audio. A container
+//! header may declare terabytes (a WebM element, an MP4 sample table), and a
+//! parser that believes it makes the allocator abort the process. So
+//! [`Checker`] parses every sample in a child process (`voicehub
+//! check-audio`, [`child`]) under hard bounds: [`MEMORY_BOUND`] of memory
+//! beyond the samples themselves, [`CPU_BOUND`] of CPU time, a wall time
+//! ([`WALL_BOUND`] by default), no core file, an empty environment, and at most one child
+//! per CPU at a time. A sample that breaks a bound is refused, naming it; the
+//! server, and every other call, carry on.
 
 use std::{io::Cursor, time::Duration};
 
@@ -19,14 +31,22 @@ use symphonia::core::{
     units::TimeBase,
 };
 
+mod check;
+pub mod child;
+
+pub use check::{CPU_BOUND, CheckerConfig, MEMORY_BOUND, WALL_BOUND};
+pub(crate) use check::{CheckError, Checker, Sample};
+
 /// The shortest sample accepted: less than a second of speech carries no
 /// voice worth cloning.
-pub(crate) const MIN_SAMPLE_DURATION: Duration = Duration::from_secs(1);
+pub const MIN_SAMPLE_DURATION: Duration = Duration::from_secs(1);
 
 /// Packets decoded to show that a sample is audio and not just a header.
 const PACKETS_DECODED: usize = 4;
 
+/// An accepted audio format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
 pub(crate) enum Format {
     Wav,
     Mp3,
@@ -82,6 +102,25 @@ impl Format {
         }
     }
 
+    /// The byte that stands for this format between a server and its checker.
+    pub(crate) fn code(self) -> u8 {
+        self as u8
+    }
+
+    /// The format `code` stands for.
+    pub(crate) fn from_code(code: u8) -> Option<Self> {
+        [
+            Format::Wav,
+            Format::Mp3,
+            Format::Ogg,
+            Format::Flac,
+            Format::Mp4,
+            Format::WebM,
+        ]
+        .into_iter()
+        .find(|f| f.code() == code)
+    }
+
     /// The file extension symphonia is hinted with.
     fn extension(self) -> &'static str {
         match self {
@@ -113,7 +152,7 @@ impl Format {
 ///
 /// # Errors
 /// What made it not audio, in words for the caller.
-pub(crate) fn probe(format: Format, data: Bytes) -> Result<Duration, String> {
+fn probe(format: Format, data: Bytes) -> Result<Duration, String> {
     let source = MediaSourceStream::new(
         Box::new(Cursor::new(data)),
         MediaSourceStreamOptions::default(),
