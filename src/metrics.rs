@@ -207,6 +207,8 @@ pub struct Metrics {
     pub(crate) outbox_backlog: Gauge,
     /// Times every watch stream was asked to re-read its voices from storage.
     pub(crate) watch_resyncs: Counter,
+    /// Changes a watch stream's periodic recheck found that no event delivered.
+    pub(crate) watch_recheck_catches: Counter,
     /// Calls refused at a limit, by limit.
     pub(crate) limit_refusals: Family<LimitLabel, Counter>,
     /// Unary calls in progress.
@@ -260,6 +262,7 @@ impl Metrics {
             events_coalesced: Counter::default(),
             outbox_backlog: Gauge::default(),
             watch_resyncs: Counter::default(),
+            watch_recheck_catches: Counter::default(),
             limit_refusals: Family::default(),
             rpcs_in_flight: Gauge::default(),
             uploads_in_flight: Gauge::default(),
@@ -371,6 +374,11 @@ impl Metrics {
             "watch_resyncs",
             "Times the watch streams re-read their voices from storage after the event reader was away",
             m.watch_resyncs.clone(),
+        );
+        r.register(
+            "watch_recheck_catches",
+            "Changes a watch stream's periodic recheck of its processing voices found that no event had delivered (a lost event)",
+            m.watch_recheck_catches.clone(),
         );
         r.register(
             "limit_refusals",

@@ -79,6 +79,8 @@ pub struct Application {
     metrics: Metrics,
     health_interval: Duration,
     limits: config::Limits,
+    /// The open watch streams, their limits and their rechecks.
+    watches: Arc<Watches>,
     /// How long a shutdown waits for calls in progress.
     grace: Duration,
     /// TLS for the gRPC listener, when configured.
@@ -138,13 +140,13 @@ impl Application {
             create_quota(&config, redis.as_ref(), &metrics),
         );
 
-        let audio = Arc::new(audio::Checker::new(config.audio_check.clone(), &metrics));
-        audio.self_test().await.with_context(|| {
-            format!(
-                "the audio checker ({} check-audio) does not run",
-                config.audio_check.program.display()
-            )
-        })?;
+        let audio = audio_checker(&config.audio_check, &metrics).await?;
+
+        let watches = Watches::new(
+            (config.limits.watches_per_user, config.limits.watches),
+            config.watch_recheck,
+            &metrics,
+        );
 
         let listener = TcpListener::bind(config.listen)
             .await
@@ -188,6 +190,7 @@ impl Application {
             metrics,
             health_interval: config.health_interval,
             limits: config.limits,
+            watches,
             grace: config.shutdown_grace,
             tls,
         })
@@ -255,6 +258,7 @@ impl Application {
             metrics,
             health_interval,
             limits,
+            watches,
             grace,
             tls,
         } = self;
@@ -292,7 +296,6 @@ impl Application {
             parts.spawn_readers(&tasks, &shutdown);
         }
 
-        let watches = Watches::new(limits.watches_per_user, limits.watches, &metrics);
         let api = VoiceApi::new(
             store.clone(),
             writes,
@@ -370,6 +373,22 @@ fn warn_about_tokens(auth: &crate::auth::AuthConfig) {
 
 /// Storage, migrated (unless disabled), and this installation's id read
 /// from it, logged and shown as a metric.
+/// The audio checker, proven to run: a broken one is found at start-up,
+/// not by the first upload.
+async fn audio_checker(
+    config: &audio::CheckerConfig,
+    metrics: &Metrics,
+) -> anyhow::Result<Arc<audio::Checker>> {
+    let checker = audio::Checker::new(config.clone(), metrics);
+    checker.self_test().await.with_context(|| {
+        format!(
+            "the audio checker ({} check-audio) does not run",
+            config.program.display()
+        )
+    })?;
+    Ok(Arc::new(checker))
+}
+
 async fn open_store(config: &Config, metrics: &Metrics) -> anyhow::Result<(Store, uuid::Uuid)> {
     let store = Store::connect(&config.database, metrics, events::encode_stored)
         .await

@@ -180,6 +180,11 @@ pub struct ServeArgs {
     /// Most open watch streams on this replica (0: no limit).
     #[arg(long, env = "VOICEHUB_MAX_WATCHES", default_value_t = Limits::DEFAULT.watches)]
     pub max_watches: usize,
+    /// How often a watch stream with voices still processing re-reads them
+    /// from storage, in case an event was lost (each stream at its own
+    /// moment within the interval).
+    #[arg(long, env = "VOICEHUB_WATCH_RECHECK_INTERVAL", default_value = "1m", value_parser = humantime::parse_duration)]
+    pub watch_recheck_interval: Duration,
     /// Most voice creations per user per clock hour, across replicas (0: no limit).
     #[arg(long, env = "VOICEHUB_CREATE_LIMIT_PER_HOUR", default_value_t = Limits::DEFAULT.creates_per_hour)]
     pub create_limit_per_hour: u32,
@@ -365,6 +370,8 @@ pub struct Config {
     pub limits: Limits,
     /// How long a voice may stay PROCESSING.
     pub sync_max_age: Duration,
+    /// How often a watch stream re-reads its processing voices.
+    pub watch_recheck: Duration,
     /// Prefix of every Redis key and channel.
     pub redis_prefix: String,
     /// Longest a Redis command may take.
@@ -384,9 +391,8 @@ pub struct Config {
 }
 
 impl ServeArgs {
-    /// # Errors
-    /// A setting that is malformed or unusable, named by its variable.
-    pub fn into_config(self) -> anyhow::Result<Config> {
+    /// Settings that parse but cannot work, named by their variables.
+    fn check_ranges(&self) -> anyhow::Result<()> {
         if let Some(url) = &self.redis_url
             && !(url.starts_with("redis://") || url.starts_with("rediss://"))
         {
@@ -394,6 +400,9 @@ impl ServeArgs {
         }
         if self.health_interval.is_zero() {
             bail!("VOICEHUB_HEALTH_INTERVAL must be above zero");
+        }
+        if self.watch_recheck_interval < Duration::from_secs(1) {
+            bail!("VOICEHUB_WATCH_RECHECK_INTERVAL must be at least 1s");
         }
         if self.max_voices_per_user == 0 {
             bail!("VOICEHUB_MAX_VOICES_PER_USER must be at least 1");
@@ -413,6 +422,13 @@ impl ServeArgs {
         if self.redis_prefix.is_empty() || self.redis_prefix.contains(char::is_whitespace) {
             bail!("VOICEHUB_REDIS_PREFIX must be a non-empty word");
         }
+        Ok(())
+    }
+
+    /// # Errors
+    /// A setting that is malformed or unusable, named by its variable.
+    pub fn into_config(self) -> anyhow::Result<Config> {
+        self.check_ranges()?;
         let tls = match (&self.tls_cert, &self.tls_key) {
             (Some(cert), Some(key)) => Some(TlsFiles {
                 cert: std::fs::read(cert)
@@ -462,6 +478,7 @@ impl ServeArgs {
                 creates_per_day: self.create_limit_per_day,
             },
             sync_max_age: self.sync_max_age,
+            watch_recheck: self.watch_recheck_interval,
             redis_prefix: self.redis_prefix,
             redis_timeout: self.redis_timeout,
             sync_worker: self.sync_worker,

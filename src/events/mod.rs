@@ -32,7 +32,7 @@ mod wire;
 use std::sync::Arc;
 
 use bytes::Bytes;
-pub(crate) use hub::{Hub, Interest};
+pub(crate) use hub::{Hub, Interest, Subscription};
 pub use redis::stream_key;
 pub(crate) use redis::{READ_BLOCK, RedisBus};
 pub use relay::Relay;

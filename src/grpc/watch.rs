@@ -14,8 +14,15 @@
 //! - The stream ends with UNAUTHENTICATED when the token that opened it
 //!   expires (its `exp` plus the clock leeway): a client re-authenticates
 //!   and watches again, and the snapshot makes that lossless.
-//! - When events may have been lost (the event reader reconnected), the
-//!   stream re-reads its voices from storage and sends what changed.
+//! - When events may have been lost (the event reader reconnected, or found
+//!   entries trimmed before it read them), the stream re-reads its voices
+//!   from storage and sends what changed.
+//! - Whatever the event reader knows, a stream with voices still processing
+//!   re-reads them every `VOICEHUB_WATCH_RECHECK_INTERVAL` (its first time
+//!   at a random point within it, so streams opened together spread out): a
+//!   lost event delays a terminal state by at most that much, never for
+//!   ever. A recheck that finds a change no event brought is counted
+//!   (`voicehub_watch_recheck_catches_total`) and logged.
 //! - Open streams are bounded on each replica, per user
 //!   (`VOICEHUB_MAX_WATCHES_PER_USER`) and in all (`VOICEHUB_MAX_WATCHES`):
 //!   one more is RESOURCE_EXHAUSTED before anything is read (see [`Watches`]).
@@ -36,10 +43,10 @@ use uuid::Uuid;
 
 use crate::{
     error::Error,
-    events::{Hub, Interest, VoiceEvent},
+    events::{Hub, Interest, Subscription, VoiceEvent},
     metrics::{LimitLabel, Metrics},
     pb::{self, timestamp},
-    store::{Store, may_see},
+    store::{Store, Voice, may_see},
 };
 
 /// The stream of one WatchVoiceStatus call.
@@ -59,14 +66,22 @@ fn message(voice: pb::Voice, snapshot: bool) -> pb::VoiceStatusEvent {
 pub(crate) struct Watches {
     per_user: usize,
     total: usize,
+    /// How often a stream re-reads its processing voices.
+    recheck_every: Duration,
     open: Mutex<(usize, HashMap<Uuid, usize>)>,
     refused_per_user: Counter,
     refused_total: Counter,
+    recheck_catches: Counter,
 }
 
 impl Watches {
-    /// At most `per_user` streams of one user and `total` in all.
-    pub(crate) fn new(per_user: usize, total: usize, metrics: &Metrics) -> Arc<Self> {
+    /// At most `per_user` streams of one user and `total` in all, each
+    /// re-reading its processing voices every `recheck_every`.
+    pub(crate) fn new(
+        (per_user, total): (usize, usize),
+        recheck_every: Duration,
+        metrics: &Metrics,
+    ) -> Arc<Self> {
         let refused = |limit| {
             metrics
                 .limit_refusals
@@ -76,9 +91,11 @@ impl Watches {
         Arc::new(Watches {
             per_user,
             total,
+            recheck_every,
             open: Mutex::default(),
             refused_per_user: refused("watches_per_user"),
             refused_total: refused("watches"),
+            recheck_catches: metrics.watch_recheck_catches.clone(),
         })
     }
 
@@ -135,7 +152,16 @@ enum Next {
     ShuttingDown,
     Expired,
     Resync,
+    Recheck,
     Event(Arc<VoiceEvent>),
+}
+
+/// When a stream first rechecks: at a random point of the interval.
+fn first_recheck(every: Duration) -> Duration {
+    // A v4 UUID is 122 random bits; 16 of them pick the point.
+    let bits = Uuid::new_v4().into_bytes();
+    let fraction = f64::from(u16::from_le_bytes([bits[14], bits[15]])) / f64::from(u16::MAX);
+    every.mul_f64(fraction.max(0.01))
 }
 
 /// A state of a voice a stream may send.
@@ -190,6 +216,30 @@ async fn resync(
         .collect())
 }
 
+/// Subscribes `user` to `ids` (or all their voices), then reads what they
+/// are now: a change stored in between is in the subscription's mailbox.
+///
+/// # Errors
+/// NOT_FOUND if any id is not a voice the user may see; storage.
+async fn subscribe(
+    store: &Store,
+    hub: &Arc<Hub>,
+    user: Uuid,
+    ids: Vec<Uuid>,
+) -> Result<(Subscription, Vec<Voice>), Error> {
+    if ids.is_empty() {
+        let subscription = hub.subscribe(Interest::Owner(user));
+        return Ok((subscription, store.processing_of(user).await?));
+    }
+    let subscription = hub.subscribe(Interest::Voices(ids.clone()));
+    let mut found = store.get_visible_many(user, &ids).await?;
+    if found.len() != ids.len() {
+        return Err(Error::NotFound("voice"));
+    }
+    found.sort_by_key(|v| ids.iter().position(|id| *id == v.id));
+    Ok((subscription, found))
+}
+
 /// Opens a watch for `user` on `ids` (validated, distinct), or on all of the
 /// user's voices when `ids` is empty.
 ///
@@ -213,19 +263,9 @@ pub(super) async fn open(
             .unwrap_or(Duration::ZERO)
     });
     let explicit = !ids.is_empty();
-    let (subscription, snapshot) = if explicit {
-        let subscription = hub.subscribe(Interest::Voices(ids.clone()));
-        let mut found = store.get_visible_many(user, &ids).await?;
-        if found.len() != ids.len() {
-            return Err(Error::NotFound("voice"));
-        }
-        found.sort_by_key(|v| ids.iter().position(|id| *id == v.id));
-        (subscription, found)
-    } else {
-        let subscription = hub.subscribe(Interest::Owner(user));
-        (subscription, store.processing_of(user).await?)
-    };
+    let (subscription, snapshot) = subscribe(&store, hub, user, ids).await?;
 
+    let (recheck_every, recheck_catches) = (watches.recheck_every, watches.recheck_catches.clone());
     Ok(Box::pin(async_stream::try_stream! {
         let _slot = slot;
         let mut sent: HashMap<Uuid, i64> = HashMap::new();
@@ -243,6 +283,8 @@ pub(super) async fn open(
         let mut resyncs = subscription.resyncs();
         let expiry = tokio::time::sleep(expired);
         tokio::pin!(expiry);
+        let recheck = tokio::time::sleep(first_recheck(recheck_every));
+        tokio::pin!(recheck);
         loop {
             let next = tokio::select! {
                 biased;
@@ -250,7 +292,12 @@ pub(super) async fn open(
                 () = &mut expiry => Next::Expired,
                 () = resyncs.requested() => Next::Resync,
                 event = subscription.next() => Next::Event(event),
+                () = &mut recheck, if !open.is_empty() => Next::Recheck,
             };
+            let rechecking = matches!(next, Next::Recheck);
+            if matches!(next, Next::Recheck | Next::Resync) {
+                recheck.as_mut().reset(tokio::time::Instant::now() + recheck_every);
+            }
             let changes = match next {
                 Next::ShuttingDown => {
                     Err(Status::unavailable("the server is shutting down; reconnect to continue watching"))?;
@@ -277,13 +324,18 @@ pub(super) async fn open(
                         voice: event.voice.clone(),
                     }]
                 }
-                Next::Resync => resync(&store, user, explicit, &open)
+                Next::Resync | Next::Recheck => resync(&store, user, explicit, &open)
                     .await
                     .map_err(Status::from)?,
             };
             for change in changes {
                 if sent.get(&change.id).is_some_and(|revision| change.revision <= *revision) {
                     continue;
+                }
+                if rechecking {
+                    // No event brought this: one was lost on the way here.
+                    recheck_catches.inc();
+                    tracing::warn!(voice_id = %change.id, revision = change.revision, "a watch stream's recheck found a change no event delivered");
                 }
                 sent.insert(change.id, change.revision);
                 if change.terminal {
@@ -305,7 +357,7 @@ mod tests {
     #[test]
     fn streams_are_admitted_within_both_limits_and_leaving_frees_a_place() {
         let metrics = Metrics::new();
-        let watches = Watches::new(2, 3, &metrics);
+        let watches = Watches::new((2, 3), Duration::from_mins(1), &metrics);
         let (alice, bob) = (Uuid::new_v4(), Uuid::new_v4());
         let a1 = watches.admit(alice).unwrap();
         let _a2 = watches.admit(alice).unwrap();
@@ -323,7 +375,7 @@ mod tests {
                 .get()
         };
         assert_eq!((refused("watches_per_user"), refused("watches")), (1, 1));
-        let unlimited = Watches::new(0, 0, &metrics);
+        let unlimited = Watches::new((0, 0), Duration::from_mins(1), &metrics);
         let many: Vec<_> = (0..50).map(|_| unlimited.admit(alice).unwrap()).collect();
         drop(many);
         assert!(unlimited.open.lock().1.is_empty());

@@ -15,6 +15,7 @@ mod cli;
 mod contract;
 mod crash;
 mod create_voice_clone;
+mod event_gaps;
 mod faults;
 mod get_voice;
 mod grpcurl;

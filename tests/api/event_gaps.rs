@@ -1,0 +1,217 @@
+//! No watcher misses a terminal state for ever: a replica whose unread
+//! stream entries were trimmed notices and re-reads storage; a change that
+//! no event announces reaches a processing watch within the recheck
+//! interval; and the stream is trimmed by age, never by count.
+
+use std::time::Duration;
+
+use fred::prelude::*;
+use rustix::process::{Pid, Signal, kill_process};
+use sea_orm::{
+    ColumnTrait, EntityTrait, QueryFilter,
+    sea_query::{Expr, ExprTrait},
+};
+use secrecy::ExposeSecret;
+use tonic::{Request, transport::Endpoint};
+use uuid::Uuid;
+use voicehub::{
+    auth::Authenticator,
+    pb::{VoiceStatus, WatchVoiceStatusRequest, voice_service_client::VoiceServiceClient},
+    store::entity::voice,
+};
+
+use crate::{
+    grpcurl::serve,
+    helpers::{Backend, JWT_SECRET, TestApp, auth_config, next, redis_of, spawn_app_with, watch},
+};
+
+/// Steps `app`'s status engine until it completed `voices` voices.
+async fn complete(app: &TestApp, voices: usize) {
+    let mut completed = 0;
+    for _ in 0..100 {
+        completed += app.worker.run_once().await.unwrap().completed;
+        if completed >= voices {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{completed} of {voices} voices completed within 10 s");
+}
+
+#[tokio::test]
+async fn a_replica_paused_while_its_unread_entries_are_trimmed_still_tells_its_watcher() {
+    let a = spawn_app_with(Backend::Postgres, |_| {}).await;
+    let (redis_url, prefix) = a.redis.clone().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // Replica B, a process of its own, with the default recheck interval (a
+    // minute): what tells its watcher in time is the event reader.
+    let b = serve(
+        dir.path(),
+        &[
+            ("DATABASE_URL", a.database.url.expose_secret()),
+            ("REDIS_URL", redis_url.as_str()),
+            ("VOICEHUB_REDIS_PREFIX", prefix.as_str()),
+            ("VOICEHUB_JWT_SECRET", JWT_SECRET),
+            ("VOICEHUB_SYNC_WORKER", "false"),
+        ],
+    );
+    let user = Uuid::new_v4();
+    let voice = a.create_voice(user, "Watched across a pause").await;
+    let token = Authenticator::new(&auth_config())
+        .mint(user, Duration::from_hours(1))
+        .unwrap();
+    let channel = Endpoint::from_shared(format!("http://{}", b.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut request = Request::new(WatchVoiceStatusRequest {
+        voice_ids: vec![voice.voice_id.clone()],
+    });
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let mut stream = VoiceServiceClient::new(channel)
+        .watch_voice_status(request)
+        .await
+        .unwrap()
+        .into_inner();
+    let snapshot = next(&mut stream).await.unwrap();
+    assert_eq!(snapshot.voice.unwrap().status(), VoiceStatus::Processing);
+
+    // B stops while V completes on A and the stream loses the entry: a
+    // first entry answers B's pending read, the next is V's, then XTRIM.
+    let pid = Pid::from_raw(i32::try_from(b.child.id()).unwrap()).unwrap();
+    kill_process(pid, Signal::STOP).unwrap();
+    let (redis, _) = redis_of(&a).await;
+    let stream_key = format!("{prefix}:events");
+    let _: String = redis
+        .commands
+        .xadd(
+            &stream_key,
+            false,
+            None,
+            "*",
+            ("decoy", "answers B's pending read"),
+        )
+        .await
+        .unwrap();
+    complete(&a, 1).await;
+    a.until_published().await;
+    let trimmed: u64 = redis
+        .commands
+        .xtrim(&stream_key, ("MAXLEN", "=", 0))
+        .await
+        .unwrap();
+    assert!(
+        trimmed >= 2,
+        "the decoy and V's entry were trimmed: {trimmed}"
+    );
+    kill_process(pid, Signal::CONT).unwrap();
+
+    // The reader notices at its next read: at once if it was waiting on
+    // one (the decoy answered it), else within its blocking read (5 s).
+    let event = tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "COMPLETED within 10 s of B's resumption, long before its recheck; B's logs: {}",
+                b.logs.lock().unwrap().join("\n")
+            )
+        })
+        .unwrap()
+        .expect("an event");
+    assert_eq!(event.voice.unwrap().status(), VoiceStatus::Completed);
+    assert!(!event.snapshot);
+    let logs = b.logs.lock().unwrap().join("\n");
+    assert!(
+        logs.contains("events were trimmed from the stream before this replica read them"),
+        "B says why it re-read storage"
+    );
+}
+
+#[tokio::test]
+async fn a_change_no_event_announces_reaches_a_processing_watch_within_the_recheck_interval() {
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let app = spawn_app_with(backend, |c| c.watch_recheck = Duration::from_secs(1)).await;
+        let user = Uuid::new_v4();
+        let voice = app.create_voice(user, "Changed behind the bus").await;
+        app.until_published().await;
+        let mut stream = watch(&mut app.client(user), &[&voice.voice_id]).await;
+        assert!(next(&mut stream).await.unwrap().snapshot);
+        // A change stored without an event (an operator's fix by hand, an
+        // event lost on the way): only a reread can find it.
+        let id: Uuid = voice.voice_id.parse().unwrap();
+        let updated = voice::Entity::update_many()
+            .col_expr(voice::Column::Status, Expr::value("completed"))
+            .col_expr(
+                voice::Column::Revision,
+                Expr::col(voice::Column::Revision).add(1),
+            )
+            .filter(voice::Column::Id.eq(id))
+            .exec(&app.db)
+            .await
+            .unwrap();
+        assert_eq!(updated.rows_affected, 1);
+        let started = std::time::Instant::now();
+        let event = next(&mut stream).await.unwrap();
+        assert_eq!(
+            event.voice.unwrap().status(),
+            VoiceStatus::Completed,
+            "{backend:?}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{backend:?}: within the 1 s interval, with room for a loaded machine"
+        );
+        assert_eq!(app.metric("voicehub_watch_recheck_catches_total"), 1);
+        assert!(
+            next(&mut stream).await.is_none(),
+            "the stream ends: all terminal"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_event_stream_is_trimmed_by_age_never_by_count() {
+    let app = spawn_app_with(Backend::Postgres, |_| {}).await;
+    let (redis, prefix) = redis_of(&app).await;
+    let key = format!("{prefix}:events");
+    let now_ms = u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap();
+    // 5,000 entries an hour old, then 11,000 recent ones: more than the old
+    // count-based cap (10,000) of entries no replica may have read yet.
+    let pipeline = redis.commands.pipeline();
+    for i in 0..5_000u64 {
+        let id = format!("{}-{i}", now_ms - 3_600_000);
+        let _: () = pipeline
+            .xadd(&key, false, None, id, ("old", "x"))
+            .await
+            .unwrap();
+    }
+    for i in 0..11_000u64 {
+        let id = format!("{}-{i}", now_ms - 1_000);
+        let _: () = pipeline
+            .xadd(&key, false, None, id, ("recent", "x"))
+            .await
+            .unwrap();
+    }
+    let _: Vec<String> = pipeline.all().await.unwrap();
+    let user = Uuid::new_v4();
+    app.create_voice(user, "Published with a trim").await;
+    app.until_published().await;
+    let entries: Vec<(String, std::collections::HashMap<String, Value>)> =
+        redis.commands.xrange(&key, "-", "+", None).await.unwrap();
+    let old = entries
+        .iter()
+        .filter(|(_, f)| f.contains_key("old"))
+        .count();
+    let recent = entries
+        .iter()
+        .filter(|(_, f)| f.contains_key("recent"))
+        .count();
+    assert_eq!(recent, 11_000, "no recent entry trimmed");
+    // Approximate trimming keeps at most one macro node (100 entries) of
+    // what it could have removed.
+    assert!(old <= 100, "{old} hour-old entries kept");
+    assert_eq!(entries.len() - old - recent, 1, "the new voice's event");
+}
