@@ -5,7 +5,7 @@
 //!
 //! Layers: each module imports only modules listed after it here, so no
 //! module imports one that imports it back (`tests/api/layering.rs` checks):
-//! `server`, `config`, `health`, `grpc`, `auth`, `write_path`,
+//! `server`, `config`, `health`, `grpc`, `connections`, `auth`, `write_path`,
 //! `status_engine`, `events`, `error`, `audio`, `pb`, `provider`, `store`, `quota`,
 //! `redis`, `metrics`, `telemetry`, `allocator`. `config` turns flags into each component's own
 //! settings type and builds the provider; only `main.rs` and `server` import it.
@@ -14,6 +14,7 @@ mod allocator;
 pub mod audio;
 pub mod auth;
 pub mod config;
+pub mod connections;
 pub mod error;
 pub mod events;
 mod grpc;

@@ -229,6 +229,10 @@ pub struct Metrics {
     pub(crate) voices_vanished: Counter,
     /// Connections the listener failed to accept (EMFILE and the like).
     pub(crate) accept_errors: Counter,
+    /// Connections closed at once: the replica had its most open.
+    pub(crate) connections_refused: Counter,
+    /// Connections open on the gRPC listener.
+    pub(crate) connections_open: Gauge,
     /// CreateVoiceClone audio checks, by outcome.
     pub(crate) audio_checks: Family<AudioCheckLabel, Counter>,
     /// Audio checks whose child process broke a bound, by bound.
@@ -273,6 +277,8 @@ impl Metrics {
             sweep_over_budget: Counter::default(),
             voices_vanished: Counter::default(),
             accept_errors: Counter::default(),
+            connections_refused: Counter::default(),
+            connections_open: Gauge::default(),
             audio_checks: Family::default(),
             audio_bounds_broken: Family::default(),
         };
@@ -429,6 +435,16 @@ impl Metrics {
             "accept_errors",
             "Connections the gRPC listener failed to accept (out of file descriptors, ...); accepts pause after each",
             m.accept_errors.clone(),
+        );
+        r.register(
+            "connections_refused",
+            "Connections closed as soon as they were accepted: this replica had VOICEHUB_MAX_CONNECTIONS open",
+            m.connections_refused.clone(),
+        );
+        r.register(
+            "connections_open",
+            "Connections open on the gRPC listener",
+            m.connections_open.clone(),
         );
         r.register(
             "audio_checks",

@@ -20,13 +20,14 @@ use std::{
 use anyhow::Context;
 use tokio::{net::TcpListener, time::Instant};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tonic::transport::{Identity, Server, ServerTlsConfig, server::TcpIncoming};
+use tonic::transport::{Identity, Server, ServerTlsConfig};
 use tonic_health::ServingStatus;
 
 use crate::{
     allocator, audio,
     auth::Authenticator,
     config::{self, Config},
+    connections::{self, ConnectionLimits},
     events::{self, DynBus, LocalBus, RedisBus, Relay},
     grpc::{LimitLayer, ObserveLayer, VoiceApi, Watches},
     health::{self, StorageHealth},
@@ -79,6 +80,8 @@ pub struct Application {
     metrics: Metrics,
     health_interval: Duration,
     limits: config::Limits,
+    /// The bounds on the gRPC listener's connections.
+    connection_limits: ConnectionLimits,
     /// The open watch streams, their limits and their rechecks.
     watches: Arc<Watches>,
     /// How long a shutdown waits for calls in progress.
@@ -190,6 +193,7 @@ impl Application {
             metrics,
             health_interval: config.health_interval,
             limits: config.limits,
+            connection_limits: config.connections,
             watches,
             grace: config.shutdown_grace,
             tls,
@@ -258,6 +262,7 @@ impl Application {
             metrics,
             health_interval,
             limits,
+            connection_limits,
             watches,
             grace,
             tls,
@@ -306,20 +311,7 @@ impl Application {
         );
         tracing::info!(%local_addr, "voicehub serving gRPC");
         let stopping = shutdown.clone();
-        let mut builder = Server::builder();
-        if let Some(tls) = tls {
-            builder = builder.tls_config(tls).context(TLS_FILES)?;
-            tracing::info!("gRPC over TLS");
-        }
-        let serving = builder
-            // Detects dead peers behind NATs and load balancers that drop idle
-            // connections silently; without it a half-open stream lives forever.
-            .http2_keepalive_interval(Some(Duration::from_secs(30)))
-            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-            // hyper's 16 KiB default turns a large header (a 64 KiB token)
-            // into a GOAWAY that kills every call on the connection; up to
-            // this size the call alone is refused (see auth).
-            .http2_max_header_list_size(Some(MAX_HEADER_LIST_BYTES))
+        let serving = server_builder(tls, connection_limits)?
             .trace_fn(|req| tracing::info_span!("grpc", method = %req.uri().path()))
             .layer(ObserveLayer::new(metrics.clone()))
             .layer(LimitLayer::new(
@@ -332,7 +324,7 @@ impl Application {
             .add_service(reflection_v1alpha)
             .add_service(api.into_service(auth))
             .serve_with_incoming_shutdown(
-                incoming(listener, metrics.accept_errors.clone()),
+                connections::incoming(listener, connection_limits, &metrics),
                 async move {
                     stopping.cancelled().await;
                     // Before the listener closes, so health watchers see it go.
@@ -373,6 +365,31 @@ fn warn_about_tokens(auth: &crate::auth::AuthConfig) {
 
 /// Storage, migrated (unless disabled), and this installation's id read
 /// from it, logged and shown as a metric.
+/// The server's HTTP/2 and connection settings, before its layers.
+fn server_builder(
+    tls: Option<ServerTlsConfig>,
+    limits: ConnectionLimits,
+) -> anyhow::Result<Server> {
+    let mut builder = Server::builder();
+    if !limits.age.is_zero() {
+        // GOAWAY at the age; `connections` cuts what is left after the grace.
+        builder = builder.max_connection_age(limits.age);
+    }
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls).context(TLS_FILES)?;
+        tracing::info!("gRPC over TLS");
+    }
+    Ok(builder
+        // Detects dead peers behind NATs and load balancers that drop idle
+        // connections silently; without it a half-open stream lives forever.
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        // hyper's 16 KiB default turns a large header (a 64 KiB token)
+        // into a GOAWAY that kills every call on the connection; up to
+        // this size the call alone is refused (see auth).
+        .http2_max_header_list_size(Some(MAX_HEADER_LIST_BYTES)))
+}
+
 /// The audio checker, proven to run: a broken one is found at start-up,
 /// not by the first upload.
 async fn audio_checker(
@@ -541,68 +558,6 @@ const TLS_FILES: &str = "the TLS certificate or key (VOICEHUB_TLS_CERT, VOICEHUB
 
 /// The largest header list a request may carry (HTTP/2 SETTINGS).
 const MAX_HEADER_LIST_BYTES: u32 = 256 * 1024;
-
-/// How long an accepted connection may sit idle before the kernel starts
-/// probing whether its peer is still there.
-const TCP_KEEPALIVE: Duration = Duration::from_mins(1);
-
-/// The connections `listener` accepts, each with the socket options tonic's
-/// own `serve` would set but `serve_with_incoming` does not:
-/// - `TCP_NODELAY`: a response's trailers leave in a second small write;
-///   with Nagle's algorithm on, that write waits for the client's delayed
-///   ACK (~40 ms on Linux), so nearly every unary call would take 40 ms more;
-/// - TCP keepalive: a peer that vanished without a FIN (a NAT or load
-///   balancer dropping the flow) is noticed instead of holding the
-///   connection for ever.
-///
-/// A failed accept (out of file descriptors, EMFILE; out of memory) is
-/// logged once per run of failures, counted in `accept_errors`, and
-/// followed by a pause that doubles up to [`ACCEPT_PAUSE_MAX`]: tonic's loop
-/// accepts again at once, which under EMFILE spins a core and starves the
-/// connections already open. The pause ends at the first success.
-fn incoming(
-    listener: TcpListener,
-    accept_errors: prometheus_client::metrics::counter::Counter,
-) -> std::pin::Pin<
-    Box<dyn futures_util::Stream<Item = std::io::Result<tokio::net::TcpStream>> + Send>,
-> {
-    use futures_util::StreamExt;
-    let mut accepted = TcpIncoming::from(listener)
-        .with_nodelay(Some(true))
-        .with_keepalive(Some(TCP_KEEPALIVE));
-    // Boxed: its state would otherwise sit inside the server's own future.
-    Box::pin(async_stream::stream! {
-        let mut pause = ACCEPT_PAUSE_MIN;
-        let mut failing = false;
-        while let Some(next) = accepted.next().await {
-            match next {
-                Ok(stream) => {
-                    if failing {
-                        tracing::info!("accepting connections again");
-                    }
-                    (pause, failing) = (ACCEPT_PAUSE_MIN, false);
-                    yield Ok(stream);
-                }
-                Err(e) => {
-                    accept_errors.inc();
-                    if !failing {
-                        tracing::error!(error = %e, "accepting a connection failed (out of file descriptors?); pausing accepts, logged once per run of failures");
-                        failing = true;
-                    }
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(ACCEPT_PAUSE_MAX);
-                    yield Err(e);
-                }
-            }
-        }
-    })
-}
-
-/// The first pause after a failed accept.
-const ACCEPT_PAUSE_MIN: Duration = Duration::from_millis(10);
-
-/// The longest pause between accepts while they fail.
-const ACCEPT_PAUSE_MAX: Duration = Duration::from_secs(1);
 
 /// Reflection knows every type a client may meet: the API, health, both
 /// reflection versions, and `google.rpc` (so grpcurl can print BadRequest details).

@@ -31,6 +31,7 @@ pub use provider::{ProviderArgs, ProviderConfig, ProviderKind};
 use crate::{
     audio,
     auth::AuthConfig,
+    connections::ConnectionLimits,
     status_engine::{self, SyncConfig},
     store::DatabaseConfig,
     telemetry::LogFormat,
@@ -180,6 +181,22 @@ pub struct ServeArgs {
     /// Most open watch streams on this replica (0: no limit).
     #[arg(long, env = "VOICEHUB_MAX_WATCHES", default_value_t = Limits::DEFAULT.watches)]
     pub max_watches: usize,
+    /// Most connections open at once on this replica; one more is closed as
+    /// soon as it is accepted (0: no limit).
+    #[arg(long, env = "VOICEHUB_MAX_CONNECTIONS", default_value_t = ConnectionLimits::DEFAULT.max)]
+    pub max_connections: usize,
+    /// How long a connection may go without a call in progress before it is
+    /// closed (0: for ever); also bounds connections that never send a call.
+    #[arg(long, env = "VOICEHUB_CONNECTION_IDLE_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub connection_idle_timeout: Duration,
+    /// Age at which a connection is asked to go away (GOAWAY; 0: never):
+    /// new calls then open a new connection, perhaps to another replica.
+    #[arg(long, env = "VOICEHUB_MAX_CONNECTION_AGE", default_value = "30m", value_parser = humantime::parse_duration)]
+    pub max_connection_age: Duration,
+    /// How long after its age a connection is cut, open calls and streams
+    /// included (their clients reconnect).
+    #[arg(long, env = "VOICEHUB_MAX_CONNECTION_AGE_GRACE", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub max_connection_age_grace: Duration,
     /// How often a watch stream with voices still processing re-reads them
     /// from storage, in case an event was lost (each stream at its own
     /// moment within the interval).
@@ -372,6 +389,8 @@ pub struct Config {
     pub sync_max_age: Duration,
     /// How often a watch stream re-reads its processing voices.
     pub watch_recheck: Duration,
+    /// The bounds on the gRPC listener's connections.
+    pub connections: ConnectionLimits,
     /// Prefix of every Redis key and channel.
     pub redis_prefix: String,
     /// Longest a Redis command may take.
@@ -479,6 +498,12 @@ impl ServeArgs {
             },
             sync_max_age: self.sync_max_age,
             watch_recheck: self.watch_recheck_interval,
+            connections: ConnectionLimits {
+                max: self.max_connections,
+                idle: self.connection_idle_timeout,
+                age: self.max_connection_age,
+                age_grace: self.max_connection_age_grace,
+            },
             redis_prefix: self.redis_prefix,
             redis_timeout: self.redis_timeout,
             sync_worker: self.sync_worker,

@@ -28,6 +28,7 @@ use tower_service::Service;
 use super::methods;
 use crate::{
     auth::CallerSlot,
+    connections::{self, CallOnConnection},
     metrics::{MethodLabel, Metrics, RpcLabels},
 };
 
@@ -81,6 +82,7 @@ where
             started: Instant::now(),
             caller: CallerSlot::default(),
             metrics: Some(self.metrics.clone()),
+            _on_connection: connections::call_on_connection(request.extensions()),
         };
         request.extensions_mut().insert(call.caller.clone());
         let response = self.inner.call(request);
@@ -155,6 +157,8 @@ struct Call {
     caller: CallerSlot,
     /// `None` once observed.
     metrics: Option<Metrics>,
+    /// Keeps its connection from being closed as idle while the call lives.
+    _on_connection: Option<CallOnConnection>,
 }
 
 impl Call {

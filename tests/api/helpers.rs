@@ -208,6 +208,7 @@ pub(crate) fn test_config(backend: Backend, db: &TestDatabase) -> Config {
         },
         sync_max_age: Duration::from_mins(30),
         watch_recheck: Duration::from_mins(1),
+        connections: voicehub::connections::ConnectionLimits::DEFAULT,
         redis_url: (backend == Backend::Postgres).then(|| SecretString::from(redis_url())),
         redis_prefix: format!("vhtest-{}", Uuid::new_v4().simple()),
         redis_timeout: Duration::from_secs(1),

@@ -4,11 +4,12 @@
 use std::{collections::BTreeSet, fs, path::Path};
 
 /// The layer order, top first, as `src/lib.rs` documents it.
-const LAYERS: [&str; 18] = [
+const LAYERS: [&str; 19] = [
     "server",
     "config",
     "health",
     "grpc",
+    "connections",
     "auth",
     "write_path",
     "status_engine",

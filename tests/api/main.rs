@@ -12,6 +12,7 @@ mod helpers;
 mod abuse;
 mod auth;
 mod cli;
+mod connections;
 mod contract;
 mod crash;
 mod create_voice_clone;
