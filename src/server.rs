@@ -29,7 +29,7 @@ use crate::{
     config::{self, Config},
     connections::{self, ConnectionLimits},
     events::{self, DynBus, LocalBus, RedisBus, Relay},
-    grpc::{LimitLayer, ObserveLayer, VoiceApi, Watches},
+    grpc::{DoorLimits, LimitLayer, ObserveLayer, VoiceApi, Watches},
     health::{self, StorageHealth},
     metrics::{self, Metrics, PoolLabel},
     pb,
@@ -315,8 +315,14 @@ impl Application {
             .trace_fn(|req| tracing::info_span!("grpc", method = %req.uri().path()))
             .layer(ObserveLayer::new(metrics.clone()))
             .layer(LimitLayer::new(
-                limits.concurrent_rpcs,
-                limits.concurrent_uploads,
+                DoorLimits {
+                    calls: (limits.concurrent_rpcs, limits.concurrent_rpcs_per_user),
+                    uploads: (
+                        limits.concurrent_uploads,
+                        limits.concurrent_uploads_per_user,
+                    ),
+                    arrival: (limits.request_arrival, limits.upload_arrival),
+                },
                 &metrics,
             ))
             .add_service(health_service)

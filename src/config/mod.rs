@@ -175,6 +175,20 @@ pub struct ServeArgs {
     /// up to 50 MiB of samples (0: no limit).
     #[arg(long, env = "VOICEHUB_MAX_CONCURRENT_UPLOADS", default_value_t = Limits::DEFAULT.concurrent_uploads)]
     pub max_concurrent_uploads: usize,
+    /// Most unary calls of one user in progress on this replica (0: no limit).
+    #[arg(long, env = "VOICEHUB_MAX_CONCURRENT_RPCS_PER_USER", default_value_t = Limits::DEFAULT.concurrent_rpcs_per_user)]
+    pub max_concurrent_rpcs_per_user: usize,
+    /// Most CreateVoiceClone calls of one user in progress on this replica (0: no limit).
+    #[arg(long, env = "VOICEHUB_MAX_CONCURRENT_UPLOADS_PER_USER", default_value_t = Limits::DEFAULT.concurrent_uploads_per_user)]
+    pub max_concurrent_uploads_per_user: usize,
+    /// How long after its headers a unary call's request must have arrived
+    /// in full; a slower one ends with DEADLINE_EXCEEDED.
+    #[arg(long, env = "VOICEHUB_REQUEST_ARRIVAL_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub request_arrival_timeout: Duration,
+    /// How long after its headers a CreateVoiceClone request (up to 50 MiB)
+    /// must have arrived in full.
+    #[arg(long, env = "VOICEHUB_UPLOAD_ARRIVAL_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub upload_arrival_timeout: Duration,
     /// Most open watch streams of one user on this replica (0: no limit).
     #[arg(long, env = "VOICEHUB_MAX_WATCHES_PER_USER", default_value_t = Limits::DEFAULT.watches_per_user)]
     pub max_watches_per_user: usize,
@@ -342,6 +356,14 @@ pub struct Limits {
     pub concurrent_rpcs: usize,
     /// CreateVoiceClone calls in progress.
     pub concurrent_uploads: usize,
+    /// Unary calls of one user in progress.
+    pub concurrent_rpcs_per_user: usize,
+    /// CreateVoiceClone calls of one user in progress.
+    pub concurrent_uploads_per_user: usize,
+    /// How long after its headers a unary call's request must have arrived.
+    pub request_arrival: Duration,
+    /// How long after its headers an upload must have arrived.
+    pub upload_arrival: Duration,
     /// Open watch streams of one user.
     pub watches_per_user: usize,
     /// Open watch streams.
@@ -357,6 +379,10 @@ impl Limits {
     pub const DEFAULT: Limits = Limits {
         concurrent_rpcs: 1000,
         concurrent_uploads: 8,
+        concurrent_rpcs_per_user: 100,
+        concurrent_uploads_per_user: 2,
+        request_arrival: Duration::from_secs(10),
+        upload_arrival: Duration::from_mins(5),
         watches_per_user: 100,
         watches: 20_000,
         creates_per_hour: 20,
@@ -419,6 +445,11 @@ impl ServeArgs {
         }
         if self.health_interval.is_zero() {
             bail!("VOICEHUB_HEALTH_INTERVAL must be above zero");
+        }
+        if self.request_arrival_timeout.is_zero() || self.upload_arrival_timeout.is_zero() {
+            bail!(
+                "VOICEHUB_REQUEST_ARRIVAL_TIMEOUT and VOICEHUB_UPLOAD_ARRIVAL_TIMEOUT must be above zero"
+            );
         }
         if self.watch_recheck_interval < Duration::from_secs(1) {
             bail!("VOICEHUB_WATCH_RECHECK_INTERVAL must be at least 1s");
@@ -491,6 +522,10 @@ impl ServeArgs {
             limits: Limits {
                 concurrent_rpcs: self.max_concurrent_rpcs,
                 concurrent_uploads: self.max_concurrent_uploads,
+                concurrent_rpcs_per_user: self.max_concurrent_rpcs_per_user,
+                concurrent_uploads_per_user: self.max_concurrent_uploads_per_user,
+                request_arrival: self.request_arrival_timeout,
+                upload_arrival: self.upload_arrival_timeout,
                 watches_per_user: self.max_watches_per_user,
                 watches: self.max_watches,
                 creates_per_hour: self.create_limit_per_hour,

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, service::interceptor::InterceptedService};
 
-pub(crate) use limits::LimitLayer;
+pub(crate) use limits::{DoorLimits, LimitLayer};
 pub(crate) use observe::ObserveLayer;
 pub(crate) use validate::MAX_REQUEST_BYTES;
 pub(crate) use watch::Watches;

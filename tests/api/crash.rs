@@ -34,6 +34,7 @@ async fn a_process_killed_with_ten_creates_in_flight_leaves_every_voice_settled_
         ("VOICEHUB_SYNC_ADOPT_AFTER", "3s"),
         ("VOICEHUB_JWT_SECRET", JWT_SECRET),
         ("VOICEHUB_MAX_CONCURRENT_UPLOADS", "16"),
+        ("VOICEHUB_MAX_CONCURRENT_UPLOADS_PER_USER", "16"),
     ];
     let first = serve(dir.path(), &env);
     // Each create reaches the provider, which makes its voice 800 ms later.
@@ -141,6 +142,7 @@ async fn a_replica_killed_holding_claims_and_creates_leaves_the_other_to_finish_
         ("VOICEHUB_SYNC_LEASE", "2s"),
         ("VOICEHUB_JWT_SECRET", JWT_SECRET),
         ("VOICEHUB_MAX_CONCURRENT_UPLOADS", "16"),
+        ("VOICEHUB_MAX_CONCURRENT_UPLOADS_PER_USER", "16"),
         ("VOICEHUB_CREATE_LIMIT_PER_HOUR", "0"),
     ];
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());

@@ -202,6 +202,7 @@ pub(crate) fn test_config(backend: Backend, db: &TestDatabase) -> Config {
         // own tests set them.
         limits: Limits {
             concurrent_uploads: 0,
+            concurrent_uploads_per_user: 0,
             creates_per_hour: 0,
             creates_per_day: 0,
             ..Limits::DEFAULT

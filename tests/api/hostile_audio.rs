@@ -422,12 +422,14 @@ fn request(name: &str, content_type: &str, data: Vec<u8>) -> CreateVoiceCloneReq
     }
 }
 
-/// A server for this file's tests: no create limits, room for many voices.
+/// A server for this file's tests: no create limits, room for many voices,
+/// one user's uploads in parallel.
 fn server(dir: &Path) -> Server {
     serve(
         dir,
         &[
             ("VOICEHUB_JWT_SECRET", JWT_SECRET),
+            ("VOICEHUB_MAX_CONCURRENT_UPLOADS_PER_USER", "0"),
             ("VOICEHUB_CREATE_LIMIT_PER_HOUR", "0"),
             ("VOICEHUB_CREATE_LIMIT_PER_DAY", "0"),
             ("VOICEHUB_MAX_VOICES_PER_USER", "100000"),

@@ -342,3 +342,183 @@ async fn a_held_body_declaring_a_large_message_is_refused_at_once(backend: Backe
     assert_eq!(status, (Code::OutOfRange as i32).to_string().as_str());
     drop(body);
 }
+
+/// A call whose headers and the first byte of its message were sent, and
+/// whose rest is held.
+struct Held {
+    response: h2::client::ResponseFuture,
+    _body: h2::SendStream<bytes::Bytes>,
+}
+
+/// Opens a call to `method` on `client` as `token` and holds its body.
+async fn hold(
+    client: &mut h2::client::SendRequest<bytes::Bytes>,
+    addr: std::net::SocketAddr,
+    method: &str,
+    token: &str,
+) -> Held {
+    let mut ready = client.clone().ready().await.unwrap();
+    let request = http::Request::post(format!("http://{addr}/voicehub.v1.VoiceService/{method}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("authorization", format!("Bearer {token}"))
+        .body(())
+        .unwrap();
+    let (response, mut body) = ready.send_request(request, false).unwrap();
+    // A message header declaring 40 bytes, then one of them.
+    let mut start = vec![0_u8];
+    start.extend_from_slice(&40_u32.to_be_bytes());
+    start.push(0x0a);
+    body.send_data(start.into(), false).unwrap();
+    *client = ready;
+    Held {
+        response,
+        _body: body,
+    }
+}
+
+/// The gRPC status of `held` and its message, once answered within `within`;
+/// `None` while it is still waiting.
+async fn answer(held: &mut Held, within: Duration) -> Option<(i32, String)> {
+    let response = tokio::time::timeout(within, &mut held.response)
+        .await
+        .ok()?;
+    let (parts, mut body) = response.unwrap().into_parts();
+    let headers = if parts.headers.contains_key("grpc-status") {
+        parts.headers
+    } else {
+        while body.data().await.is_some() {}
+        body.trailers().await.unwrap().unwrap()
+    };
+    let code = headers["grpc-status"].to_str().unwrap().parse().unwrap();
+    let message = headers
+        .get("grpc-message")
+        .map(|m| percent_decoded(m.as_bytes()))
+        .unwrap_or_default();
+    Some((code, message))
+}
+
+/// A `grpc-message` as text (it is percent-encoded on the wire).
+fn percent_decoded(raw: &[u8]) -> String {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        if raw[i] == b'%'
+            && let Some(byte) = raw
+                .get(i + 1..i + 3)
+                .and_then(|hex| u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok())
+        {
+            out.push(byte);
+            i += 3;
+        } else {
+            out.push(raw[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn one_user_holding_uploads_and_unary_bodies_leaves_the_others_served() {
+    let arrival = Duration::from_secs(2);
+    let app = spawn_app_with(Backend::Sqlite, |c| {
+        c.limits.concurrent_uploads = 8;
+        c.limits.concurrent_uploads_per_user = 2;
+        c.limits.concurrent_rpcs = 20;
+        c.limits.concurrent_rpcs_per_user = 5;
+        c.limits.request_arrival = arrival;
+        c.limits.upload_arrival = arrival;
+    })
+    .await;
+    let (attacker, victim) = (Uuid::new_v4(), Uuid::new_v4());
+    let existing = create_voice(&mut app.client(victim), "Existing").await;
+    let token = app.auth.mint(attacker, Duration::from_mins(5)).unwrap();
+    let tcp = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    let (mut h2, connection) = h2::client::Builder::new()
+        .initial_window_size(1 << 20)
+        .handshake(tcp)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+
+    // The attacker trickles 8 uploads and 20 unary bodies.
+    let mut uploads = Vec::new();
+    for _ in 0..8 {
+        uploads.push(hold(&mut h2, app.addr, "CreateVoiceClone", &token).await);
+    }
+    let mut reads = Vec::new();
+    for _ in 0..20 {
+        reads.push(hold(&mut h2, app.addr, "GetVoice", &token).await);
+    }
+    let (mut held, mut refused) = (Vec::new(), 0);
+    for mut call in uploads.into_iter().chain(reads) {
+        match answer(&mut call, Duration::from_millis(300)).await {
+            None => held.push(call),
+            Some((code, message)) => {
+                assert_eq!(code, Code::ResourceExhausted as i32, "{message}");
+                assert!(message.contains("a user may have at most"), "{message}");
+                refused += 1;
+            }
+        }
+    }
+    // Uploads are calls too: the 2 held uploads take 2 of the 5 calls.
+    assert_eq!(
+        (held.len(), refused),
+        (2 + 3, 6 + 17),
+        "held within the user's shares"
+    );
+    assert_eq!(refusals(&app, "concurrent_uploads_per_user"), 6);
+    assert_eq!(refusals(&app, "concurrent_rpcs_per_user"), 17);
+
+    // Calls forged in the other user's name (another secret) are refused at
+    // once by the authenticator: they hold none of that user's share.
+    let forged = voicehub::auth::Authenticator::new(&voicehub::auth::AuthConfig {
+        secret: secrecy::SecretString::from("another secret, at least 32 bytes long".to_owned()),
+        ..crate::helpers::auth_config()
+    })
+    .mint(victim, Duration::from_mins(5))
+    .unwrap();
+    for _ in 0..10 {
+        let mut call = hold(&mut h2, app.addr, "CreateVoiceClone", &forged).await;
+        let (code, _) = answer(&mut call, Duration::from_secs(2))
+            .await
+            .expect("answered at once");
+        assert_eq!(code, Code::Unauthenticated as i32);
+    }
+
+    // Meanwhile another user uploads and reads, and health says SERVING.
+    let mut client = app.client(victim);
+    create_voice(&mut client, "Served while held").await;
+    client
+        .get_voice(GetVoiceRequest {
+            voice_id: existing.voice_id,
+        })
+        .await
+        .unwrap();
+    let health = app
+        .health()
+        .check(HealthCheckRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(health.status, ServingStatus::Serving as i32);
+
+    // The held bodies never arrive: each call ends at the arrival timeout.
+    let mut ended = 0;
+    for call in &mut held {
+        if let Some((code, message)) = answer(call, arrival * 3).await
+            && code == Code::DeadlineExceeded as i32
+        {
+            assert!(message.contains("did not arrive within 2 s"), "{message}");
+            ended += 1;
+        }
+    }
+    assert_eq!(ended, 5, "every held call ended");
+    assert_eq!(app.metric("voicehub_uploads_in_flight"), 0);
+    assert_eq!(app.metric("voicehub_rpcs_in_flight"), 0);
+    assert_eq!(
+        app.voice_rows().await,
+        2,
+        "the victim's two voices, no other"
+    );
+}

@@ -95,6 +95,7 @@ pub(crate) async fn run(binary: &Path, out: &Path, args: DetectArgs) -> anyhow::
     // limit is not what it measures.
     env.push(("VOICEHUB_CREATE_LIMIT_PER_HOUR", "0".into()));
     env.push(("VOICEHUB_CREATE_LIMIT_PER_DAY", "0".into()));
+    env.push(("VOICEHUB_MAX_CONCURRENT_UPLOADS_PER_USER", "0".into()));
     let server = Server::start(binary, dir.path(), &env).await?;
     let channel = server.channel().await?;
     let auth = authenticator();

@@ -132,6 +132,10 @@ async fn measure(
     let ids = voice_ids(&url).await?;
     let mut env = fake.env();
     env.extend(production_env("fanout", url)?);
+    // One user watches from every stream: the per-user and per-replica
+    // stream limits are not what this measures.
+    env.push(("VOICEHUB_MAX_WATCHES_PER_USER", "0".into()));
+    env.push(("VOICEHUB_MAX_WATCHES", "0".into()));
     let server = Server::start(binary, dir.path(), &env).await?;
     let channels = connections(&server, streams).await?;
     warm_up(&channels, ids[0]).await?;
