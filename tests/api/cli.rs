@@ -98,7 +98,7 @@ fn token_refuses_a_user_that_is_not_a_uuid_or_is_nil() {
 #[test]
 fn serve_refuses_bad_configuration_with_the_variable_named() {
     let dir = tempfile::tempdir().unwrap();
-    let cases: [(&[(&str, &str)], &str); 16] = [
+    let cases: [(&[(&str, &str)], &str); 21] = [
         (&[("VOICEHUB_JWT_SECRET", "short")], "VOICEHUB_JWT_SECRET"),
         (&[("DATABASE_URL", "mysql://localhost/x")], "DATABASE_URL"),
         // Refused by the parser: named by their variables too.
@@ -129,6 +129,27 @@ fn serve_refuses_bad_configuration_with_the_variable_named() {
             "VOICEHUB_DB_MAX_CONNECTIONS must be at least 2",
         ),
         (&[("REDIS_URL", "http://localhost")], "REDIS_URL"),
+        // The bounds of issue 19's hostile clients.
+        (
+            &[("VOICEHUB_WATCH_RECHECK_INTERVAL", "10ms")],
+            "VOICEHUB_WATCH_RECHECK_INTERVAL must be at least 1s",
+        ),
+        (
+            &[("VOICEHUB_REQUEST_ARRIVAL_TIMEOUT", "0s")],
+            "VOICEHUB_REQUEST_ARRIVAL_TIMEOUT",
+        ),
+        (
+            &[("VOICEHUB_CONNECTION_IDLE_TIMEOUT", "a while")],
+            "VOICEHUB_CONNECTION_IDLE_TIMEOUT",
+        ),
+        (
+            &[("VOICEHUB_MAX_CONNECTIONS", "many")],
+            "VOICEHUB_MAX_CONNECTIONS",
+        ),
+        (
+            &[("VOICEHUB_MAX_CONCURRENT_UPLOADS_PER_USER", "-2")],
+            "VOICEHUB_MAX_CONCURRENT_UPLOADS_PER_USER",
+        ),
         (
             &[("VOICEHUB_MAX_VOICES_PER_USER", "0")],
             "VOICEHUB_MAX_VOICES_PER_USER",
