@@ -113,12 +113,7 @@ impl Application {
             metrics.outbox_backlog.clone(),
         ));
         let sweeper = Sweeper::new(
-            (
-                provider.clone(),
-                store.clone(),
-                queue.clone(),
-                relay.clone(),
-            ),
+            (provider.clone(), store.clone(), queue.clone()),
             installation,
             &config.sync,
             &metrics,
@@ -127,7 +122,6 @@ impl Application {
             queue,
             store.clone(),
             provider.clone(),
-            relay.clone(),
             config.sync.clone(),
             &metrics,
         );
@@ -135,7 +129,6 @@ impl Application {
             store.clone(),
             provider,
             worker.scheduler(),
-            relay.clone(),
             Limits {
                 max_per_user: config.max_voices_per_user,
                 max_age: config.sync_max_age,

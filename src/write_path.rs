@@ -36,8 +36,8 @@
 //!   provider was unreachable or the voice was still being created. A call
 //!   that fails (ABORTED, NOT_FOUND, storage) changed nothing anywhere.
 //! - **Every stored change is published** (creation, update, delete): its
-//!   event is stored with it (the outbox) and the relay is woken to publish
-//!   it; a new voice is handed to the status engine.
+//!   event is stored with it (the outbox, whose commit wakes the relay);
+//!   a new voice is handed to the status engine.
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
@@ -45,7 +45,6 @@ use uuid::Uuid;
 
 use crate::{
     error::{Error, chain},
-    events::Relay,
     provider::{AudioFile, CloneRequest, DynProvider, INSTANT_CLONE, ProviderError, labels_sent},
     quota::CreateQuota,
     status_engine::{Scheduler, delete_at_provider},
@@ -155,7 +154,6 @@ pub(crate) struct WritePath {
     store: Store,
     provider: DynProvider,
     scheduler: Scheduler,
-    relay: Arc<Relay>,
     limits: Limits,
     quota: Arc<CreateQuota>,
 }
@@ -176,7 +174,6 @@ impl WritePath {
         store: Store,
         provider: DynProvider,
         scheduler: Scheduler,
-        relay: Arc<Relay>,
         limits: Limits,
         quota: Arc<CreateQuota>,
     ) -> Self {
@@ -184,7 +181,6 @@ impl WritePath {
             store,
             provider,
             scheduler,
-            relay,
             limits,
             quota,
         }
@@ -366,7 +362,6 @@ impl WritePath {
         {
             Ok(Some(voice)) => {
                 tracing::info!(voice_id = %voice.id, provider_voice_id, "voice cloned");
-                self.relay.wake();
                 self.scheduler.schedule(voice.id).await;
                 Ok(Created::Recorded(voice))
             }
@@ -498,7 +493,6 @@ impl WritePath {
             .ok_or(Error::Aborted(
                 "the voice changed while it was being updated; retry",
             ))?;
-        self.relay.wake();
         // A voice still being created is pushed once its create is accepted
         // (which schedules it); scheduling it now could delay that check.
         if push && updated.provider_voice_id.is_some() {
@@ -530,7 +524,6 @@ impl WritePath {
             .mark_deleted(id)
             .await?
             .ok_or(Error::NotFound("voice"))?;
-        self.relay.wake();
         Ok(deleted)
     }
 }

@@ -16,7 +16,8 @@
 //!   `LISTEN voicehub_events` and publish what is still there a second
 //!   later.
 //! - **No SQL when idle.** The relay runs when a commit of this replica
-//!   wakes it, when another replica's commit is heard, on the reconcile
+//!   wakes it (the store notifies it after every commit that wrote events,
+//!   so no writer can forget), when another replica's commit is heard, on the reconcile
 //!   interval, and while retrying; never on a poll.
 //! - **Visible backlog.** While the bus refuses events, the number waiting
 //!   is logged (at WARN once per outage) and kept in the
@@ -33,7 +34,7 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use prometheus_client::metrics::{counter::Counter, gauge::Gauge};
 use sea_orm::DbErr;
-use tokio::{sync::Notify, time::Instant};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{DynBus, PublishError};
@@ -81,7 +82,6 @@ pub(crate) struct Relayed {
 pub struct Relay {
     store: Store,
     bus: DynBus,
-    wake: Notify,
     reconcile_every: Duration,
     published: Counter,
     backlog: Gauge,
@@ -105,17 +105,11 @@ impl Relay {
         Relay {
             store,
             bus,
-            wake: Notify::new(),
             reconcile_every,
             published,
             backlog,
             dispatched_here: Mutex::default(),
         }
-    }
-
-    /// Tells the relay that this replica committed events.
-    pub(crate) fn wake(&self) {
-        self.wake.notify_one();
     }
 
     /// A pass over up to a batch of the events `which` names.
@@ -232,7 +226,7 @@ impl Relay {
                 // Shutdown first: when it and other work are both ready, stop.
                 biased;
                 () = shutdown.cancelled() => break,
-                () = self.wake.notified() => due = Some(Pass::Mine.or(due)),
+                () = self.store.events_committed().notified() => due = Some(Pass::Mine.or(due)),
                 heard = heard(&mut notifications) => match heard {
                     Ok(Notified::Events) => remote.heard(),
                     Ok(Notified::Reconnected) => due = Some(Pass::Leftovers),

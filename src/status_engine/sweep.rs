@@ -42,7 +42,6 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    sync::Arc,
     time::Duration,
 };
 
@@ -53,7 +52,6 @@ use uuid::Uuid;
 use super::{SyncConfig, SyncError, queue::DynQueue};
 use crate::{
     error::chain,
-    events::Relay,
     metrics::{Metrics, SweepLabel},
     provider::{DynProvider, ProviderError, TaggedVoice},
     store::{Store, Voice, VoiceStatus},
@@ -137,7 +135,6 @@ pub struct Sweeper {
     provider: DynProvider,
     store: Store,
     queue: DynQueue,
-    relay: Arc<Relay>,
     /// This installation's id, as its voices' labels carry it.
     installation: String,
     every: Duration,
@@ -152,7 +149,7 @@ impl Sweeper {
     /// A sweeper of `installation`'s voices as `config` says (`sweep_every`
     /// zero: never).
     pub(crate) fn new(
-        (provider, store, queue, relay): (DynProvider, Store, DynQueue, Arc<Relay>),
+        (provider, store, queue): (DynProvider, Store, DynQueue),
         installation: Uuid,
         config: &SyncConfig,
         metrics: &Metrics,
@@ -161,7 +158,6 @@ impl Sweeper {
             provider,
             store,
             queue,
-            relay,
             installation: installation.to_string(),
             every: config.sweep_every,
             first_after: config.sweep_first_after,
@@ -454,7 +450,6 @@ impl Sweeper {
             if let Some(voice) = self.store.fail_vanished(id, DELETED_AT_PROVIDER).await? {
                 tracing::error!(voice_id = %voice.id, provider_voice_id, "a COMPLETED voice was deleted at the provider behind voicehub's back: now FAILED");
                 self.metrics.vanished.inc();
-                self.relay.wake();
                 vanished += 1;
             }
         }

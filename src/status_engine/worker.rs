@@ -49,7 +49,6 @@ use super::{
 };
 use crate::{
     error::chain,
-    events::Relay,
     metrics::Metrics,
     provider::{DynProvider, GONE_AT_PROVIDER, INSTANT_CLONE, ProviderError, Verdict, VoiceEdit},
     store::{Settlement, Store, Voice, VoiceStatus},
@@ -219,7 +218,6 @@ pub struct Worker {
     queue: DynQueue,
     store: Store,
     provider: DynProvider,
-    relay: Arc<Relay>,
     config: SyncConfig,
     reconcile_needed: Arc<AtomicBool>,
     next_reconcile: Arc<Mutex<Instant>>,
@@ -245,7 +243,6 @@ impl Worker {
         queue: DynQueue,
         store: Store,
         provider: DynProvider,
-        relay: Arc<Relay>,
         config: SyncConfig,
         metrics: &Metrics,
     ) -> Self {
@@ -253,7 +250,6 @@ impl Worker {
             queue,
             store,
             provider,
-            relay,
             held: Arc::default(),
             unknown_ids: metrics.sync_unknown_ids.clone(),
             unknown_reported: Arc::default(),
@@ -461,8 +457,6 @@ impl Worker {
                         _ => step.failed += 1,
                     }
                 }
-                // Their events were stored with them; the relay publishes them.
-                self.relay.wake();
                 if step.completed > 0 {
                     self.mark_completed().await;
                 }
@@ -601,7 +595,6 @@ impl Worker {
         {
             Ok(Some(_)) => {
                 tracing::info!(voice_id = %voice.id, provider_voice_id, "adopted the provider voice of an unfinished create");
-                self.relay.wake();
             }
             // Changed meanwhile (deleted, or accepted by its create): the
             // next check sees how it stands.

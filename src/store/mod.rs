@@ -85,6 +85,9 @@ pub struct Store {
     transitions: Family<TransitionLabel, Counter>,
     /// The client-side bound of one call; `None` on SQLite.
     call_timeout: Option<Duration>,
+    /// Notified after every commit that wrote events to the outbox: the
+    /// relay waits on it, so no writer has to remember to wake it.
+    events_committed: Arc<tokio::sync::Notify>,
 }
 
 impl Store {
@@ -134,6 +137,7 @@ impl Store {
             writer: uuid::Uuid::now_v7(),
             transitions: metrics.transitions.clone(),
             call_timeout,
+            events_committed: Arc::default(),
         })
     }
 

@@ -1,7 +1,9 @@
 //! The transactional outbox: the event of every stored change is written in
 //! the same transaction as the change (`writes.rs` calls [`Store::record_events`]),
 //! so a change is never stored without its event, nor an event sent for a
-//! change that was not stored. The relay (`events::Relay`) reads what is
+//! change that was not stored. Each such commit notifies
+//! [`Store::events_committed`], in process: the relay wakes on it, so no
+//! caller of the store has a wake-up to remember. The relay (`events::Relay`) reads what is
 //! pending in outbox order, publishes it, and deletes what the bus took.
 //!
 //! The payload is opaque here: `events` encodes it (it sits above storage,
@@ -68,6 +70,16 @@ impl Store {
             ..ActiveModel::default()
         });
         Entity::insert_many(rows).exec(txn).await.map(drop)
+    }
+
+    /// Notified after each commit of this process that wrote events.
+    pub(crate) fn events_committed(&self) -> &tokio::sync::Notify {
+        &self.events_committed
+    }
+
+    /// Tells the relay that a commit wrote events; called right after it.
+    pub(super) fn announce_events(&self) {
+        self.events_committed.notify_one();
     }
 
     /// The oldest `limit` events of `which` not yet published, in outbox order.

@@ -480,6 +480,7 @@ impl Store {
             }
             self.record_events(&txn, &settled).await?;
             txn.commit().await?;
+            self.announce_events();
             for voice in &settled {
                 self.count_transition(voice);
             }
@@ -508,6 +509,7 @@ impl Store {
         self.record_events(&txn, std::slice::from_ref(&voice))
             .await?;
         txn.commit().await?;
+        self.announce_events();
         Ok(Some(voice))
     }
 }

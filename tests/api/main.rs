@@ -27,6 +27,7 @@ mod limits;
 mod list_user_voices;
 mod migrations;
 mod operations;
+mod outbox;
 mod pg_server;
 mod provider_faults;
 mod provider_safety;
