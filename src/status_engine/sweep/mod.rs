@@ -40,28 +40,27 @@
 //! restart) while every voice of this installation is gone from the
 //! provider, those go unnoticed until the next voice completes.
 
-use std::{
-    collections::{HashMap, HashSet},
-    time::Duration,
-};
+use std::{collections::HashSet, time::Duration};
 
 use prometheus_client::metrics::{counter::Counter, family::Family};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+mod deletion;
+mod vanished;
+
+use deletion::Doomed;
+
 use super::{SyncConfig, SyncError, queue::DynQueue};
 use crate::{
     error::chain,
     metrics::{Metrics, SweepLabel},
-    provider::{DynProvider, ProviderError, TaggedVoice},
-    store::{Store, Voice, VoiceStatus},
+    provider::DynProvider,
+    store::Store,
 };
 
 /// The most orphan records one sweep retries.
 const ORPHANS_PER_SWEEP: u64 = 1_000;
-
-/// The most COMPLETED voices missing from a listing one sweep looks up.
-const VANISHED_LOOKUPS_PER_SWEEP: usize = 100;
 
 /// Rows read per query.
 const PAGE: u64 = 1_000;
@@ -98,15 +97,6 @@ pub struct Swept {
     pub over_budget: bool,
     /// COMPLETED voices confirmed gone at the provider, now FAILED.
     pub vanished: usize,
-}
-
-/// A provider voice the sweep means to delete.
-struct Doomed {
-    provider_voice_id: String,
-    voice_id: Option<Uuid>,
-    reason: &'static str,
-    /// The orphan record to forget once it is gone.
-    orphan: Option<Uuid>,
 }
 
 /// The sweep's counters.
@@ -279,196 +269,6 @@ impl Sweeper {
         Ok(Some(swept))
     }
 
-    /// The listed voices this installation may delete; the others it may
-    /// not are reported.
-    async fn doomed(
-        &self,
-        tagged: Vec<TaggedVoice>,
-        swept: &mut Swept,
-    ) -> Result<Vec<Doomed>, SyncError> {
-        let ours = &self.installation;
-        let mut candidates = Vec::with_capacity(tagged.len());
-        for voice in tagged {
-            match &voice.installation {
-                Some(theirs) if theirs != ours => {
-                    self.spare(
-                        &voice,
-                        "other_installation",
-                        "tagged by another installation sharing this provider account",
-                        swept,
-                    );
-                }
-                _ => candidates.push(voice),
-            }
-        }
-        let ids: Vec<Uuid> = candidates
-            .iter()
-            .map(|t| t.voice_id)
-            .collect::<HashSet<_>>()
-            .into_iter()
-            .collect();
-        let mut rows = HashMap::with_capacity(ids.len());
-        for chunk in ids.chunks(usize::try_from(PAGE).unwrap_or(1_000)) {
-            rows.extend(
-                self.store
-                    .get_many(chunk)
-                    .await?
-                    .into_iter()
-                    .map(|v| (v.id, v)),
-            );
-        }
-        let mut doomed = Vec::new();
-        for voice in candidates {
-            let Some(row) = rows.get(&voice.voice_id) else {
-                self.spare(&voice, "no_row", "tagged for a voice this database does not have (another installation's, or made after the backup this database was restored from)", swept);
-                continue;
-            };
-            if let Some(reason) = discarded(row, &voice.provider_voice_id) {
-                doomed.push(Doomed {
-                    provider_voice_id: voice.provider_voice_id,
-                    voice_id: Some(voice.voice_id),
-                    reason,
-                    orphan: None,
-                });
-            }
-        }
-        Ok(doomed)
-    }
-
-    /// Takes out of `doomed` every provider voice a live row holds: its
-    /// labels were edited or copied at the provider, or an orphan record
-    /// is stale; deleting it would take a customer's voice.
-    async fn spare_held(
-        &self,
-        doomed: &mut Vec<Doomed>,
-        swept: &mut Swept,
-    ) -> Result<(), SyncError> {
-        let mut held = HashMap::new();
-        let ids: Vec<&str> = doomed
-            .iter()
-            .map(|d| d.provider_voice_id.as_str())
-            .collect();
-        for chunk in ids.chunks(usize::try_from(PAGE).unwrap_or(1_000)) {
-            for voice in self.store.holders(chunk).await? {
-                if matches!(
-                    voice.status,
-                    VoiceStatus::Processing | VoiceStatus::Completed
-                ) && let Some(id) = voice.provider_voice_id
-                {
-                    held.insert(id, voice.id);
-                }
-            }
-        }
-        doomed.retain(|d| {
-            let Some(holder) = held.get(&d.provider_voice_id) else {
-                return true;
-            };
-            tracing::error!(provider_voice_id = d.provider_voice_id, tagged_for = ?d.voice_id, held_by = %holder, reason = d.reason, "sweep spared a provider voice a live voice holds (its labels say otherwise: edited or copied at the provider?)");
-            self.metrics.spared("held_by_live_voice");
-            swept.spared += 1;
-            false
-        });
-        Ok(())
-    }
-
-    fn spare(&self, voice: &TaggedVoice, why: &'static str, what: &str, swept: &mut Swept) {
-        tracing::error!(
-            provider_voice_id = voice.provider_voice_id,
-            voicehub_id = %voice.voice_id,
-            installation = ?voice.installation,
-            "sweep left a tagged provider voice alone: {what}"
-        );
-        self.metrics.spared(why);
-        swept.spared += 1;
-    }
-
-    /// Whether the provider voice is gone now; logs and counts either way.
-    async fn delete_one(&self, d: &Doomed) -> bool {
-        let (provider_voice_id, voice_id, reason) = (&d.provider_voice_id, d.voice_id, d.reason);
-        match self.provider.delete_voice(provider_voice_id).await {
-            Ok(()) | Err(ProviderError::NotFound) => {
-                tracing::warn!(
-                    provider_voice_id,
-                    ?voice_id,
-                    reason,
-                    "sweep deleted a provider voice"
-                );
-                self.metrics.deletion("deleted");
-                true
-            }
-            Err(e) => {
-                tracing::error!(provider_voice_id, ?voice_id, reason, error = %e, "sweep could not delete a provider voice; the next sweep tries again");
-                self.metrics.deletion("failed");
-                false
-            }
-        }
-    }
-
-    /// Looks up the COMPLETED voices whose provider voice `listed` lacks
-    /// and fails those confirmed gone; returns how many, and whether any
-    /// COMPLETED voice was found at all.
-    async fn vanished(&self, listed: &HashSet<String>) -> Result<(usize, bool), SyncError> {
-        let mut missing = Vec::new();
-        let mut after: Option<String> = None;
-        loop {
-            let page = self.store.completed_page(after.as_deref(), PAGE).await?;
-            let full = page.len() == usize::try_from(PAGE).unwrap_or(0);
-            if page.is_empty() && after.is_none() {
-                return Ok((0, false));
-            }
-            after = page.last().map(|(_, p)| p.clone());
-            missing.extend(page.into_iter().filter(|(_, p)| !listed.contains(p)));
-            if !full {
-                break;
-            }
-        }
-        if missing.len() > VANISHED_LOOKUPS_PER_SWEEP {
-            tracing::warn!(
-                missing = missing.len(),
-                looked_up = VANISHED_LOOKUPS_PER_SWEEP,
-                "many COMPLETED voices are missing from the provider's listing; looking up some now, the rest next sweep"
-            );
-            missing.truncate(VANISHED_LOOKUPS_PER_SWEEP);
-        }
-        // First reading: the voice alone, by its id.
-        let mut suspects = Vec::new();
-        for (id, provider_voice_id) in missing {
-            if self.not_found(&provider_voice_id).await {
-                suspects.push((id, provider_voice_id));
-            }
-        }
-        if suspects.is_empty() {
-            return Ok((0, true));
-        }
-        // A second reading, later: one not-found answer is not a verdict.
-        tokio::time::sleep(self.confirm_gone_after).await;
-        let mut vanished = 0;
-        for (id, provider_voice_id) in suspects {
-            if !self.not_found(&provider_voice_id).await {
-                continue;
-            }
-            if let Some(voice) = self.store.fail_vanished(id, DELETED_AT_PROVIDER).await? {
-                tracing::error!(voice_id = %voice.id, provider_voice_id, "a COMPLETED voice was deleted at the provider behind voicehub's back: now FAILED");
-                self.metrics.vanished.inc();
-                vanished += 1;
-            }
-        }
-        Ok((vanished, true))
-    }
-
-    /// Whether the provider says it does not hold `provider_voice_id`
-    /// (a failed lookup says nothing).
-    async fn not_found(&self, provider_voice_id: &str) -> bool {
-        match self.provider.check_voice(provider_voice_id).await {
-            Err(ProviderError::NotFound) => true,
-            Ok(_) => false,
-            Err(e) => {
-                tracing::warn!(provider_voice_id, error = %e, "could not look up a voice missing from the provider's listing; the next sweep tries again");
-                false
-            }
-        }
-    }
-
     /// Sweeps `first_after` start-up and then every interval (the lease
     /// keeps it to one replica per interval) until `shutdown`.
     pub(crate) async fn run(self, shutdown: CancellationToken) {
@@ -492,23 +292,5 @@ impl Sweeper {
                 },
             }
         }
-    }
-}
-
-/// Why this installation discards the provider voice `provider_voice_id`
-/// tagged for `row`; `None` if it does not.
-fn discarded(row: &Voice, provider_voice_id: &str) -> Option<&'static str> {
-    match row.status {
-        // Confirmed gone once: if it is listed after all, an operator looks.
-        VoiceStatus::Failed if row.provider_missing_since.is_some() => None,
-        VoiceStatus::Failed | VoiceStatus::Deleted => {
-            Some("its voicehub voice is FAILED or DELETED")
-        }
-        VoiceStatus::Processing | VoiceStatus::Completed => match &row.provider_voice_id {
-            Some(held) if held != provider_voice_id => {
-                Some("its voicehub voice holds another provider voice (a second clone)")
-            }
-            _ => None,
-        },
     }
 }
