@@ -15,9 +15,8 @@ use voicehub::{
 
 use crate::{
     fake_elevenlabs::{API_KEY, FakeElevenLabs, Fault, Report, Route},
-    grpcurl::serve,
     helpers::{
-        Backend, JWT_SECRET, TestDatabase, auth_config, create_request, redis_url, wait_for,
+        Backend, JWT_SECRET, TestDatabase, auth_config, create_request, redis_url, serve, wait_for,
     },
 };
 

@@ -20,9 +20,8 @@ use voicehub::{
     store::entity::voice,
 };
 
-use crate::{
-    grpcurl::serve,
-    helpers::{Backend, JWT_SECRET, TestApp, auth_config, next, redis_of, spawn_app_with, watch},
+use crate::helpers::{
+    Backend, JWT_SECRET, TestApp, auth_config, next, redis_of, serve, spawn_app_with, watch,
 };
 
 /// Steps `app`'s status engine until it completed `voices` voices.

@@ -1,11 +1,8 @@
 //! End to end: the built `voicehub` binary, driven by the real grpcurl.
 
 use std::{
-    io::{BufRead, BufReader},
     path::Path,
-    process::{Child, Command, Output, Stdio},
-    sync::{Arc, Mutex, mpsc},
-    time::Duration,
+    process::{Command, Output},
 };
 
 use sea_orm::Database;
@@ -14,59 +11,8 @@ use voicehub::store::{self, Visibility, VoiceStatus};
 
 use crate::{
     fake_elevenlabs::{API_KEY, FakeElevenLabs, Route},
-    helpers::{JWT_SECRET, insert, voice, voicehub},
+    helpers::{JWT_SECRET, Server, insert, serve, voice, voicehub},
 };
-
-pub(crate) struct Server {
-    pub(crate) child: Child,
-    pub(crate) addr: String,
-    pub(crate) logs: Arc<Mutex<Vec<String>>>,
-    reader: Option<std::thread::JoinHandle<()>>,
-}
-
-/// Starts `voicehub serve` with zero configuration except a free port (and
-/// `env`), and returns once it logged its bound address (no sleeping).
-pub(crate) fn serve(dir: &Path, env: &[(&str, &str)]) -> Server {
-    let mut child = voicehub(dir)
-        .arg("serve")
-        .env("VOICEHUB_LISTEN", "127.0.0.1:0")
-        .env("VOICEHUB_LOG_FORMAT", "json")
-        .envs(env.iter().copied())
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start voicehub serve");
-    let stderr = child.stderr.take().unwrap();
-    let logs = Arc::new(Mutex::new(Vec::new()));
-    let (tx, rx) = mpsc::channel();
-    let sink = logs.clone();
-    let reader = std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Ok(json) = serde_json::from_str::<serde_json::Value>(&line)
-                && json["message"] == "voicehub serving gRPC"
-            {
-                let _ = tx.send(json["local_addr"].as_str().unwrap_or_default().to_owned());
-            }
-            sink.lock().unwrap().push(line);
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_mins(1))
-        .unwrap_or_else(|_| panic!("voicehub serve did not start: {:?}", logs.lock().unwrap()));
-    Server {
-        child,
-        addr,
-        logs,
-        reader: Some(reader),
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn grpcurl(args: &[&str]) -> Output {
     let program = std::env::var("VOICEHUB_GRPCURL").unwrap_or_else(|_| "grpcurl".into());
@@ -444,10 +390,8 @@ fn stop_with_sigterm(mut server: Server) {
             .unwrap()
             .success()
     );
-    let status = server.child.wait().unwrap();
+    let status = server.exited();
     assert!(status.success(), "exit status {status}");
-    // The reader ends at end of file, so after it every line is in.
-    server.reader.take().unwrap().join().unwrap();
     let logs = server.logs.lock().unwrap().join("\n");
     assert!(logs.contains("development mode"), "{logs}");
     let not_serving = logs.find("NOT_SERVING").expect("NOT_SERVING logged");

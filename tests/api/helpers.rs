@@ -1,7 +1,13 @@
 //! `spawn_app()` and what tests need around it: clients, a test database
 //! of their own, the `voicehub` command line, watch helpers, metrics.
 
-use std::{path::Path, process::Command, time::Duration};
+use std::{
+    io::{BufRead, BufReader},
+    path::Path,
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex, mpsc},
+    time::Duration,
+};
 
 use sea_orm::{ActiveModelTrait, ConnectionTrait, Database, DatabaseConnection, IntoActiveModel};
 use secrecy::{ExposeSecret, SecretString};
@@ -556,6 +562,70 @@ pub(crate) fn voicehub(dir: &Path) -> Command {
         cmd.env_remove(var);
     }
     cmd
+}
+
+/// A `voicehub serve` process of its own; killed when dropped.
+pub(crate) struct Server {
+    pub(crate) child: Child,
+    pub(crate) addr: String,
+    pub(crate) logs: Arc<Mutex<Vec<String>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Starts `voicehub serve` with zero configuration except a free port (and
+/// `env`), and returns once it logged its bound address (no sleeping).
+pub(crate) fn serve(dir: &Path, env: &[(&str, &str)]) -> Server {
+    let mut child = voicehub(dir)
+        .arg("serve")
+        .env("VOICEHUB_LISTEN", "127.0.0.1:0")
+        .env("VOICEHUB_LOG_FORMAT", "json")
+        .envs(env.iter().copied())
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start voicehub serve");
+    let stderr = child.stderr.take().unwrap();
+    let logs = Arc::new(Mutex::new(Vec::new()));
+    let (tx, rx) = mpsc::channel();
+    let sink = logs.clone();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Ok(json) = serde_json::from_str::<serde_json::Value>(&line)
+                && json["message"] == "voicehub serving gRPC"
+            {
+                let _ = tx.send(json["local_addr"].as_str().unwrap_or_default().to_owned());
+            }
+            sink.lock().unwrap().push(line);
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_mins(1))
+        .unwrap_or_else(|_| panic!("voicehub serve did not start: {:?}", logs.lock().unwrap()));
+    Server {
+        child,
+        addr,
+        logs,
+        reader: Some(reader),
+    }
+}
+
+impl Server {
+    /// Waits for the process to exit and for its last log line to be read
+    /// (the reader ends at end of file).
+    pub(crate) fn exited(&mut self) -> std::process::ExitStatus {
+        let status = self.child.wait().unwrap();
+        if let Some(reader) = self.reader.take() {
+            reader.join().unwrap();
+        }
+        status
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// Adds a fixed `authorization` header to every call.

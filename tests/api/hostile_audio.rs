@@ -16,12 +16,9 @@ use voicehub::{
     pb::{AudioSample, CreateVoiceCloneRequest, ListUserVoicesRequest},
 };
 
-use crate::{
-    grpcurl::{Server, serve},
-    helpers::{
-        BIN, Backend, Bearer, Client, JWT_SECRET, TestDatabase, assert_invalid_field, auth_config,
-        create_request, spawn_app_with, test_config, wait_for, wav,
-    },
+use crate::helpers::{
+    BIN, Backend, Bearer, Client, JWT_SECRET, Server, TestDatabase, assert_invalid_field,
+    auth_config, create_request, serve, spawn_app_with, test_config, wait_for, wav,
 };
 
 /// Two seconds of speech in every accepted container (`scripts/audio-fixtures`).

@@ -11,9 +11,9 @@ use voicehub::{
 
 use crate::{
     fake_elevenlabs::{Fault, Route},
-    grpcurl::serve,
     helpers::{
-        Backend, JWT_SECRET, auth_config, create_voice, metric, next, spawn_app_with_fake, watch,
+        Backend, JWT_SECRET, auth_config, create_voice, metric, next, serve, spawn_app_with_fake,
+        watch,
     },
     redis_server::RedisServer,
 };

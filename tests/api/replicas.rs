@@ -16,10 +16,9 @@ use voicehub::{
 
 use crate::{
     fake_elevenlabs::{API_KEY, FakeElevenLabs, Fault, Report, Route},
-    grpcurl::serve,
     helpers::{
         Backend, JWT_SECRET, TestApp, create_request, create_voice, next, queue_of, redis_of,
-        replica_of, spawn_app_with_fake, watch,
+        replica_of, serve, spawn_app_with_fake, watch,
     },
     redis_server::RedisServer,
 };

@@ -16,8 +16,9 @@ use voicehub::{
 
 use crate::{
     fake_elevenlabs::{Fault, Route},
-    grpcurl::serve,
-    helpers::{Backend, JWT_SECRET, auth_config, create_voice, queue_of, spawn_app_with_fake},
+    helpers::{
+        Backend, JWT_SECRET, auth_config, create_voice, queue_of, serve, spawn_app_with_fake,
+    },
 };
 
 #[tokio::test]

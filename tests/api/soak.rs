@@ -28,8 +28,7 @@ use voicehub::{
 
 use crate::{
     fake_elevenlabs::{API_KEY, FakeElevenLabs, Fault, Route},
-    grpcurl::serve,
-    helpers::{JWT_SECRET, auth_config, create_request},
+    helpers::{JWT_SECRET, auth_config, create_request, serve},
 };
 
 /// The resident memory of process `pid`, in KiB.

@@ -173,7 +173,7 @@ fn cpu_ticks(pid: u32) -> u64 {
 #[tokio::test]
 async fn out_of_file_descriptors_the_server_pauses_accepts_and_keeps_serving_open_connections() {
     let dir = tempfile::tempdir().unwrap();
-    let server = crate::grpcurl::serve(dir.path(), &[]);
+    let server = crate::helpers::serve(dir.path(), &[]);
     let pid = server.child.id();
     let mut health = tonic_health::pb::health_client::HealthClient::new(
         tonic::transport::Endpoint::from_shared(format!("http://{}", server.addr))
