@@ -43,6 +43,31 @@ pub enum Error {
     /// A concurrent change got in the way; retrying is safe.
     #[error("{0}")]
     Aborted(&'static str),
+    /// This replica is at one of its limits of work in progress; the caller
+    /// may retry after `retry_after`, here or on another replica.
+    #[error("{message}")]
+    Busy {
+        /// Which limit, for the caller.
+        message: String,
+        /// When trying again makes sense.
+        retry_after: std::time::Duration,
+    },
+    /// The request is larger than the method accepts.
+    #[error("the request is larger than this method accepts ({limit} bytes)")]
+    TooLarge {
+        /// The most the method accepts, in bytes.
+        limit: usize,
+    },
+    /// The request did not arrive in full in time.
+    #[error("the request did not arrive within {} s of its headers", .within.as_secs_f64())]
+    ArrivedTooSlowly {
+        /// How long it had.
+        within: std::time::Duration,
+    },
+    /// The server is stopping: the caller retries on another replica (a
+    /// watch stream reconnects, and its snapshot makes that lossless).
+    #[error("the server is shutting down")]
+    ShuttingDown,
     /// A part of this server cannot serve now; retrying, here or on
     /// another replica, may work. `detail` is logged, never sent.
     #[error("{what} is unavailable: {detail}")]
@@ -154,6 +179,22 @@ impl From<Error> for Status {
                 )
             }
             Error::Aborted(why) => Status::aborted(why),
+            Error::Busy {
+                message,
+                retry_after,
+            } => {
+                tracing::info!(reason = %message, "refused: at a limit");
+                Status::with_error_details(
+                    Code::ResourceExhausted,
+                    message,
+                    ErrorDetails::with_retry_info(Some(retry_after)),
+                )
+            }
+            e @ Error::TooLarge { .. } => Status::out_of_range(e.to_string()),
+            e @ Error::ArrivedTooSlowly { .. } => Status::deadline_exceeded(e.to_string()),
+            Error::ShuttingDown => Status::unavailable(
+                "the server is shutting down; retry on another replica (a watch: reconnect to continue watching)",
+            ),
             Error::Unavailable { what, detail } => {
                 tracing::error!(%what, %detail, "cannot serve a call");
                 Status::unavailable(format!("{what} is unavailable, try again later"))

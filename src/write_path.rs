@@ -232,7 +232,7 @@ impl WritePath {
         match tokio::spawn(async move { this.clone_reserved(reserved, new).await }).await {
             Ok(result) => result,
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            Err(_) => Err(ProviderError::Unavailable("the server is shutting down".into()).into()),
+            Err(_) => Err(Error::ShuttingDown),
         }
     }
 

@@ -44,15 +44,17 @@ use tokio::{
     sync::{OwnedSemaphorePermit, Semaphore},
     time::{Instant, Sleep},
 };
-use tonic::{Code, Status};
-use tonic_types::{ErrorDetails, StatusExt};
+use tonic::Status;
 use tower_layer::Layer;
 use tower_service::Service;
 
 use uuid::Uuid;
 
 use super::methods;
-use crate::metrics::{LimitLabel, Metrics};
+use crate::{
+    error::Error,
+    metrics::{LimitLabel, Metrics},
+};
 
 /// The path of the call that uploads samples.
 const CREATE: &str = "/voicehub.v1.VoiceService/CreateVoiceClone";
@@ -103,16 +105,13 @@ impl<B> Capped<B> {
 }
 
 fn too_slow(within: Duration) -> BoxError {
-    Box::new(Status::deadline_exceeded(format!(
-        "the request did not arrive within {} s of its headers",
-        within.as_secs_f64()
-    )))
+    Box::new(Status::from(Error::ArrivedTooSlowly { within }))
 }
 
 fn too_large() -> BoxError {
-    Box::new(Status::out_of_range(format!(
-        "the request is larger than this method accepts ({MAX_SMALL_REQUEST_BYTES} bytes)"
-    )))
+    Box::new(Status::from(Error::TooLarge {
+        limit: MAX_SMALL_REQUEST_BYTES,
+    }))
 }
 
 impl<B> Body for Capped<B>
@@ -206,11 +205,10 @@ impl Bound {
     fn enter(&self) -> Result<Entered, Status> {
         let Ok(permit) = self.permits.clone().try_acquire_owned() else {
             self.refused.inc();
-            return Err(Status::with_error_details(
-                Code::ResourceExhausted,
-                self.message,
-                ErrorDetails::with_retry_info(Some(RETRY_AFTER)),
-            ));
+            return Err(Status::from(Error::Busy {
+                message: self.message.to_owned(),
+                retry_after: RETRY_AFTER,
+            }));
         };
         self.in_flight.inc();
         Ok(Entered {
@@ -259,11 +257,10 @@ impl PerUser {
         let mine = held.entry(user).or_default();
         if *mine >= self.max {
             self.refused.inc();
-            return Err(Status::with_error_details(
-                Code::ResourceExhausted,
-                self.message.clone(),
-                ErrorDetails::with_retry_info(Some(RETRY_AFTER)),
-            ));
+            return Err(Status::from(Error::Busy {
+                message: self.message.clone(),
+                retry_after: RETRY_AFTER,
+            }));
         }
         *mine += 1;
         Ok(UserEntered {

@@ -300,13 +300,13 @@ pub(super) async fn open(
             }
             let changes = match next {
                 Next::ShuttingDown => {
-                    Err(Status::unavailable("the server is shutting down; reconnect to continue watching"))?;
+                    Err(Status::from(Error::ShuttingDown))?;
                     return;
                 }
                 Next::Expired => {
-                    Err(Status::unauthenticated(
+                    Err(Status::from(Error::Unauthenticated(
                         "token has expired: re-authenticate and watch again (the new stream starts with the current state)",
-                    ))?;
+                    )))?;
                     return;
                 }
                 Next::Event(event) => {
@@ -315,7 +315,8 @@ pub(super) async fn open(
                     }
                     if !may_see(user, event.owner, event.visibility) {
                         // Made private by its owner while we watched it.
-                        Err(Status::not_found(format!("voice {} is no longer visible", event.voice_id)))?;
+                        tracing::debug!(voice_id = %event.voice_id, "a watched voice is no longer visible");
+                        Err(Status::from(Error::NotFound("voice")))?;
                     }
                     vec![Change {
                         id: event.voice_id,
