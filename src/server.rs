@@ -108,7 +108,7 @@ impl Application {
         let relay = Arc::new(Relay::new(
             store.clone(),
             bus.clone(),
-            config.sync.reconcile_every,
+            config.outbox_recheck,
             metrics.events_published.clone(),
             metrics.outbox_backlog.clone(),
         ));

@@ -120,6 +120,36 @@ fn own_executable() -> anyhow::Result<std::path::PathBuf> {
         .map_err(|e| anyhow::anyhow!("cannot find voicehub's own executable: {e}"))
 }
 
+/// The push lease when `VOICEHUB_SYNC_PUSH_LEASE` is unset.
+const DEFAULT_PUSH_LEASE: Duration = Duration::from_mins(3);
+/// `VOICEHUB_SYNC_ADOPT_AFTER`'s default, which its flag's attribute repeats.
+const DEFAULT_ADOPT_AFTER: Duration = Duration::from_mins(3);
+/// The outbox recheck when `VOICEHUB_OUTBOX_RECHECK_INTERVAL` is unset.
+const DEFAULT_OUTBOX_RECHECK: Duration = Duration::from_mins(10);
+/// `VOICEHUB_SYNC_RECONCILE_INTERVAL`'s default, which its flag's attribute repeats.
+const DEFAULT_RECONCILE_INTERVAL: Duration = Duration::from_mins(10);
+
+/// A setting split off an older one that did two jobs: its own value if
+/// set; else, for one release, the older setting's value if an operator
+/// changed it (with a warning naming both); else its own default.
+fn split_setting(
+    value: Option<Duration>,
+    (name, default): (&str, Duration),
+    (old_name, old_value, old_default): (&str, Duration, Duration),
+) -> Duration {
+    if let Some(value) = value {
+        return value;
+    }
+    if old_value != old_default {
+        tracing::warn!(
+            "{old_name} no longer sets what {name} sets; using its value ({}) for {name} until the next release: set {name}",
+            humantime::format_duration(old_value)
+        );
+        return old_value;
+    }
+    default
+}
+
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -249,6 +279,17 @@ pub struct ServeArgs {
     /// How often the due-queue is reconciled with storage regardless.
     #[arg(long, env = "VOICEHUB_SYNC_RECONCILE_INTERVAL", default_value = "10m", value_parser = humantime::parse_duration)]
     pub sync_reconcile_interval: Duration,
+    /// How often the event outbox is read for events other replicas left
+    /// behind, regardless of notifications [default: 10m; until the next
+    /// release, a changed VOICEHUB_SYNC_RECONCILE_INTERVAL, with a warning].
+    #[arg(long, env = "VOICEHUB_OUTBOX_RECHECK_INTERVAL", value_parser = humantime::parse_duration)]
+    pub outbox_recheck_interval: Option<Duration>,
+    /// How long one replica holds a voice's push of an update to the
+    /// provider; longer than the provider's longest call [default: 3m;
+    /// until the next release, a changed VOICEHUB_SYNC_ADOPT_AFTER, with a
+    /// warning].
+    #[arg(long, env = "VOICEHUB_SYNC_PUSH_LEASE", value_parser = humantime::parse_duration)]
+    pub sync_push_lease: Option<Duration>,
     /// How long after its reservation a voice the provider never accepted is
     /// looked for at the provider by its tag, and failed if not there; must
     /// exceed the provider's longest create (`ELEVENLABS_TIMEOUT` +
@@ -415,6 +456,8 @@ pub struct Config {
     pub sync_max_age: Duration,
     /// How often a watch stream re-reads its processing voices.
     pub watch_recheck: Duration,
+    /// How often the outbox is read for events left behind, regardless.
+    pub outbox_recheck: Duration,
     /// The bounds on the gRPC listener's connections.
     pub connections: ConnectionLimits,
     /// Prefix of every Redis key and channel.
@@ -436,6 +479,21 @@ pub struct Config {
 }
 
 impl ServeArgs {
+    /// The listener's certificate and key, read now, when both are set.
+    fn tls_files(&self) -> anyhow::Result<Option<TlsFiles>> {
+        let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else {
+            return Ok(None);
+        };
+        Ok(Some(TlsFiles {
+            cert: std::fs::read(cert)
+                .map_err(|e| anyhow::anyhow!("VOICEHUB_TLS_CERT {}: {e}", cert.display()))?,
+            key: SecretString::from(
+                std::fs::read_to_string(key)
+                    .map_err(|e| anyhow::anyhow!("VOICEHUB_TLS_KEY {}: {e}", key.display()))?,
+            ),
+        }))
+    }
+
     /// Settings that parse but cannot work, named by their variables.
     fn check_ranges(&self) -> anyhow::Result<()> {
         if let Some(url) = &self.redis_url
@@ -479,17 +537,7 @@ impl ServeArgs {
     /// A setting that is malformed or unusable, named by its variable.
     pub fn into_config(self) -> anyhow::Result<Config> {
         self.check_ranges()?;
-        let tls = match (&self.tls_cert, &self.tls_key) {
-            (Some(cert), Some(key)) => Some(TlsFiles {
-                cert: std::fs::read(cert)
-                    .map_err(|e| anyhow::anyhow!("VOICEHUB_TLS_CERT {}: {e}", cert.display()))?,
-                key: SecretString::from(
-                    std::fs::read_to_string(key)
-                        .map_err(|e| anyhow::anyhow!("VOICEHUB_TLS_KEY {}: {e}", key.display()))?,
-                ),
-            }),
-            _ => None,
-        };
+        let tls = self.tls_files()?;
         let provider = self.provider.into_config()?;
         let auth = self.auth.into_config(Path::new("."))?;
         if auth.development && matches!(provider, ProviderConfig::ElevenLabs(_)) {
@@ -533,6 +581,15 @@ impl ServeArgs {
             },
             sync_max_age: self.sync_max_age,
             watch_recheck: self.watch_recheck_interval,
+            outbox_recheck: split_setting(
+                self.outbox_recheck_interval,
+                ("VOICEHUB_OUTBOX_RECHECK_INTERVAL", DEFAULT_OUTBOX_RECHECK),
+                (
+                    "VOICEHUB_SYNC_RECONCILE_INTERVAL",
+                    self.sync_reconcile_interval,
+                    DEFAULT_RECONCILE_INTERVAL,
+                ),
+            ),
             connections: ConnectionLimits {
                 max: self.max_connections,
                 idle: self.connection_idle_timeout,
@@ -550,6 +607,15 @@ impl ServeArgs {
                 max_backoff: self.sync_max_backoff.max(status_engine::MIN_BACKOFF),
                 reconcile_every: self.sync_reconcile_interval,
                 adopt_after: self.sync_adopt_after,
+                push_lease: split_setting(
+                    self.sync_push_lease,
+                    ("VOICEHUB_SYNC_PUSH_LEASE", DEFAULT_PUSH_LEASE),
+                    (
+                        "VOICEHUB_SYNC_ADOPT_AFTER",
+                        self.sync_adopt_after,
+                        DEFAULT_ADOPT_AFTER,
+                    ),
+                ),
                 sweep_every: self.sweep_interval,
                 sweep_first_after: self.sweep_first_after,
                 sweep_max_deletions: self.sweep_max_deletions,
@@ -621,6 +687,43 @@ impl DatabaseArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_split_setting_takes_its_own_value_then_a_changed_old_one_then_its_default() {
+        let (mine, old) = (("NEW", Duration::from_mins(3)), "OLD");
+        let minute = Duration::from_mins(1);
+        assert_eq!(
+            split_setting(
+                Some(minute),
+                mine,
+                (old, Duration::from_mins(5), Duration::from_mins(3))
+            ),
+            minute
+        );
+        assert_eq!(
+            split_setting(
+                None,
+                mine,
+                (old, Duration::from_mins(5), Duration::from_mins(3))
+            ),
+            Duration::from_mins(5)
+        );
+        assert_eq!(
+            split_setting(
+                None,
+                mine,
+                (old, Duration::from_mins(3), Duration::from_mins(3))
+            ),
+            Duration::from_mins(3)
+        );
+        // The old settings' defaults here are their flags' defaults.
+        let Command::Serve(args) = Cli::try_parse_from(["voicehub", "serve"]).unwrap().command
+        else {
+            panic!("serve");
+        };
+        assert_eq!(args.sync_adopt_after, DEFAULT_ADOPT_AFTER);
+        assert_eq!(args.sync_reconcile_interval, DEFAULT_RECONCILE_INTERVAL);
+    }
 
     #[test]
     fn database_url_scheme_is_checked() {

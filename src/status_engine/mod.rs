@@ -90,6 +90,9 @@ pub struct SyncConfig {
     /// it is not there. Longer than the provider's longest create, so a
     /// create still running is never mistaken for a lost one.
     pub adopt_after: Duration,
+    /// How long one replica holds a voice's push of an update to the
+    /// provider: longer than the provider's longest call, retries included.
+    pub push_lease: Duration,
     /// How often the provider is swept for voices voicehub no longer wants
     /// (zero: never).
     pub sweep_every: Duration,

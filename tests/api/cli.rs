@@ -215,3 +215,39 @@ fn serve_reports_an_address_in_use_clearly() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_changed_setting_that_used_to_do_two_jobs_warns_and_still_does_both_for_now() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = crate::helpers::serve(
+        dir.path(),
+        &[
+            ("VOICEHUB_SYNC_ADOPT_AFTER", "4m"),
+            ("VOICEHUB_SYNC_RECONCILE_INTERVAL", "20m"),
+        ],
+    );
+    let logs = server.logs.lock().unwrap().join("\n");
+    for (old, new) in [
+        ("VOICEHUB_SYNC_ADOPT_AFTER", "VOICEHUB_SYNC_PUSH_LEASE"),
+        (
+            "VOICEHUB_SYNC_RECONCILE_INTERVAL",
+            "VOICEHUB_OUTBOX_RECHECK_INTERVAL",
+        ),
+    ] {
+        assert!(
+            logs.contains(&format!("{old} no longer sets what {new} sets")),
+            "{old} → {new}: {logs}"
+        );
+    }
+    drop(server);
+    // Set apart, each does its own job and nothing warns.
+    let server = crate::helpers::serve(
+        dir.path(),
+        &[
+            ("VOICEHUB_SYNC_ADOPT_AFTER", "4m"),
+            ("VOICEHUB_SYNC_PUSH_LEASE", "3m"),
+        ],
+    );
+    let logs = server.logs.lock().unwrap().join("\n");
+    assert!(!logs.contains("no longer sets"), "{logs}");
+}

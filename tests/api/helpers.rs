@@ -81,6 +81,7 @@ pub(crate) fn test_sync_config() -> SyncConfig {
         reconcile_every: Duration::from_hours(1),
         // Past the fake provider's longest create (four attempts of 400 ms).
         adopt_after: Duration::from_secs(3),
+        push_lease: Duration::from_secs(3),
         sweep_every: Duration::from_hours(1),
         sweep_first_after: Duration::from_mins(1),
         sweep_max_deletions: 50,
@@ -215,6 +216,7 @@ pub(crate) fn test_config(backend: Backend, db: &TestDatabase) -> Config {
         },
         sync_max_age: Duration::from_mins(30),
         watch_recheck: Duration::from_mins(1),
+        outbox_recheck: Duration::from_hours(1),
         connections: voicehub::connections::ConnectionLimits::DEFAULT,
         redis_url: (backend == Backend::Postgres).then(|| SecretString::from(redis_url())),
         redis_prefix: format!("vhtest-{}", Uuid::new_v4().simple()),

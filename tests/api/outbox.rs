@@ -32,9 +32,9 @@ async fn published(app: &TestApp) -> Duration {
 
 #[tokio::test]
 async fn every_write_path_wakes_the_relay_itself() {
-    // The reconcile interval (the relay's only timer) is an hour away.
+    // The outbox recheck (the relay's only timer) is an hour away.
     let app = spawn_app_with(Backend::Postgres, |c| {
-        c.sync.reconcile_every = Duration::from_hours(1);
+        c.outbox_recheck = Duration::from_hours(1);
     })
     .await;
     let fake = FakeElevenLabs::start().await;

@@ -17,8 +17,7 @@ impl Worker {
     /// a push is still pending: the provider failed, the voice changed
     /// during the push, or another pusher holds it.
     pub(super) async fn push(&self, voice: Voice) -> Option<Duration> {
-        // Longer than the provider's longest call, retries included.
-        let lease = self.config.adopt_after;
+        let lease = self.config.push_lease;
         let taken = match self.store.take_push(voice.id, lease).await {
             Ok(Some(taken)) => taken,
             // Another pusher holds it: look again when its lease ends (it
