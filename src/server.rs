@@ -35,7 +35,7 @@ use crate::{
     pb,
     quota::CreateQuota,
     redis::Redis,
-    status_engine::{DynQueue, LocalQueue, RedisQueue, Sweeper, Worker},
+    status_engine::{DynCoordination, DynQueue, LocalQueue, RedisQueue, Sweeper, Worker},
     store::Store,
     write_path::{Limits, WritePath},
 };
@@ -104,7 +104,7 @@ impl Application {
         let provider = config.provider.build(&metrics, installation)?;
         tracing::info!(provider = provider.name(), "voice provider");
 
-        let (queue, bus, redis) = queue_and_bus(&config, &metrics).await?;
+        let (queue, coordination, bus, redis) = queue_and_bus(&config, &metrics).await?;
         let relay = Arc::new(Relay::new(
             store.clone(),
             bus.clone(),
@@ -113,13 +113,13 @@ impl Application {
             metrics.outbox_backlog.clone(),
         ));
         let sweeper = Sweeper::new(
-            (provider.clone(), store.clone(), queue.clone()),
+            (provider.clone(), store.clone(), coordination.clone()),
             installation,
             &config.sync,
             &metrics,
         );
         let worker = Worker::new(
-            queue,
+            (queue, coordination),
             store.clone(),
             provider.clone(),
             config.sync.clone(),
@@ -434,7 +434,7 @@ async fn open_store(config: &Config, metrics: &Metrics) -> anyhow::Result<(Store
 async fn queue_and_bus(
     config: &Config,
     metrics: &Metrics,
-) -> anyhow::Result<(DynQueue, DynBus, Option<RedisParts>)> {
+) -> anyhow::Result<(DynQueue, DynCoordination, DynBus, Option<RedisParts>)> {
     Ok(if let Some(url) = &config.redis_url {
         use secrecy::ExposeSecret;
         let redis = Redis::connect(
@@ -460,16 +460,14 @@ async fn queue_and_bus(
         );
         (
             queue.clone(),
+            queue.clone(),
             bus.clone(),
             Some(RedisParts { redis, queue, bus }),
         )
     } else {
         tracing::info!("no REDIS_URL: in-process due-queue and event bus (a single replica only)");
-        (
-            Arc::new(LocalQueue::new(metrics.queue_round_trips.clone())),
-            Arc::new(LocalBus::new(metrics)),
-            None,
-        )
+        let queue = Arc::new(LocalQueue::new(metrics.queue_round_trips.clone()));
+        (queue.clone(), queue, Arc::new(LocalBus::new(metrics)), None)
     })
 }
 

@@ -452,7 +452,7 @@ impl WritePath {
         delete_at_provider(
             &self.provider,
             &self.store,
-            self.scheduler.queue(),
+            self.scheduler.coordination(),
             provider_voice_id,
             voice_id,
             reason,

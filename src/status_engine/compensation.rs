@@ -8,7 +8,7 @@
 //! deleted, whatever led here: it is logged at ERROR and left alone. A
 //! voice already gone at the provider counts as deleted. A deletion that
 //! fails is logged at error level with the provider voice id and recorded in
-//! `provider_orphans`, and the queue's orphans mark is set, so the next
+//! `provider_orphans`, and the orphans mark is set, so the next
 //! sweep (or an operator) deletes it later; a failure to record it is
 //! logged too. Should the mark be lost (Redis flushed), the sweep still
 //! finds the voice by its tag. Nothing here fails its caller: the
@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use futures_util::future::join_all;
 use uuid::Uuid;
 
-use super::{queue::DynQueue, sweep::ORPHANS_MARK};
+use super::{queue::DynCoordination, sweep::ORPHANS_MARK};
 use crate::{
     error::chain,
     provider::{DynProvider, ProviderError},
@@ -31,7 +31,7 @@ use crate::{
 pub(crate) async fn delete_at_provider(
     provider: &DynProvider,
     store: &Store,
-    queue: &DynQueue,
+    coordination: &DynCoordination,
     provider_voice_id: &str,
     voice_id: Uuid,
     reason: &str,
@@ -39,7 +39,7 @@ pub(crate) async fn delete_at_provider(
     delete_many_at_provider(
         provider,
         store,
-        queue,
+        coordination,
         &[(voice_id, provider_voice_id)],
         reason,
     )
@@ -51,7 +51,7 @@ pub(crate) async fn delete_at_provider(
 pub(crate) async fn delete_many_at_provider(
     provider: &DynProvider,
     store: &Store,
-    queue: &DynQueue,
+    coordination: &DynCoordination,
     voices: &[(Uuid, &str)],
     reason: &str,
 ) {
@@ -70,7 +70,15 @@ pub(crate) async fn delete_many_at_provider(
         Err(e) => {
             tracing::warn!(voices = voices.len(), error = %chain(&e), "could not check who holds provider voices; leaving their deletion to the sweep");
             for (voice_id, provider_voice_id) in voices {
-                record(provider, store, queue, provider_voice_id, *voice_id, reason).await;
+                record(
+                    provider,
+                    store,
+                    coordination,
+                    provider_voice_id,
+                    *voice_id,
+                    reason,
+                )
+                .await;
             }
             return;
         }
@@ -81,7 +89,7 @@ pub(crate) async fn delete_many_at_provider(
             tracing::error!(provider_voice_id, %voice_id, held_by = %live, reason, "not deleting a provider voice a live voice holds");
             return;
         }
-        delete_one(provider, store, queue, provider_voice_id, *voice_id, reason).await;
+        delete_one(provider, store, coordination, provider_voice_id, *voice_id, reason).await;
     }))
     .await;
 }
@@ -89,7 +97,7 @@ pub(crate) async fn delete_many_at_provider(
 async fn delete_one(
     provider: &DynProvider,
     store: &Store,
-    queue: &DynQueue,
+    coordination: &DynCoordination,
     provider_voice_id: &str,
     voice_id: Uuid,
     reason: &str,
@@ -106,7 +114,15 @@ async fn delete_one(
                 error = %e,
                 "ORPHANED provider voice: it exists at the provider but voicehub does not want it; recorded for deletion"
             );
-            record(provider, store, queue, provider_voice_id, voice_id, reason).await;
+            record(
+                provider,
+                store,
+                coordination,
+                provider_voice_id,
+                voice_id,
+                reason,
+            )
+            .await;
         }
     }
 }
@@ -115,7 +131,7 @@ async fn delete_one(
 async fn record(
     provider: &DynProvider,
     store: &Store,
-    queue: &DynQueue,
+    coordination: &DynCoordination,
     provider_voice_id: &str,
     voice_id: Uuid,
     reason: &str,
@@ -125,7 +141,7 @@ async fn record(
         .await
     {
         tracing::error!(provider_voice_id, error = %chain(&db), "could not record the orphaned provider voice");
-    } else if let Err(e) = queue.mark(ORPHANS_MARK).await {
+    } else if let Err(e) = coordination.mark(ORPHANS_MARK).await {
         tracing::warn!(provider_voice_id, error = %e, "could not tell the sweep of the recorded orphan; it finds the voice by its tag");
     }
 }

@@ -13,7 +13,7 @@ use prometheus_client::metrics::counter::Counter;
 use tokio::{sync::Notify, time::Instant};
 use uuid::Uuid;
 
-use super::queue::{Claim, DueQueue, QueueError};
+use super::queue::{Claim, Coordination, DueQueue, QueueError};
 
 #[derive(Default)]
 struct Entries {
@@ -63,13 +63,7 @@ impl LocalQueue {
 }
 
 #[async_trait::async_trait]
-impl DueQueue for LocalQueue {
-    async fn enqueue(&self, id: Uuid, delay: Duration) -> Result<(), QueueError> {
-        self.entries().set(id, Instant::now() + delay);
-        self.wakeup.notify_one();
-        Ok(())
-    }
-
+impl Coordination for LocalQueue {
     async fn try_lease(&self, _name: &str, _ttl: Duration) -> Result<bool, QueueError> {
         // One process holds this queue: it is the only replica.
         Ok(true)
@@ -84,6 +78,15 @@ impl DueQueue for LocalQueue {
     async fn take_mark(&self, name: &str) -> Result<bool, QueueError> {
         self.round_trips.inc();
         Ok(self.marks.lock().remove(name))
+    }
+}
+
+#[async_trait::async_trait]
+impl DueQueue for LocalQueue {
+    async fn enqueue(&self, id: Uuid, delay: Duration) -> Result<(), QueueError> {
+        self.entries().set(id, Instant::now() + delay);
+        self.wakeup.notify_one();
+        Ok(())
     }
 
     async fn claim(&self, max: usize, lease: Duration) -> Result<Claim, QueueError> {

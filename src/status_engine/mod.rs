@@ -52,8 +52,9 @@ use std::{
 
 pub(crate) use compensation::{delete_at_provider, delete_many_at_provider};
 pub(crate) use local_queue::LocalQueue;
+pub(crate) use queue::DynCoordination;
 pub(crate) use queue::DynQueue;
-pub use queue::{Claim, DueQueue, QueueError};
+pub use queue::{Claim, Coordination, DueQueue, QueueError};
 pub use redis_queue::RedisQueue;
 use sweep::COMPLETED_MARK;
 pub use sweep::{Sweeper, Swept};
@@ -114,6 +115,7 @@ pub struct SyncConfig {
 #[derive(Clone)]
 pub(crate) struct Scheduler {
     queue: DynQueue,
+    coordination: DynCoordination,
     reconcile_needed: Arc<AtomicBool>,
     adopt_after: Duration,
 }
@@ -149,9 +151,9 @@ impl Scheduler {
         }
     }
 
-    /// The queue the voices are scheduled on.
-    pub(crate) fn queue(&self) -> &DynQueue {
-        &self.queue
+    /// Where deleting a provider voice records an orphan for the sweep.
+    pub(crate) fn coordination(&self) -> &DynCoordination {
+        &self.coordination
     }
 
     async fn schedule_in(&self, id: Uuid, delay: Duration) {

@@ -59,7 +59,17 @@ pub trait DueQueue: Send + Sync + 'static {
 
     /// Notified when work was enqueued, here or on another replica.
     fn wakeup(&self) -> Arc<Notify>;
+}
 
+/// The configured due-queue, shared.
+pub(crate) type DynQueue = Arc<dyn DueQueue>;
+
+/// Coordination between replicas for jobs other than checking voices (the
+/// sweep): a lease that picks one replica, and marks that say "there is
+/// work of this kind". Kept in the due-queue's store (Redis when replicas
+/// share one), but a seam of its own: the queue's users need none of it.
+#[async_trait::async_trait]
+pub trait Coordination: Send + Sync + 'static {
     /// Takes the lease `name` for `ttl` unless another replica holds it:
     /// how a job that must run on one replica at a time (the sweep) picks
     /// its replica. The lease is not released early: it also spaces the job.
@@ -75,5 +85,5 @@ pub trait DueQueue: Send + Sync + 'static {
     async fn take_mark(&self, name: &str) -> Result<bool, QueueError>;
 }
 
-/// The configured due-queue, shared.
-pub(crate) type DynQueue = Arc<dyn DueQueue>;
+/// The configured coordination, shared.
+pub(crate) type DynCoordination = Arc<dyn Coordination>;

@@ -20,7 +20,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::queue::{Claim, DueQueue, QueueError};
+use super::queue::{Claim, Coordination, DueQueue, QueueError};
 
 /// Milliseconds now on the Redis server's clock.
 const NOW: &str = "local t = redis.call('TIME')
@@ -135,6 +135,44 @@ fn millis(d: Duration) -> Value {
 }
 
 #[async_trait::async_trait]
+impl Coordination for RedisQueue {
+    async fn try_lease(&self, name: &str, ttl: Duration) -> Result<bool, QueueError> {
+        self.round_trips.inc();
+        let key = format!("{}:lease:{name}", self.queue_key);
+        let taken: Option<String> = self
+            .client
+            .set(
+                key,
+                Uuid::new_v4().to_string(),
+                Some(Expiration::PX(
+                    i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX),
+                )),
+                Some(SetOptions::NX),
+                false,
+            )
+            .await
+            .map_err(err)?;
+        Ok(taken.is_some())
+    }
+
+    async fn mark(&self, name: &str) -> Result<(), QueueError> {
+        self.round_trips.inc();
+        let key = format!("{}:mark:{name}", self.queue_key);
+        self.client
+            .set::<(), _, _>(key, 1, None, None, false)
+            .await
+            .map_err(err)
+    }
+
+    async fn take_mark(&self, name: &str) -> Result<bool, QueueError> {
+        self.round_trips.inc();
+        let key = format!("{}:mark:{name}", self.queue_key);
+        let removed: i64 = self.client.del(key).await.map_err(err)?;
+        Ok(removed > 0)
+    }
+}
+
+#[async_trait::async_trait]
 impl DueQueue for RedisQueue {
     async fn enqueue(&self, id: Uuid, delay: Duration) -> Result<(), QueueError> {
         // Creates and updates enqueue while their caller waits: while Redis
@@ -197,41 +235,6 @@ impl DueQueue for RedisQueue {
             .eval(&self.reschedule, vec![&self.queue_key], args)
             .await?;
         Ok(())
-    }
-
-    async fn try_lease(&self, name: &str, ttl: Duration) -> Result<bool, QueueError> {
-        self.round_trips.inc();
-        let key = format!("{}:lease:{name}", self.queue_key);
-        let taken: Option<String> = self
-            .client
-            .set(
-                key,
-                Uuid::new_v4().to_string(),
-                Some(Expiration::PX(
-                    i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX),
-                )),
-                Some(SetOptions::NX),
-                false,
-            )
-            .await
-            .map_err(err)?;
-        Ok(taken.is_some())
-    }
-
-    async fn mark(&self, name: &str) -> Result<(), QueueError> {
-        self.round_trips.inc();
-        let key = format!("{}:mark:{name}", self.queue_key);
-        self.client
-            .set::<(), _, _>(key, 1, None, None, false)
-            .await
-            .map_err(err)
-    }
-
-    async fn take_mark(&self, name: &str) -> Result<bool, QueueError> {
-        self.round_trips.inc();
-        let key = format!("{}:mark:{name}", self.queue_key);
-        let removed: i64 = self.client.del(key).await.map_err(err)?;
-        Ok(removed > 0)
     }
 
     async fn finish(&self, ids: &[Uuid]) -> Result<(), QueueError> {

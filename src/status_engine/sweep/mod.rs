@@ -27,15 +27,16 @@
 //!   provider"), published like any change. A listing that is short or
 //!   empty fails no voice by itself; one that fails ends the sweep.
 //!
-//! One replica at a time: a sweep first takes a lease for its whole
-//! interval from the due-queue (Redis when replicas share one), so the
+//! One replica at a time: a sweep first takes the sweep lease for its whole
+//! interval ([`Coordination`](super::Coordination), in Redis when replicas
+//! share one), so the
 //! replicas together sweep once per interval. A deletion the provider
 //! refuses is logged and counted, and found again by the next sweep. Every
 //! deletion is logged with its provider voice id and reason. Cost: one
 //! listing of the account, one read of the rows its tags name (none when it
 //! names none), and one read per 1,000 COMPLETED voices, made only when the
 //! listing holds a voice of this installation or one completed since the
-//! last sweep (the queue's `completed` mark): a sweep with nothing to do
+//! last sweep (the `completed` mark): a sweep with nothing to do
 //! runs no SQL. Should the mark be lost (Redis flushed, an in-process
 //! restart) while every voice of this installation is gone from the
 //! provider, those go unnoticed until the next voice completes.
@@ -51,7 +52,7 @@ mod vanished;
 
 use deletion::Doomed;
 
-use super::{SyncConfig, SyncError, queue::DynQueue};
+use super::{SyncConfig, SyncError, queue::DynCoordination};
 use crate::{
     error::chain,
     metrics::{Metrics, SweepLabel},
@@ -124,7 +125,7 @@ impl SweepMetrics {
 pub struct Sweeper {
     provider: DynProvider,
     store: Store,
-    queue: DynQueue,
+    coordination: DynCoordination,
     /// This installation's id, as its voices' labels carry it.
     installation: String,
     every: Duration,
@@ -139,7 +140,7 @@ impl Sweeper {
     /// A sweeper of `installation`'s voices as `config` says (`sweep_every`
     /// zero: never).
     pub(crate) fn new(
-        (provider, store, queue): (DynProvider, Store, DynQueue),
+        (provider, store, coordination): (DynProvider, Store, DynCoordination),
         installation: Uuid,
         config: &SyncConfig,
         metrics: &Metrics,
@@ -147,7 +148,7 @@ impl Sweeper {
         Sweeper {
             provider,
             store,
-            queue,
+            coordination,
             installation: installation.to_string(),
             every: config.sweep_every,
             first_after: config.sweep_first_after,
@@ -170,7 +171,7 @@ impl Sweeper {
     /// and lookups that fail are counted or logged, not errors.
     pub async fn run_once(&self) -> Result<Option<Swept>, SyncError> {
         if !self
-            .queue
+            .coordination
             .try_lease("sweep", self.every.max(Duration::from_millis(1)))
             .await?
         {
@@ -188,7 +189,7 @@ impl Sweeper {
         let mut doomed = self.doomed(tagged, &mut swept).await?;
         // The mark is taken before the records are read: one recorded
         // meanwhile sets it again for the next sweep.
-        let orphans_marked = self.queue.take_mark(ORPHANS_MARK).await?;
+        let orphans_marked = self.coordination.take_mark(ORPHANS_MARK).await?;
         let mut orphans_left = false;
         if orphans_marked {
             let orphans = self
@@ -198,7 +199,7 @@ impl Sweeper {
             let orphans = match orphans {
                 Ok(orphans) => orphans,
                 Err(e) => {
-                    self.queue.mark(ORPHANS_MARK).await?;
+                    self.coordination.mark(ORPHANS_MARK).await?;
                     return Err(e.into());
                 }
             };
@@ -254,14 +255,14 @@ impl Sweeper {
             }
         }
         if orphans_left {
-            self.queue.mark(ORPHANS_MARK).await?;
+            self.coordination.mark(ORPHANS_MARK).await?;
         }
         // With none of its voices listed and none completed since the last
         // sweep, nothing can have vanished: no SQL.
-        if self.queue.take_mark(COMPLETED_MARK).await? || ours_listed {
+        if self.coordination.take_mark(COMPLETED_MARK).await? || ours_listed {
             let vanished = self.vanished(&listed).await;
             if !matches!(vanished, Ok((_, false))) {
-                self.queue.mark(COMPLETED_MARK).await?;
+                self.coordination.mark(COMPLETED_MARK).await?;
             }
             swept.vanished = vanished?.0;
         }

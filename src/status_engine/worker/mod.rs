@@ -49,7 +49,7 @@ use timing::gathered;
 
 use super::{
     Scheduler, SyncConfig,
-    queue::{DynQueue, QueueError},
+    queue::{DynCoordination, DynQueue, QueueError},
 };
 use crate::{
     metrics::Metrics,
@@ -127,6 +127,8 @@ enum Decision {
 #[derive(Clone)]
 pub struct Worker {
     queue: DynQueue,
+    /// The sweep's marks (this worker sets `completed`).
+    coordination: DynCoordination,
     store: Store,
     provider: DynProvider,
     config: SyncConfig,
@@ -151,7 +153,7 @@ impl Worker {
     /// A worker that reconciles the queue with storage on its first step.
     #[must_use]
     pub(crate) fn new(
-        queue: DynQueue,
+        (queue, coordination): (DynQueue, DynCoordination),
         store: Store,
         provider: DynProvider,
         config: SyncConfig,
@@ -159,6 +161,7 @@ impl Worker {
     ) -> Self {
         Worker {
             queue,
+            coordination,
             store,
             provider,
             held: Arc::default(),
@@ -179,6 +182,7 @@ impl Worker {
     pub(crate) fn scheduler(&self) -> Scheduler {
         Scheduler {
             queue: self.queue.clone(),
+            coordination: self.coordination.clone(),
             reconcile_needed: self.reconcile_needed.clone(),
             adopt_after: self.config.adopt_after,
         }

@@ -53,7 +53,7 @@ impl Worker {
                 delete_many_at_provider(
                     &self.provider,
                     &self.store,
-                    &self.queue,
+                    &self.coordination,
                     &failed,
                     "the voice FAILED",
                 )
@@ -102,7 +102,7 @@ impl Worker {
         if self.completed_marked.swap(true, Ordering::Relaxed) {
             return;
         }
-        if let Err(e) = self.queue.mark(COMPLETED_MARK).await {
+        if let Err(e) = self.coordination.mark(COMPLETED_MARK).await {
             self.completed_marked.store(false, Ordering::Relaxed);
             tracing::debug!(error = %e, "could not mark COMPLETED voices for the sweep; the next completion tries again");
         }
