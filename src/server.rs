@@ -37,7 +37,7 @@ use crate::{
     redis::Redis,
     status_engine::{DynCoordination, DynQueue, LocalQueue, RedisQueue, Sweeper, Worker},
     store::Store,
-    write_path::{Limits, WritePath},
+    write_path::{CreateLimits, WritePath},
 };
 
 /// The Redis side of a replica, when REDIS_URL is set.
@@ -129,7 +129,7 @@ impl Application {
             store.clone(),
             provider,
             worker.scheduler(),
-            Limits {
+            CreateLimits {
                 max_per_user: config.max_voices_per_user,
                 max_age: config.sync_max_age,
             },

@@ -154,13 +154,13 @@ pub(crate) struct WritePath {
     store: Store,
     provider: DynProvider,
     scheduler: Scheduler,
-    limits: Limits,
+    limits: CreateLimits,
     quota: Arc<CreateQuota>,
 }
 
 /// The limits the write path enforces.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Limits {
+pub(crate) struct CreateLimits {
     /// Live voices per user.
     pub(crate) max_per_user: u64,
     /// How long a voice may stay PROCESSING.
@@ -174,7 +174,7 @@ impl WritePath {
         store: Store,
         provider: DynProvider,
         scheduler: Scheduler,
-        limits: Limits,
+        limits: CreateLimits,
         quota: Arc<CreateQuota>,
     ) -> Self {
         WritePath {

@@ -94,7 +94,7 @@ impl Hub {
     /// Registers interest; events dispatched from now on reach the subscription.
     pub(crate) fn subscribe(self: &Arc<Self>, interest: Interest) -> Subscription {
         let mailbox = Arc::new(Mailbox {
-            pending: Mutex::default(),
+            undelivered: Mutex::default(),
             notify: Notify::new(),
             counts: self.counts.clone(),
         });
@@ -167,21 +167,23 @@ impl Hub {
 }
 
 struct Mailbox {
-    pending: Mutex<Pending>,
+    undelivered: Mutex<Undelivered>,
     notify: Notify,
     counts: Arc<Counts>,
 }
 
+/// What a mailbox holds: the latest undelivered state of each voice, in
+/// the order the voices first arrived.
 #[derive(Default)]
-struct Pending {
+struct Undelivered {
     order: VecDeque<Uuid>,
     latest: HashMap<Uuid, Arc<VoiceEvent>>,
 }
 
 impl Mailbox {
     fn offer(&self, event: &Arc<VoiceEvent>) {
-        let mut pending = self.pending.lock();
-        match pending.latest.entry(event.voice_id) {
+        let mut undelivered = self.undelivered.lock();
+        match undelivered.latest.entry(event.voice_id) {
             Entry::Occupied(mut e) => {
                 // Coalesce: a newer state replaces one the reader has not taken yet.
                 if event.revision > e.get().revision {
@@ -191,17 +193,17 @@ impl Mailbox {
             }
             Entry::Vacant(e) => {
                 e.insert(event.clone());
-                pending.order.push_back(event.voice_id);
+                undelivered.order.push_back(event.voice_id);
             }
         }
-        drop(pending);
+        drop(undelivered);
         self.notify.notify_one();
     }
 
     fn take(&self) -> Option<Arc<VoiceEvent>> {
-        let mut pending = self.pending.lock();
-        let id = pending.order.pop_front()?;
-        let event = pending.latest.remove(&id);
+        let mut undelivered = self.undelivered.lock();
+        let id = undelivered.order.pop_front()?;
+        let event = undelivered.latest.remove(&id);
         self.counts.delivered.inc();
         event
     }
