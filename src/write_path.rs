@@ -310,7 +310,7 @@ impl WritePath {
                 tokio::time::sleep(UNKNOWN_OUTCOME_PAUSE * attempt).await;
             }
             let detail = match self.provider.clone_voice(request.clone()).await {
-                Ok(cloned) => return Cloned::Made(cloned.voice_id),
+                Ok(cloned) => return Cloned::Made(cloned.provider_voice_id),
                 Err(ProviderError::OutcomeUnknown {
                     detail,
                     may_still_run: true,

@@ -81,7 +81,7 @@ pub(crate) struct TaggedVoice {
     /// The provider's id of the voice.
     pub(crate) provider_voice_id: String,
     /// The voicehub voice its tag names.
-    pub(crate) voice_id: Uuid,
+    pub(crate) voicehub_id: Uuid,
     /// The installation label's value, as found; `None` for a voice tagged
     /// before installations had ids.
     pub(crate) installation: Option<String>,
@@ -108,7 +108,7 @@ pub(crate) struct CloneRequest {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Cloned {
     /// The provider's id of the new voice.
-    pub(crate) voice_id: String,
+    pub(crate) provider_voice_id: String,
     /// The provider still has to verify the voice before it is usable.
     pub(crate) requires_verification: bool,
 }
@@ -229,7 +229,7 @@ pub(crate) trait VoiceProvider: Send + Sync + 'static {
     ///
     /// # Errors
     /// [`ProviderError::NotFound`] when the voice is gone, or another failure.
-    async fn check_voice(&self, voice_id: &str) -> Result<Verdict, ProviderError>;
+    async fn check_voice(&self, provider_voice_id: &str) -> Result<Verdict, ProviderError>;
 
     /// The most voices one [`VoiceProvider::check_voices`] call asks about;
     /// 1 when the provider has no lookup of several voices at once.
@@ -280,13 +280,17 @@ pub(crate) trait VoiceProvider: Send + Sync + 'static {
     ///
     /// # Errors
     /// Any [`ProviderError`].
-    async fn edit_voice(&self, voice_id: &str, edit: VoiceEdit) -> Result<(), ProviderError>;
+    async fn edit_voice(
+        &self,
+        provider_voice_id: &str,
+        edit: VoiceEdit,
+    ) -> Result<(), ProviderError>;
 
     /// Deletes a voice.
     ///
     /// # Errors
     /// [`ProviderError::NotFound`] when it was already gone, or another failure.
-    async fn delete_voice(&self, voice_id: &str) -> Result<(), ProviderError>;
+    async fn delete_voice(&self, provider_voice_id: &str) -> Result<(), ProviderError>;
 }
 
 /// The configured provider, shared.

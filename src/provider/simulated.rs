@@ -61,9 +61,9 @@ impl VoiceProvider for Simulated {
     }
 
     async fn clone_voice(&self, request: CloneRequest) -> Result<Cloned, ProviderError> {
-        let voice_id = new_voice_id();
+        let provider_voice_id = new_voice_id();
         self.voices.lock().insert(
-            voice_id.clone(),
+            provider_voice_id.clone(),
             SimVoice {
                 voicehub_id: request.voicehub_id,
                 labels: request.labels,
@@ -71,20 +71,22 @@ impl VoiceProvider for Simulated {
             },
         );
         Ok(Cloned {
-            voice_id,
+            provider_voice_id,
             requires_verification: !self.ready_after.is_zero(),
         })
     }
 
-    async fn check_voice(&self, voice_id: &str) -> Result<Verdict, ProviderError> {
+    async fn check_voice(&self, provider_voice_id: &str) -> Result<Verdict, ProviderError> {
         let voices = self.voices.lock();
-        let voice = voices.get(voice_id).ok_or(ProviderError::NotFound)?;
+        let voice = voices
+            .get(provider_voice_id)
+            .ok_or(ProviderError::NotFound)?;
         if Instant::now() < voice.ready_at {
             return Ok(Verdict::Processing);
         }
         Ok(Verdict::Completed {
             preview_url: Some(format!(
-                "https://simulated.voicehub.invalid/previews/{voice_id}.mp3"
+                "https://simulated.voicehub.invalid/previews/{provider_voice_id}.mp3"
             )),
             labels: voice.labels.clone(),
         })
@@ -106,25 +108,31 @@ impl VoiceProvider for Simulated {
             .iter()
             .map(|(id, v)| TaggedVoice {
                 provider_voice_id: id.clone(),
-                voice_id: v.voicehub_id,
+                voicehub_id: v.voicehub_id,
                 installation: Some(self.installation.to_string()),
             })
             .collect())
     }
 
-    async fn edit_voice(&self, voice_id: &str, edit: VoiceEdit) -> Result<(), ProviderError> {
+    async fn edit_voice(
+        &self,
+        provider_voice_id: &str,
+        edit: VoiceEdit,
+    ) -> Result<(), ProviderError> {
         let mut voices = self.voices.lock();
-        let voice = voices.get_mut(voice_id).ok_or(ProviderError::NotFound)?;
+        let voice = voices
+            .get_mut(provider_voice_id)
+            .ok_or(ProviderError::NotFound)?;
         if let Some(labels) = edit.labels {
             voice.labels = labels;
         }
         Ok(())
     }
 
-    async fn delete_voice(&self, voice_id: &str) -> Result<(), ProviderError> {
+    async fn delete_voice(&self, provider_voice_id: &str) -> Result<(), ProviderError> {
         self.voices
             .lock()
-            .remove(voice_id)
+            .remove(provider_voice_id)
             .map(drop)
             .ok_or(ProviderError::NotFound)
     }

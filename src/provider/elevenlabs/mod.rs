@@ -62,7 +62,8 @@ struct SearchPage {
 
 #[derive(Deserialize)]
 struct SearchedVoice {
-    voice_id: String,
+    #[serde(rename = "voice_id")]
+    provider_voice_id: String,
     #[serde(default)]
     labels: Option<BTreeMap<String, serde_json::Value>>,
 }
@@ -73,9 +74,9 @@ impl SearchedVoice {
         let labels = self.labels?;
         let label = |key: &str| labels.get(key)?.as_str().map(str::to_owned);
         Some(TaggedVoice {
-            voice_id: label(TAG_LABEL)?.parse().ok()?,
+            voicehub_id: label(TAG_LABEL)?.parse().ok()?,
             installation: label(INSTALLATION_LABEL),
-            provider_voice_id: self.voice_id,
+            provider_voice_id: self.provider_voice_id,
         })
     }
 }
@@ -373,7 +374,8 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 
 #[derive(Deserialize)]
 struct AddVoiceResponse {
-    voice_id: String,
+    #[serde(rename = "voice_id")]
+    provider_voice_id: String,
     #[serde(default)]
     requires_verification: bool,
 }
@@ -426,13 +428,13 @@ impl VoiceProvider for ElevenLabs {
         let added: AddVoiceResponse = serde_json::from_slice(&body)
             .map_err(|e| ProviderError::Protocol(format!("voices/add answer: {e}")))?;
         Ok(Cloned {
-            voice_id: added.voice_id,
+            provider_voice_id: added.provider_voice_id,
             requires_verification: added.requires_verification,
         })
     }
 
-    async fn check_voice(&self, voice_id: &str) -> Result<Verdict, ProviderError> {
-        let url = self.url(&["v1", "voices", voice_id]);
+    async fn check_voice(&self, provider_voice_id: &str) -> Result<Verdict, ProviderError> {
+        let url = self.url(&["v1", "voices", provider_voice_id]);
         let body = self
             .call("voices.get", Idempotency::Idempotent, || {
                 self.http.get(url.clone())
@@ -459,8 +461,13 @@ impl VoiceProvider for ElevenLabs {
         Ok(page
             .voices
             .into_iter()
-            .filter(|voice| voice_ids.contains(&voice.voice_id.as_str()))
-            .map(|mut voice| (std::mem::take(&mut voice.voice_id), voice.verdict()))
+            .filter(|voice| voice_ids.contains(&voice.provider_voice_id.as_str()))
+            .map(|mut voice| {
+                (
+                    std::mem::take(&mut voice.provider_voice_id),
+                    voice.verdict(),
+                )
+            })
             .collect())
     }
 
@@ -477,7 +484,7 @@ impl VoiceProvider for ElevenLabs {
             if let Some(found) = page.voices.into_iter().find_map(|v| {
                 let tagged = v.tagged()?;
                 let ours = tagged.installation.is_none_or(|i| i == installation);
-                (tagged.voice_id == voicehub_id && ours).then_some(tagged.provider_voice_id)
+                (tagged.voicehub_id == voicehub_id && ours).then_some(tagged.provider_voice_id)
             }) {
                 return Ok(Some(found));
             }
@@ -508,8 +515,12 @@ impl VoiceProvider for ElevenLabs {
         )))
     }
 
-    async fn edit_voice(&self, voice_id: &str, edit: VoiceEdit) -> Result<(), ProviderError> {
-        let url = self.url(&["v1", "voices", voice_id, "edit"]);
+    async fn edit_voice(
+        &self,
+        provider_voice_id: &str,
+        edit: VoiceEdit,
+    ) -> Result<(), ProviderError> {
+        let url = self.url(&["v1", "voices", provider_voice_id, "edit"]);
         // Setting the same metadata twice is harmless, so edits retry freely.
         self.call("voices.edit", Idempotency::Idempotent, || {
             let mut form = Form::new().text("name", edit.name.clone());
@@ -528,8 +539,8 @@ impl VoiceProvider for ElevenLabs {
         .map(drop)
     }
 
-    async fn delete_voice(&self, voice_id: &str) -> Result<(), ProviderError> {
-        let url = self.url(&["v1", "voices", voice_id]);
+    async fn delete_voice(&self, provider_voice_id: &str) -> Result<(), ProviderError> {
+        let url = self.url(&["v1", "voices", provider_voice_id]);
         self.call("voices.delete", Idempotency::Idempotent, || {
             self.http.delete(url.clone())
         })

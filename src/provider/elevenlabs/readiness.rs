@@ -19,8 +19,8 @@ use crate::provider::{Verdict, untagged};
 #[derive(Debug, Default, Deserialize)]
 pub(super) struct VoiceDetails {
     /// Read from `GET /v2/voices` pages, whose voices say who they are.
-    #[serde(default)]
-    pub(super) voice_id: String,
+    #[serde(default, rename = "voice_id")]
+    pub(super) provider_voice_id: String,
     #[serde(default)]
     category: Option<String>,
     #[serde(default)]

@@ -66,7 +66,7 @@ impl Sweeper {
         }
         let ids: Vec<Uuid> = candidates
             .iter()
-            .map(|t| t.voice_id)
+            .map(|t| t.voicehub_id)
             .collect::<HashSet<_>>()
             .into_iter()
             .collect();
@@ -82,14 +82,14 @@ impl Sweeper {
         }
         let mut doomed = Vec::new();
         for voice in candidates {
-            let Some(row) = rows.get(&voice.voice_id) else {
+            let Some(row) = rows.get(&voice.voicehub_id) else {
                 self.spare(&voice, "no_row", "tagged for a voice this database does not have (another installation's, or made after the backup this database was restored from)", swept);
                 continue;
             };
             if let Some(reason) = discarded(row, &voice.provider_voice_id) {
                 doomed.push(Doomed {
                     provider_voice_id: voice.provider_voice_id,
-                    voice_id: Some(voice.voice_id),
+                    voice_id: Some(voice.voicehub_id),
                     reason,
                     orphan: None,
                 });
@@ -143,7 +143,7 @@ impl Sweeper {
     ) {
         tracing::error!(
             provider_voice_id = voice.provider_voice_id,
-            voicehub_id = %voice.voice_id,
+            voicehub_id = %voice.voicehub_id,
             installation = ?voice.installation,
             "sweep left a tagged provider voice alone: {what}"
         );
