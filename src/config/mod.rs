@@ -120,6 +120,27 @@ fn own_executable() -> anyhow::Result<std::path::PathBuf> {
         .map_err(|e| anyhow::anyhow!("cannot find voicehub's own executable: {e}"))
 }
 
+/// The claim lease when neither of its names is set.
+const DEFAULT_CLAIM_LEASE: Duration = Duration::from_secs(30);
+
+/// A setting under its new name, or, for one release, its old name (with a
+/// warning, once: `into_config` reads it once), or its default.
+fn renamed_setting(
+    value: Option<Duration>,
+    old: Option<Duration>,
+    (name, old_name): (&str, &str),
+    default: Duration,
+) -> Duration {
+    match (value, old) {
+        (Some(value), _) => value,
+        (None, Some(old)) => {
+            tracing::warn!("{old_name} is now {name}; the old name is read until the next release");
+            old
+        }
+        (None, None) => default,
+    }
+}
+
 /// The push lease when `VOICEHUB_SYNC_PUSH_LEASE` is unset.
 const DEFAULT_PUSH_LEASE: Duration = Duration::from_mins(3);
 /// `VOICEHUB_SYNC_ADOPT_AFTER`'s default, which its flag's attribute repeats.
@@ -267,9 +288,14 @@ pub struct ServeArgs {
     /// Most voices one status-engine step claims.
     #[arg(long, env = "VOICEHUB_SYNC_BATCH", default_value_t = 32)]
     pub sync_batch: usize,
-    /// How long a claimed voice is reserved for the replica that claimed it.
-    #[arg(long, env = "VOICEHUB_SYNC_LEASE", default_value = "30s", value_parser = humantime::parse_duration)]
-    pub sync_lease: Duration,
+    /// How long a claimed voice is reserved for the replica that claimed it
+    /// (the claim lease) [default: 30s].
+    #[arg(long, env = "VOICEHUB_SYNC_CLAIM_LEASE", value_parser = humantime::parse_duration)]
+    pub sync_claim_lease: Option<Duration>,
+    /// The old name of VOICEHUB_SYNC_CLAIM_LEASE, read for one more release
+    /// with a warning.
+    #[arg(long, env = "VOICEHUB_SYNC_LEASE", value_parser = humantime::parse_duration)]
+    pub sync_lease: Option<Duration>,
     /// Longest the status engine's worker sleeps when nothing is due.
     #[arg(long, env = "VOICEHUB_SYNC_IDLE", default_value = "30s", value_parser = humantime::parse_duration)]
     pub sync_idle: Duration,
@@ -494,6 +520,16 @@ impl ServeArgs {
         }))
     }
 
+    /// The claim lease, from its name or, for one release, its old one.
+    fn claim_lease(&self) -> Duration {
+        renamed_setting(
+            self.sync_claim_lease,
+            self.sync_lease,
+            ("VOICEHUB_SYNC_CLAIM_LEASE", "VOICEHUB_SYNC_LEASE"),
+            DEFAULT_CLAIM_LEASE,
+        )
+    }
+
     /// Settings that parse but cannot work, named by their variables.
     fn check_ranges(&self) -> anyhow::Result<()> {
         if let Some(url) = &self.redis_url
@@ -519,9 +555,13 @@ impl ServeArgs {
         if self.sync_max_age.is_zero() {
             bail!("VOICEHUB_SYNC_MAX_AGE must be above zero");
         }
-        if self.sync_batch == 0 || self.sync_lease.is_zero() || self.sync_idle.is_zero() {
+        let claim_lease_zero = self
+            .sync_claim_lease
+            .or(self.sync_lease)
+            .is_some_and(|lease| lease.is_zero());
+        if self.sync_batch == 0 || claim_lease_zero || self.sync_idle.is_zero() {
             bail!(
-                "VOICEHUB_SYNC_BATCH, VOICEHUB_SYNC_LEASE and VOICEHUB_SYNC_IDLE must be above zero"
+                "VOICEHUB_SYNC_BATCH, VOICEHUB_SYNC_CLAIM_LEASE and VOICEHUB_SYNC_IDLE must be above zero"
             );
         }
         if self.redis_timeout.is_zero() {
@@ -538,6 +578,7 @@ impl ServeArgs {
     pub fn into_config(self) -> anyhow::Result<Config> {
         self.check_ranges()?;
         let tls = self.tls_files()?;
+        let claim_lease = self.claim_lease();
         let provider = self.provider.into_config()?;
         let auth = self.auth.into_config(Path::new("."))?;
         if auth.development && matches!(provider, ProviderConfig::ElevenLabs(_)) {
@@ -601,7 +642,7 @@ impl ServeArgs {
             sync_worker: self.sync_worker,
             sync: SyncConfig {
                 batch: self.sync_batch,
-                lease: self.sync_lease,
+                claim_lease,
                 idle: self.sync_idle,
                 min_backoff: status_engine::MIN_BACKOFF,
                 max_backoff: self.sync_max_backoff.max(status_engine::MIN_BACKOFF),

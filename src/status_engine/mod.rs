@@ -77,7 +77,7 @@ pub struct SyncConfig {
     /// Most voices claimed in one step.
     pub batch: usize,
     /// How long a claim keeps other replicas away.
-    pub lease: Duration,
+    pub claim_lease: Duration,
     /// Delay between the first checks of a new voice.
     pub min_backoff: Duration,
     /// Longest delay between checks of one voice.

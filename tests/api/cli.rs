@@ -217,13 +217,14 @@ fn serve_reports_an_address_in_use_clearly() {
 }
 
 #[test]
-fn a_changed_setting_that_used_to_do_two_jobs_warns_and_still_does_both_for_now() {
+fn a_renamed_setting_or_one_that_did_two_jobs_warns_and_still_works_for_now() {
     let dir = tempfile::tempdir().unwrap();
     let server = crate::helpers::serve(
         dir.path(),
         &[
             ("VOICEHUB_SYNC_ADOPT_AFTER", "4m"),
             ("VOICEHUB_SYNC_RECONCILE_INTERVAL", "20m"),
+            ("VOICEHUB_SYNC_LEASE", "20s"),
         ],
     );
     let logs = server.logs.lock().unwrap().join("\n");
@@ -239,6 +240,10 @@ fn a_changed_setting_that_used_to_do_two_jobs_warns_and_still_does_both_for_now(
             "{old} → {new}: {logs}"
         );
     }
+    assert!(
+        logs.contains("VOICEHUB_SYNC_LEASE is now VOICEHUB_SYNC_CLAIM_LEASE"),
+        "{logs}"
+    );
     drop(server);
     // Set apart, each does its own job and nothing warns.
     let server = crate::helpers::serve(
@@ -249,5 +254,8 @@ fn a_changed_setting_that_used_to_do_two_jobs_warns_and_still_does_both_for_now(
         ],
     );
     let logs = server.logs.lock().unwrap().join("\n");
-    assert!(!logs.contains("no longer sets"), "{logs}");
+    assert!(
+        !logs.contains("no longer sets") && !logs.contains("is now"),
+        "{logs}"
+    );
 }

@@ -138,7 +138,7 @@ async fn a_replica_killed_holding_claims_and_creates_leaves_the_other_to_finish_
         ("ELEVENLABS_RETRY_BUDGET", "5s"),
         ("ELEVENLABS_MAX_CONCURRENCY", "16"),
         ("VOICEHUB_SYNC_ADOPT_AFTER", "11s"),
-        ("VOICEHUB_SYNC_LEASE", "2s"),
+        ("VOICEHUB_SYNC_CLAIM_LEASE", "2s"),
         ("VOICEHUB_JWT_SECRET", JWT_SECRET),
         ("VOICEHUB_MAX_CONCURRENT_UPLOADS", "16"),
         ("VOICEHUB_MAX_CONCURRENT_UPLOADS_PER_USER", "16"),

@@ -74,7 +74,7 @@ pub(crate) fn redis_url() -> String {
 pub(crate) fn test_sync_config() -> SyncConfig {
     SyncConfig {
         batch: 32,
-        lease: Duration::from_secs(30),
+        claim_lease: Duration::from_secs(30),
         min_backoff: Duration::ZERO,
         max_backoff: Duration::ZERO,
         idle: Duration::from_millis(200),

@@ -18,7 +18,7 @@ use crate::{
     fake_elevenlabs::{API_KEY, FakeElevenLabs, Fault, Report, Route},
     helpers::{
         Backend, JWT_SECRET, TestApp, create_request, create_voice, next, queue_of, redis_of,
-        replica_of, serve, spawn_app_with_fake, watch,
+        replica_of, serve, spawn_app_with_fake, wait_for, watch,
     },
     redis_server::RedisServer,
 };
@@ -346,6 +346,12 @@ async fn events_redis_refuses_still_reach_this_replicas_watchers() {
     }
     assert_eq!(app.outbox_rows().await, 2, "kept for the other replicas");
     let published = app.metric("voicehub_events_published_total");
+    // The relay hands the events to this replica's watchers first, then
+    // counts the backlog: the gauge follows the deliveries by a moment.
+    wait_for(Duration::from_secs(5), || {
+        app.metric("voicehub_outbox_backlog") >= 1
+    })
+    .await;
     assert!(
         app.metric("voicehub_outbox_backlog") >= 1,
         "the backlog shows"
@@ -501,7 +507,7 @@ async fn a_change_whose_process_is_killed_between_commit_and_publish_reaches_a_w
 #[tokio::test]
 async fn an_entry_of_another_deployment_on_the_same_prefix_is_reported_and_left_for_its_owner() {
     let (app, fake) = spawn_app_with_fake(Backend::Postgres, |c| {
-        c.sync.lease = Duration::from_millis(300);
+        c.sync.claim_lease = Duration::from_millis(300);
     })
     .await;
     let user = Uuid::new_v4();

@@ -43,7 +43,7 @@ impl Worker {
     pub(super) async fn claim(&self, step: &mut Step) -> Result<Option<Vec<Uuid>>, SyncError> {
         match self
             .queue
-            .claim(self.config.batch, self.config.lease)
+            .claim(self.config.batch, self.config.claim_lease)
             .await?
         {
             Claim::Lost => {
