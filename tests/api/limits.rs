@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use tonic::{Code, Status};
-use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
+use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_types::StatusExt;
 use uuid::Uuid;
 use voicehub::pb::{self, GetVoiceRequest, WatchVoiceStatusRequest};
@@ -13,8 +13,8 @@ use voicehub::pb::{self, GetVoiceRequest, WatchVoiceStatusRequest};
 use crate::{
     fake_elevenlabs::{Fault, Route},
     helpers::{
-        Backend, Client, TestApp, create_request, create_voice, replica_of, spawn_app_with,
-        spawn_app_with_fake,
+        Backend, Client, TestApp, create_request, create_voice, replica_of, serving_status,
+        spawn_app_with, spawn_app_with_fake,
     },
     on_both_backends,
 };
@@ -232,13 +232,10 @@ async fn a_unary_call_beyond_the_limit_is_refused_but_health_and_streams_are_not
     assert_exhausted(&refused, "concurrent calls");
     assert_eq!(retry_after(&refused), Duration::from_secs(1));
     assert_eq!(app.metric("voicehub_rpcs_in_flight"), 1);
-    let health = app
-        .health()
-        .check(HealthCheckRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(health.status, ServingStatus::Serving as i32);
+    assert_eq!(
+        serving_status(&mut app.health()).await,
+        ServingStatus::Serving
+    );
     let _stream = open_watch(&mut app.client(user)).await.unwrap();
     held.await.unwrap().unwrap();
     assert_eq!(refusals(&app, "concurrent_rpcs"), 1);
@@ -478,13 +475,10 @@ async fn one_user_holding_uploads_and_unary_bodies_leaves_the_others_served() {
         })
         .await
         .unwrap();
-    let health = app
-        .health()
-        .check(HealthCheckRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(health.status, ServingStatus::Serving as i32);
+    assert_eq!(
+        serving_status(&mut app.health()).await,
+        ServingStatus::Serving
+    );
 
     // The held bodies never arrive: each call ends at the arrival timeout.
     let mut ended = 0;
