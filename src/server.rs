@@ -115,14 +115,14 @@ impl Application {
         let sweeper = Sweeper::new(
             (provider.clone(), store.clone(), coordination.clone()),
             installation,
-            &config.sync,
+            &config.engine,
             &metrics,
         );
         let worker = Worker::new(
             (queue, coordination),
             store.clone(),
             provider.clone(),
-            config.sync.clone(),
+            config.engine.clone(),
             &metrics,
         );
         let writes = WritePath::new(
@@ -180,7 +180,7 @@ impl Application {
             worker,
             sweeper,
             relay,
-            run_worker: config.sync_worker,
+            run_worker: config.run_worker,
             bus,
             redis,
             metrics,

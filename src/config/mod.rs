@@ -8,7 +8,7 @@
 //!
 //! Direction: this module is the top of the tree. Each component owns the
 //! type of its own settings (`store::DatabaseConfig`, `auth::AuthConfig`,
-//! `provider::ElevenLabsConfig`, `status_engine::SyncConfig`); this module
+//! `provider::ElevenLabsConfig`, `status_engine::EngineConfig`); this module
 //! parses flags into them and builds the provider from them
 //! ([`ProviderConfig::build`]). No component imports this module.
 
@@ -32,7 +32,7 @@ use crate::{
     audio,
     auth::AuthConfig,
     connections::ConnectionLimits,
-    status_engine::{self, SyncConfig},
+    status_engine::{self, EngineConfig},
     store::DatabaseConfig,
     telemetry::LogFormat,
 };
@@ -491,9 +491,9 @@ pub struct Config {
     /// Longest a Redis command may take.
     pub redis_timeout: Duration,
     /// Run the status engine's worker loop in this process.
-    pub sync_worker: bool,
+    pub run_worker: bool,
     /// How the status engine paces its work.
-    pub sync: SyncConfig,
+    pub engine: EngineConfig,
     /// Storage.
     pub database: DatabaseConfig,
     /// User tokens.
@@ -639,8 +639,8 @@ impl ServeArgs {
             },
             redis_prefix: self.redis_prefix,
             redis_timeout: self.redis_timeout,
-            sync_worker: self.sync_worker,
-            sync: SyncConfig {
+            run_worker: self.sync_worker,
+            engine: EngineConfig {
                 batch: self.sync_batch,
                 claim_lease,
                 idle: self.sync_idle,

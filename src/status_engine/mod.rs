@@ -59,7 +59,7 @@ pub use redis_queue::RedisQueue;
 use sweep::COMPLETED_MARK;
 pub use sweep::{Sweeper, Swept};
 use uuid::Uuid;
-pub use worker::{Step, SyncError, Worker};
+pub use worker::{EngineError, Step, Worker};
 
 /// Delay between the checks of a voice in its first minute: instant clones
 /// are usually ready within seconds, and a watcher should hear of it within
@@ -73,7 +73,7 @@ const CREATE_LEASE: Duration = Duration::from_secs(30);
 
 /// How the status engine paces its work (set from the `VOICEHUB_SYNC_*` flags).
 #[derive(Debug, Clone)]
-pub struct SyncConfig {
+pub struct EngineConfig {
     /// Most voices claimed in one step.
     pub batch: usize,
     /// How long a claim keeps other replicas away.

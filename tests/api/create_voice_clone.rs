@@ -545,7 +545,7 @@ async fn a_create_that_times_out_at_the_provider_is_adopted_and_its_retry_never_
     backend: Backend,
 ) {
     let (app, fake) = spawn_app_with_fake(backend, |c| {
-        c.sync.adopt_after = std::time::Duration::ZERO;
+        c.engine.adopt_after = std::time::Duration::ZERO;
     })
     .await;
     let mut client = app.client(Uuid::new_v4());
@@ -605,7 +605,7 @@ async fn a_create_that_times_out_at_the_provider_is_adopted_and_its_retry_never_
 
 async fn adoption_reads_every_page_of_the_search_and_takes_only_the_exact_tag(backend: Backend) {
     let (app, fake) = spawn_app_with_fake(backend, |c| {
-        c.sync.adopt_after = std::time::Duration::ZERO;
+        c.engine.adopt_after = std::time::Duration::ZERO;
     })
     .await;
     let mut client = app.client(Uuid::new_v4());
@@ -659,7 +659,7 @@ async fn adoption_reads_every_page_of_the_search_and_takes_only_the_exact_tag(ba
 
 async fn a_create_the_provider_never_received_fails_with_a_reason_that_says_so(backend: Backend) {
     let (app, fake) = spawn_app_with_fake(backend, |c| {
-        c.sync.adopt_after = std::time::Duration::ZERO;
+        c.engine.adopt_after = std::time::Duration::ZERO;
     })
     .await;
     let mut client = app.client(Uuid::new_v4());
@@ -692,7 +692,7 @@ async fn a_create_the_provider_never_received_fails_with_a_reason_that_says_so(b
 async fn a_reserved_voice_whose_create_was_lost_obeys_the_maximum_age(backend: Backend) {
     // Adoption would wait an hour; the maximum age is a second.
     let (app, fake) = spawn_app_with_fake(backend, |c| {
-        c.sync.adopt_after = std::time::Duration::from_hours(1);
+        c.engine.adopt_after = std::time::Duration::from_hours(1);
         c.sync_max_age = std::time::Duration::from_secs(1);
     })
     .await;

@@ -291,7 +291,7 @@ async fn a_clone_storage_does_not_answer_for_is_kept_and_adopted_never_deleted()
     let url = pg.url();
     let (app, fake) = spawn_app_with_fake(Backend::Postgres, |c| {
         on_private_postgres(c, url);
-        c.sync.adopt_after = Duration::ZERO;
+        c.engine.adopt_after = Duration::ZERO;
         elevenlabs(c).timeout = Duration::from_secs(5);
     })
     .await;
@@ -614,7 +614,7 @@ async fn redis_killed_restarted_and_flushed_mid_run_still_ends_every_voice_and_t
     let url = redis.url();
     let (app, fake) = spawn_app_with_fake(Backend::Postgres, move |c| {
         c.redis_url = Some(url.into());
-        c.sync_worker = true;
+        c.run_worker = true;
     })
     .await;
     fake.set_default_report(Report::awaiting_verification());
@@ -678,7 +678,7 @@ async fn redis_killed_restarted_and_flushed_mid_run_still_ends_every_voice_and_t
 #[tokio::test]
 async fn a_provider_storm_while_thirty_voices_are_created_and_watched_ends_each_once() {
     use std::collections::{BTreeMap, BTreeSet};
-    let (app, fake) = spawn_app_with_fake(Backend::Postgres, |c| c.sync_worker = true).await;
+    let (app, fake) = spawn_app_with_fake(Backend::Postgres, |c| c.run_worker = true).await;
     let user = Uuid::new_v4();
     let mut all = watch(&mut app.client(user), &[]).await;
     // For a minute, half of every answer is a 429 or a 500, while a voice

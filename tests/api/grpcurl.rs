@@ -239,7 +239,7 @@ fn write_path_through_grpcurl(dir: &Path, addr: &str, secret: Option<&str>) -> S
     let updated = call(addr, &auth, "UpdateVoice", &update.to_string());
     assert_eq!(updated["name"], "Narrator (warm)");
     assert_eq!(updated["visibility"], "VISIBILITY_PUBLIC");
-    // int64 is a JSON string; the sync engine may have completed the voice meanwhile.
+    // int64 is a JSON string; the status engine may have completed the voice meanwhile.
     let revision = |v: &serde_json::Value| v["revision"].as_str().unwrap().parse::<i64>().unwrap();
     assert!(revision(&updated) > revision(&created), "{updated}");
 
@@ -265,7 +265,7 @@ fn write_path_through_grpcurl(dir: &Path, addr: &str, secret: Option<&str>) -> S
     provider_voice_id
 }
 
-/// Creates a voice and watches it until the sync engine completes it.
+/// Creates a voice and watches it until the status engine completes it.
 fn watch_through_grpcurl(dir: &Path, addr: &str) {
     use base64::Engine;
     let auth = token(dir, Uuid::new_v4(), None);

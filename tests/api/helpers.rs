@@ -28,7 +28,7 @@ use voicehub::{
         self, CreateVoiceCloneRequest, VoiceStatusEvent, WatchVoiceStatusRequest,
         voice_service_client::VoiceServiceClient,
     },
-    status_engine::{Sweeper, SyncConfig, Worker},
+    status_engine::{EngineConfig, Sweeper, Worker},
     store::{self, DatabaseConfig, Labels, Store, Visibility, Voice, VoiceStatus},
 };
 
@@ -71,8 +71,8 @@ pub(crate) fn redis_url() -> String {
 
 /// Sync settings that make tests deterministic: re-checks are due at once,
 /// and nothing is reconciled unless a test asks.
-pub(crate) fn test_sync_config() -> SyncConfig {
-    SyncConfig {
+pub(crate) fn test_engine_config() -> EngineConfig {
+    EngineConfig {
         batch: 32,
         claim_lease: Duration::from_secs(30),
         min_backoff: Duration::ZERO,
@@ -171,7 +171,7 @@ pub(crate) struct TestApp {
     /// The test's own connection to the same database, to seed and count rows.
     pub(crate) db: DatabaseConnection,
     /// The status engine's worker, for driving single steps (its loop is off
-    /// unless a test turns `sync_worker` on).
+    /// unless a test turns `run_worker` on).
     pub(crate) worker: Worker,
     /// The provider sweep, for running single sweeps (its loop is off with
     /// the worker's).
@@ -221,8 +221,8 @@ pub(crate) fn test_config(backend: Backend, db: &TestDatabase) -> Config {
         redis_url: (backend == Backend::Postgres).then(|| SecretString::from(redis_url())),
         redis_prefix: format!("vhtest-{}", Uuid::new_v4().simple()),
         redis_timeout: Duration::from_secs(1),
-        sync_worker: false,
-        sync: test_sync_config(),
+        run_worker: false,
+        engine: test_engine_config(),
         database: db.config(),
         auth: auth_config(),
         provider: ProviderConfig::Simulated {

@@ -235,7 +235,7 @@ async fn a_database_restored_from_an_older_backup_keeps_the_voices_made_after_it
 async fn a_sweep_over_its_budget_deletes_nothing_and_report_only_mode_deletes_nothing(
     backend: Backend,
 ) {
-    let (app, fake) = spawn_app_with_fake(backend, |c| c.sync.sweep_max_deletions = 2).await;
+    let (app, fake) = spawn_app_with_fake(backend, |c| c.engine.sweep_max_deletions = 2).await;
     for _ in 0..3 {
         stored(&app, &fake, VoiceStatus::Failed).await;
     }
@@ -253,7 +253,7 @@ async fn a_sweep_over_its_budget_deletes_nothing_and_report_only_mode_deletes_no
     assert_eq!(app.metric("voicehub_sweep_over_budget_total"), 1);
     assert_eq!((fake.calls(Route::Delete), fake.voice_count()), (0, 3));
 
-    let (app, fake) = spawn_app_with_fake(backend, |c| c.sync.sweep_delete = false).await;
+    let (app, fake) = spawn_app_with_fake(backend, |c| c.engine.sweep_delete = false).await;
     let mut discarded = Vec::new();
     for _ in 0..3 {
         discarded.push(stored(&app, &fake, VoiceStatus::Deleted).await);
@@ -301,7 +301,7 @@ async fn a_completed_voice_deleted_at_the_provider_becomes_failed_and_its_watche
     backend: Backend,
 ) {
     let (app, fake) = spawn_app_with_fake(backend, |c| {
-        c.sync.sweep_every = Duration::from_millis(50);
+        c.engine.sweep_every = Duration::from_millis(50);
     })
     .await;
     let next_interval = || tokio::time::sleep(Duration::from_millis(60));
@@ -379,10 +379,10 @@ async fn a_create_whose_provider_call_times_out_completes_as_soon_as_the_voice_i
     backend: Backend,
 ) {
     let (app, fake) = spawn_app_with_fake(backend, |c| {
-        c.sync_worker = true;
-        c.sync.adopt_after = Duration::from_mins(3);
-        c.sync.min_backoff = Duration::from_millis(200);
-        c.sync.max_backoff = Duration::from_secs(1);
+        c.run_worker = true;
+        c.engine.adopt_after = Duration::from_mins(3);
+        c.engine.min_backoff = Duration::from_millis(200);
+        c.engine.max_backoff = Duration::from_secs(1);
     })
     .await;
     // The provider makes the voice 1.5 s after the request; the client's
@@ -480,7 +480,7 @@ async fn one_transient_404_right_after_a_create_does_not_fail_the_voice(backend:
         fake.inject(Route::Get, 1, fault);
         let step = app.worker.run_once().await.unwrap();
         assert_eq!((step.failed, step.rescheduled), (0, 1), "{step:?}");
-        tokio::time::sleep(crate::helpers::test_sync_config().confirm_gone_after * 2).await;
+        tokio::time::sleep(crate::helpers::test_engine_config().confirm_gone_after * 2).await;
         let step = app.worker.run_once().await.unwrap();
         assert_eq!(step.completed, 1, "{step:?}");
         let stored = get_voice(&mut client, &voice.voice_id).await;
@@ -649,7 +649,7 @@ on_both_backends!(
 async fn creates_queued_behind_one_provider_slot_are_never_failed_by_another_replica() {
     let adopt_after = Duration::from_secs(2);
     let (a, fake) = spawn_app_with_fake(Backend::Postgres, |c| {
-        c.sync.adopt_after = adopt_after;
+        c.engine.adopt_after = adopt_after;
         let e = elevenlabs(c);
         e.max_concurrency = 1;
         // Far above the fake's one second per create, so a loaded machine
@@ -659,10 +659,10 @@ async fn creates_queued_behind_one_provider_slot_are_never_failed_by_another_rep
     })
     .await;
     let b = replica_of(&a, &fake, |c| {
-        c.sync_worker = true;
-        c.sync.adopt_after = adopt_after;
-        c.sync.min_backoff = Duration::from_millis(100);
-        c.sync.max_backoff = Duration::from_millis(500);
+        c.run_worker = true;
+        c.engine.adopt_after = adopt_after;
+        c.engine.min_backoff = Duration::from_millis(100);
+        c.engine.max_backoff = Duration::from_millis(500);
         elevenlabs(c).max_concurrency = 1;
     })
     .await;
@@ -717,8 +717,8 @@ async fn creates_queued_behind_one_provider_slot_are_never_failed_by_another_rep
 #[tokio::test]
 async fn the_first_sweep_runs_after_voicehub_sweep_first_after() {
     let (app, fake) = spawn_app_with_fake(Backend::Sqlite, |c| {
-        c.sync_worker = true;
-        c.sync.sweep_first_after = Duration::from_secs(1);
+        c.run_worker = true;
+        c.engine.sweep_first_after = Duration::from_secs(1);
     })
     .await;
     let failed = stored(&app, &fake, VoiceStatus::Failed).await;

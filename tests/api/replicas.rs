@@ -507,7 +507,7 @@ async fn a_change_whose_process_is_killed_between_commit_and_publish_reaches_a_w
 #[tokio::test]
 async fn an_entry_of_another_deployment_on_the_same_prefix_is_reported_and_left_for_its_owner() {
     let (app, fake) = spawn_app_with_fake(Backend::Postgres, |c| {
-        c.sync.claim_lease = Duration::from_millis(300);
+        c.engine.claim_lease = Duration::from_millis(300);
     })
     .await;
     let user = Uuid::new_v4();

@@ -23,7 +23,7 @@ use crate::{
 
 #[tokio::test]
 async fn voices_a_stopping_replica_claimed_are_due_again_at_once() {
-    let (mut app, fake) = spawn_app_with_fake(Backend::Postgres, |c| c.sync_worker = true).await;
+    let (mut app, fake) = spawn_app_with_fake(Backend::Postgres, |c| c.run_worker = true).await;
     // Every check hangs at the provider: the engine holds its claims.
     fake.inject(Route::Lookup, 10, Fault::Slow(Duration::from_secs(20)));
     fake.inject(Route::Get, 10, Fault::Slow(Duration::from_secs(20)));

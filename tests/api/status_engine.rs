@@ -1,4 +1,4 @@
-//! The sync engine on one replica: SQLite with the in-process queue and bus,
+//! The status engine on one replica: SQLite with the in-process queue and bus,
 //! and PostgreSQL with Redis. Tests drive single worker steps.
 
 use std::{
@@ -14,7 +14,7 @@ use crate::{
     fake_elevenlabs::{FakeElevenLabs, Fault, Report, Route},
     helpers::{
         Backend, Client, TestApp, create_voice, get_voice, next, spawn_app_with_fake,
-        test_sync_config, watch,
+        test_engine_config, watch,
     },
     on_both_backends,
 };
@@ -122,7 +122,7 @@ async fn provider_failures_become_failed_with_a_reason(backend: Backend) {
         if gone {
             let step = app.worker.run_once().await.unwrap();
             assert_eq!((step.failed, step.rescheduled), (0, 1), "{step:?}");
-            tokio::time::sleep(test_sync_config().confirm_gone_after * 2).await;
+            tokio::time::sleep(test_engine_config().confirm_gone_after * 2).await;
         }
         let step = app.worker.run_once().await.unwrap();
         assert_eq!(step.failed, 1, "{expected}: {step:?}");
@@ -316,7 +316,7 @@ async fn voices_checked_together_share_one_lookup_and_one_left_out_is_asked_alon
             "{rest:?}"
         );
     }
-    tokio::time::sleep(test_sync_config().confirm_gone_after * 2).await;
+    tokio::time::sleep(test_engine_config().confirm_gone_after * 2).await;
     let step = app.worker.run_once().await.unwrap();
     assert_eq!((step.claimed, step.failed), (1, 1), "{step:?}");
     let gone = get_voice(&mut client, &voices[4].voice_id).await;

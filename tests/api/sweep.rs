@@ -131,7 +131,7 @@ async fn a_recorded_orphan_is_retried_until_gone_and_a_sweep_with_nothing_to_do_
     backend: Backend,
 ) {
     let (app, fake) = spawn_app_with_fake(backend, |c| {
-        c.sync.sweep_every = Duration::from_millis(50);
+        c.engine.sweep_every = Duration::from_millis(50);
         c.sync_max_age = Duration::from_millis(1);
     })
     .await;
@@ -198,7 +198,7 @@ async fn a_recorded_orphan_is_retried_until_gone_and_a_sweep_with_nothing_to_do_
 
 async fn a_sweep_the_provider_refuses_is_counted_and_tried_again(backend: Backend) {
     let (app, fake) = spawn_app_with_fake(backend, |c| {
-        c.sync.sweep_every = Duration::from_millis(50);
+        c.engine.sweep_every = Duration::from_millis(50);
     })
     .await;
     let failed = stored_with_provider_voice(&app, &fake, VoiceStatus::Failed, None).await;

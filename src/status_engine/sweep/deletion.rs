@@ -10,7 +10,7 @@ use uuid::Uuid;
 use super::{PAGE, Sweeper, Swept};
 use crate::{
     provider::{ProviderError, TaggedVoice},
-    status_engine::SyncError,
+    status_engine::EngineError,
     store::{Voice, VoiceStatus},
 };
 
@@ -48,7 +48,7 @@ impl Sweeper {
         &self,
         tagged: Vec<TaggedVoice>,
         swept: &mut Swept,
-    ) -> Result<Vec<Doomed>, SyncError> {
+    ) -> Result<Vec<Doomed>, EngineError> {
         let ours = &self.installation;
         let mut candidates = Vec::with_capacity(tagged.len());
         for voice in tagged {
@@ -105,7 +105,7 @@ impl Sweeper {
         &self,
         doomed: &mut Vec<Doomed>,
         swept: &mut Swept,
-    ) -> Result<(), SyncError> {
+    ) -> Result<(), EngineError> {
         let mut held = HashMap::new();
         let ids: Vec<&str> = doomed
             .iter()

@@ -52,7 +52,7 @@ mod vanished;
 
 use deletion::Doomed;
 
-use super::{SyncConfig, SyncError, queue::DynCoordination};
+use super::{EngineConfig, EngineError, queue::DynCoordination};
 use crate::{
     error::chain,
     metrics::{Metrics, SweepLabel},
@@ -142,7 +142,7 @@ impl Sweeper {
     pub(crate) fn new(
         (provider, store, coordination): (DynProvider, Store, DynCoordination),
         installation: Uuid,
-        config: &SyncConfig,
+        config: &EngineConfig,
         metrics: &Metrics,
     ) -> Self {
         Sweeper {
@@ -169,7 +169,7 @@ impl Sweeper {
     /// # Errors
     /// The queue, storage or the provider's listing failed; single deletions
     /// and lookups that fail are counted or logged, not errors.
-    pub async fn run_once(&self) -> Result<Option<Swept>, SyncError> {
+    pub async fn run_once(&self) -> Result<Option<Swept>, EngineError> {
         if !self
             .coordination
             .try_lease("sweep", self.every.max(Duration::from_millis(1)))

@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 
 use super::{DELETED_AT_PROVIDER, PAGE, Sweeper};
-use crate::{provider::ProviderError, status_engine::SyncError};
+use crate::{provider::ProviderError, status_engine::EngineError};
 
 /// The most COMPLETED voices missing from a listing one sweep looks up.
 pub(super) const VANISHED_LOOKUPS_PER_SWEEP: usize = 100;
@@ -17,7 +17,7 @@ impl Sweeper {
     pub(super) async fn vanished(
         &self,
         listed: &HashSet<String>,
-    ) -> Result<(usize, bool), SyncError> {
+    ) -> Result<(usize, bool), EngineError> {
         let mut missing = Vec::new();
         let mut after: Option<String> = None;
         loop {

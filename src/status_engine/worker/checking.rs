@@ -6,7 +6,7 @@
 //! decisions go to settling.
 
 use super::timing::{check_interval, create_lease_left, gave_up, past_deadline, push_due};
-use super::{Checked, Decision, Step, SyncError, Worker};
+use super::{Checked, Decision, EngineError, Step, Worker};
 use crate::error::chain;
 use crate::provider::GONE_AT_PROVIDER;
 use crate::provider::ProviderError;
@@ -40,7 +40,7 @@ pub(super) fn chunks<T>(mut items: Vec<T>, limit: usize) -> Vec<Vec<T>> {
 impl Worker {
     /// Claims what is due; `None` when the queue had lost its data and was
     /// rebuilt instead (the step then claims nothing).
-    pub(super) async fn claim(&self, step: &mut Step) -> Result<Option<Vec<Uuid>>, SyncError> {
+    pub(super) async fn claim(&self, step: &mut Step) -> Result<Option<Vec<Uuid>>, EngineError> {
         match self
             .queue
             .claim(self.config.batch, self.config.claim_lease)
@@ -98,7 +98,7 @@ impl Worker {
     /// The first half of a step: claims what is due, reads it, and asks the
     /// provider about each voice. Nothing is written yet; the claimed voices
     /// stay leased to this replica until [`Worker::settle`] finishes them.
-    pub(super) async fn check_due(&self) -> Result<Checked, SyncError> {
+    pub(super) async fn check_due(&self) -> Result<Checked, EngineError> {
         let mut checked = Checked::default();
         let step = &mut checked.step;
         if self.reconcile_due() {

@@ -48,7 +48,7 @@ mod timing;
 use timing::gathered;
 
 use super::{
-    Scheduler, SyncConfig,
+    EngineConfig, Scheduler,
     queue::{DynCoordination, DynQueue, QueueError},
 };
 use crate::{
@@ -59,7 +59,7 @@ use crate::{
 
 /// Why a whole step failed (single voices that fail do not fail the step).
 #[derive(Debug, thiserror::Error)]
-pub enum SyncError {
+pub enum EngineError {
     /// The due-queue is unreachable.
     #[error(transparent)]
     Queue(#[from] QueueError),
@@ -131,7 +131,7 @@ pub struct Worker {
     coordination: DynCoordination,
     store: Store,
     provider: DynProvider,
-    config: SyncConfig,
+    config: EngineConfig,
     reconcile_needed: Arc<AtomicBool>,
     next_reconcile: Arc<Mutex<Instant>>,
     /// Voices this replica has claimed and not yet handed back: on shutdown
@@ -156,7 +156,7 @@ impl Worker {
         (queue, coordination): (DynQueue, DynCoordination),
         store: Store,
         provider: DynProvider,
-        config: SyncConfig,
+        config: EngineConfig,
         metrics: &Metrics,
     ) -> Self {
         Worker {
@@ -193,7 +193,7 @@ impl Worker {
     /// # Errors
     /// The queue or storage failed as a whole; single voices that fail are
     /// rescheduled and do not fail the step.
-    pub async fn run_once(&self) -> Result<Step, SyncError> {
+    pub async fn run_once(&self) -> Result<Step, EngineError> {
         // Boxed: the checks' futures are large, and callers hold this one.
         let checked = Box::pin(self.check_due()).await?;
         self.settle(checked).await

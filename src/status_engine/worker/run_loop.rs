@@ -4,7 +4,7 @@
 //! storage fail (logged once per outage); on cancellation, handing every
 //! claimed voice back to the queue, due now, for another replica.
 
-use super::{Step, SyncError, Worker};
+use super::{EngineError, Step, Worker};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::task::JoinSet;
@@ -45,7 +45,7 @@ impl Worker {
             let delay = match result {
                 Ok(step) => {
                     if failing {
-                        tracing::info!("status sync recovered");
+                        tracing::info!("status engine recovered");
                         failing = false;
                         // Enqueues may have failed meanwhile.
                         self.reconcile_needed.store(true, Ordering::Relaxed);
@@ -60,9 +60,9 @@ impl Worker {
                 }
                 Err(e) => {
                     if failing {
-                        tracing::debug!(error = %e, "status sync still failing");
+                        tracing::debug!(error = %e, "status engine still failing");
                     } else {
-                        tracing::warn!(error = %e, "status sync failing; retrying with backoff (logged once per outage)");
+                        tracing::warn!(error = %e, "status engine failing; retrying with backoff (logged once per outage)");
                         failing = true;
                     }
                     parallel = 1;
@@ -93,7 +93,7 @@ impl Worker {
     /// short rolls back or is found settled by the next check) and hands
     /// every voice this replica holds back to the queue, due now, so another
     /// replica takes them at once instead of after the lease.
-    pub(super) async fn stop(&self, mut steps: JoinSet<Result<Step, SyncError>>) {
+    pub(super) async fn stop(&self, mut steps: JoinSet<Result<Step, EngineError>>) {
         steps.shutdown().await;
         let held: Vec<(Uuid, Duration)> = self
             .held

@@ -4,7 +4,7 @@
 //! (compensation). Reconciliation rebuilds the queue from storage at
 //! start-up, after data loss, and every reconcile interval.
 
-use super::{Checked, Step, SyncError, Worker};
+use super::{Checked, EngineError, Step, Worker};
 use crate::error::chain;
 use crate::status_engine::COMPLETED_MARK;
 use crate::status_engine::delete_many_at_provider;
@@ -18,7 +18,7 @@ impl Worker {
     /// [`Worker::check_due`] (one statement per target status), publishes
     /// their events (one pipeline), and hands the claimed voices back to the
     /// queue: rescheduled if still processing, finished otherwise.
-    pub(super) async fn settle(&self, checked: Checked) -> Result<Step, SyncError> {
+    pub(super) async fn settle(&self, checked: Checked) -> Result<Step, EngineError> {
         let Checked {
             mut step,
             mut done,
@@ -120,7 +120,7 @@ impl Worker {
 
     /// Puts every PROCESSING voice on the queue (keeping existing entries'
     /// due times) and sets the marker.
-    pub(super) async fn reconcile(&self) -> Result<(), SyncError> {
+    pub(super) async fn reconcile(&self) -> Result<(), EngineError> {
         // Cleared first: a failure below sets it again via the error path.
         self.reconcile_needed.store(false, Ordering::Relaxed);
         let result = async {
