@@ -9,7 +9,7 @@ use voicehub::pb::{
     UpdateVoiceRequest, WatchVoiceStatusRequest,
 };
 
-use crate::helpers::{Backend, JWT_SECRET, TestApp, spawn_app, spawn_app_with};
+use crate::helpers::{Backend, JWT_SECRET, TestApp, create_voice, spawn_app, spawn_app_with};
 
 fn now() -> u64 {
     jsonwebtoken::get_current_timestamp()
@@ -287,7 +287,7 @@ async fn an_oversized_token_is_unauthenticated_for_its_call_and_the_connection_l
         .await
         .unwrap();
     assert!(listed.into_inner().voices.is_empty());
-    app.create_voice(user, "Still watched").await;
+    create_voice(&mut app.client(user), "Still watched").await;
     let event = tokio::time::timeout(Duration::from_secs(10), stream.message())
         .await
         .expect("the stream still delivers")
@@ -300,7 +300,7 @@ async fn an_oversized_token_is_unauthenticated_for_its_call_and_the_connection_l
 async fn a_watch_stream_ends_unauthenticated_when_its_token_expires() {
     let app = spawn_app(Backend::Sqlite).await;
     let user = Uuid::new_v4();
-    let voice = app.create_voice(user, "Watched briefly").await;
+    let voice = create_voice(&mut app.client(user), "Watched briefly").await;
     // Expired 58 s ago: still inside the 60 s clock leeway, so accepted,
     // and no longer so two seconds from now.
     let token = sign(

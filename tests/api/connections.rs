@@ -14,7 +14,7 @@ use tonic_health::pb::HealthCheckRequest;
 use uuid::Uuid;
 use voicehub::connections::ConnectionLimits;
 
-use crate::helpers::{Backend, TestApp, next, spawn_app_with, watch};
+use crate::helpers::{Backend, TestApp, create_voice, next, spawn_app_with, watch};
 
 /// How long until the server closes `socket`; `None` if it stays open for `within`.
 async fn closed_after(
@@ -85,7 +85,7 @@ async fn idle_and_preface_only_connections_are_closed_within_the_idle_timeout_wh
 
     // The busy connection outlived them all and still carries its stream.
     tokio::time::sleep((idle * 2).saturating_sub(started.elapsed())).await;
-    let voice = app.create_voice(user, "After the reaping").await;
+    let voice = create_voice(&mut app.client(user), "After the reaping").await;
     let event = next(&mut stream).await.unwrap();
     assert_eq!(event.voice.unwrap().voice_id, voice.voice_id);
     assert_eq!(app.metric("voicehub_connections_open"), 1);
@@ -137,7 +137,7 @@ async fn an_aged_connection_is_asked_to_go_away_then_cut_after_its_grace() {
     .await;
     let user = Uuid::new_v4();
     let mut client = app.client(user);
-    let voice = app.create_voice(user, "Aging").await;
+    let voice = create_voice(&mut app.client(user), "Aging").await;
     let started = Instant::now();
     let mut stream = watch(&mut client, &[]).await;
     assert!(next(&mut stream).await.unwrap().snapshot);

@@ -4,19 +4,15 @@
 
 use std::{collections::BTreeSet, time::Duration};
 
-use sea_orm::{Database, EntityTrait};
-use tonic::{Request, transport::Endpoint};
+use sea_orm::Database;
 use uuid::Uuid;
-use voicehub::{
-    auth::Authenticator,
-    pb::voice_service_client::VoiceServiceClient,
-    store::{VoiceStatus, entity::voice},
-};
+use voicehub::store::VoiceStatus;
 
 use crate::{
     fake_elevenlabs::{API_KEY, FakeElevenLabs, Fault, Report, Route},
     helpers::{
-        Backend, JWT_SECRET, TestDatabase, auth_config, create_request, redis_url, serve, wait_for,
+        Backend, JWT_SECRET, TestDatabase, create_request, create_voice, redis_url,
+        rows_once_settled, serve, wait_for,
     },
 };
 
@@ -38,22 +34,11 @@ async fn a_process_killed_with_ten_creates_in_flight_leaves_every_voice_settled_
     let first = serve(dir.path(), &env);
     // Each create reaches the provider, which makes its voice 800 ms later.
     fake.inject(Route::Add, 10, Fault::Slow(Duration::from_millis(800)));
-    let user = Uuid::new_v4();
-    let token = Authenticator::new(&auth_config())
-        .mint(user, Duration::from_hours(1))
-        .unwrap();
-    let channel = Endpoint::from_shared(format!("http://{}", first.addr))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let client = first.client(Uuid::new_v4());
     let mut calls = Vec::new();
     for i in 0..10 {
-        let mut client = VoiceServiceClient::new(channel.clone());
-        let mut request = Request::new(create_request(&format!("In flight {i}")));
-        request
-            .metadata_mut()
-            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        let mut client = client.clone();
+        let request = create_request(&format!("In flight {i}"));
         calls.push(tokio::spawn(async move {
             client.create_voice_clone(request).await
         }));
@@ -76,14 +61,7 @@ async fn a_process_killed_with_ten_creates_in_flight_leaves_every_voice_settled_
     let db = Database::connect(format!("sqlite://{}/voicehub.db", dir.path().display()))
         .await
         .unwrap();
-    let mut rows = Vec::new();
-    for _ in 0..300 {
-        rows = voice::Entity::find().all(&db).await.unwrap();
-        if rows.iter().all(|v| v.status != VoiceStatus::Processing) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let rows = rows_once_settled(&db, Duration::from_secs(15)).await;
     assert_eq!(rows.len(), 10, "every create was reserved before the kill");
     let completed = rows
         .iter()
@@ -106,19 +84,6 @@ async fn a_process_killed_with_ten_creates_in_flight_leaves_every_voice_settled_
             Some(&row.id.to_string())
         );
     }
-}
-
-/// Calls `voicehub serve` at `addr` as `token`'s user.
-async fn client_of(
-    addr: &str,
-    token: &str,
-) -> (VoiceServiceClient<tonic::transport::Channel>, String) {
-    let channel = Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    (VoiceServiceClient::new(channel), format!("Bearer {token}"))
 }
 
 #[tokio::test]
@@ -146,28 +111,13 @@ async fn a_replica_killed_holding_claims_and_creates_leaves_the_other_to_finish_
     ];
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let a = serve(dir_a.path(), &env);
-    let user = Uuid::new_v4();
-    let token = Authenticator::new(&auth_config())
-        .mint(user, Duration::from_hours(1))
-        .unwrap();
-    let (client, bearer) = client_of(&a.addr, &token).await;
-    let call = |body| {
-        let mut request = Request::new(body);
-        request
-            .metadata_mut()
-            .insert("authorization", bearer.parse().unwrap());
-        request
-    };
+    let mut client = a.client(Uuid::new_v4());
 
     // Five voices A's status engine is checking (the provider takes 4 s to
     // answer each check), and five creates A has at the provider.
     fake.inject(Route::Lookup, 2, Fault::Slow(Duration::from_secs(4)));
     for i in 0..5 {
-        client
-            .clone()
-            .create_voice_clone(call(create_request(&format!("Claimed {i}"))))
-            .await
-            .unwrap();
+        create_voice(&mut client, &format!("Claimed {i}")).await;
     }
     wait_for(Duration::from_secs(6), || fake.calls(Route::Lookup) > 0).await;
     assert!(
@@ -178,7 +128,7 @@ async fn a_replica_killed_holding_claims_and_creates_leaves_the_other_to_finish_
     let creates: Vec<_> = (0..5)
         .map(|i| {
             let mut client = client.clone();
-            let request = call(create_request(&format!("In flight {i}")));
+            let request = create_request(&format!("In flight {i}"));
             tokio::spawn(async move { client.create_voice_clone(request).await })
         })
         .collect();
@@ -202,14 +152,7 @@ async fn a_replica_killed_holding_claims_and_creates_leaves_the_other_to_finish_
     }
     let _b = serve(dir_b.path(), &env);
     let store = db.connect().await;
-    let mut rows = Vec::new();
-    for _ in 0..600 {
-        rows = voice::Entity::find().all(&store).await.unwrap();
-        if rows.iter().all(|v| v.status != VoiceStatus::Processing) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let rows = rows_once_settled(&store, Duration::from_secs(30)).await;
     let (completed, failed): (Vec<_>, Vec<_>) = rows
         .iter()
         .filter(|v| v.status != VoiceStatus::Processing)

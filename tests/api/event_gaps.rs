@@ -12,16 +12,11 @@ use sea_orm::{
     sea_query::{Expr, ExprTrait},
 };
 use secrecy::ExposeSecret;
-use tonic::{Request, transport::Endpoint};
 use uuid::Uuid;
-use voicehub::{
-    auth::Authenticator,
-    pb::{VoiceStatus, WatchVoiceStatusRequest, voice_service_client::VoiceServiceClient},
-    store::entity::voice,
-};
+use voicehub::{pb::VoiceStatus, store::entity::voice};
 
 use crate::helpers::{
-    Backend, JWT_SECRET, TestApp, auth_config, next, redis_of, serve, spawn_app_with, watch,
+    Backend, JWT_SECRET, TestApp, create_voice, next, redis_of, serve, spawn_app_with, watch,
 };
 
 /// Steps `app`'s status engine until it completed `voices` voices.
@@ -55,26 +50,8 @@ async fn a_replica_paused_while_its_unread_entries_are_trimmed_still_tells_its_w
         ],
     );
     let user = Uuid::new_v4();
-    let voice = a.create_voice(user, "Watched across a pause").await;
-    let token = Authenticator::new(&auth_config())
-        .mint(user, Duration::from_hours(1))
-        .unwrap();
-    let channel = Endpoint::from_shared(format!("http://{}", b.addr))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut request = Request::new(WatchVoiceStatusRequest {
-        voice_ids: vec![voice.voice_id.clone()],
-    });
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    let mut stream = VoiceServiceClient::new(channel)
-        .watch_voice_status(request)
-        .await
-        .unwrap()
-        .into_inner();
+    let voice = create_voice(&mut a.client(user), "Watched across a pause").await;
+    let mut stream = watch(&mut b.client(user), &[&voice.voice_id]).await;
     let snapshot = next(&mut stream).await.unwrap();
     assert_eq!(snapshot.voice.unwrap().status(), VoiceStatus::Processing);
 
@@ -134,7 +111,7 @@ async fn a_change_no_event_announces_reaches_a_processing_watch_within_the_reche
     for backend in [Backend::Sqlite, Backend::Postgres] {
         let app = spawn_app_with(backend, |c| c.watch_recheck = Duration::from_secs(1)).await;
         let user = Uuid::new_v4();
-        let voice = app.create_voice(user, "Changed behind the bus").await;
+        let voice = create_voice(&mut app.client(user), "Changed behind the bus").await;
         app.until_published().await;
         let mut stream = watch(&mut app.client(user), &[&voice.voice_id]).await;
         assert!(next(&mut stream).await.unwrap().snapshot);
@@ -196,7 +173,7 @@ async fn the_event_stream_is_trimmed_by_age_never_by_count() {
     }
     let _: Vec<String> = pipeline.all().await.unwrap();
     let user = Uuid::new_v4();
-    app.create_voice(user, "Published with a trim").await;
+    create_voice(&mut app.client(user), "Published with a trim").await;
     app.until_published().await;
     let entries: Vec<(String, std::collections::HashMap<String, Value>)> =
         redis.commands.xrange(&key, "-", "+", None).await.unwrap();

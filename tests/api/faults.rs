@@ -144,11 +144,7 @@ async fn postgres_stopped_answers_unavailable_within_the_bound_and_health_follow
     // Nothing of the refused create was kept, here or at the provider.
     assert_eq!(app.voice_rows().await, 1);
     assert_eq!(fake.calls(Route::Add), 1);
-    let created = client
-        .create_voice_clone(create_request("After the outage"))
-        .await
-        .unwrap()
-        .into_inner();
+    let created = create_voice(&mut client, create_request("After the outage")).await;
     assert_eq!(created.status(), pb::VoiceStatus::Processing);
     assert_eq!(app.voice_rows().await, 2);
 }
@@ -170,19 +166,17 @@ async fn postgres_hung_mid_statement_answers_unavailable_within_the_bound_and_re
     // lock this test holds) when the whole server freezes: the statement
     // is sent, no answer will come, and PostgreSQL's own statement_timeout
     // cannot fire.
-    let lock = hold(&locker, "LOCK TABLE voices IN ACCESS EXCLUSIVE MODE").await;
     let mut reader = client.clone();
-    let voice_id = voice.voice_id.clone();
-    let in_flight = tokio::spawn(async move {
-        let mut request = Request::new(GetVoiceRequest { voice_id });
-        // Longer than the bound: what ends the call is the server's own.
-        request.set_timeout(Duration::from_secs(10));
-        let started = Instant::now();
-        let result = reader.get_voice(request).await.map(|_| ());
-        (result, started.elapsed())
-    });
-    until_waiting_on_a_lock(&locker).await;
-    pg.freeze();
+    let mut request = get(&voice.voice_id);
+    // Longer than the bound: what ends the call is the server's own.
+    request.set_timeout(Duration::from_secs(10));
+    let (lock, in_flight) = frozen_mid_statement(
+        &pg,
+        &locker,
+        "LOCK TABLE voices IN ACCESS EXCLUSIVE MODE",
+        async move { reader.get_voice(request).await.map(|_| ()) },
+    )
+    .await;
     let frozen = Instant::now();
     until_health(&mut health, ServingStatus::NotServing, frozen).await;
     println!("health NOT_SERVING {:?} after the freeze", frozen.elapsed());
@@ -228,24 +222,15 @@ async fn postgres_hung_mid_statement_answers_unavailable_within_the_bound_and_re
     // waits (the outbox is locked) when the server freezes. Nothing of it
     // may be kept.
     let events_before = app.outbox_rows().await;
-    let lock = hold(&locker, "LOCK TABLE voice_events IN EXCLUSIVE MODE").await;
     let mut writer = client.clone();
-    let mut renamed = stored.clone();
-    renamed.name = "Cut mid-transaction".into();
-    let in_flight = tokio::spawn(async move {
-        let mut request = Request::new(pb::UpdateVoiceRequest {
-            voice: Some(renamed),
-            update_mask: Some(prost_types::FieldMask {
-                paths: vec!["name".into()],
-            }),
-        });
-        request.set_timeout(Duration::from_secs(10));
-        let started = Instant::now();
-        let result = writer.update_voice(request).await.map(|_| ());
-        (result, started.elapsed())
-    });
-    until_waiting_on_a_lock(&locker).await;
-    pg.freeze();
+    let request = rename(&stored, "Cut mid-transaction");
+    let (lock, in_flight) = frozen_mid_statement(
+        &pg,
+        &locker,
+        "LOCK TABLE voice_events IN EXCLUSIVE MODE",
+        async move { writer.update_voice(request).await.map(|_| ()) },
+    )
+    .await;
     let (result, took) = in_flight.await.unwrap();
     let err = result.unwrap_err();
     println!(
@@ -265,15 +250,8 @@ async fn postgres_hung_mid_statement_answers_unavailable_within_the_bound_and_re
         "and its event with it"
     );
     // The row is not left locked by the cut transaction.
-    let mut again = stored.clone();
-    again.name = "After the hang".into();
     let updated = client
-        .update_voice(pb::UpdateVoiceRequest {
-            voice: Some(again),
-            update_mask: Some(prost_types::FieldMask {
-                paths: vec!["name".into()],
-            }),
-        })
+        .update_voice(rename(&stored, "After the hang"))
         .await
         .unwrap()
         .into_inner();
@@ -350,6 +328,46 @@ async fn a_clone_storage_does_not_answer_for_is_kept_and_adopted_never_deleted()
     assert_eq!(fake.calls(Route::Delete), 0);
     assert!(app.orphans().await.is_empty());
     assert_eq!(app.voice_rows().await, 1);
+}
+
+/// An UpdateVoice of `voice`'s name to `name`, with a deadline longer than
+/// the bound (so what ends it is the server's own).
+fn rename(voice: &pb::Voice, name: &str) -> Request<pb::UpdateVoiceRequest> {
+    let mut renamed = voice.clone();
+    renamed.name = name.into();
+    let mut request = Request::new(pb::UpdateVoiceRequest {
+        voice: Some(renamed),
+        update_mask: Some(prost_types::FieldMask {
+            paths: vec!["name".into()],
+        }),
+    });
+    request.set_timeout(Duration::from_secs(10));
+    request
+}
+
+/// Starts `call` so that its statement reaches PostgreSQL and waits there,
+/// behind `lock_sql` held by `locker`, then freezes the whole server: the
+/// statement is sent, no answer will come, and PostgreSQL's own
+/// statement_timeout cannot fire. Returns the lock (to release after the
+/// thaw) and the call, which yields its outcome and how long it took.
+async fn frozen_mid_statement(
+    pg: &PgServer,
+    locker: &sea_orm::DatabaseConnection,
+    lock_sql: &str,
+    call: impl Future<Output = Result<(), tonic::Status>> + Send + 'static,
+) -> (
+    sea_orm::DatabaseTransaction,
+    tokio::task::JoinHandle<(Result<(), tonic::Status>, Duration)>,
+) {
+    let lock = hold(locker, lock_sql).await;
+    let in_flight = tokio::spawn(async move {
+        let started = Instant::now();
+        let result = call.await;
+        (result, started.elapsed())
+    });
+    until_waiting_on_a_lock(locker).await;
+    pg.freeze();
+    (lock, in_flight)
 }
 
 /// A transaction on `db` that holds the lock `sql` takes until it ends.

@@ -490,10 +490,23 @@ impl TestApp {
     pub(crate) fn metric(&self, series: &str) -> u64 {
         metric(&self.metrics.render(), series)
     }
+}
 
-    /// Creates a voice as `user` and returns it.
-    pub(crate) async fn create_voice(&self, user: Uuid, name: &str) -> pb::Voice {
-        create_voice(&mut self.client(user), name).await
+/// Every voice row, once none is PROCESSING or `within` has passed.
+pub(crate) async fn rows_once_settled(
+    db: &DatabaseConnection,
+    within: Duration,
+) -> Vec<store::entity::voice::Model> {
+    use sea_orm::EntityTrait;
+    let until = tokio::time::Instant::now() + within;
+    loop {
+        let rows = store::entity::voice::Entity::find().all(db).await.unwrap();
+        if tokio::time::Instant::now() > until
+            || rows.iter().all(|v| v.status != VoiceStatus::Processing)
+        {
+            return rows;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -507,10 +520,37 @@ pub(crate) fn metric(text: &str, series: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// Creates a voice named `name` (the usual samples) and returns it.
-pub(crate) async fn create_voice(client: &mut Client, name: &str) -> pb::Voice {
+/// What [`create_voice`] sends: a name, for the usual request
+/// ([`create_request`]), or a whole request.
+pub(crate) trait CreateWith {
+    fn into_request(self) -> CreateVoiceCloneRequest;
+}
+
+impl CreateWith for &str {
+    fn into_request(self) -> CreateVoiceCloneRequest {
+        create_request(self)
+    }
+}
+
+impl CreateWith for &String {
+    fn into_request(self) -> CreateVoiceCloneRequest {
+        create_request(self)
+    }
+}
+
+impl CreateWith for CreateVoiceCloneRequest {
+    fn into_request(self) -> CreateVoiceCloneRequest {
+        self
+    }
+}
+
+/// Creates a voice as the client's user and returns it; the one way tests
+/// make a voice they expect to be accepted.
+pub(crate) async fn create_voice(client: &mut Client, request: impl CreateWith) -> pb::Voice {
+    let request = request.into_request();
+    let name = request.name.clone();
     client
-        .create_voice_clone(create_request(name))
+        .create_voice_clone(request)
         .await
         .unwrap_or_else(|status| panic!("creating {name:?}: {status:?}"))
         .into_inner()
@@ -620,6 +660,23 @@ impl Server {
             reader.join().unwrap();
         }
         status
+    }
+
+    /// A client of this process calling as `user`, on a connection of its
+    /// own (clones share it). The process must have been started with
+    /// `VOICEHUB_JWT_SECRET` set to [`JWT_SECRET`].
+    pub(crate) fn client(&self, user: Uuid) -> Client {
+        let token = Authenticator::new(&auth_config())
+            .mint(user, Duration::from_hours(2))
+            .unwrap();
+        VoiceServiceClient::with_interceptor(self.channel(), Bearer(format!("Bearer {token}")))
+    }
+
+    /// A new connection to this process (made on its first call).
+    pub(crate) fn channel(&self) -> Channel {
+        Endpoint::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .connect_lazy()
     }
 }
 

@@ -8,17 +8,14 @@
 
 use std::{path::Path, time::Duration};
 
-use tonic::{Code, Request, transport::Endpoint};
+use tonic::{Code, Request};
 use tonic_types::StatusExt;
 use uuid::Uuid;
-use voicehub::{
-    auth::Authenticator,
-    pb::{AudioSample, CreateVoiceCloneRequest, ListUserVoicesRequest},
-};
+use voicehub::pb::{AudioSample, CreateVoiceCloneRequest, ListUserVoicesRequest};
 
 use crate::helpers::{
-    BIN, Backend, Bearer, Client, JWT_SECRET, Server, TestDatabase, assert_invalid_field,
-    auth_config, create_request, serve, spawn_app_with, test_config, wait_for, wav,
+    BIN, Backend, Client, JWT_SECRET, Server, TestDatabase, assert_invalid_field, create_request,
+    create_voice, serve, spawn_app_with, test_config, wait_for, wav,
 };
 
 /// Two seconds of speech in every accepted container (`scripts/audio-fixtures`).
@@ -381,21 +378,11 @@ fn corpus() -> Vec<(String, &'static str, Vec<u8>, Expect)> {
     cases
 }
 
-/// A user's client of the server at `addr`.
-async fn client_of(addr: &str, user: Uuid) -> Client {
-    let channel = Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let token = Authenticator::new(&auth_config())
-        .mint(user, Duration::from_hours(1))
-        .unwrap();
-    voicehub::pb::voice_service_client::VoiceServiceClient::with_interceptor(
-        channel,
-        Bearer(format!("Bearer {token}")),
-    )
-    .max_encoding_message_size(64 * 1024 * 1024)
+/// A user's client of `server` that may send the corpus's largest samples.
+fn client_of(server: &Server, user: Uuid) -> Client {
+    server
+        .client(user)
+        .max_encoding_message_size(64 * 1024 * 1024)
 }
 
 /// A create of one real WAV and then `data`, so a refusal must name the
@@ -519,11 +506,11 @@ async fn every_hostile_sample_is_refused_naming_it_and_the_server_lives_and_serv
     let dir = tempfile::tempdir().unwrap();
     let mut server = server(dir.path());
     let user = Uuid::new_v4();
-    let mut client = client_of(&server.addr, user).await;
+    let mut client = client_of(&server, user);
     let (mut accepted, mut refused, mut over_memory) = (0, 0, 0);
     for (what, content_type, data, expect) in corpus() {
         match client
-            .create_voice_clone(Request::new(request(&what, content_type, data)))
+            .create_voice_clone(request(&what, content_type, data))
             .await
         {
             Ok(_) => {
@@ -565,7 +552,7 @@ async fn every_hostile_sample_is_refused_naming_it_and_the_server_lives_and_serv
         "a voice per accepted sample, none per refused one"
     );
     let fine = request("After the corpus", "audio/wav", fixture("speech.wav"));
-    client.create_voice_clone(Request::new(fine)).await.unwrap();
+    create_voice(&mut client, fine).await;
     let (peak, now) = memory_of(&server);
     println!(
         "server memory: peak {} MiB, now {} MiB",
@@ -655,7 +642,7 @@ const FUZZ_SEED: u64 = 0x766F_6963_6568_7562; // "voicehub"
 async fn a_bounded_fuzz_run_of_mutated_samples_never_harms_the_server() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = server(dir.path());
-    let client = client_of(&server.addr, Uuid::new_v4()).await;
+    let client = client_of(&server, Uuid::new_v4());
     let (peak_before, _) = memory_of(&server);
     let mut rng = Rng(FUZZ_SEED);
     let cases: Vec<_> = (0..FUZZ_CASES)
@@ -674,7 +661,7 @@ async fn a_bounded_fuzz_run_of_mutated_samples_never_harms_the_server() {
             let mut client = client.clone();
             calls.spawn(async move {
                 let result = client
-                    .create_voice_clone(Request::new(request(&what, content_type, data)))
+                    .create_voice_clone(request(&what, content_type, data))
                     .await;
                 (what, result)
             });
@@ -717,7 +704,7 @@ async fn a_bounded_fuzz_run_of_mutated_samples_never_harms_the_server() {
     // The server still serves.
     let mut client = client;
     let fine = request("After the fuzz run", "audio/wav", fixture("speech.wav"));
-    client.create_voice_clone(Request::new(fine)).await.unwrap();
+    create_voice(&mut client, fine).await;
 }
 
 /// An executable shell script at `dir/name` standing in for the checker: it

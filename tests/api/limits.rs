@@ -91,11 +91,7 @@ async fn creates_beyond_the_hourly_rate_are_refused_with_when_to_retry(backend: 
     let mut client = app.client(user);
     let mut first = create_request("First");
     first.request_id = "first-take".into();
-    let kept = client
-        .create_voice_clone(first.clone())
-        .await
-        .unwrap()
-        .into_inner();
+    let kept = create_voice(&mut client, first.clone()).await;
     create_voice(&mut client, "Second").await;
     let refused = client
         .create_voice_clone(create_request("Third"))
@@ -108,7 +104,7 @@ async fn creates_beyond_the_hourly_rate_are_refused_with_when_to_retry(backend: 
         "{wait:?}"
     );
     // A retry of an earlier create is not a new one: it is answered.
-    let again = client.create_voice_clone(first).await.unwrap().into_inner();
+    let again = create_voice(&mut client, first).await;
     assert_eq!(again.voice_id, kept.voice_id);
     // Another user has their own.
     create_voice(&mut app.client(Uuid::new_v4()), "Someone else's").await;

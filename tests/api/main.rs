@@ -3,9 +3,6 @@
 //!
 //! One test binary (modules below) so the suite links once.
 
-// End-to-end scenarios read best top to bottom, even when long.
-#![allow(clippy::too_many_lines)]
-
 mod fake_elevenlabs;
 mod helpers;
 

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use tonic::{Code, Request, transport::Endpoint};
+use tonic::Code;
 use uuid::Uuid;
 use voicehub::{
     auth::Authenticator,
@@ -12,8 +12,8 @@ use voicehub::{
 use crate::{
     fake_elevenlabs::{Fault, Route},
     helpers::{
-        Backend, JWT_SECRET, auth_config, create_voice, metric, next, serve, spawn_app_with_fake,
-        watch,
+        Backend, Bearer, JWT_SECRET, auth_config, create_voice, metric, next, serve,
+        spawn_app_with_fake, watch,
     },
     redis_server::RedisServer,
 };
@@ -28,6 +28,49 @@ async fn scrape(addr: std::net::SocketAddr) -> (String, String) {
         .unwrap()
         .to_owned();
     (content_type, response.text().await.unwrap())
+}
+
+/// The series one create, one retried 429, one NOT_FOUND read, one
+/// completion and one open watch stream leave, with their values.
+fn series_after_one_create() -> Vec<(String, u64)> {
+    let create = "method=\"voicehub.v1.VoiceService/CreateVoiceClone\"";
+    vec![
+        // RPCs by method and code, with latency.
+        (format!("voicehub_rpc_requests_total{{{create},code=\"OK\"}}"), 1),
+        (
+            "voicehub_rpc_requests_total{method=\"voicehub.v1.VoiceService/GetVoice\",code=\"NOT_FOUND\"}".to_owned(),
+            1,
+        ),
+        (format!("voicehub_rpc_duration_seconds_count{{{create}}}"), 1),
+        // Watch streams and events.
+        ("voicehub_watch_streams".to_owned(), 1),
+        ("voicehub_outbox_backlog".to_owned(), 0),
+        // The due-queue.
+        ("voicehub_sync_claimed_per_step_count".to_owned(), 2),
+        ("voicehub_sync_queue_depth".to_owned(), 0),
+        // The provider, by endpoint and outcome, with latency and retries.
+        (
+            "voicehub_provider_calls_total{endpoint=\"voices.add\",outcome=\"ok\"}".to_owned(),
+            1,
+        ),
+        (
+            "voicehub_provider_call_duration_seconds_count{endpoint=\"voices.add\"}".to_owned(),
+            1,
+        ),
+        (
+            "voicehub_provider_retries_total{endpoint=\"voices.add\"}".to_owned(),
+            1,
+        ),
+        // Voices by transition.
+        (
+            "voicehub_voice_transitions_total{to=\"processing\"}".to_owned(),
+            1,
+        ),
+        (
+            "voicehub_voice_transitions_total{to=\"completed\"}".to_owned(),
+            1,
+        ),
+    ]
 }
 
 #[tokio::test]
@@ -90,44 +133,7 @@ async fn the_metrics_endpoint_shows_every_family_after_a_create_completes() {
         content_type.starts_with("application/openmetrics-text"),
         "{content_type}"
     );
-    let create = "method=\"voicehub.v1.VoiceService/CreateVoiceClone\"";
-    let series = [
-        // RPCs by method and code, with latency.
-        (format!("voicehub_rpc_requests_total{{{create},code=\"OK\"}}"), 1),
-        (
-            "voicehub_rpc_requests_total{method=\"voicehub.v1.VoiceService/GetVoice\",code=\"NOT_FOUND\"}".to_owned(),
-            1,
-        ),
-        (format!("voicehub_rpc_duration_seconds_count{{{create}}}"), 1),
-        // Watch streams and events.
-        ("voicehub_watch_streams".to_owned(), 1),
-        ("voicehub_outbox_backlog".to_owned(), 0),
-        // The due-queue.
-        ("voicehub_sync_claimed_per_step_count".to_owned(), 2),
-        ("voicehub_sync_queue_depth".to_owned(), 0),
-        // The provider, by endpoint and outcome, with latency and retries.
-        (
-            "voicehub_provider_calls_total{endpoint=\"voices.add\",outcome=\"ok\"}".to_owned(),
-            1,
-        ),
-        (
-            "voicehub_provider_call_duration_seconds_count{endpoint=\"voices.add\"}".to_owned(),
-            1,
-        ),
-        (
-            "voicehub_provider_retries_total{endpoint=\"voices.add\"}".to_owned(),
-            1,
-        ),
-        // Voices by transition.
-        (
-            "voicehub_voice_transitions_total{to=\"processing\"}".to_owned(),
-            1,
-        ),
-        (
-            "voicehub_voice_transitions_total{to=\"completed\"}".to_owned(),
-            1,
-        ),
-    ];
+    let series = series_after_one_create();
     for (name, value) in &series {
         assert!(
             text.lines().any(|l| l.starts_with(name.as_str())),
@@ -166,43 +172,29 @@ async fn the_metrics_endpoint_shows_every_family_after_a_create_completes() {
     drop(all);
 }
 
-fn authorized<T>(token: &str, body: T) -> Request<T> {
-    let mut request = Request::new(body);
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    request
-}
-
 #[tokio::test]
 async fn each_finished_rpc_is_one_json_log_line_with_method_code_latency_and_user() {
     let dir = tempfile::tempdir().unwrap();
     let server = serve(dir.path(), &[("VOICEHUB_JWT_SECRET", JWT_SECRET)]);
     let user = Uuid::new_v4();
+    // The token itself, to show that it never reaches the log.
     let token = Authenticator::new(&auth_config())
         .mint(user, Duration::from_hours(1))
         .unwrap();
-    let channel = Endpoint::from_shared(format!("http://{}", server.addr))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut client = VoiceServiceClient::new(channel);
+    let mut client =
+        VoiceServiceClient::with_interceptor(server.channel(), Bearer(format!("Bearer {token}")));
     client
-        .list_user_voices(authorized(&token, ListUserVoicesRequest::default()))
+        .list_user_voices(ListUserVoicesRequest::default())
         .await
         .unwrap();
     let refused = client
-        .get_voice(authorized(
-            &token,
-            GetVoiceRequest {
-                voice_id: "not-a-uuid".into(),
-            },
-        ))
+        .get_voice(GetVoiceRequest {
+            voice_id: "not-a-uuid".into(),
+        })
         .await
         .unwrap_err();
     assert_eq!(refused.code(), Code::InvalidArgument);
-    let anonymous = client
+    let anonymous = VoiceServiceClient::new(server.channel())
         .get_voice(GetVoiceRequest {
             voice_id: Uuid::new_v4().to_string(),
         })

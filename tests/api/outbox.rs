@@ -9,7 +9,7 @@ use voicehub::pb::{UpdateVoiceRequest, Voice, VoiceStatus};
 
 use crate::{
     fake_elevenlabs::FakeElevenLabs,
-    helpers::{Backend, TestApp, next, replica_of, spawn_app_with, watch},
+    helpers::{Backend, TestApp, create_voice, next, replica_of, spawn_app_with, watch},
 };
 
 /// The voice an event carries.
@@ -44,7 +44,7 @@ async fn every_write_path_wakes_the_relay_itself() {
     let mut client = app.client(user);
 
     // Create: the voice's provider id is attached in a commit with its event.
-    let voice = app.create_voice(user, "Published").await;
+    let voice = create_voice(&mut app.client(user), "Published").await;
     let created = published(&app).await;
     let first = heard(next(&mut stream).await.unwrap());
     assert_eq!(first.voice_id, voice.voice_id);

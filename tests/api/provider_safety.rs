@@ -390,11 +390,7 @@ async fn a_create_whose_provider_call_times_out_completes_as_soon_as_the_voice_i
     fake.inject(Route::Add, 1, Fault::Slow(Duration::from_millis(1_500)));
     let mut client = app.client(Uuid::new_v4());
     let started = Instant::now();
-    let reserved = client
-        .create_voice_clone(create_request("Slow"))
-        .await
-        .unwrap()
-        .into_inner();
+    let reserved = create_voice(&mut client, create_request("Slow")).await;
     assert_eq!(reserved.status(), pb::VoiceStatus::Processing);
     assert!(
         reserved.provider_voice_id.is_empty(),
@@ -600,11 +596,7 @@ async fn a_gateway_504_after_elevenlabs_made_the_voice_never_clones_twice(backen
         }
         let app = spawn_app_with(backend, |c| c.provider = provider).await;
         let mut client = app.client(Uuid::new_v4());
-        let created = client
-            .create_voice_clone(create_request("Behind a gateway"))
-            .await
-            .unwrap()
-            .into_inner();
+        let created = create_voice(&mut client, create_request("Behind a gateway")).await;
         let mut status = created.status();
         for _ in 0..100 {
             if status != pb::VoiceStatus::Processing {

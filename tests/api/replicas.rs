@@ -269,7 +269,7 @@ async fn a_redis_outage_longer_than_max_age_leaves_a_voice_ready_at_the_provider
 async fn an_event_with_a_field_this_build_does_not_know_reaches_a_watcher() {
     let (app, _fake) = spawn_app_with_fake(Backend::Postgres, |_| {}).await;
     let user = Uuid::new_v4();
-    let created = app.create_voice(user, "Newer").await;
+    let created = create_voice(&mut app.client(user), "Newer").await;
     let mut client = app.client(user);
     let mut stream = watch(&mut client, &[&created.voice_id]).await;
     assert!(next(&mut stream).await.unwrap().snapshot);
@@ -399,7 +399,7 @@ async fn a_change_whose_replica_stops_between_commit_and_publish_reaches_a_watch
     let b = replica_of(&a, &fake, |_| {}).await;
     fake.set_default_report(Report::awaiting_verification());
     let user = Uuid::new_v4();
-    let voice = a.create_voice(user, "Outboxed").await;
+    let voice = create_voice(&mut a.client(user), "Outboxed").await;
     let mut on_b = b.client(user);
     let mut stream = watch(&mut on_b, &[&voice.voice_id]).await;
     let snapshot = next(&mut stream).await.unwrap();
@@ -442,7 +442,7 @@ async fn a_change_whose_process_is_killed_between_commit_and_publish_reaches_a_w
     let (b, fake) = spawn_app_with_fake(Backend::Postgres, |_| {}).await;
     fake.set_default_report(Report::awaiting_verification());
     let user = Uuid::new_v4();
-    let voice = b.create_voice(user, "Killed before publishing").await;
+    let voice = create_voice(&mut b.client(user), "Killed before publishing").await;
     let mut client = b.client(user);
     let mut stream = watch(&mut client, &[&voice.voice_id]).await;
     assert!(next(&mut stream).await.unwrap().snapshot);

@@ -6,19 +6,16 @@ use std::time::{Duration, Instant};
 
 use fred::prelude::*;
 use rustix::process::{Pid, Signal, kill_process};
-use tonic::{Code, Request, transport::Endpoint};
+use tonic::Code;
 use uuid::Uuid;
 use voicehub::{
-    auth::Authenticator,
-    pb::{WatchVoiceStatusRequest, voice_service_client::VoiceServiceClient},
+    pb::WatchVoiceStatusRequest,
     status_engine::{Claim, DueQueue},
 };
 
 use crate::{
     fake_elevenlabs::{Fault, Route},
-    helpers::{
-        Backend, JWT_SECRET, auth_config, create_voice, queue_of, serve, spawn_app_with_fake,
-    },
+    helpers::{Backend, JWT_SECRET, create_voice, queue_of, serve, spawn_app_with_fake},
 };
 
 #[tokio::test]
@@ -74,26 +71,18 @@ async fn sigterm_with_a_thousand_watch_streams_ends_each_with_unavailable_and_ex
             ("VOICEHUB_SHUTDOWN_GRACE", "10s"),
         ],
     );
-    let auth = Authenticator::new(&auth_config());
     // Ten users with a hundred streams each (the per-user limit), one
     // connection per user.
     let mut streams = Vec::new();
     for _ in 0..10 {
-        let token = auth.mint(Uuid::new_v4(), Duration::from_hours(1)).unwrap();
-        let channel = Endpoint::from_shared(format!("http://{}", server.addr))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
+        let client = server.client(Uuid::new_v4());
         let mut opening = Vec::new();
         for _ in 0..100 {
-            let mut client = VoiceServiceClient::new(channel.clone());
-            let mut request = Request::new(WatchVoiceStatusRequest::default());
-            request
-                .metadata_mut()
-                .insert("authorization", format!("Bearer {token}").parse().unwrap());
+            let mut client = client.clone();
             opening.push(tokio::spawn(async move {
-                client.watch_voice_status(request).await
+                client
+                    .watch_voice_status(WatchVoiceStatusRequest::default())
+                    .await
             }));
         }
         for open in opening {

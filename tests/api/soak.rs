@@ -14,21 +14,16 @@ use std::{
     time::{Duration, Instant},
 };
 
-use sea_orm::{Database, EntityTrait};
-use tonic::{Request, transport::Endpoint};
+use sea_orm::Database;
 use uuid::Uuid;
 use voicehub::{
-    auth::Authenticator,
-    pb::{
-        DeleteVoiceRequest, GetVoiceRequest, ListUserVoicesRequest, WatchVoiceStatusRequest,
-        voice_service_client::VoiceServiceClient,
-    },
-    store::{VoiceStatus, entity::voice},
+    pb::{DeleteVoiceRequest, GetVoiceRequest, ListUserVoicesRequest, WatchVoiceStatusRequest},
+    store::VoiceStatus,
 };
 
 use crate::{
     fake_elevenlabs::{API_KEY, FakeElevenLabs, Fault, Route},
-    helpers::{JWT_SECRET, auth_config, create_request, serve},
+    helpers::{Client, JWT_SECRET, create_request, rows_once_settled, serve},
 };
 
 /// The resident memory of process `pid`, in KiB.
@@ -41,12 +36,47 @@ fn rss_kib(pid: u32) -> u64 {
         .expect("VmRSS")
 }
 
-fn authorized<T>(bearer: &str, body: T) -> Request<T> {
-    let mut request = Request::new(body);
-    request
-        .metadata_mut()
-        .insert("authorization", bearer.parse().unwrap());
-    request
+/// One round of a user's traffic on the soak's voice number `n`: create it,
+/// read it, delete every third, list; each error is kept. Returns the
+/// number of calls it counts.
+async fn one_round(client: &mut Client, n: u64, errors: &mut Vec<tonic::Status>) -> u64 {
+    let mut request = create_request(&format!("Soak {n}"));
+    request.request_id = format!("soak-{n}");
+    let voice = match client.create_voice_clone(request).await {
+        Ok(voice) => voice.into_inner(),
+        Err(status) => {
+            errors.push(status);
+            return 3;
+        }
+    };
+    let mut calls = 3;
+    if let Err(status) = client
+        .get_voice(GetVoiceRequest {
+            voice_id: voice.voice_id.clone(),
+        })
+        .await
+    {
+        errors.push(status);
+    }
+    // Every third voice is deleted again (at the provider too).
+    if (n + 1).is_multiple_of(3) {
+        calls += 1;
+        if let Err(status) = client
+            .delete_voice(DeleteVoiceRequest {
+                voice_id: voice.voice_id,
+            })
+            .await
+        {
+            errors.push(status);
+        }
+    }
+    if let Err(status) = client
+        .list_user_voices(ListUserVoicesRequest::default())
+        .await
+    {
+        errors.push(status);
+    }
+    calls
 }
 
 #[tokio::test]
@@ -72,26 +102,13 @@ async fn a_bounded_soak_with_provider_faults_leaves_no_stuck_voice_and_flat_memo
         ],
     );
     let pid = server.child.id();
-    let channel = Endpoint::from_shared(format!("http://{}", server.addr))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let auth = Authenticator::new(&auth_config());
-    let users: Vec<String> = (0..4)
-        .map(|_| {
-            format!(
-                "Bearer {}",
-                auth.mint(Uuid::new_v4(), Duration::from_hours(2)).unwrap()
-            )
-        })
-        .collect();
+    let users: Vec<Client> = (0..4).map(|_| server.client(Uuid::new_v4())).collect();
     // Each user watches all their voices for the whole soak.
     let events = Arc::new(AtomicU64::new(0));
-    for bearer in &users {
-        let mut client = VoiceServiceClient::new(channel.clone());
+    for client in &users {
         let mut stream = client
-            .watch_voice_status(authorized(bearer, WatchVoiceStatusRequest::default()))
+            .clone()
+            .watch_voice_status(WatchVoiceStatusRequest::default())
             .await
             .unwrap()
             .into_inner();
@@ -113,7 +130,7 @@ async fn a_bounded_soak_with_provider_faults_leaves_no_stuck_voice_and_flat_memo
         if rss_start.is_none() && started.elapsed() > Duration::from_secs(10) {
             rss_start = Some(rss_kib(pid));
         }
-        let bearer = &users[usize::try_from(created).unwrap() % users.len()];
+        let mut client = users[usize::try_from(created).unwrap() % users.len()].clone();
         // Now and then the provider fails a clone or a check once; the
         // service retries it.
         if created % 10 == 5 {
@@ -121,50 +138,8 @@ async fn a_bounded_soak_with_provider_faults_leaves_no_stuck_voice_and_flat_memo
             fake.inject(Route::Lookup, 1, Fault::server_error());
             injected += 2;
         }
-        let mut client = VoiceServiceClient::new(channel.clone());
-        let mut request = create_request(&format!("Soak {created}"));
-        request.request_id = format!("soak-{created}");
+        calls += one_round(&mut client, created, &mut errors).await;
         created += 1;
-        calls += 3;
-        let voice = match client.create_voice_clone(authorized(bearer, request)).await {
-            Ok(voice) => voice.into_inner(),
-            Err(status) => {
-                errors.push(status);
-                continue;
-            }
-        };
-        if let Err(status) = client
-            .get_voice(authorized(
-                bearer,
-                GetVoiceRequest {
-                    voice_id: voice.voice_id.clone(),
-                },
-            ))
-            .await
-        {
-            errors.push(status);
-        }
-        // Every third voice is deleted again (at the provider too).
-        if created.is_multiple_of(3) {
-            calls += 1;
-            if let Err(status) = client
-                .delete_voice(authorized(
-                    bearer,
-                    DeleteVoiceRequest {
-                        voice_id: voice.voice_id,
-                    },
-                ))
-                .await
-            {
-                errors.push(status);
-            }
-        }
-        if let Err(status) = client
-            .list_user_voices(authorized(bearer, ListUserVoicesRequest::default()))
-            .await
-        {
-            errors.push(status);
-        }
     }
     let rss_start = rss_start.unwrap_or_else(|| rss_kib(pid));
 
@@ -172,27 +147,11 @@ async fn a_bounded_soak_with_provider_faults_leaves_no_stuck_voice_and_flat_memo
     let db = Database::connect(format!("sqlite://{}/voicehub.db", dir.path().display()))
         .await
         .unwrap();
-    let mut rows = Vec::new();
-    for _ in 0..600 {
-        rows = voice::Entity::find().all(&db).await.unwrap();
-        if rows.iter().all(|v| v.status != VoiceStatus::Processing) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let rows = rows_once_settled(&db, Duration::from_secs(30)).await;
     let rss_end = rss_kib(pid);
-    let stuck = rows
-        .iter()
-        .filter(|v| v.status == VoiceStatus::Processing)
-        .count();
-    let completed = rows
-        .iter()
-        .filter(|v| v.status == VoiceStatus::Completed)
-        .count();
-    let deleted = rows
-        .iter()
-        .filter(|v| v.status == VoiceStatus::Deleted)
-        .count();
+    let count = |status| rows.iter().filter(|v| v.status == status).count();
+    let stuck = count(VoiceStatus::Processing);
+    let (completed, deleted) = (count(VoiceStatus::Completed), count(VoiceStatus::Deleted));
     println!(
         "soak {seconds} s: {calls} calls, {} errors, {injected} faults injected, {} rows ({completed} COMPLETED, {deleted} DELETED, {stuck} PROCESSING), {} watch events, RSS {rss_start} KiB at 10 s, {rss_end} KiB at the end",
         errors.len(),

@@ -306,11 +306,7 @@ async fn another_user_can_neither_update_nor_delete_a_voice_public_or_private(ba
     let private = create_voice(&mut alice, "Private").await;
     let mut public_request = create_request("Public");
     public_request.visibility = pb::Visibility::Public as i32;
-    let public = alice
-        .create_voice_clone(public_request)
-        .await
-        .unwrap()
-        .into_inner();
+    let public = create_voice(&mut alice, public_request).await;
     let calls = fake.requests().len();
     for voice in [&private, &public] {
         let mut renamed = voice.clone();
@@ -346,11 +342,7 @@ async fn labels_stay_as_the_user_set_them_and_the_provider_keeps_voicehubs_tag(b
     request.labels = (0..10)
         .map(|i| (format!("k{i}"), format!("v{i}")))
         .collect();
-    let created = client
-        .create_voice_clone(request.clone())
-        .await
-        .unwrap()
-        .into_inner();
+    let created = create_voice(&mut client, request.clone()).await;
     assert_eq!(app.worker.run_once().await.unwrap().completed, 1);
     let read = get_voice(&mut client, &created.voice_id).await;
     assert_eq!(read.status(), pb::VoiceStatus::Completed);

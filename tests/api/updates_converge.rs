@@ -17,7 +17,9 @@ use voicehub::{
 
 use crate::{
     fake_elevenlabs::{Fault, Route},
-    helpers::{Backend, Client, TestApp, create_request, get_voice, spawn_app_with_fake},
+    helpers::{
+        Backend, Client, TestApp, create_request, create_voice, get_voice, spawn_app_with_fake,
+    },
     on_both_backends,
 };
 
@@ -43,11 +45,7 @@ async fn stored(app: &TestApp, voice_id: &str) -> voice::Model {
 /// A COMPLETED voice of a new user, and that user's client.
 async fn completed_voice(app: &TestApp) -> (Client, pb::Voice) {
     let mut client = app.client(Uuid::new_v4());
-    let created = client
-        .create_voice_clone(create_request("Original"))
-        .await
-        .unwrap()
-        .into_inner();
+    let created = create_voice(&mut client, create_request("Original")).await;
     assert_eq!(app.worker.run_once().await.unwrap().completed, 1);
     let read = get_voice(&mut client, &created.voice_id).await;
     (client, read)

@@ -19,7 +19,7 @@ const WATCH_STREAMS: &str = "voicehub_watch_streams";
 async fn bad_watch_requests_are_refused_before_the_stream_starts(backend: Backend) {
     let (app, _fake) = spawn_app_with_fake(backend, |_| {}).await;
     let (alice, bob) = (Uuid::new_v4(), Uuid::new_v4());
-    let private = app.create_voice(bob, "Bob's").await;
+    let private = create_voice(&mut app.client(bob), "Bob's").await;
     let mut client = app.client(alice);
     let request = |ids: Vec<String>| WatchVoiceStatusRequest { voice_ids: ids };
     let status = client
@@ -61,7 +61,7 @@ async fn watching_all_my_voices_shows_processing_ones_then_every_change(backend:
     fake.set_report(&done.provider_voice_id, Report::default());
     app.worker.run_once().await.unwrap();
     // Someone else's voice never shows up in my feed.
-    app.create_voice(Uuid::new_v4(), "Theirs").await;
+    create_voice(&mut app.client(Uuid::new_v4()), "Theirs").await;
 
     let mut stream = watch(&mut client, &[]).await;
     let snapshot = next(&mut stream).await.unwrap();
@@ -188,12 +188,7 @@ async fn a_terminal_voice_is_sent_once_and_the_stream_ends(backend: Backend) {
     app.worker.run_once().await.unwrap();
     let mut public_request = create_request("Public");
     public_request.visibility = pb::Visibility::Public as i32;
-    let public = app
-        .client(Uuid::new_v4())
-        .create_voice_clone(public_request)
-        .await
-        .unwrap()
-        .into_inner();
+    let public = create_voice(&mut app.client(Uuid::new_v4()), public_request).await;
     // Explicit ids may name someone else's public voice.
     let mut stream = watch(&mut client, &[&voice.voice_id, &public.voice_id]).await;
     let first = next(&mut stream).await.unwrap();
