@@ -28,7 +28,7 @@ use crate::{
     auth::Authenticator,
     config::{self, Config},
     connections::{self, ConnectionLimits},
-    events::{self, DynBus, LocalBus, RedisBus, Relay},
+    events::{self, DynBus, LocalBus, PublicStream, RedisBus, Relay},
     grpc::{DoorLimits, LimitLayer, ObserveLayer, VoiceApi, Watches},
     health::{self, StorageHealth},
     metrics::{self, Metrics, PoolLabel},
@@ -105,13 +105,17 @@ impl Application {
         tracing::info!(provider = provider.name(), "voice provider");
 
         let (queue, coordination, bus, redis) = queue_and_bus(&config, &metrics).await?;
-        let relay = Arc::new(Relay::new(
-            store.clone(),
-            bus.clone(),
-            config.outbox_recheck,
-            metrics.events_published.clone(),
-            metrics.outbox_backlog.clone(),
-        ));
+        let public = public_stream(&config, redis.as_ref());
+        let relay = Arc::new(
+            Relay::new(
+                store.clone(),
+                bus.clone(),
+                config.outbox_recheck,
+                metrics.events_published.clone(),
+                metrics.outbox_backlog.clone(),
+            )
+            .with_public(public),
+        );
         let sweeper = Sweeper::new(
             (provider.clone(), store.clone(), coordination.clone()),
             installation,
@@ -469,6 +473,27 @@ async fn queue_and_bus(
         let queue = Arc::new(LocalQueue::new(metrics.queue_round_trips.clone()));
         (queue.clone(), queue, Arc::new(LocalBus::new(metrics)), None)
     })
+}
+
+/// The public event stream: in Redis, when there is one and the stream's
+/// retention is not zero.
+fn public_stream(config: &Config, redis: Option<&RedisParts>) -> Option<PublicStream> {
+    let (Some(redis), Some(public)) = (redis, &config.public_events) else {
+        if config.public_events.is_some() {
+            tracing::info!("no REDIS_URL: no public event stream");
+        }
+        return None;
+    };
+    tracing::info!(
+        stream = public.stream,
+        source = public.source,
+        retention = %humantime::format_duration(public.retention),
+        "public events in Redis"
+    );
+    Some(PublicStream::new(
+        redis.redis.commands.clone(),
+        public.clone(),
+    ))
 }
 
 /// Lets the server drain after `shutdown` (calls in progress finish, streams

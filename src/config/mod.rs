@@ -32,6 +32,7 @@ use crate::{
     audio,
     auth::AuthConfig,
     connections::ConnectionLimits,
+    events::PublicEvents,
     status_engine::{self, EngineConfig},
     store::DatabaseConfig,
     telemetry::LogFormat,
@@ -310,6 +311,18 @@ pub struct ServeArgs {
     /// release, a changed VOICEHUB_SYNC_RECONCILE_INTERVAL, with a warning].
     #[arg(long, env = "VOICEHUB_OUTBOX_RECHECK_INTERVAL", value_parser = humantime::parse_duration)]
     pub outbox_recheck_interval: Option<Duration>,
+    /// The Redis stream of public events (CloudEvents in JSON, see
+    /// docs/events.md) [default: VOICEHUB_REDIS_PREFIX + ":voice-events"].
+    /// None without REDIS_URL.
+    #[arg(long, env = "VOICEHUB_EVENTS_STREAM")]
+    pub events_stream: Option<String>,
+    /// The CloudEvents `source` of every public event.
+    #[arg(long, env = "VOICEHUB_EVENTS_SOURCE", default_value = "voicehub")]
+    pub events_source: String,
+    /// How long the public event stream keeps entries (trimmed by time,
+    /// never by count); 0s: no public stream.
+    #[arg(long, env = "VOICEHUB_EVENTS_RETENTION", default_value = "7days", value_parser = humantime::parse_duration)]
+    pub events_retention: Duration,
     /// How long one replica holds a voice's push of an update to the
     /// provider; longer than the provider's longest call [default: 3m;
     /// until the next release, a changed VOICEHUB_SYNC_ADOPT_AFTER, with a
@@ -488,6 +501,8 @@ pub struct Config {
     pub connections: ConnectionLimits,
     /// Prefix of every Redis key and channel.
     pub redis_prefix: String,
+    /// The public event stream (with Redis only); `None`: none.
+    pub public_events: Option<PublicEvents>,
     /// Longest a Redis command may take.
     pub redis_timeout: Duration,
     /// Run the status engine's worker loop in this process.
@@ -570,6 +585,16 @@ impl ServeArgs {
         if self.redis_prefix.is_empty() || self.redis_prefix.contains(char::is_whitespace) {
             bail!("VOICEHUB_REDIS_PREFIX must be a non-empty word");
         }
+        if self
+            .events_stream
+            .as_ref()
+            .is_some_and(|s| s.is_empty() || s.contains(char::is_whitespace))
+        {
+            bail!("VOICEHUB_EVENTS_STREAM must be a non-empty word");
+        }
+        if self.events_source.trim().is_empty() {
+            bail!("VOICEHUB_EVENTS_SOURCE must not be empty");
+        }
         Ok(())
     }
 
@@ -637,6 +662,13 @@ impl ServeArgs {
                 age: self.max_connection_age,
                 age_grace: self.max_connection_age_grace,
             },
+            public_events: (!self.events_retention.is_zero()).then(|| PublicEvents {
+                stream: self
+                    .events_stream
+                    .unwrap_or_else(|| format!("{}:voice-events", self.redis_prefix)),
+                source: self.events_source,
+                retention: self.events_retention,
+            }),
             redis_prefix: self.redis_prefix,
             redis_timeout: self.redis_timeout,
             run_worker: self.sync_worker,

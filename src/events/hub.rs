@@ -278,6 +278,7 @@ mod tests {
                 revision,
                 ..pb::Voice::default()
             },
+            change: None,
         })
     }
 

@@ -18,6 +18,10 @@
 //!   - [`LocalBus`]: in-process, for the single-replica embedded default.
 //! - Delivery is at-least-once per replica; watch streams drop revisions
 //!   they have already sent, so duplicates are harmless.
+//! - With Redis, the relay also appends each change to the public stream
+//!   ([`PublicStream`], `public.rs`): CloudEvents for other services, the
+//!   contract in `docs/events.md`. A change leaves the outbox only once both
+//!   took it.
 //!
 //! A change is stored before anyone hears of it, so publishing never fails
 //! the caller's request. While the bus refuses events, the relay hands them
@@ -25,6 +29,7 @@
 //! bus takes them.
 
 mod hub;
+mod public;
 mod redis;
 mod relay;
 mod wire;
@@ -33,18 +38,23 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 pub(crate) use hub::{Hub, Interest, Subscription};
+pub(crate) use public::PublicStream;
+pub use public::{EVENT_FIELD, PublicEvent, PublicEvents};
 pub use redis::stream_key;
 pub(crate) use redis::{READ_BLOCK, RedisBus};
 pub use relay::Relay;
 pub use wire::{DecodeError, STREAM_FIELD, VoiceEvent};
 
-use crate::{metrics::Metrics, store::Voice};
+use crate::{
+    metrics::Metrics,
+    store::{Change, Voice},
+};
 
-/// The outbox payload of a voice as just stored: its encoded [`VoiceEvent`].
-/// Handed to the store, which writes it with each change.
+/// The outbox payload of a voice as just stored by `change`: its encoded
+/// [`VoiceEvent`]. Handed to the store, which writes it with each change.
 #[must_use]
-pub fn encode_stored(voice: &Voice) -> Vec<u8> {
-    VoiceEvent::stored(voice).encode()
+pub fn encode_stored(voice: &Voice, change: Change) -> Vec<u8> {
+    VoiceEvent::stored(voice, change).encode()
 }
 
 /// The bus did not take every event of a publication.

@@ -37,10 +37,10 @@ use sea_orm::DbErr;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{DynBus, PublishError};
+use super::{DynBus, PublicEvent, PublicStream, PublishError, VoiceEvent};
 use crate::{
     error::chain,
-    store::{EventNotifications, Notified, Pending, Store},
+    store::{EventNotifications, Notified, Pending, Store, StoredEvent},
 };
 
 /// Events read and published per pass: more than the status engine
@@ -89,6 +89,8 @@ pub struct Relay {
     /// refused them, so retries do not hand them over again (at most the
     /// outbox's size: an id leaves once published).
     dispatched_here: Mutex<BTreeSet<i64>>,
+    /// The public event stream, if there is one.
+    public: Option<PublicStream>,
 }
 
 impl Relay {
@@ -109,6 +111,7 @@ impl Relay {
             published,
             backlog,
             dispatched_here: Mutex::default(),
+            public: None,
         }
     }
 
@@ -120,10 +123,20 @@ impl Relay {
         }
         let more = stored.len() as u64 == BATCH;
         let ids: Vec<i64> = stored.iter().map(|e| e.id).collect();
+        let public = self
+            .public
+            .as_ref()
+            .map(|public| public_events(public, &stored));
         let events: Vec<Bytes> = stored.into_iter().map(|e| Bytes::from(e.payload)).collect();
         if let Err(e) = self.bus.publish(&events).await {
             self.dispatch_here(&ids, &events);
             return Err(e.into());
+        }
+        // Published to the replicas but not to the public stream: the rows
+        // stay, and the next pass publishes both again (replicas drop what
+        // they already have).
+        if let (Some(stream), Some(public)) = (&self.public, public) {
+            stream.publish(&public).await?;
         }
         self.published.inc_by(events.len() as u64);
         self.store.forget_events(&ids).await?;
@@ -138,6 +151,14 @@ impl Relay {
             published: events.len(),
             more,
         })
+    }
+
+    /// Also publishes every event to `public`, after the bus took it and
+    /// before it leaves the outbox.
+    #[must_use]
+    pub(crate) fn with_public(mut self, public: Option<PublicStream>) -> Self {
+        self.public = public;
+        self
     }
 
     /// Hands events the bus refused to this replica's watchers, once each.
@@ -291,6 +312,25 @@ impl Relay {
             }
         }
     }
+}
+
+/// The public form of each stored event, with its voice's id. An event
+/// this build cannot read (it stored it itself, so never in practice) is
+/// logged and left out of the public stream.
+fn public_events(public: &PublicStream, stored: &[StoredEvent]) -> Vec<(String, PublicEvent)> {
+    stored
+        .iter()
+        .filter_map(|row| match VoiceEvent::decode(&row.payload) {
+            Ok(event) => Some((
+                event.voice_id.to_string(),
+                public.events().document(&event, row.created_at),
+            )),
+            Err(e) => {
+                tracing::error!(outbox_id = row.id, error = %e, "an outbox event cannot be read; it is left out of the public stream");
+                None
+            }
+        })
+        .collect()
 }
 
 /// What a pass of the running relay takes.

@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use crate::{
     pb,
-    store::{Visibility, Voice},
+    store::{Change, Visibility, Voice},
 };
 
 /// Generated from `events.proto`.
@@ -22,7 +22,7 @@ mod generated {
     include!(concat!(env!("OUT_DIR"), "/voicehub.events.v1.rs"));
 }
 
-use generated::VoiceChanged;
+use generated::{Change as WireChange, VoiceChanged};
 
 /// The Redis Stream field that holds a `v1` event. A breaking change of the
 /// message would use a new package and a new field name, which older
@@ -43,6 +43,8 @@ pub struct VoiceEvent {
     pub revision: i64,
     /// The voice as clients receive it.
     pub voice: pb::Voice,
+    /// What the change was; `None` in events of builds that did not say.
+    pub change: Option<Change>,
 }
 
 /// Why bytes from the stream are not an event this replica can use.
@@ -57,15 +59,16 @@ pub enum DecodeError {
 }
 
 impl VoiceEvent {
-    /// The event of a voice as just stored.
+    /// The event of a voice as just stored by `change`.
     #[must_use]
-    pub fn stored(voice: &Voice) -> Self {
+    pub fn stored(voice: &Voice, change: Change) -> Self {
         VoiceEvent {
             voice_id: voice.id,
             owner: voice.owner_user_id,
             visibility: voice.visibility,
             revision: voice.revision,
             voice: voice.clone().into(),
+            change: Some(change),
         }
     }
 
@@ -85,6 +88,7 @@ impl VoiceEvent {
     pub fn encode(&self) -> Vec<u8> {
         VoiceChanged {
             voice: Some(self.voice.clone()),
+            change: self.change.map_or(WireChange::Unspecified, to_wire) as i32,
         }
         .encode_to_vec()
     }
@@ -94,9 +98,9 @@ impl VoiceEvent {
     /// # Errors
     /// The bytes are not a `VoiceChanged`, or lack the voice's id, owner or revision.
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
-        let voice = VoiceChanged::decode(bytes)?
-            .voice
-            .ok_or(DecodeError::Field("voice"))?;
+        let changed = VoiceChanged::decode(bytes)?;
+        let change = from_wire(changed.change());
+        let voice = changed.voice.ok_or(DecodeError::Field("voice"))?;
         let voice_id =
             Uuid::parse_str(&voice.voice_id).map_err(|_| DecodeError::Field("voice.voice_id"))?;
         let owner = Uuid::parse_str(&voice.owner_user_id)
@@ -115,7 +119,30 @@ impl VoiceEvent {
             visibility,
             revision: voice.revision,
             voice,
+            change,
         })
+    }
+}
+
+fn to_wire(change: Change) -> WireChange {
+    match change {
+        Change::Created => WireChange::Created,
+        Change::Updated => WireChange::Updated,
+        Change::Completed => WireChange::Completed,
+        Change::Failed => WireChange::Failed,
+        Change::Deleted => WireChange::Deleted,
+    }
+}
+
+/// A number this build does not know reads as UNSPECIFIED, that is `None`.
+fn from_wire(change: WireChange) -> Option<Change> {
+    match change {
+        WireChange::Unspecified => None,
+        WireChange::Created => Some(Change::Created),
+        WireChange::Updated => Some(Change::Updated),
+        WireChange::Completed => Some(Change::Completed),
+        WireChange::Failed => Some(Change::Failed),
+        WireChange::Deleted => Some(Change::Deleted),
     }
 }
 
@@ -134,7 +161,7 @@ mod tests {
 
     #[test]
     fn an_event_round_trips_and_carries_no_internal_field() {
-        let event = VoiceEvent::stored(&stored());
+        let event = VoiceEvent::stored(&stored(), Change::Completed);
         let bytes = event.encode();
         assert_eq!(VoiceEvent::decode(&bytes).unwrap(), event);
         assert!(event.is_terminal());
@@ -169,7 +196,7 @@ mod tests {
 
     #[test]
     fn an_older_decoder_reads_what_it_knows_of_a_newer_event() {
-        let event = VoiceEvent::stored(&stored());
+        let event = VoiceEvent::stored(&stored(), Change::Completed);
         let old = OldVoiceChanged::decode(event.encode().as_slice())
             .unwrap()
             .voice
@@ -183,7 +210,7 @@ mod tests {
 
     #[test]
     fn a_newer_event_with_an_unknown_field_decodes() {
-        let event = VoiceEvent::stored(&stored());
+        let event = VoiceEvent::stored(&stored(), Change::Completed);
         let mut bytes = event.encode();
         // Field 15, length-delimited: a field this build does not know.
         bytes.extend_from_slice(&[15 << 3 | 2, 5]);

@@ -45,7 +45,8 @@ use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbErr};
 use secrecy::{ExposeSecret, SecretString};
 
 pub use entity::voice::{Labels, Model as Voice, Visibility, VoiceStatus};
-pub use outbox::EventEncoder;
+pub use entity::voice_event::Model as StoredEvent;
+pub use outbox::{Change, EventEncoder};
 pub(crate) use outbox::{EventNotifications, Notified, Pending};
 pub(crate) use reads::{Cursor, ListQuery, Scope};
 pub(crate) use visibility::may_see;

@@ -21,6 +21,7 @@ use chrono::{DateTime, Utc};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait, ExprTrait, PaginatorTrait,
     QueryFilter, QueryOrder, QuerySelect, RuntimeErr, Set,
+    sea_query::{Alias, Expr, Query},
 };
 
 use super::{
@@ -29,8 +30,37 @@ use super::{
     now,
 };
 
-/// Turns a voice as just stored into the bytes of its event.
-pub type EventEncoder = fn(&Voice) -> Vec<u8>;
+/// Turns a voice as just stored, and what the change was, into the bytes
+/// of its event.
+pub type EventEncoder = fn(&Voice, Change) -> Vec<u8>;
+
+/// What a stored change did to a voice, as its event tells others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Change {
+    /// The provider accepted the clone: the voice exists, PROCESSING.
+    Created,
+    /// The owner changed it (UpdateVoice).
+    Updated,
+    /// Ready: COMPLETED.
+    Completed,
+    /// FAILED (never made, too old, or gone at the provider).
+    Failed,
+    /// Deleted by its owner.
+    Deleted,
+}
+
+impl Change {
+    /// The change of a voice the status engine settled: its new status says
+    /// which.
+    #[must_use]
+    pub fn settled(voice: &Voice) -> Self {
+        if voice.status == super::VoiceStatus::Completed {
+            Change::Completed
+        } else {
+            Change::Failed
+        }
+    }
+}
 
 /// Which pending events a pass of the relay takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,14 +78,18 @@ const CHANNEL: &str = "voicehub_events";
 
 /// The outbox table as statements name it (how its statements are counted apart).
 pub(super) const TABLE: &str = "\"voice_events\"";
+/// The outbox table's name.
+const TABLE_NAME: &str = "voice_events";
 
 impl Store {
-    /// Writes the events of `voices` (each as just stored by a change) into
-    /// the outbox, on `txn`: the transaction of the change itself.
+    /// Writes the events of `voices` (each as just stored by a change, and
+    /// what `change` says that change was) into the outbox, on `txn`: the
+    /// transaction of the change itself.
     pub(super) async fn record_events(
         &self,
         txn: &impl ConnectionTrait,
         voices: &[Voice],
+        change: impl Fn(&Voice) -> Change,
     ) -> Result<(), DbErr> {
         if voices.is_empty() {
             return Ok(());
@@ -65,7 +99,7 @@ impl Store {
             voice_id: Set(voice.id),
             revision: Set(voice.revision),
             writer: Set(self.writer),
-            payload: Set((self.encode_event)(voice)),
+            payload: Set((self.encode_event)(voice, change(voice))),
             created_at: Set(at),
             ..ActiveModel::default()
         });
@@ -92,13 +126,35 @@ impl Store {
         limit: u64,
     ) -> Result<Vec<StoredEvent>, DbErr> {
         self.bounded(async {
-            let mine = Column::Writer.eq(self.writer);
-            let filter = match which {
-                Pending::Mine => mine,
-                Pending::MineAndStoredBefore(at) => mine.or(Column::CreatedAt.lt(at)),
+            // Whether `table`'s row is among the events `which` names.
+            let named = |table: Alias| {
+                let mine = Expr::col((table.clone(), Column::Writer)).eq(self.writer);
+                match which {
+                    Pending::Mine => mine,
+                    Pending::MineAndStoredBefore(at) => {
+                        mine.or(Expr::col((table, Column::CreatedAt)).lt(at))
+                    }
+                }
             };
+            // Never a voice's event while an older one of it waits for
+            // another relay: the bus would carry its revisions out of order.
+            // (The other relay publishes first; this one's next pass, woken
+            // by its notification or its retry, takes the rest.)
+            let older = Alias::new("older");
+            let waits_behind_another = Query::select()
+                .expr(Expr::val(1))
+                .from_as(Entity, older.clone())
+                .and_where(
+                    Expr::col((older.clone(), Column::VoiceId)).equals((Entity, Column::VoiceId)),
+                )
+                .and_where(
+                    Expr::col((older.clone(), Column::Id)).lt(Expr::col((Entity, Column::Id))),
+                )
+                .and_where(named(older).not())
+                .to_owned();
             Entity::find()
-                .filter(filter)
+                .filter(named(Alias::new(TABLE_NAME)))
+                .filter(Expr::exists(waits_behind_another).not())
                 .order_by_asc(Column::Id)
                 .limit(limit)
                 .all(&self.db)

@@ -17,7 +17,7 @@ use sea_orm::{
 use uuid::Uuid;
 
 use super::{
-    Store,
+    Change, Store,
     entity::{
         provider_orphan,
         voice::{Column, Entity, Labels, Model as Voice, VoiceStatus},
@@ -116,7 +116,7 @@ impl Store {
                 )
                 .filter(Column::ProviderVoiceId.is_null())
                 .filter(Column::Status.eq(VoiceStatus::Processing));
-            if let Some(accepted) = self.revise(id, now(), update).await? {
+            if let Some(accepted) = self.revise(id, now(), update, Change::Created).await? {
                 return Ok(Some(accepted));
             }
             // Accepted already with this very provider voice: the status engine
@@ -194,7 +194,7 @@ impl Store {
                 .col_expr(Column::FailureReason, Expr::value(reason))
                 .col_expr(Column::ProviderMissingSince, Expr::value(Some(at)))
                 .filter(Column::Status.eq(VoiceStatus::Completed));
-            let failed = self.revise(id, at, update).await?;
+            let failed = self.revise(id, at, update, Change::Failed).await?;
             if let Some(voice) = &failed {
                 self.count_transition(voice);
             }
@@ -243,7 +243,7 @@ impl Store {
                 .col_expr(Column::Labels, Expr::value(voice.labels.clone()))
                 .filter(Column::Revision.eq(revision))
                 .filter(Column::Status.ne(VoiceStatus::Deleted));
-            self.revise(voice.id, now(), update).await
+            self.revise(voice.id, now(), update, Change::Updated).await
         })
         .await
     }
@@ -328,7 +328,9 @@ impl Store {
                 .col_expr(Column::Status, Expr::value(VoiceStatus::Deleted))
                 .col_expr(Column::DeletedAt, Expr::value(at))
                 .filter(Column::Status.ne(VoiceStatus::Deleted));
-            let deleted = self.revise(id, at, without_deadline(update)).await?;
+            let deleted = self
+                .revise(id, at, without_deadline(update), Change::Deleted)
+                .await?;
             if let Some(voice) = &deleted {
                 self.count_transition(voice);
             }
@@ -478,7 +480,7 @@ impl Store {
             for update in [complete, fail].into_iter().flatten() {
                 settled.extend(update.exec_with_returning(&txn).await?);
             }
-            self.record_events(&txn, &settled).await?;
+            self.record_events(&txn, &settled, Change::settled).await?;
             txn.commit().await?;
             self.announce_events();
             for voice in &settled {
@@ -489,7 +491,8 @@ impl Store {
         .await
     }
 
-    /// Writes `update` to voice `id` as one change, with its event: its
+    /// Writes `update` to voice `id` as one change, with its event (saying
+    /// it was `change`): its
     /// revision goes up by one and `updated_at` becomes `at`. `None` when
     /// the update's guards did not match (the race was lost; nothing changed).
     async fn revise(
@@ -497,6 +500,7 @@ impl Store {
         id: Uuid,
         at: DateTime<Utc>,
         update: UpdateMany<Entity>,
+        change: Change,
     ) -> Result<Option<Voice>, DbErr> {
         let txn = self.db.begin().await?;
         let rows = revised(update, at)
@@ -506,7 +510,7 @@ impl Store {
         let Some(voice) = rows.into_iter().next() else {
             return Ok(None);
         };
-        self.record_events(&txn, std::slice::from_ref(&voice))
+        self.record_events(&txn, std::slice::from_ref(&voice), |_| change)
             .await?;
         txn.commit().await?;
         self.announce_events();

@@ -183,6 +183,8 @@ pub(crate) struct TestApp {
     pub(crate) metrics_addr: Option<std::net::SocketAddr>,
     pub(crate) database: DatabaseConfig,
     pub(crate) redis: Option<(String, String)>,
+    /// The key of the public event stream.
+    pub(crate) public_stream: String,
     pub(crate) auth: Authenticator,
     pub(crate) channel: Channel,
     pub(crate) shutdown: CancellationToken,
@@ -197,6 +199,7 @@ pub(crate) async fn spawn_app(backend: Backend) -> TestApp {
 
 /// The configuration tests start from, over `db`.
 pub(crate) fn test_config(backend: Backend, db: &TestDatabase) -> Config {
+    let redis_prefix = format!("vhtest-{}", Uuid::new_v4().simple());
     Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         metrics_listen: None,
@@ -219,7 +222,12 @@ pub(crate) fn test_config(backend: Backend, db: &TestDatabase) -> Config {
         outbox_recheck: Duration::from_hours(1),
         connections: voicehub::connections::ConnectionLimits::DEFAULT,
         redis_url: (backend == Backend::Postgres).then(|| SecretString::from(redis_url())),
-        redis_prefix: format!("vhtest-{}", Uuid::new_v4().simple()),
+        public_events: Some(voicehub::events::PublicEvents {
+            stream: format!("{redis_prefix}:voice-events"),
+            source: "voicehub".into(),
+            retention: Duration::from_hours(24 * 7),
+        }),
+        redis_prefix,
         redis_timeout: Duration::from_secs(1),
         run_worker: false,
         engine: test_engine_config(),
@@ -247,6 +255,11 @@ pub(crate) async fn spawn_app_with(backend: Backend, adjust: impl FnOnce(&mut Co
         .redis_url
         .as_ref()
         .map(|u| (u.expose_secret().to_owned(), config.redis_prefix.clone()));
+    let public_stream = config
+        .public_events
+        .as_ref()
+        .map(|p| p.stream.clone())
+        .unwrap_or_default();
     // Boxed: the server's start-up is a large future.
     let app = Box::pin(Application::build(config))
         .await
@@ -276,6 +289,7 @@ pub(crate) async fn spawn_app_with(backend: Backend, adjust: impl FnOnce(&mut Co
         metrics_addr,
         database,
         redis,
+        public_stream,
         auth,
         channel,
         shutdown,
@@ -448,15 +462,16 @@ impl TestApp {
             .unwrap()
     }
 
-    /// Waits until the relay has published every event in the outbox.
+    /// Waits until the relay has published every event in the outbox
+    /// (within 15 s: after an outage its retries are up to 5 s apart).
     pub(crate) async fn until_published(&self) {
-        for _ in 0..200 {
+        for _ in 0..600 {
             if self.outbox_rows().await == 0 {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
-        panic!("the outbox was not drained within 5 s");
+        panic!("the outbox was not drained within 15 s");
     }
 
     /// Stops the server as a dying process would leave things: its tasks

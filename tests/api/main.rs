@@ -29,6 +29,7 @@ mod outbox;
 mod pg_server;
 mod provider_faults;
 mod provider_safety;
+mod public_events;
 mod redis_server;
 mod replicas;
 mod shutdown;

@@ -283,7 +283,7 @@ async fn an_event_with_a_field_this_build_does_not_know_reaches_a_watcher() {
         .unwrap();
     stored.status = VoiceStatus::Completed;
     stored.revision += 1;
-    let mut bytes = VoiceEvent::stored(&stored).encode();
+    let mut bytes = VoiceEvent::stored(&stored, voicehub::store::Change::Completed).encode();
     bytes.extend_from_slice(&[15 << 3 | 2, 5]);
     bytes.extend_from_slice(b"newer");
     let (redis, prefix) = redis_of(&app).await;

@@ -1,0 +1,376 @@
+//! The public event stream (`docs/events.md`): each stored change as a
+//! CloudEvents document, at least once and in revision order per voice,
+//! also when the process that stored it is killed before publishing, or
+//! Redis is away when it is stored.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use fred::prelude::*;
+use secrecy::ExposeSecret;
+use serde_json::Value;
+use uuid::Uuid;
+use voicehub::pb::{self, DeleteVoiceRequest, UpdateVoiceRequest};
+
+use crate::{
+    fake_elevenlabs::{API_KEY, Report},
+    helpers::{
+        Backend, Client, JWT_SECRET, TestApp, create_voice, redis_of, serve, spawn_app_with_fake,
+    },
+    redis_server::RedisServer,
+};
+
+/// Every document on `app`'s public stream, oldest first.
+async fn public_documents(app: &TestApp) -> Vec<Value> {
+    let (redis, _) = redis_of(app).await;
+    let stream = &app.public_stream;
+    let entries: Vec<(String, BTreeMap<String, String>)> =
+        redis.commands.xrange(stream, "-", "+", None).await.unwrap();
+    redis.quit().await;
+    entries
+        .into_iter()
+        .map(|(_, fields)| {
+            assert_eq!(fields.len(), 1, "one field per entry: {fields:?}");
+            serde_json::from_str(&fields["event"]).expect("the event field is JSON")
+        })
+        .collect()
+}
+
+/// The documents of `voice_id`, as (type, revision).
+fn of_voice(documents: &[Value], voice_id: &str) -> Vec<(String, i64)> {
+    documents
+        .iter()
+        .filter(|d| d["subject"] == voice_id)
+        .map(|d| {
+            (
+                d["type"].as_str().unwrap().to_owned(),
+                d["data"]["revision"].as_i64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+async fn rename(client: &mut Client, voice: &pb::Voice, name: &str) -> pb::Voice {
+    let mut renamed = voice.clone();
+    renamed.name = name.into();
+    client
+        .update_voice(UpdateVoiceRequest {
+            voice: Some(renamed),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["name".into()],
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+async fn delete(client: &mut Client, voice_id: &str) {
+    client
+        .delete_voice(DeleteVoiceRequest {
+            voice_id: voice_id.to_owned(),
+        })
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn each_change_is_one_cloudevent_with_the_contracts_fields_and_nothing_more() {
+    let (app, fake) = spawn_app_with_fake(Backend::Postgres, |_| {}).await;
+    let user = Uuid::new_v4();
+    let mut client = app.client(user);
+    let voice = create_voice(&mut client, "Announced").await;
+    let renamed = rename(&mut client, &voice, "Announced again").await;
+    assert_eq!(app.worker.run_once().await.unwrap().completed, 1);
+    delete(&mut client, &voice.voice_id).await;
+    // A second voice fails at the provider.
+    let failing = create_voice(&mut client, "Refused").await;
+    fake.set_report(&failing.provider_voice_id, Report::professional("failed"));
+    assert_eq!(app.worker.run_once().await.unwrap().failed, 1);
+    app.until_published().await;
+
+    let documents = public_documents(&app).await;
+    let first = voice.revision;
+    assert_eq!(
+        of_voice(&documents, &voice.voice_id),
+        [
+            ("voicehub.voice.created.v1".to_owned(), first),
+            ("voicehub.voice.updated.v1".to_owned(), renamed.revision),
+            ("voicehub.voice.completed.v1".to_owned(), first + 2),
+            ("voicehub.voice.deleted.v1".to_owned(), first + 3),
+        ]
+    );
+    assert_eq!(
+        of_voice(&documents, &failing.voice_id),
+        [
+            ("voicehub.voice.created.v1".to_owned(), failing.revision),
+            ("voicehub.voice.failed.v1".to_owned(), failing.revision + 1),
+        ]
+    );
+    for document in &documents {
+        println!("{document}");
+        let subject = document["subject"].as_str().unwrap();
+        let revision = document["data"]["revision"].as_i64().unwrap();
+        assert_eq!(document["specversion"], "1.0");
+        assert_eq!(document["id"], format!("{subject}:{revision}"));
+        assert_eq!(document["source"], "voicehub");
+        assert_eq!(document["datacontenttype"], "application/json");
+        let time = chrono::DateTime::parse_from_rfc3339(document["time"].as_str().unwrap())
+            .expect("RFC 3339");
+        let age = chrono::Utc::now().signed_duration_since(time);
+        assert!(age >= chrono::Duration::zero() && age < chrono::Duration::minutes(1));
+        let data = document["data"].as_object().unwrap();
+        assert_eq!(data["voice_id"], subject);
+        assert_eq!(data["user_id"], user.to_string());
+        assert_eq!(data["visibility"], "VISIBILITY_PRIVATE");
+        let failed = document["type"] == "voicehub.voice.failed.v1";
+        let mut fields: Vec<&str> = data.keys().map(String::as_str).collect();
+        fields.sort_unstable();
+        let expected: &[&str] = if failed {
+            &[
+                "failure_reason",
+                "revision",
+                "status",
+                "user_id",
+                "visibility",
+                "voice_id",
+            ]
+        } else {
+            &["revision", "status", "user_id", "visibility", "voice_id"]
+        };
+        assert_eq!(
+            fields, expected,
+            "names, labels and audio stay behind GetVoice"
+        );
+    }
+    let status = |kind: &str| {
+        documents
+            .iter()
+            .find(|d| d["type"] == kind)
+            .map(|d| d["data"]["status"].clone())
+            .unwrap()
+    };
+    assert_eq!(
+        status("voicehub.voice.created.v1"),
+        "VOICE_STATUS_PROCESSING"
+    );
+    assert_eq!(
+        status("voicehub.voice.completed.v1"),
+        "VOICE_STATUS_COMPLETED"
+    );
+    assert_eq!(status("voicehub.voice.deleted.v1"), "VOICE_STATUS_DELETED");
+    let failed = documents
+        .iter()
+        .find(|d| d["type"] == "voicehub.voice.failed.v1")
+        .unwrap();
+    assert_eq!(failed["data"]["status"], "VOICE_STATUS_FAILED");
+    assert!(
+        !failed["data"]["failure_reason"]
+            .as_str()
+            .unwrap()
+            .is_empty()
+    );
+}
+
+/// Makes the public stream refuse appends: its key holds a string.
+async fn refuse_public(app: &TestApp) {
+    let (redis, _) = redis_of(app).await;
+    let _: () = redis.commands.del(&app.public_stream).await.unwrap();
+    let _: () = redis
+        .commands
+        .set(&app.public_stream, "not a stream", None, None, false)
+        .await
+        .unwrap();
+    redis.quit().await;
+}
+
+/// Undoes [`refuse_public`].
+async fn accept_public(app: &TestApp) {
+    let (redis, _) = redis_of(app).await;
+    let _: () = redis.commands.del(&app.public_stream).await.unwrap();
+    redis.quit().await;
+}
+
+/// Waits (up to 15 s) until every one of `voices` is stored COMPLETED.
+async fn until_completed(app: &TestApp, voices: &[pb::Voice]) {
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+    use voicehub::store::{VoiceStatus, entity::voice};
+    let ids: Vec<Uuid> = voices.iter().map(|v| v.voice_id.parse().unwrap()).collect();
+    for _ in 0..300 {
+        let rows = voice::Entity::find()
+            .filter(voice::Column::Id.is_in(ids.clone()))
+            .all(&app.db)
+            .await
+            .unwrap();
+        if rows.iter().all(|v| v.status == VoiceStatus::Completed) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the voices were not completed within 15 s");
+}
+
+#[tokio::test]
+async fn changes_of_a_process_killed_before_publishing_appear_once_each_in_revision_order() {
+    let (b, fake) = spawn_app_with_fake(Backend::Postgres, |_| {}).await;
+    fake.set_default_report(Report::awaiting_verification());
+    let user = Uuid::new_v4();
+    let voices = [
+        create_voice(&mut b.client(user), "Killed 1").await,
+        create_voice(&mut b.client(user), "Killed 2").await,
+    ];
+    b.until_published().await;
+
+    // Process A (`voicehub serve`, the same database, Redis, prefix and
+    // public stream, its worker on) renames and settles both voices while
+    // the public stream refuses them, and is killed with the changes
+    // committed and unpublished.
+    refuse_public(&b).await;
+    let (redis_url, prefix) = b.redis.clone().unwrap();
+    let database_url = b.database.url.expose_secret().to_owned();
+    let dir = tempfile::tempdir().unwrap();
+    let a = serve(
+        dir.path(),
+        &[
+            ("DATABASE_URL", database_url.as_str()),
+            ("REDIS_URL", redis_url.as_str()),
+            ("VOICEHUB_REDIS_PREFIX", prefix.as_str()),
+            ("VOICEHUB_EVENTS_STREAM", b.public_stream.as_str()),
+            ("ELEVENLABS_BASE_URL", fake.url.as_str()),
+            ("ELEVENLABS_API_KEY", API_KEY),
+            ("VOICEHUB_JWT_SECRET", JWT_SECRET),
+        ],
+    );
+    let mut on_a = a.client(user);
+    for voice in &voices {
+        rename(&mut on_a, voice, "Renamed on A").await;
+        fake.set_report(&voice.provider_voice_id, Report::default());
+    }
+    until_completed(&b, &voices).await;
+    drop(a); // SIGKILL
+    let left = b.outbox_rows().await;
+    println!("left in the outbox by the killed process: {left}");
+    assert!(left >= 2, "the renames at least wait in the outbox");
+
+    accept_public(&b).await;
+    b.until_published().await;
+    let documents = public_documents(&b).await;
+    let mut ids: Vec<&str> = documents
+        .iter()
+        .map(|d| d["id"].as_str().unwrap())
+        .collect();
+    let total = ids.len();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), total, "each change once: {documents:#?}");
+    for voice in &voices {
+        let seen = of_voice(&documents, &voice.voice_id);
+        println!("{}: {seen:?}", voice.name);
+        let kinds: Vec<&str> = seen.iter().map(|(kind, _)| kind.as_str()).collect();
+        assert_eq!(
+            kinds,
+            ["voicehub.voice.updated.v1", "voicehub.voice.completed.v1"],
+            "after the stream came back"
+        );
+        assert!(
+            seen.windows(2).all(|w| w[0].1 < w[1].1),
+            "in revision order"
+        );
+    }
+}
+
+#[tokio::test]
+async fn changes_stored_while_redis_is_away_appear_once_it_is_back_in_order_per_voice() {
+    let mut redis = RedisServer::start();
+    let url = redis.url();
+    let (app, _fake) =
+        spawn_app_with_fake(Backend::Postgres, move |c| c.redis_url = Some(url.into())).await;
+    let mut client = app.client(Uuid::new_v4());
+    let voices = [
+        create_voice(&mut client, "Before 1").await,
+        create_voice(&mut client, "Before 2").await,
+    ];
+    app.until_published().await;
+
+    redis.stop();
+    // Stored without Redis: renames, a completion, a delete.
+    let mut expected = BTreeMap::new();
+    for (i, voice) in voices.iter().enumerate() {
+        let renamed = rename(&mut client, voice, &format!("During {i}")).await;
+        let again = rename(&mut client, &renamed, &format!("During {i} again")).await;
+        expected.insert(
+            voice.voice_id.clone(),
+            vec![renamed.revision, again.revision],
+        );
+    }
+    delete(&mut client, &voices[1].voice_id).await;
+    expected
+        .get_mut(&voices[1].voice_id)
+        .unwrap()
+        .push(voices[1].revision + 3);
+    assert!(app.outbox_rows().await >= 5, "they wait in the outbox");
+
+    redis.restart();
+    app.until_published().await;
+    let documents = public_documents(&app).await;
+    for voice in &voices {
+        let revisions: Vec<i64> = of_voice(&documents, &voice.voice_id)
+            .into_iter()
+            .map(|(_, revision)| revision)
+            .collect();
+        println!("{}: {revisions:?}", voice.name);
+        assert_eq!(revisions, expected[&voice.voice_id], "in order, each once");
+    }
+}
+
+#[tokio::test]
+async fn a_newer_change_waits_for_an_older_one_another_process_left_behind() {
+    use sea_orm::{ActiveModelTrait, EntityTrait, Set};
+    use voicehub::{
+        events::VoiceEvent,
+        store::{Change, entity::voice, entity::voice_event},
+    };
+    let (app, _fake) = spawn_app_with_fake(Backend::Postgres, |_| {}).await;
+    let mut client = app.client(Uuid::new_v4());
+    let created = create_voice(&mut client, "Raced").await;
+    app.until_published().await;
+
+    // Another process stored a rename and died before publishing it: the
+    // voice and its event, as its write would have left them.
+    let id: Uuid = created.voice_id.parse().unwrap();
+    let mut row: voice::ActiveModel = voice::Entity::find_by_id(id)
+        .one(&app.db)
+        .await
+        .unwrap()
+        .unwrap()
+        .into();
+    row.name = Set("Renamed by the dead".into());
+    row.revision = Set(created.revision + 1);
+    let stored = row.update(&app.db).await.unwrap();
+    voice_event::ActiveModel {
+        voice_id: Set(id),
+        revision: Set(stored.revision),
+        writer: Set(Uuid::new_v4()),
+        payload: Set(VoiceEvent::stored(&stored, Change::Updated).encode()),
+        created_at: Set(chrono::Utc::now()),
+        ..Default::default()
+    }
+    .insert(&app.db)
+    .await
+    .unwrap();
+    // This replica changes the voice again at once: its own event must not
+    // overtake the older one (the stream would drop that one as stale).
+    let current = pb::Voice::from(stored);
+    let renamed = rename(&mut client, &current, "Renamed by the living").await;
+    app.until_published().await;
+
+    let seen = of_voice(&public_documents(&app).await, &created.voice_id);
+    println!("{seen:?}");
+    assert_eq!(
+        seen,
+        [
+            ("voicehub.voice.created.v1".to_owned(), created.revision),
+            ("voicehub.voice.updated.v1".to_owned(), created.revision + 1),
+            ("voicehub.voice.updated.v1".to_owned(), renamed.revision),
+        ]
+    );
+}
