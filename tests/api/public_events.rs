@@ -374,3 +374,140 @@ async fn a_newer_change_waits_for_an_older_one_another_process_left_behind() {
         ]
     );
 }
+
+/// The example consumer (`examples/voice_cache.rs`), built beside the
+/// server by the test command.
+fn voice_cache(app: &TestApp, consumer: &str, work: &str) -> std::process::Child {
+    let example = std::path::Path::new(crate::helpers::BIN)
+        .parent()
+        .unwrap()
+        .join("examples/voice_cache");
+    assert!(
+        example.exists(),
+        "{} is built by the test command (cargo test builds the examples)",
+        example.display()
+    );
+    let (redis_url, _) = app.redis.clone().unwrap();
+    std::process::Command::new(example)
+        .args(["--redis", &redis_url, "--stream", &app.public_stream])
+        .args(["--group", "caches", "--consumer", consumer])
+        .args(["--cache", &format!("{}:cache", app.public_stream)])
+        .args(["--batch", "10", "--claim-after", "1s", "--work", work])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the example consumer")
+}
+
+/// The lines a consumer prints, read on a thread of their own.
+fn lines_of(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<Value> {
+    use std::io::BufRead;
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(serde_json::from_str(&line).expect("a JSON line"));
+        }
+    });
+    rx
+}
+
+#[tokio::test]
+async fn the_example_consumer_group_applies_every_change_in_order_though_one_is_killed() {
+    let (app, _fake) = spawn_app_with_fake(Backend::Postgres, |_| {}).await;
+    let mut client = app.client(Uuid::new_v4());
+    for i in 0..8 {
+        let voice = create_voice(&mut client, &format!("Cached {i}")).await;
+        let renamed = rename(&mut client, &voice, &format!("Cached {i} again")).await;
+        if i % 2 == 0 {
+            delete(&mut client, &renamed.voice_id).await;
+        }
+    }
+    assert_eq!(app.worker.run_once().await.unwrap().completed, 4);
+    app.until_published().await;
+    let documents = public_documents(&app).await;
+    assert_eq!(documents.len(), 24);
+
+    // The first consumer takes a batch of ten, slowly, and is killed after
+    // applying one: nine entries are left pending in its name.
+    let mut first = voice_cache(&app, "first", "300ms");
+    let first_lines = lines_of(&mut first);
+    let handled = first_lines
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the first consumer handles an entry");
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let mut seen: Vec<Value> = vec![handled];
+    seen.extend(first_lines.try_iter());
+
+    // The second takes them over once idle, and reads the rest.
+    let mut second = voice_cache(&app, "second", "0s");
+    let second_lines = lines_of(&mut second);
+    let wanted: std::collections::BTreeSet<String> = documents
+        .iter()
+        .map(|d| d["id"].as_str().unwrap().to_owned())
+        .collect();
+    let mut claimed = 0;
+    while let Ok(line) = second_lines.recv_timeout(Duration::from_secs(10)) {
+        claimed += usize::from(line["claimed"] == true);
+        seen.push(line);
+        let got: std::collections::BTreeSet<String> = seen
+            .iter()
+            .filter_map(|l| l["event"].as_str().map(str::to_owned))
+            .collect();
+        if got == wanted {
+            break;
+        }
+    }
+    second.kill().unwrap();
+    second.wait().unwrap();
+
+    let by_first = seen.iter().filter(|l| l["consumer"] == "first").count();
+    println!(
+        "{} entries, handled {} times: {by_first} by the killed consumer, {} by the second ({claimed} taken over)",
+        documents.len(),
+        seen.len(),
+        seen.len() - by_first
+    );
+    let got: std::collections::BTreeSet<String> = seen
+        .iter()
+        .filter_map(|l| l["event"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(got, wanted, "every change reached the group");
+    assert!(claimed >= 9, "the killed consumer's batch was taken over");
+    // The cache holds each voice's newest revision, and never moved back:
+    // per voice, what each consumer applied only goes up.
+    let (redis, _) = redis_of(&app).await;
+    let cache: BTreeMap<String, i64> = redis
+        .commands
+        .hgetall(format!("{}:cache", app.public_stream))
+        .await
+        .unwrap();
+    redis.quit().await;
+    let mut newest = BTreeMap::new();
+    for document in &documents {
+        let revision = document["data"]["revision"].as_i64().unwrap();
+        let entry = newest
+            .entry(document["subject"].as_str().unwrap().to_owned())
+            .or_insert(0);
+        *entry = revision.max(*entry);
+    }
+    assert_eq!(cache, newest);
+    for consumer in ["first", "second"] {
+        let mut applied: BTreeMap<&str, Vec<i64>> = BTreeMap::new();
+        for line in seen
+            .iter()
+            .filter(|l| l["consumer"] == consumer && l["applied"] == true)
+        {
+            applied
+                .entry(line["voice"].as_str().unwrap())
+                .or_default()
+                .push(line["revision"].as_i64().unwrap());
+        }
+        for revisions in applied.values() {
+            assert!(revisions.windows(2).all(|w| w[0] < w[1]), "{revisions:?}");
+        }
+    }
+}
