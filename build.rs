@@ -34,7 +34,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .file_descriptor_set_path(out_dir.join("voicehub_descriptor.bin"))
         .compile_with_config(
             api,
-            &[PathBuf::from("proto/voicehub/v1/voice.proto")],
+            &[
+                PathBuf::from("proto/voicehub/v1/voice.proto"),
+                PathBuf::from("proto/voicehub/v1/webhooks.proto"),
+            ],
             &includes,
         )?;
 

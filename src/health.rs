@@ -1,6 +1,7 @@
 //! grpc.health.v1 status, kept truthful.
 //!
-//! Both the overall service `""` and `voicehub.v1.VoiceService` report
+//! The overall service `""`, `voicehub.v1.VoiceService` and
+//! `voicehub.v1.WebhookService` report
 //! SERVING only while storage answers; [`StorageHealth::run`] pings it every
 //! `VOICEHUB_HEALTH_INTERVAL` (1 s) and flips both to NOT_SERVING when a
 //! ping fails or takes over 750 ms (and back at the first that succeeds).
@@ -13,14 +14,22 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tonic_health::{ServingStatus, server::HealthReporter};
 
-use crate::{error::chain, pb::voice_service_server::SERVICE_NAME, store::Store};
+use crate::{
+    error::chain,
+    pb::{voice_service_server, webhook_service_server},
+    store::Store,
+};
 
 /// How long a ping may take before storage counts as unreachable. With the
 /// default 1 s interval, an outage shows within 1.75 s.
 const PING_TIMEOUT: Duration = Duration::from_millis(750);
 
 /// The health service names this server reports.
-pub(crate) const SERVICES: [&str; 2] = ["", SERVICE_NAME];
+pub(crate) const SERVICES: [&str; 3] = [
+    "",
+    voice_service_server::SERVICE_NAME,
+    webhook_service_server::SERVICE_NAME,
+];
 
 pub(crate) async fn set_all(reporter: &HealthReporter, status: ServingStatus) {
     for name in SERVICES {

@@ -6,7 +6,7 @@
 //! Layers: each module imports only modules listed after it here, so no
 //! module imports one that imports it back (`tests/api/layering.rs` checks):
 //! `server`, `config`, `health`, `grpc`, `connections`, `auth`, `write_path`,
-//! `status_engine`, `events`, `error`, `audio`, `pb`, `provider`, `store`, `quota`,
+//! `status_engine`, `webhooks`, `events`, `error`, `audio`, `pb`, `provider`, `store`, `quota`,
 //! `redis`, `metrics`, `telemetry`, `allocator`. `config` turns flags into each component's own
 //! settings type and builds the provider; only `main.rs` and `server` import it.
 
@@ -28,6 +28,7 @@ pub mod server;
 pub mod status_engine;
 pub mod store;
 pub mod telemetry;
+pub mod webhooks;
 mod write_path;
 
 pub use server::Application;

@@ -43,7 +43,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let app = Application::build((*args).into_config()?).await?;
             let shutdown = CancellationToken::new();
             tokio::spawn(cancel_on_signal(shutdown.clone()));
-            app.run_until_stopped(shutdown).await
+            // Boxed: serving is a large future (every service and task it owns).
+            Box::pin(app.run_until_stopped(shutdown)).await
         }
         Command::Migrate(args) => {
             let store = Store::connect(

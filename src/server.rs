@@ -29,7 +29,7 @@ use crate::{
     config::{self, Config},
     connections::{self, ConnectionLimits},
     events::{self, DynBus, LocalBus, PublicStream, RedisBus, Relay},
-    grpc::{DoorLimits, LimitLayer, ObserveLayer, VoiceApi, Watches},
+    grpc::{DoorLimits, LimitLayer, ObserveLayer, VoiceApi, Watches, WebhookApi},
     health::{self, StorageHealth},
     metrics::{self, Metrics, PoolLabel},
     pb,
@@ -88,6 +88,8 @@ pub struct Application {
     grace: Duration,
     /// TLS for the gRPC listener, when configured.
     tls: Option<ServerTlsConfig>,
+    /// The WebhookService.
+    webhooks: WebhookApi,
 }
 
 impl Application {
@@ -141,6 +143,7 @@ impl Application {
         );
 
         let audio = audio_checker(&config.audio_check, &metrics).await?;
+        let webhooks = WebhookApi::new(store.clone(), config.webhooks.clone());
 
         let watches = Watches::new(
             (config.limits.watches_per_user, config.limits.watches),
@@ -194,6 +197,7 @@ impl Application {
             watches,
             grace: config.shutdown_grace,
             tls,
+            webhooks,
         })
     }
 
@@ -263,6 +267,7 @@ impl Application {
             watches,
             grace,
             tls,
+            webhooks,
         } = self;
         let (reporter, health_service) = tonic_health::server::health_reporter();
         health::set_all(&reporter, ServingStatus::Serving).await;
@@ -311,21 +316,12 @@ impl Application {
         let serving = server_builder(tls, connection_limits)?
             .trace_fn(|req| tracing::info_span!("grpc", method = %req.uri().path()))
             .layer(ObserveLayer::new(metrics.clone()))
-            .layer(LimitLayer::new(
-                DoorLimits {
-                    calls: (limits.concurrent_rpcs, limits.concurrent_rpcs_per_user),
-                    uploads: (
-                        limits.concurrent_uploads,
-                        limits.concurrent_uploads_per_user,
-                    ),
-                    arrival: (limits.request_arrival, limits.upload_arrival),
-                },
-                &metrics,
-            ))
+            .layer(LimitLayer::new(door_limits(&limits), &metrics))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(api.into_service(auth))
+            .add_service(api.into_service(auth.clone()))
+            .add_service(webhooks.into_service(auth))
             .serve_with_incoming_shutdown(
                 connections::incoming(listener, connection_limits, &metrics),
                 async move {
@@ -473,6 +469,18 @@ async fn queue_and_bus(
         let queue = Arc::new(LocalQueue::new(metrics.queue_round_trips.clone()));
         (queue.clone(), queue, Arc::new(LocalBus::new(metrics)), None)
     })
+}
+
+/// The door's share of the replica's limits.
+fn door_limits(limits: &config::Limits) -> DoorLimits {
+    DoorLimits {
+        calls: (limits.concurrent_rpcs, limits.concurrent_rpcs_per_user),
+        uploads: (
+            limits.concurrent_uploads,
+            limits.concurrent_uploads_per_user,
+        ),
+        arrival: (limits.request_arrival, limits.upload_arrival),
+    }
 }
 
 /// The public event stream: in Redis, when there is one and the stream's

@@ -36,6 +36,7 @@ use crate::{
     status_engine::{self, EngineConfig},
     store::DatabaseConfig,
     telemetry::LogFormat,
+    webhooks::WebhookSettings,
 };
 
 /// The fewest connections `serve` works with on PostgreSQL: one is held
@@ -154,6 +155,49 @@ const DEFAULT_RECONCILE_INTERVAL: Duration = Duration::from_mins(10);
 /// A setting split off an older one that did two jobs: its own value if
 /// set; else, for one release, the older setting's value if an operator
 /// changed it (with a warning naming both); else its own default.
+/// The public event stream's settings; `None` when its retention is zero.
+fn public_events(
+    stream: Option<String>,
+    source: String,
+    retention: Duration,
+    redis_prefix: &str,
+) -> Option<PublicEvents> {
+    (!retention.is_zero()).then(|| PublicEvents {
+        stream: stream.unwrap_or_else(|| format!("{redis_prefix}:voice-events")),
+        source,
+        retention,
+    })
+}
+
+/// How webhooks may be used.
+#[derive(Debug, Clone, Args)]
+pub struct WebhookArgs {
+    /// Lets webhook endpoints be http URLs and private, loopback or
+    /// link-local addresses: for development and tests only.
+    #[arg(long, env = "VOICEHUB_WEBHOOK_ALLOW_PRIVATE", default_value_t = false, action = ArgAction::Set)]
+    pub webhook_allow_private: bool,
+    /// Most webhook endpoints one user may have.
+    #[arg(
+        long,
+        env = "VOICEHUB_WEBHOOK_MAX_ENDPOINTS_PER_USER",
+        default_value_t = 10
+    )]
+    pub webhook_max_endpoints_per_user: u32,
+    /// How long a rotated-out webhook secret keeps signing beside the new one.
+    #[arg(long, env = "VOICEHUB_WEBHOOK_SECRET_OVERLAP", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub webhook_secret_overlap: Duration,
+}
+
+impl WebhookArgs {
+    fn into_settings(self) -> WebhookSettings {
+        WebhookSettings {
+            allow_private: self.webhook_allow_private,
+            max_endpoints_per_user: self.webhook_max_endpoints_per_user,
+            secret_overlap: self.webhook_secret_overlap,
+        }
+    }
+}
+
 fn split_setting(
     value: Option<Duration>,
     (name, default): (&str, Duration),
@@ -316,6 +360,9 @@ pub struct ServeArgs {
     /// None without REDIS_URL.
     #[arg(long, env = "VOICEHUB_EVENTS_STREAM")]
     pub events_stream: Option<String>,
+    /// Webhooks.
+    #[command(flatten)]
+    pub webhooks: WebhookArgs,
     /// The CloudEvents `source` of every public event.
     #[arg(long, env = "VOICEHUB_EVENTS_SOURCE", default_value = "voicehub")]
     pub events_source: String,
@@ -503,6 +550,8 @@ pub struct Config {
     pub redis_prefix: String,
     /// The public event stream (with Redis only); `None`: none.
     pub public_events: Option<PublicEvents>,
+    /// How webhooks may be used.
+    pub webhooks: WebhookSettings,
     /// Longest a Redis command may take.
     pub redis_timeout: Duration,
     /// Run the status engine's worker loop in this process.
@@ -662,13 +711,13 @@ impl ServeArgs {
                 age: self.max_connection_age,
                 age_grace: self.max_connection_age_grace,
             },
-            public_events: (!self.events_retention.is_zero()).then(|| PublicEvents {
-                stream: self
-                    .events_stream
-                    .unwrap_or_else(|| format!("{}:voice-events", self.redis_prefix)),
-                source: self.events_source,
-                retention: self.events_retention,
-            }),
+            webhooks: self.webhooks.into_settings(),
+            public_events: public_events(
+                self.events_stream,
+                self.events_source,
+                self.events_retention,
+                &self.redis_prefix,
+            ),
             redis_prefix: self.redis_prefix,
             redis_timeout: self.redis_timeout,
             run_worker: self.sync_worker,

@@ -1,4 +1,5 @@
-//! The gRPC surface: `voicehub.v1.VoiceService`.
+//! The gRPC surface: `voicehub.v1.VoiceService` (here) and
+//! `voicehub.v1.WebhookService` (`webhooks.rs`).
 //!
 //! Handlers are thin: the interceptor has authenticated the caller; a
 //! handler reads the caller, turns the request into checked values
@@ -12,6 +13,7 @@ mod observe;
 mod page_token;
 mod validate;
 mod watch;
+mod webhooks;
 
 use std::sync::Arc;
 
@@ -22,6 +24,7 @@ pub(crate) use limits::{DoorLimits, LimitLayer};
 pub(crate) use observe::ObserveLayer;
 pub(crate) use validate::MAX_REQUEST_BYTES;
 pub(crate) use watch::Watches;
+pub(crate) use webhooks::WebhookApi;
 
 use crate::{
     audio,

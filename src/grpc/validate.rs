@@ -380,7 +380,7 @@ fn visible(c: char) -> bool {
     )
 }
 
-fn description(field: &'static str, value: &str) -> Result<String, Error> {
+pub(crate) fn description(field: &'static str, value: &str) -> Result<String, Error> {
     let description = value.trim();
     if description.chars().count() > MAX_DESCRIPTION_CHARS {
         return Err(Error::invalid(

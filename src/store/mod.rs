@@ -2,7 +2,8 @@
 //!
 //! [`Store`] is the only code that talks SQL. Its files split by one rule:
 //! `reads.rs` holds every query that only reads a voice, `writes.rs` every
-//! statement that changes one, `outbox.rs` the events of those changes;
+//! statement that changes one, `outbox.rs` the events of those changes,
+//! `webhooks.rs` the webhook endpoints;
 //! `entity/` holds the tables, `visibility.rs` the one rule of who may see a
 //! voice. Guarantees:
 //! - every read applies the visibility rule in SQL itself (a caller's own
@@ -35,6 +36,7 @@ pub mod entity;
 mod outbox;
 mod reads;
 mod visibility;
+mod webhooks;
 mod writes;
 
 use std::{sync::Arc, time::Duration};
@@ -46,10 +48,12 @@ use secrecy::{ExposeSecret, SecretString};
 
 pub use entity::voice::{Labels, Model as Voice, Visibility, VoiceStatus};
 pub use entity::voice_event::Model as StoredEvent;
+pub use entity::webhook_endpoint::Model as WebhookEndpoint;
 pub use outbox::{Change, EventEncoder};
 pub(crate) use outbox::{EventNotifications, Notified, Pending};
 pub(crate) use reads::{Cursor, ListQuery, Scope};
 pub(crate) use visibility::may_see;
+pub(crate) use webhooks::{EndpointCreated, EndpointPatch, NewEndpoint};
 pub(crate) use writes::{Reservation, Settlement};
 
 use crate::metrics::{Metrics, StatementKind, StatementLabels, TransitionLabel};

@@ -20,8 +20,8 @@ use voicehub::{
 use crate::{
     fake_elevenlabs::Route,
     helpers::{
-        Backend, Client, JWT_SECRET, TestApp, assert_invalid_field, create_request, create_voice,
-        mp3, spawn_app_with_fake, wav,
+        Backend, Bearer, Client, JWT_SECRET, TestApp, WebhookClient, assert_invalid_field,
+        create_request, create_voice, mp3, spawn_app_with_fake, wav,
     },
     on_both_backends,
 };
@@ -38,19 +38,60 @@ enum Call {
     Update(UpdateVoiceRequest),
     Delete(DeleteVoiceRequest),
     Watch(WatchVoiceStatusRequest),
+    CreateEndpoint(pb::CreateWebhookEndpointRequest),
+    ListEndpoints,
+    UpdateEndpoint(pb::UpdateWebhookEndpointRequest),
+    DeleteEndpoint(pb::DeleteWebhookEndpointRequest),
+    RotateSecret(pb::RotateWebhookSecretRequest),
+}
+
+/// One caller's clients of both services.
+struct Clients {
+    voices: Client,
+    webhooks: WebhookClient,
+}
+
+impl Clients {
+    /// The clients of `user`.
+    fn of(app: &TestApp, user: Uuid) -> Self {
+        Clients {
+            voices: app.client(user),
+            webhooks: app.webhooks(user),
+        }
+    }
+
+    /// Clients that send exactly `authorization: <header>`.
+    fn with_authorization(app: &TestApp, header: &str) -> Self {
+        Clients {
+            voices: app.with_authorization(header),
+            webhooks: pb::webhook_service_client::WebhookServiceClient::with_interceptor(
+                app.channel.clone(),
+                Bearer(header.to_owned()),
+            ),
+        }
+    }
 }
 
 impl Call {
     /// Makes the call; the error, if it failed (a stream that opens counts
     /// as success).
-    async fn run(self, client: &mut Client) -> Option<Status> {
+    async fn run(self, clients: &mut Clients) -> Option<Status> {
+        let (voices, webhooks) = (&mut clients.voices, &mut clients.webhooks);
         match self {
-            Call::Create(r) => client.create_voice_clone(r).await.err(),
-            Call::Get(r) => client.get_voice(r).await.err(),
-            Call::List(r) => client.list_user_voices(r).await.err(),
-            Call::Update(r) => client.update_voice(r).await.err(),
-            Call::Delete(r) => client.delete_voice(r).await.err(),
-            Call::Watch(r) => client.watch_voice_status(r).await.err(),
+            Call::Create(r) => voices.create_voice_clone(r).await.err(),
+            Call::Get(r) => voices.get_voice(r).await.err(),
+            Call::List(r) => voices.list_user_voices(r).await.err(),
+            Call::Update(r) => voices.update_voice(r).await.err(),
+            Call::Delete(r) => voices.delete_voice(r).await.err(),
+            Call::Watch(r) => voices.watch_voice_status(r).await.err(),
+            Call::CreateEndpoint(r) => webhooks.create_webhook_endpoint(r).await.err(),
+            Call::ListEndpoints => webhooks
+                .list_webhook_endpoints(pb::ListWebhookEndpointsRequest {})
+                .await
+                .err(),
+            Call::UpdateEndpoint(r) => webhooks.update_webhook_endpoint(r).await.err(),
+            Call::DeleteEndpoint(r) => webhooks.delete_webhook_endpoint(r).await.err(),
+            Call::RotateSecret(r) => webhooks.rotate_webhook_secret(r).await.err(),
         }
     }
 }
@@ -96,18 +137,33 @@ fn watch(ids: Vec<String>) -> Call {
 }
 
 /// The state of every voice, to compare before and after.
-async fn snapshot(app: &TestApp) -> Vec<(Uuid, String, i64, VoiceStatus, Visibility)> {
+async fn snapshot(app: &TestApp) -> Snapshot {
     use sea_orm::{EntityTrait, QueryOrder};
-    use voicehub::store::entity::voice;
-    voice::Entity::find()
+    use voicehub::store::entity::{voice, webhook_endpoint};
+    let voices = voice::Entity::find()
         .order_by_asc(voice::Column::Id)
         .all(&app.db)
         .await
         .unwrap()
         .into_iter()
         .map(|v| (v.id, v.name, v.revision, v.status, v.visibility))
-        .collect()
+        .collect();
+    let endpoints = webhook_endpoint::Entity::find()
+        .order_by_asc(webhook_endpoint::Column::Id)
+        .all(&app.db)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.id, e.url, e.secret, e.enabled, e.updated_at))
+        .collect();
+    (voices, endpoints)
 }
+
+/// Every voice and every webhook endpoint, by what a change would alter.
+type Snapshot = (
+    Vec<(Uuid, String, i64, VoiceStatus, Visibility)>,
+    Vec<(Uuid, String, String, bool, chrono::DateTime<chrono::Utc>)>,
+);
 
 /// One malformed call, and the field its refusal must name.
 type Case = (&'static str, Call, String);
@@ -435,6 +491,121 @@ fn bad_lists(others_token: &str, tampered: &str) -> Vec<Case> {
     ])
 }
 
+/// Malformed WebhookService calls; `id` is the caller's own endpoint.
+#[allow(clippy::too_many_lines)] // a table, one entry per case
+fn bad_webhook_calls(id: &str) -> Vec<Case> {
+    let endpoint = |url: &str, change: &dyn Fn(&mut pb::CreateWebhookEndpointRequest)| {
+        let mut request = pb::CreateWebhookEndpointRequest {
+            url: url.into(),
+            ..Default::default()
+        };
+        change(&mut request);
+        Call::CreateEndpoint(request)
+    };
+    let fine = "https://hooks.example.com/";
+    let update = |paths: &[&str], change: &dyn Fn(&mut pb::WebhookEndpoint)| {
+        let mut endpoint = pb::WebhookEndpoint {
+            endpoint_id: id.to_owned(),
+            url: fine.into(),
+            ..Default::default()
+        };
+        change(&mut endpoint);
+        Call::UpdateEndpoint(pb::UpdateWebhookEndpointRequest {
+            endpoint: Some(endpoint),
+            update_mask: Some(FieldMask {
+                paths: paths.iter().map(ToString::to_string).collect(),
+            }),
+        })
+    };
+    cases(vec![
+        ("endpoint without a URL", endpoint("", &|_| {}), "url"),
+        (
+            "endpoint URL that is not one",
+            endpoint("hooks", &|_| {}),
+            "url",
+        ),
+        (
+            "endpoint over http",
+            endpoint("http://hooks.example.com/", &|_| {}),
+            "url",
+        ),
+        (
+            "endpoint at loopback",
+            endpoint("https://127.0.0.1/", &|_| {}),
+            "url",
+        ),
+        (
+            "endpoint URL of 2,100 characters",
+            endpoint(&format!("{fine}{}", "a".repeat(2_100)), &|_| {}),
+            "url",
+        ),
+        (
+            "endpoint description of 501 characters",
+            endpoint(fine, &|r| r.description = "d".repeat(501)),
+            "description",
+        ),
+        (
+            "endpoint description with a bidi override",
+            endpoint(fine, &|r| r.description = "a\u{202E}b".into()),
+            "description",
+        ),
+        (
+            "unknown event type",
+            endpoint(fine, &|r| r.event_types = vec!["voice.created".into()]),
+            "event_types[0]",
+        ),
+        (
+            "an event type twice",
+            endpoint(fine, &|r| {
+                r.event_types = vec!["voicehub.voice.failed.v1".into(); 2];
+            }),
+            "event_types[1]",
+        ),
+        (
+            "UpdateWebhookEndpoint without an endpoint",
+            Call::UpdateEndpoint(pb::UpdateWebhookEndpointRequest::default()),
+            "endpoint",
+        ),
+        (
+            "UpdateWebhookEndpoint id not a UUID",
+            update(&["url"], &|e| e.endpoint_id = "7".into()),
+            "endpoint.endpoint_id",
+        ),
+        (
+            "UpdateWebhookEndpoint without a mask",
+            update(&[], &|_| {}),
+            "update_mask",
+        ),
+        (
+            "UpdateWebhookEndpoint of its secret",
+            update(&["secret"], &|_| {}),
+            "update_mask",
+        ),
+        (
+            "UpdateWebhookEndpoint to a private address",
+            update(&["url"], &|e| e.url = "https://192.168.0.1/".into()),
+            "endpoint.url",
+        ),
+        (
+            "UpdateWebhookEndpoint to an unknown event type",
+            update(&["event_types"], &|e| e.event_types = vec!["all".into()]),
+            "endpoint.event_types[0]",
+        ),
+        (
+            "DeleteWebhookEndpoint without an id",
+            Call::DeleteEndpoint(pb::DeleteWebhookEndpointRequest::default()),
+            "endpoint_id",
+        ),
+        (
+            "RotateWebhookSecret id not a UUID",
+            Call::RotateSecret(pb::RotateWebhookSecretRequest {
+                endpoint_id: "x".into(),
+            }),
+            "endpoint_id",
+        ),
+    ])
+}
+
 /// Malformed updates and watches of the caller's voice `id`.
 fn bad_updates_and_watches(id: &str) -> Vec<Case> {
     cases(vec![
@@ -523,7 +694,7 @@ async fn every_malformed_request_is_refused_naming_the_field_and_nothing_is_writ
         .await
         .id
         .to_string();
-    let mut client = app.client(user);
+    let mut client = Clients::of(&app, user);
     // A page token of someone else's listing, and one tampered with.
     let others_token = {
         let other = Uuid::new_v4();
@@ -544,6 +715,18 @@ async fn every_malformed_request_is_refused_naming_the_field_and_nothing_is_writ
     assert!(!others_token.is_empty());
     let mut tampered = others_token.clone();
     tampered.replace_range(..4, "AAAA");
+    let endpoint = client
+        .webhooks
+        .create_webhook_endpoint(pb::CreateWebhookEndpointRequest {
+            url: "https://hooks.example.com/".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .endpoint
+        .unwrap()
+        .endpoint_id;
     let before = snapshot(&app).await;
 
     let cases: Vec<Case> = [
@@ -551,9 +734,10 @@ async fn every_malformed_request_is_refused_naming_the_field_and_nothing_is_writ
         bad_gets_and_deletes(&mine),
         bad_lists(&others_token, &tampered),
         bad_updates_and_watches(&mine),
+        bad_webhook_calls(&endpoint),
     ]
     .concat();
-    assert!(cases.len() >= 68, "{} cases", cases.len());
+    assert!(cases.len() >= 85, "{} cases", cases.len());
     for (case, call, field) in cases {
         let status = call
             .run(&mut client)
@@ -657,6 +841,34 @@ fn forged_tokens(user: Uuid, other: Uuid) -> Vec<(&'static str, String)> {
     ]
 }
 
+/// One harmless call of each RPC; `private` is a voice id to name.
+fn a_call_of_every_rpc(private: &str) -> Vec<Call> {
+    vec![
+        Call::Create(create_request("Forged")),
+        Call::Get(GetVoiceRequest {
+            voice_id: private.to_owned(),
+        }),
+        list(|r| r.scope = pb::VoiceScope::All as i32),
+        update(private, &["name"], |_| {}),
+        Call::Delete(DeleteVoiceRequest {
+            voice_id: private.to_owned(),
+        }),
+        watch(vec![private.to_owned()]),
+        Call::CreateEndpoint(pb::CreateWebhookEndpointRequest {
+            url: "https://hooks.example.com/".into(),
+            ..Default::default()
+        }),
+        Call::ListEndpoints,
+        Call::DeleteEndpoint(pb::DeleteWebhookEndpointRequest {
+            endpoint_id: Uuid::new_v4().to_string(),
+        }),
+        Call::RotateSecret(pb::RotateWebhookSecretRequest {
+            endpoint_id: Uuid::new_v4().to_string(),
+        }),
+        Call::UpdateEndpoint(pb::UpdateWebhookEndpointRequest::default()),
+    ]
+}
+
 async fn another_users_voices_are_out_of_reach_whatever_the_field_or_token(backend: Backend) {
     let (app, fake) = spawn_app_with_fake(backend, |_| {}).await;
     let (alice, bob) = (Uuid::new_v4(), Uuid::new_v4());
@@ -671,7 +883,7 @@ async fn another_users_voices_are_out_of_reach_whatever_the_field_or_token(backe
         .id
         .to_string();
     let before = snapshot(&app).await;
-    let mut bob_client = app.client(bob);
+    let mut bob_client = Clients::of(&app, bob);
 
     // Every field that takes a voice id, with Alice's private voice: not
     // found, exactly as for a voice that does not exist.
@@ -717,6 +929,7 @@ async fn another_users_voices_are_out_of_reach_whatever_the_field_or_token(backe
     );
     // Listing: Bob's own scope holds none of hers; ALL holds only the public one.
     let all = bob_client
+        .voices
         .list_user_voices(ListUserVoicesRequest {
             scope: pb::VoiceScope::All as i32,
             ..ListUserVoicesRequest::default()
@@ -728,21 +941,10 @@ async fn another_users_voices_are_out_of_reach_whatever_the_field_or_token(backe
     assert_eq!(ids, std::slice::from_ref(&public));
     // Bad tokens on every RPC: UNAUTHENTICATED before anything is read.
     let tokens = forged_tokens(bob, alice);
-    let calls = [
-        Call::Create(create_request("Forged")),
-        Call::Get(GetVoiceRequest {
-            voice_id: private.clone(),
-        }),
-        list(|r| r.scope = pb::VoiceScope::All as i32),
-        update(&private, &["name"], |_| {}),
-        Call::Delete(DeleteVoiceRequest {
-            voice_id: private.clone(),
-        }),
-        watch(vec![private.clone()]),
-    ];
+    let calls = a_call_of_every_rpc(&private);
     let mut refused = 0;
     for (kind, token) in &tokens {
-        let mut forged = app.with_authorization(&format!("Bearer {token}"));
+        let mut forged = Clients::with_authorization(&app, &format!("Bearer {token}"));
         for call in calls.clone() {
             let status = call.run(&mut forged).await.expect("refused");
             assert_eq!(status.code(), Code::Unauthenticated, "{kind}: {status:?}");

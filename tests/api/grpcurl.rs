@@ -44,6 +44,7 @@ async fn grpcurl_lists_services_describes_them_and_checks_health() {
         "grpc.reflection.v1.ServerReflection",
         "grpc.reflection.v1alpha.ServerReflection",
         "voicehub.v1.VoiceService",
+        "voicehub.v1.WebhookService",
     ] {
         assert!(
             list.lines().any(|l| l == service),

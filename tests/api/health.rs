@@ -18,9 +18,9 @@ fn check(service: &str) -> HealthCheckRequest {
     }
 }
 
-async fn health_is_serving_for_the_server_and_the_voice_service(backend: Backend) {
+async fn health_is_serving_for_the_server_and_each_of_its_services(backend: Backend) {
     let app = spawn_app(backend).await;
-    for service in ["", "voicehub.v1.VoiceService"] {
+    for service in ["", "voicehub.v1.VoiceService", "voicehub.v1.WebhookService"] {
         let status = app
             .health()
             .check(check(service))
@@ -32,10 +32,10 @@ async fn health_is_serving_for_the_server_and_the_voice_service(backend: Backend
     }
 }
 
-on_both_backends!(health_is_serving_for_the_server_and_the_voice_service);
+on_both_backends!(health_is_serving_for_the_server_and_each_of_its_services);
 
 #[tokio::test]
-async fn reflection_lists_the_voice_service_and_health_without_a_token() {
+async fn reflection_lists_the_services_and_health_without_a_token() {
     let app = spawn_app(Backend::Sqlite).await;
     let mut client = ServerReflectionClient::new(app.channel.clone());
     let request = ServerReflectionRequest {
@@ -54,6 +54,7 @@ async fn reflection_lists_the_voice_service_and_health_without_a_token() {
     let names: Vec<_> = list.service.into_iter().map(|s| s.name).collect();
     for expected in [
         "voicehub.v1.VoiceService",
+        "voicehub.v1.WebhookService",
         "grpc.health.v1.Health",
         "grpc.reflection.v1.ServerReflection",
         "grpc.reflection.v1alpha.ServerReflection",

@@ -26,7 +26,7 @@ use voicehub::{
     metrics::Metrics,
     pb::{
         self, CreateVoiceCloneRequest, VoiceStatusEvent, WatchVoiceStatusRequest,
-        voice_service_client::VoiceServiceClient,
+        voice_service_client::VoiceServiceClient, webhook_service_client::WebhookServiceClient,
     },
     status_engine::{EngineConfig, Sweeper, Worker},
     store::{self, DatabaseConfig, Labels, Store, Visibility, Voice, VoiceStatus},
@@ -222,6 +222,7 @@ pub(crate) fn test_config(backend: Backend, db: &TestDatabase) -> Config {
         outbox_recheck: Duration::from_hours(1),
         connections: voicehub::connections::ConnectionLimits::DEFAULT,
         redis_url: (backend == Backend::Postgres).then(|| SecretString::from(redis_url())),
+        webhooks: voicehub::webhooks::WebhookSettings::DEFAULT,
         public_events: Some(voicehub::events::PublicEvents {
             stream: format!("{redis_prefix}:voice-events"),
             source: "voicehub".into(),
@@ -716,6 +717,7 @@ impl Interceptor for Bearer {
 }
 
 pub(crate) type Client = VoiceServiceClient<InterceptedService<Channel, Bearer>>;
+pub(crate) type WebhookClient = WebhookServiceClient<InterceptedService<Channel, Bearer>>;
 
 impl TestApp {
     /// A client that sends no credentials.
@@ -732,6 +734,15 @@ impl TestApp {
     pub(crate) fn client(&self, user: Uuid) -> Client {
         let token = self.auth.mint(user, Duration::from_mins(10)).unwrap();
         self.with_authorization(&format!("Bearer {token}"))
+    }
+
+    /// A WebhookService client acting as `user`.
+    pub(crate) fn webhooks(&self, user: Uuid) -> WebhookClient {
+        let token = self.auth.mint(user, Duration::from_mins(10)).unwrap();
+        WebhookServiceClient::with_interceptor(
+            self.channel.clone(),
+            Bearer(format!("Bearer {token}")),
+        )
     }
 
     pub(crate) fn health(&self) -> HealthClient<Channel> {

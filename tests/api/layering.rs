@@ -4,7 +4,7 @@
 use std::{collections::BTreeSet, fs, path::Path};
 
 /// The layer order, top first, as `src/lib.rs` documents it.
-const LAYERS: [&str; 19] = [
+const LAYERS: [&str; 20] = [
     "server",
     "config",
     "health",
@@ -13,6 +13,7 @@ const LAYERS: [&str; 19] = [
     "auth",
     "write_path",
     "status_engine",
+    "webhooks",
     "events",
     "error",
     "audio",

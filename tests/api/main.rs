@@ -40,3 +40,4 @@ mod transport;
 mod update_delete_voice;
 mod updates_converge;
 mod watch_voice_status;
+mod webhooks;

@@ -4,3 +4,4 @@
 pub mod provider_orphan;
 pub mod voice;
 pub mod voice_event;
+pub mod webhook_endpoint;

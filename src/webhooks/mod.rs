@@ -1,0 +1,77 @@
+//! Webhooks: a user's endpoints that receive the events of that user's
+//! voices, as the public stream carries them (`docs/webhooks.md`).
+//!
+//! This module holds what endpoints are allowed to be (`address.rs`: only
+//! https URLs of public hosts, never an address inside the network voicehub
+//! runs in) and their signing secrets. Endpoints are stored by `store`, and
+//! managed through `grpc::webhooks`.
+
+mod address;
+
+use std::time::Duration;
+
+use base64::Engine;
+
+pub use address::{MAX_URL_CHARS, UrlRefused, check_url, is_public};
+
+/// The event types an endpoint may ask for (`docs/events.md`).
+pub const EVENT_TYPES: [&str; 5] = [
+    "voicehub.voice.created.v1",
+    "voicehub.voice.updated.v1",
+    "voicehub.voice.completed.v1",
+    "voicehub.voice.failed.v1",
+    "voicehub.voice.deleted.v1",
+];
+
+/// Random bytes in a signing secret (Standard Webhooks asks for 24 to 64).
+const SECRET_BYTES: usize = 32;
+
+/// How webhooks may be used on this installation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookSettings {
+    /// Lets endpoints be http, and private or loopback addresses: for
+    /// development and tests only.
+    pub allow_private: bool,
+    /// Most endpoints one user may have.
+    pub max_endpoints_per_user: u32,
+    /// How long a rotated-out secret keeps signing beside the new one.
+    pub secret_overlap: Duration,
+}
+
+impl WebhookSettings {
+    /// The settings' defaults (as `serve --help` shows them).
+    pub const DEFAULT: WebhookSettings = WebhookSettings {
+        allow_private: false,
+        max_endpoints_per_user: 10,
+        secret_overlap: Duration::from_hours(24),
+    };
+}
+
+/// A new signing secret: `whsec_` and the base64 of random bytes.
+///
+/// # Errors
+/// The operating system gave no random bytes.
+pub fn new_secret() -> Result<String, getrandom::Error> {
+    let mut bytes = [0u8; SECRET_BYTES];
+    getrandom::fill(&mut bytes)?;
+    Ok(format!(
+        "whsec_{}",
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_secret_is_whsec_and_32_random_bytes_in_base64() {
+        let (a, b) = (new_secret().unwrap(), new_secret().unwrap());
+        assert_ne!(a, b);
+        let key = a.strip_prefix("whsec_").expect("the prefix");
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(key)
+            .unwrap();
+        assert_eq!(bytes.len(), 32);
+    }
+}
