@@ -35,6 +35,8 @@ pub(crate) enum StatementKind {
     /// Any statement on the event outbox: writing a change's event,
     /// reading and clearing what the relay publishes.
     Outbox,
+    /// Any statement on webhook endpoints, deliveries and attempts.
+    Webhooks,
 }
 
 impl EncodeLabelValue for StatementKind {
@@ -43,6 +45,7 @@ impl EncodeLabelValue for StatementKind {
             StatementKind::Read => "read",
             StatementKind::Write => "write",
             StatementKind::Outbox => "outbox",
+            StatementKind::Webhooks => "webhooks",
         };
         EncodeLabelValue::encode(&value, encoder)
     }
@@ -101,6 +104,13 @@ pub(crate) struct TransitionLabel {
 pub(crate) struct ConnectionLabel {
     /// Which of the replica's Redis connections: `commands`, `reader`, `subscriber`.
     pub(crate) connection: &'static str,
+}
+
+/// The label of `voicehub_webhook_deliveries_total`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub(crate) struct DeliveryLabel {
+    /// `delivered`, `retried`, `given_up` or `disabled` (410 Gone).
+    pub(crate) outcome: &'static str,
 }
 
 /// The label of `voicehub_limit_refusals_total`.
@@ -211,6 +221,8 @@ pub struct Metrics {
     pub(crate) watch_recheck_catches: Counter,
     /// Calls refused at a limit, by limit.
     pub(crate) limit_refusals: Family<LimitLabel, Counter>,
+    /// Webhook delivery attempts, by what followed.
+    pub(crate) webhook_deliveries: Family<DeliveryLabel, Counter>,
     /// Unary calls in progress.
     pub(crate) rpcs_in_flight: Gauge,
     /// CreateVoiceClone calls in progress.
@@ -268,6 +280,7 @@ impl Metrics {
             watch_resyncs: Counter::default(),
             watch_recheck_catches: Counter::default(),
             limit_refusals: Family::default(),
+            webhook_deliveries: Family::default(),
             rpcs_in_flight: Gauge::default(),
             uploads_in_flight: Gauge::default(),
             quota_unchecked: Counter::default(),
@@ -385,6 +398,11 @@ impl Metrics {
             "watch_recheck_catches",
             "Changes a watch stream's periodic recheck of its processing voices found that no event had delivered (a lost event)",
             m.watch_recheck_catches.clone(),
+        );
+        r.register(
+            "webhook_deliveries",
+            "Webhook delivery attempts, by what followed: delivered, retried, given_up, disabled",
+            m.webhook_deliveries.clone(),
         );
         r.register(
             "limit_refusals",

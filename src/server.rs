@@ -37,6 +37,7 @@ use crate::{
     redis::Redis,
     status_engine::{DynCoordination, DynQueue, LocalQueue, RedisQueue, Sweeper, Worker},
     store::Store,
+    webhooks::Deliverer,
     write_path::{CreateLimits, WritePath},
 };
 
@@ -90,6 +91,8 @@ pub struct Application {
     tls: Option<ServerTlsConfig>,
     /// The WebhookService.
     webhooks: WebhookApi,
+    /// Sends webhook deliveries.
+    deliverer: Deliverer,
 }
 
 impl Application {
@@ -116,7 +119,7 @@ impl Application {
                 metrics.events_published.clone(),
                 metrics.outbox_backlog.clone(),
             )
-            .with_public(public),
+            .with_public(public, config.events_source.clone()),
         );
         let sweeper = Sweeper::new(
             (provider.clone(), store.clone(), coordination.clone()),
@@ -144,6 +147,8 @@ impl Application {
 
         let audio = audio_checker(&config.audio_check, &metrics).await?;
         let webhooks = WebhookApi::new(store.clone(), config.webhooks.clone());
+        let deliverer = Deliverer::new(store.clone(), config.webhooks.clone(), &metrics)
+            .context("the webhooks' HTTP client")?;
 
         let watches = Watches::new(
             (config.limits.watches_per_user, config.limits.watches),
@@ -198,6 +203,7 @@ impl Application {
             grace: config.shutdown_grace,
             tls,
             webhooks,
+            deliverer,
         })
     }
 
@@ -268,6 +274,7 @@ impl Application {
             grace,
             tls,
             webhooks,
+            deliverer,
         } = self;
         let (reporter, health_service) = tonic_health::server::health_reporter();
         health::set_all(&reporter, ServingStatus::Serving).await;
@@ -281,8 +288,10 @@ impl Application {
             StorageHealth::new(store.clone(), reporter.clone(), health_interval, true)
                 .run(shutdown.clone()),
         );
-        // Every replica relays: its own writes' events, and others' leftovers.
+        // Every replica relays (its own writes' events, and others'
+        // leftovers) and sends webhook deliveries.
         tasks.spawn(relay.clone().run(shutdown.clone()));
+        tasks.spawn(deliverer.run(shutdown.clone()));
         if run_worker {
             tasks.spawn(worker.run(shutdown.clone()));
             tasks.spawn(sweeper.run(shutdown.clone()));
@@ -494,7 +503,6 @@ fn public_stream(config: &Config, redis: Option<&RedisParts>) -> Option<PublicSt
     };
     tracing::info!(
         stream = public.stream,
-        source = public.source,
         retention = %humantime::format_duration(public.retention),
         "public events in Redis"
     );

@@ -158,13 +158,11 @@ const DEFAULT_RECONCILE_INTERVAL: Duration = Duration::from_mins(10);
 /// The public event stream's settings; `None` when its retention is zero.
 fn public_events(
     stream: Option<String>,
-    source: String,
     retention: Duration,
     redis_prefix: &str,
 ) -> Option<PublicEvents> {
     (!retention.is_zero()).then(|| PublicEvents {
         stream: stream.unwrap_or_else(|| format!("{redis_prefix}:voice-events")),
-        source,
         retention,
     })
 }
@@ -186,6 +184,29 @@ pub struct WebhookArgs {
     /// How long a rotated-out webhook secret keeps signing beside the new one.
     #[arg(long, env = "VOICEHUB_WEBHOOK_SECRET_OVERLAP", default_value = "24h", value_parser = humantime::parse_duration)]
     pub webhook_secret_overlap: Duration,
+    /// How long one webhook attempt may take.
+    #[arg(long, env = "VOICEHUB_WEBHOOK_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub webhook_timeout: Duration,
+    /// The delay before each attempt of a webhook delivery, comma-separated:
+    /// the first, then each retry (up to 10 % jitter is added); used up,
+    /// the delivery is given up.
+    #[arg(long, env = "VOICEHUB_WEBHOOK_RETRY_SCHEDULE", default_value = "0s,5s,5m,30m,2h,5h,10h,10h", value_parser = retry_schedule)]
+    pub webhook_retry_schedule: RetrySchedule,
+}
+
+/// A comma-separated list of durations.
+#[derive(Debug, Clone)]
+pub struct RetrySchedule(pub Vec<Duration>);
+
+fn retry_schedule(value: &str) -> Result<RetrySchedule, String> {
+    let delays = value
+        .split(',')
+        .map(|d| humantime::parse_duration(d.trim()).map_err(|e| format!("{d:?}: {e}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    if delays.is_empty() {
+        return Err("must list at least one delay".into());
+    }
+    Ok(RetrySchedule(delays))
 }
 
 impl WebhookArgs {
@@ -194,6 +215,8 @@ impl WebhookArgs {
             allow_private: self.webhook_allow_private,
             max_endpoints_per_user: self.webhook_max_endpoints_per_user,
             secret_overlap: self.webhook_secret_overlap,
+            timeout: self.webhook_timeout,
+            retry_schedule: self.webhook_retry_schedule.0,
         }
     }
 }
@@ -550,6 +573,8 @@ pub struct Config {
     pub redis_prefix: String,
     /// The public event stream (with Redis only); `None`: none.
     pub public_events: Option<PublicEvents>,
+    /// The CloudEvents `source` of the public stream's and webhooks' events.
+    pub events_source: String,
     /// How webhooks may be used.
     pub webhooks: WebhookSettings,
     /// Longest a Redis command may take.
@@ -714,10 +739,10 @@ impl ServeArgs {
             webhooks: self.webhooks.into_settings(),
             public_events: public_events(
                 self.events_stream,
-                self.events_source,
                 self.events_retention,
                 &self.redis_prefix,
             ),
+            events_source: self.events_source,
             redis_prefix: self.redis_prefix,
             redis_timeout: self.redis_timeout,
             run_worker: self.sync_worker,

@@ -39,7 +39,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 pub(crate) use hub::{Hub, Interest, Subscription};
 pub(crate) use public::PublicStream;
-pub use public::{EVENT_FIELD, PublicEvent, PublicEvents};
+pub use public::{EVENT_FIELD, PublicEvent, PublicEvents, document};
 pub use redis::stream_key;
 pub(crate) use redis::{READ_BLOCK, RedisBus};
 pub use relay::Relay;

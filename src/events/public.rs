@@ -53,56 +53,58 @@ return added
 pub struct PublicEvents {
     /// The stream's key.
     pub stream: String,
-    /// The CloudEvents `source` of every event.
-    pub source: String,
     /// How long entries stay (at least; trimming is approximate).
     pub retention: Duration,
 }
 
-/// One change as the public stream carries it.
+/// One change as the public stream and webhooks carry it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PublicEvent {
     /// The CloudEvents `id`: the same for every publication of this change.
     pub id: String,
+    /// The CloudEvents `type`.
+    pub event_type: &'static str,
     /// The voice's revision after the change.
     pub revision: i64,
     /// The CloudEvents document, as JSON text.
     pub document: String,
 }
 
-impl PublicEvents {
-    /// The public form of `event`, committed at `time`.
-    #[must_use]
-    pub fn document(&self, event: &VoiceEvent, time: DateTime<Utc>) -> PublicEvent {
-        let voice = &event.voice;
-        let id = format!("{}:{}", event.voice_id, event.revision);
-        let mut data = json!({
-            "voice_id": event.voice_id.to_string(),
-            "user_id": event.owner.to_string(),
-            "revision": event.revision,
-            "status": voice.status().as_str_name(),
-            "visibility": voice.visibility().as_str_name(),
-        });
-        if voice.status() == pb::VoiceStatus::Failed {
-            data["failure_reason"] = voice.failure_reason.clone().into();
-        }
-        let document = json!({
-            "specversion": "1.0",
-            "id": id,
-            "source": self.source,
-            "type": event_type(event),
-            "subject": event.voice_id.to_string(),
-            "time": time.to_rfc3339_opts(SecondsFormat::Millis, true),
-            "datacontenttype": "application/json",
-            "data": data,
-        });
-        PublicEvent {
-            id,
-            revision: event.revision,
-            document: document.to_string(),
-        }
+/// The public form of `event`, committed at `time`, from `source`.
+#[must_use]
+pub fn document(source: &str, event: &VoiceEvent, time: DateTime<Utc>) -> PublicEvent {
+    let voice = &event.voice;
+    let id = format!("{}:{}", event.voice_id, event.revision);
+    let mut data = json!({
+        "voice_id": event.voice_id.to_string(),
+        "user_id": event.owner.to_string(),
+        "revision": event.revision,
+        "status": voice.status().as_str_name(),
+        "visibility": voice.visibility().as_str_name(),
+    });
+    if voice.status() == pb::VoiceStatus::Failed {
+        data["failure_reason"] = voice.failure_reason.clone().into();
     }
+    let event_type = event_type(event);
+    let document = json!({
+        "specversion": "1.0",
+        "id": id,
+        "source": source,
+        "type": event_type,
+        "subject": event.voice_id.to_string(),
+        "time": time.to_rfc3339_opts(SecondsFormat::Millis, true),
+        "datacontenttype": "application/json",
+        "data": data,
+    });
+    PublicEvent {
+        id,
+        event_type,
+        revision: event.revision,
+        document: document.to_string(),
+    }
+}
 
+impl PublicEvents {
     /// The key that remembers the last revision of `voice_id` appended.
     fn last_revision_key(&self, voice_id: &str) -> String {
         format!("{}:revision:{voice_id}", self.stream)
@@ -141,11 +143,6 @@ impl PublicStream {
             events,
             append: Script::from_lua(APPEND),
         }
-    }
-
-    /// What the stream's documents say (source) and where it is.
-    pub(crate) fn events(&self) -> &PublicEvents {
-        &self.events
     }
 
     /// Appends `events` (each with its voice id) in order, in one round
@@ -209,11 +206,6 @@ mod tests {
 
     #[test]
     fn the_documented_examples_are_what_is_published() {
-        let events = PublicEvents {
-            stream: "voicehub:voice-events".into(),
-            source: "voicehub".into(),
-            retention: Duration::from_hours(24 * 7),
-        };
         let examples = documented();
         assert_eq!(examples.len(), 5, "one example per type");
         for example in examples {
@@ -244,7 +236,7 @@ mod tests {
             voice.revision = data["revision"].as_i64().unwrap();
             voice.failure_reason = data["failure_reason"].as_str().map(str::to_owned);
             let time = example["time"].as_str().unwrap().parse().unwrap();
-            let published = events.document(&VoiceEvent::stored(&voice, change), time);
+            let published = document("voicehub", &VoiceEvent::stored(&voice, change), time);
             let published: serde_json::Value = serde_json::from_str(&published.document).unwrap();
             assert_eq!(published, example, "{}", example["type"]);
         }

@@ -36,11 +36,12 @@ use prometheus_client::metrics::{counter::Counter, gauge::Gauge};
 use sea_orm::DbErr;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
-use super::{DynBus, PublicEvent, PublicStream, PublishError, VoiceEvent};
+use super::{DynBus, PublicEvent, PublicStream, PublishError, VoiceEvent, public::document};
 use crate::{
     error::chain,
-    store::{EventNotifications, Notified, Pending, Store, StoredEvent},
+    store::{EventNotifications, Notified, Owed, Pending, Store, StoredEvent},
 };
 
 /// Events read and published per pass: more than the status engine
@@ -91,6 +92,8 @@ pub struct Relay {
     dispatched_here: Mutex<BTreeSet<i64>>,
     /// The public event stream, if there is one.
     public: Option<PublicStream>,
+    /// The CloudEvents `source` of the public stream's and webhooks' events.
+    source: String,
 }
 
 impl Relay {
@@ -112,6 +115,7 @@ impl Relay {
             backlog,
             dispatched_here: Mutex::default(),
             public: None,
+            source: "voicehub".into(),
         }
     }
 
@@ -123,10 +127,7 @@ impl Relay {
         }
         let more = stored.len() as u64 == BATCH;
         let ids: Vec<i64> = stored.iter().map(|e| e.id).collect();
-        let public = self
-            .public
-            .as_ref()
-            .map(|public| public_events(public, &stored));
+        let documents = documents(&self.source, &stored);
         let events: Vec<Bytes> = stored.into_iter().map(|e| Bytes::from(e.payload)).collect();
         if let Err(e) = self.bus.publish(&events).await {
             self.dispatch_here(&ids, &events);
@@ -135,11 +136,26 @@ impl Relay {
         // Published to the replicas but not to the public stream: the rows
         // stay, and the next pass publishes both again (replicas drop what
         // they already have).
-        if let (Some(stream), Some(public)) = (&self.public, public) {
+        if let Some(stream) = &self.public {
+            let public: Vec<(String, PublicEvent)> = documents
+                .iter()
+                .map(|(_, voice_id, document)| (voice_id.clone(), document.clone()))
+                .collect();
             stream.publish(&public).await?;
         }
         self.published.inc_by(events.len() as u64);
-        self.store.forget_events(&ids).await?;
+        // The webhook deliveries are queued in the transaction that takes
+        // the events out of the outbox: both happen, or neither.
+        let owed: Vec<Owed> = documents
+            .into_iter()
+            .map(|(owner, _, document)| Owed {
+                owner,
+                event_id: document.id,
+                event_type: document.event_type.to_owned(),
+                payload: document.document,
+            })
+            .collect();
+        self.store.forget_events_and_queue(&ids, &owed).await?;
         let mut here = self.dispatched_here.lock();
         if !here.is_empty() {
             for id in &ids {
@@ -154,10 +170,12 @@ impl Relay {
     }
 
     /// Also publishes every event to `public`, after the bus took it and
-    /// before it leaves the outbox.
+    /// before it leaves the outbox; `source` names voicehub in the public
+    /// stream's and webhooks' events.
     #[must_use]
-    pub(crate) fn with_public(mut self, public: Option<PublicStream>) -> Self {
+    pub(crate) fn with_public(mut self, public: Option<PublicStream>, source: String) -> Self {
         self.public = public;
+        self.source = source;
         self
     }
 
@@ -314,19 +332,20 @@ impl Relay {
     }
 }
 
-/// The public form of each stored event, with its voice's id. An event
-/// this build cannot read (it stored it itself, so never in practice) is
-/// logged and left out of the public stream.
-fn public_events(public: &PublicStream, stored: &[StoredEvent]) -> Vec<(String, PublicEvent)> {
+/// The public form of each stored event, with its voice's owner and id.
+/// An event this build cannot read (it stored it itself, so never in
+/// practice) is logged and left out of the public stream and webhooks.
+fn documents(source: &str, stored: &[StoredEvent]) -> Vec<(Uuid, String, PublicEvent)> {
     stored
         .iter()
         .filter_map(|row| match VoiceEvent::decode(&row.payload) {
             Ok(event) => Some((
+                event.owner,
                 event.voice_id.to_string(),
-                public.events().document(&event, row.created_at),
+                document(source, &event, row.created_at),
             )),
             Err(e) => {
-                tracing::error!(outbox_id = row.id, error = %e, "an outbox event cannot be read; it is left out of the public stream");
+                tracing::error!(outbox_id = row.id, error = %e, "an outbox event cannot be read; it is left out of the public stream and webhooks");
                 None
             }
         })

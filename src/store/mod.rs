@@ -3,7 +3,7 @@
 //! [`Store`] is the only code that talks SQL. Its files split by one rule:
 //! `reads.rs` holds every query that only reads a voice, `writes.rs` every
 //! statement that changes one, `outbox.rs` the events of those changes,
-//! `webhooks.rs` the webhook endpoints;
+//! `webhooks.rs` the webhook endpoints, deliveries and attempts;
 //! `entity/` holds the tables, `visibility.rs` the one rule of who may see a
 //! voice. Guarantees:
 //! - every read applies the visibility rule in SQL itself (a caller's own
@@ -53,7 +53,9 @@ pub use outbox::{Change, EventEncoder};
 pub(crate) use outbox::{EventNotifications, Notified, Pending};
 pub(crate) use reads::{Cursor, ListQuery, Scope};
 pub(crate) use visibility::may_see;
-pub(crate) use webhooks::{EndpointCreated, EndpointPatch, NewEndpoint};
+pub(crate) use webhooks::{
+    Attempted, Due, EndpointCreated, EndpointPatch, NewEndpoint, Next, Owed,
+};
 pub(crate) use writes::{Reservation, Settlement};
 
 use crate::metrics::{Metrics, StatementKind, StatementLabels, TransitionLabel};
@@ -93,6 +95,9 @@ pub struct Store {
     /// Notified after every commit that wrote events to the outbox: the
     /// relay waits on it, so no writer has to remember to wake it.
     events_committed: Arc<tokio::sync::Notify>,
+    /// Notified after each commit of this process that queued webhook
+    /// deliveries (the deliverer wakes on it).
+    deliveries_queued: Arc<tokio::sync::Notify>,
 }
 
 impl Store {
@@ -143,6 +148,7 @@ impl Store {
             transitions: metrics.transitions.clone(),
             call_timeout,
             events_committed: Arc::default(),
+            deliveries_queued: Arc::default(),
         })
     }
 
@@ -260,6 +266,8 @@ fn count(statements: &Family<StatementLabels, Counter>, sql: &str) {
         .is_some_and(|verb| verb.eq_ignore_ascii_case("select"));
     let kind = if sql.contains(outbox::TABLE) {
         StatementKind::Outbox
+    } else if sql.contains("\"webhook_") {
+        StatementKind::Webhooks
     } else if read {
         StatementKind::Read
     } else {

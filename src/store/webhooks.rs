@@ -1,17 +1,25 @@
-//! Webhook endpoints. Every method takes the owner and matches it in SQL, so
-//! no caller can reach another user's endpoint: it is "not found", as one
-//! that does not exist.
+//! Webhook endpoints, their deliveries and attempts. Every method an API
+//! caller reaches takes the owner and matches it in SQL, so no caller can
+//! reach another user's endpoint: it is "not found", as one that does not
+//! exist. Deliveries are queued with the outbox's delete, in one transaction
+//! (see [`Store::forget_events_and_queue`]), and taken by one replica at a
+//! time under a lease.
 
 use chrono::{DateTime, Utc};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait, PaginatorTrait,
-    QueryFilter, QueryOrder, Set, SqliteTransactionMode, TransactionOptions, TransactionTrait,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait, ExprTrait,
+    PaginatorTrait, QueryFilter, QueryOrder, Set, SqliteTransactionMode, TransactionOptions,
+    TransactionTrait,
 };
 use uuid::Uuid;
 
 use super::{
     Store,
-    entity::webhook_endpoint::{ActiveModel, Column, Entity, Model as WebhookEndpoint},
+    entity::{
+        webhook_attempt as attempt,
+        webhook_delivery::{self as delivery, Model as WebhookDelivery},
+        webhook_endpoint::{ActiveModel, Column, Entity, Model as WebhookEndpoint},
+    },
     now,
 };
 
@@ -194,6 +202,299 @@ impl Store {
                 .exec_with_returning(&self.db)
                 .await?;
             Ok(rows.into_iter().next())
+        })
+        .await
+    }
+}
+
+/// An event the relay is about to take out of the outbox, as endpoints
+/// receive it.
+#[derive(Debug, Clone)]
+pub(crate) struct Owed {
+    /// The owner of the voice it is about: whose endpoints receive it.
+    pub(crate) owner: Uuid,
+    /// The CloudEvents `id`.
+    pub(crate) event_id: String,
+    /// The CloudEvents `type`.
+    pub(crate) event_type: String,
+    /// The CloudEvents document.
+    pub(crate) payload: String,
+}
+
+/// A delivery taken for sending, with where it goes.
+#[derive(Debug, Clone)]
+pub(crate) struct Due {
+    pub(crate) delivery: WebhookDelivery,
+    pub(crate) endpoint: WebhookEndpoint,
+}
+
+/// How an attempt ended, as stored.
+#[derive(Debug, Clone)]
+pub(crate) struct Attempted {
+    /// The endpoint's answer, if one came.
+    pub(crate) http_status: Option<u16>,
+    /// How long it took.
+    pub(crate) latency: std::time::Duration,
+    /// Why it failed, when it did.
+    pub(crate) error: Option<String>,
+    /// What happens next.
+    pub(crate) next: Next,
+}
+
+/// What happens to a delivery after an attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Next {
+    /// Answered 2xx: done.
+    Delivered,
+    /// Tried again at this time.
+    RetryAt(DateTime<Utc>),
+    /// Given up; `disable` also disables the endpoint, with this reason.
+    GiveUp { disable: Option<String> },
+}
+
+/// A delivery's states.
+pub(crate) const PENDING: &str = "pending";
+const DELIVERED: &str = "delivered";
+const FAILED: &str = "failed";
+
+impl Store {
+    /// Takes outbox events `ids` out of the outbox and, in the same
+    /// transaction, queues a delivery of each of `owed` to each enabled
+    /// endpoint of its owner that asked for its type (once per endpoint
+    /// and event, whoever queues it). Whether any delivery was queued.
+    ///
+    /// # Errors
+    /// A database failure: nothing is taken out or queued, and the relay
+    /// publishes the events again.
+    pub(crate) async fn forget_events_and_queue(
+        &self,
+        ids: &[i64],
+        owed: &[Owed],
+    ) -> Result<bool, DbErr> {
+        let rows = self.deliveries_owed(owed).await?;
+        if rows.is_empty() {
+            self.forget_events(ids).await?;
+            return Ok(false);
+        }
+        self.bounded(async {
+            let txn = self.db.begin().await?;
+            delivery::Entity::insert_many(rows)
+                .on_conflict_do_nothing_on([
+                    delivery::Column::EndpointId,
+                    delivery::Column::EventId,
+                ])
+                .exec(&txn)
+                .await?;
+            super::entity::voice_event::Entity::delete_many()
+                .filter(super::entity::voice_event::Column::Id.is_in(ids.iter().copied()))
+                .exec(&txn)
+                .await?;
+            txn.commit().await?;
+            self.deliveries_queued.notify_one();
+            Ok(true)
+        })
+        .await
+    }
+
+    /// The delivery rows `owed` makes: one per event and enabled endpoint
+    /// of its owner that asked for its type.
+    async fn deliveries_owed(&self, owed: &[Owed]) -> Result<Vec<delivery::ActiveModel>, DbErr> {
+        if owed.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut owners: Vec<Uuid> = owed.iter().map(|o| o.owner).collect();
+        owners.sort_unstable();
+        owners.dedup();
+        let endpoints = self
+            .bounded(async {
+                Entity::find()
+                    .filter(Column::OwnerUserId.is_in(owners))
+                    .filter(Column::Enabled.eq(true))
+                    .all(&self.db)
+                    .await
+            })
+            .await?;
+        let at = now();
+        let mut rows = Vec::new();
+        for event in owed {
+            for endpoint in endpoints.iter().filter(|e| e.owner_user_id == event.owner) {
+                let wanted = endpoint.event_types.is_empty()
+                    || endpoint
+                        .event_types
+                        .split_whitespace()
+                        .any(|t| t == event.event_type);
+                if wanted {
+                    rows.push(delivery::ActiveModel {
+                        endpoint_id: Set(endpoint.id),
+                        event_id: Set(event.event_id.clone()),
+                        event_type: Set(event.event_type.clone()),
+                        payload: Set(event.payload.clone()),
+                        state: Set(PENDING.into()),
+                        attempts: Set(0),
+                        next_attempt_at: Set(at),
+                        lease_until: Set(None),
+                        created_at: Set(at),
+                        ..Default::default()
+                    });
+                }
+            }
+        }
+        Ok(rows)
+    }
+
+    /// Notified when this process queued deliveries.
+    pub(crate) fn deliveries_queued(&self) -> &tokio::sync::Notify {
+        &self.deliveries_queued
+    }
+
+    /// Takes up to `limit` due deliveries for `lease` (no other replica
+    /// takes them meanwhile), each with its endpoint. A delivery whose
+    /// endpoint is gone or disabled is given up instead.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub(crate) async fn take_due_deliveries(
+        &self,
+        limit: u64,
+        lease: std::time::Duration,
+    ) -> Result<Vec<Due>, DbErr> {
+        use sea_orm::{QuerySelect, sea_query::Expr};
+        self.bounded(async {
+            let at = now();
+            let until = at + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX);
+            let free = delivery::Column::LeaseUntil
+                .is_null()
+                .or(delivery::Column::LeaseUntil.lt(at));
+            let due: Vec<i64> = delivery::Entity::find()
+                .select_only()
+                .column(delivery::Column::Id)
+                .filter(delivery::Column::State.eq(PENDING))
+                .filter(delivery::Column::NextAttemptAt.lte(at))
+                .filter(free.clone())
+                .order_by_asc(delivery::Column::NextAttemptAt)
+                .limit(limit)
+                .into_tuple()
+                .all(&self.db)
+                .await?;
+            if due.is_empty() {
+                return Ok(Vec::new());
+            }
+            // The lease condition again: a replica that took some meanwhile wins them.
+            let taken = delivery::Entity::update_many()
+                .col_expr(delivery::Column::LeaseUntil, Expr::value(Some(until)))
+                .filter(delivery::Column::Id.is_in(due))
+                .filter(free)
+                .exec_with_returning(&self.db)
+                .await?;
+            let ids: Vec<Uuid> = taken.iter().map(|d| d.endpoint_id).collect();
+            let endpoints = Entity::find()
+                .filter(Column::Id.is_in(ids))
+                .all(&self.db)
+                .await?;
+            let mut out = Vec::with_capacity(taken.len());
+            for delivery in taken {
+                match endpoints.iter().find(|e| e.id == delivery.endpoint_id) {
+                    Some(endpoint) if endpoint.enabled => out.push(Due {
+                        delivery,
+                        endpoint: endpoint.clone(),
+                    }),
+                    _ => {
+                        delivery::Entity::update_many()
+                            .col_expr(delivery::Column::State, Expr::value(FAILED))
+                            .col_expr(
+                                delivery::Column::LeaseUntil,
+                                Expr::value(Option::<DateTime<Utc>>::None),
+                            )
+                            .filter(delivery::Column::Id.eq(delivery.id))
+                            .exec(&self.db)
+                            .await?;
+                    }
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Stores how an attempt of `due` ended, and what follows, in one
+    /// transaction.
+    ///
+    /// # Errors
+    /// A database failure: the delivery's lease runs out and it is sent
+    /// again.
+    pub(crate) async fn record_attempt(
+        &self,
+        due: &Due,
+        attempted: Attempted,
+    ) -> Result<(), DbErr> {
+        use sea_orm::sea_query::Expr;
+        self.bounded(async {
+            let at = now();
+            let txn = self.db.begin().await?;
+            attempt::ActiveModel {
+                delivery_id: Set(due.delivery.id),
+                endpoint_id: Set(due.endpoint.id),
+                event_id: Set(due.delivery.event_id.clone()),
+                event_type: Set(due.delivery.event_type.clone()),
+                at: Set(at),
+                http_status: Set(attempted.http_status.map(i32::from)),
+                latency_ms: Set(i32::try_from(attempted.latency.as_millis()).unwrap_or(i32::MAX)),
+                error: Set(attempted.error),
+                ..Default::default()
+            }
+            .insert(&txn)
+            .await?;
+            let (state, next_at) = match &attempted.next {
+                Next::Delivered => (DELIVERED, due.delivery.next_attempt_at),
+                Next::RetryAt(when) => (PENDING, *when),
+                Next::GiveUp { .. } => (FAILED, due.delivery.next_attempt_at),
+            };
+            delivery::Entity::update_many()
+                .col_expr(delivery::Column::State, Expr::value(state))
+                .col_expr(
+                    delivery::Column::Attempts,
+                    Expr::col(delivery::Column::Attempts).add(1),
+                )
+                .col_expr(delivery::Column::NextAttemptAt, Expr::value(next_at))
+                .col_expr(
+                    delivery::Column::LeaseUntil,
+                    Expr::value(Option::<DateTime<Utc>>::None),
+                )
+                .filter(delivery::Column::Id.eq(due.delivery.id))
+                .exec(&txn)
+                .await?;
+            if let Next::GiveUp {
+                disable: Some(reason),
+            } = attempted.next
+            {
+                Entity::update_many()
+                    .col_expr(Column::Enabled, Expr::value(false))
+                    .col_expr(Column::DisabledReason, Expr::value(reason))
+                    .col_expr(Column::UpdatedAt, Expr::value(at))
+                    .filter(Column::Id.eq(due.endpoint.id))
+                    .exec(&txn)
+                    .await?;
+            }
+            txn.commit().await
+        })
+        .await
+    }
+
+    /// When the next pending delivery is due, if one is.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub(crate) async fn next_delivery_due(&self) -> Result<Option<DateTime<Utc>>, DbErr> {
+        use sea_orm::QuerySelect;
+        self.bounded(async {
+            delivery::Entity::find()
+                .select_only()
+                .column_as(delivery::Column::NextAttemptAt.min(), "next")
+                .filter(delivery::Column::State.eq(PENDING))
+                .into_tuple::<Option<DateTime<Utc>>>()
+                .one(&self.db)
+                .await
+                .map(Option::flatten)
         })
         .await
     }

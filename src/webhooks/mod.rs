@@ -3,16 +3,22 @@
 //!
 //! This module holds what endpoints are allowed to be (`address.rs`: only
 //! https URLs of public hosts, never an address inside the network voicehub
-//! runs in) and their signing secrets. Endpoints are stored by `store`, and
-//! managed through `grpc::webhooks`.
+//! runs in), their signing secrets and signatures (`signing.rs`), and the
+//! deliverer that sends what the relay queued (`delivery.rs`). Endpoints and
+//! deliveries are stored by `store`; endpoints are managed through
+//! `grpc::webhooks`.
 
 mod address;
+mod delivery;
+mod signing;
 
 use std::time::Duration;
 
 use base64::Engine;
 
 pub use address::{MAX_URL_CHARS, UrlRefused, check_url, is_public};
+pub use delivery::{Deliverer, IDLE_CHECK};
+pub use signing::{sign, signature_header};
 
 /// The event types an endpoint may ask for (`docs/events.md`).
 pub const EVENT_TYPES: [&str; 5] = [
@@ -36,16 +42,39 @@ pub struct WebhookSettings {
     pub max_endpoints_per_user: u32,
     /// How long a rotated-out secret keeps signing beside the new one.
     pub secret_overlap: Duration,
+    /// How long one attempt may take.
+    pub timeout: Duration,
+    /// The delay before each attempt: the first (usually zero), then each
+    /// retry; used up, the delivery is given up.
+    pub retry_schedule: Vec<Duration>,
 }
 
 impl WebhookSettings {
     /// The settings' defaults (as `serve --help` shows them).
-    pub const DEFAULT: WebhookSettings = WebhookSettings {
-        allow_private: false,
-        max_endpoints_per_user: 10,
-        secret_overlap: Duration::from_hours(24),
-    };
+    #[must_use]
+    pub fn defaults() -> Self {
+        WebhookSettings {
+            allow_private: false,
+            max_endpoints_per_user: 10,
+            secret_overlap: Duration::from_hours(24),
+            timeout: Duration::from_secs(10),
+            retry_schedule: DEFAULT_RETRY_SCHEDULE.to_vec(),
+        }
+    }
 }
+
+/// In the spirit of Standard Webhooks: at once, then after 5 s, 5 min,
+/// 30 min, 2 h, 5 h, 10 h and 10 h (about a day and a half in all).
+pub const DEFAULT_RETRY_SCHEDULE: [Duration; 8] = [
+    Duration::ZERO,
+    Duration::from_secs(5),
+    Duration::from_mins(5),
+    Duration::from_mins(30),
+    Duration::from_hours(2),
+    Duration::from_hours(5),
+    Duration::from_hours(10),
+    Duration::from_hours(10),
+];
 
 /// A new signing secret: `whsec_` and the base64 of random bytes.
 ///

@@ -40,4 +40,5 @@ mod transport;
 mod update_delete_voice;
 mod updates_converge;
 mod watch_voice_status;
+mod webhook_deliveries;
 mod webhooks;

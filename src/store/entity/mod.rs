@@ -4,4 +4,6 @@
 pub mod provider_orphan;
 pub mod voice;
 pub mod voice_event;
+pub mod webhook_attempt;
+pub mod webhook_delivery;
 pub mod webhook_endpoint;
