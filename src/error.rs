@@ -43,6 +43,10 @@ pub enum Error {
     /// A concurrent change got in the way; retrying is safe.
     #[error("{0}")]
     Aborted(&'static str),
+    /// The thing is not in a state that allows the call (a disabled
+    /// webhook endpoint asked for a test event).
+    #[error("{0}")]
+    FailedPrecondition(&'static str),
     /// This replica is at one of its limits of work in progress; the caller
     /// may retry after `retry_after`, here or on another replica.
     #[error("{message}")]
@@ -179,6 +183,7 @@ impl From<Error> for Status {
                 )
             }
             Error::Aborted(why) => Status::aborted(why),
+            Error::FailedPrecondition(why) => Status::failed_precondition(why),
             Error::Busy {
                 message,
                 retry_after,

@@ -146,7 +146,11 @@ impl Application {
         );
 
         let audio = audio_checker(&config.audio_check, &metrics).await?;
-        let webhooks = WebhookApi::new(store.clone(), config.webhooks.clone());
+        let webhooks = WebhookApi::new(
+            store.clone(),
+            config.webhooks.clone(),
+            config.events_source.clone(),
+        );
         let deliverer = Deliverer::new(store.clone(), config.webhooks.clone(), &metrics)
             .context("the webhooks' HTTP client")?;
 
@@ -173,14 +177,7 @@ impl Application {
                 .tls_config(tls.clone())
                 .context(TLS_FILES)?;
         }
-        let metrics_listener = match config.metrics_listen {
-            Some(addr) => Some(
-                TcpListener::bind(addr)
-                    .await
-                    .with_context(|| format!("binding {addr} (VOICEHUB_METRICS_LISTEN)"))?,
-            ),
-            None => None,
-        };
+        let metrics_listener = metrics_listener(config.metrics_listen).await?;
         Ok(Application {
             listener,
             local_addr,
@@ -478,6 +475,17 @@ async fn queue_and_bus(
         let queue = Arc::new(LocalQueue::new(metrics.queue_round_trips.clone()));
         (queue.clone(), queue, Arc::new(LocalBus::new(metrics)), None)
     })
+}
+
+/// The metrics listener, when one is configured.
+async fn metrics_listener(addr: Option<SocketAddr>) -> anyhow::Result<Option<TcpListener>> {
+    let Some(addr) = addr else {
+        return Ok(None);
+    };
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr} (VOICEHUB_METRICS_LISTEN)"))?;
+    Ok(Some(listener))
 }
 
 /// The door's share of the replica's limits.

@@ -14,7 +14,7 @@ use crate::{
     auth::{Authenticator, caller},
     error::Error,
     pb::{self, webhook_service_server::WebhookServiceServer},
-    store::{EndpointCreated, EndpointPatch, NewEndpoint, Store, WebhookEndpoint},
+    store::{EndpointCreated, EndpointPatch, NewEndpoint, Owed, Store, WebhookEndpoint},
     webhooks::{self, EVENT_TYPES, WebhookSettings},
 };
 
@@ -26,6 +26,8 @@ const UPDATE_PATHS: [&str; 4] = ["url", "description", "event_types", "enabled"]
 pub(crate) struct WebhookApi {
     store: Store,
     settings: WebhookSettings,
+    /// The CloudEvents `source` of test events.
+    source: String,
 }
 
 /// The service as mounted: every call passes the authenticator first.
@@ -33,8 +35,12 @@ pub(crate) type AuthenticatedWebhookService =
     InterceptedService<WebhookServiceServer<WebhookApi>, Authenticator>;
 
 impl WebhookApi {
-    pub(crate) fn new(store: Store, settings: WebhookSettings) -> Self {
-        WebhookApi { store, settings }
+    pub(crate) fn new(store: Store, settings: WebhookSettings, source: String) -> Self {
+        WebhookApi {
+            store,
+            settings,
+            source,
+        }
     }
 
     /// Wraps the API in the auth interceptor; the only way it is mounted.
@@ -165,6 +171,57 @@ impl WebhookApi {
         }
     }
 
+    async fn send_test(
+        &self,
+        request: Request<pb::SendTestWebhookRequest>,
+    ) -> Result<pb::SendTestWebhookResponse, Error> {
+        let user = caller(&request)?;
+        let id = endpoint_id("endpoint_id", &request.get_ref().endpoint_id)?;
+        let (event_id, payload) = webhooks::test_event(&self.source, id);
+        let event = Owed {
+            owner: user.0,
+            event_id: event_id.clone(),
+            event_type: webhooks::TEST_EVENT_TYPE.into(),
+            payload,
+        };
+        match self.store.queue_test_delivery(user.0, id, event).await? {
+            Some(true) => Ok(pb::SendTestWebhookResponse { event_id }),
+            Some(false) => Err(Error::FailedPrecondition(
+                "the webhook endpoint is disabled; enable it first",
+            )),
+            None => Err(Error::NotFound("webhook endpoint")),
+        }
+    }
+
+    async fn list_attempts(
+        &self,
+        request: Request<pb::ListWebhookDeliveriesRequest>,
+    ) -> Result<pb::ListWebhookDeliveriesResponse, Error> {
+        let user = caller(&request)?;
+        let request = request.into_inner();
+        let id = endpoint_id("endpoint_id", &request.endpoint_id)?;
+        let limit = match request.page_size {
+            0 => 20,
+            n @ 1..=100 => u64::try_from(n).unwrap_or(20),
+            _ => return Err(Error::invalid("page_size", "must be 0 (20) to 100")),
+        };
+        let attempts = self.store.attempts(user.0, id, limit).await?;
+        let attempts = attempts.ok_or(Error::NotFound("webhook endpoint"))?;
+        Ok(pb::ListWebhookDeliveriesResponse {
+            attempts: attempts
+                .into_iter()
+                .map(|a| pb::WebhookAttempt {
+                    event_id: a.event_id,
+                    event_type: a.event_type,
+                    attempted_at: Some(pb::timestamp(a.at)),
+                    http_status: a.http_status.unwrap_or_default(),
+                    latency_ms: a.latency_ms,
+                    error: a.error.unwrap_or_default(),
+                })
+                .collect(),
+        })
+    }
+
     /// `value` as an endpoint's URL, as these settings allow.
     fn url(&self, field: &'static str, value: &str) -> Result<String, Error> {
         webhooks::check_url(value, self.settings.allow_private)
@@ -257,5 +314,19 @@ impl pb::webhook_service_server::WebhookService for WebhookApi {
         request: Request<pb::RotateWebhookSecretRequest>,
     ) -> Result<Response<pb::RotateWebhookSecretResponse>, Status> {
         Ok(Response::new(self.rotate(request).await?))
+    }
+
+    async fn send_test_webhook(
+        &self,
+        request: Request<pb::SendTestWebhookRequest>,
+    ) -> Result<Response<pb::SendTestWebhookResponse>, Status> {
+        Ok(Response::new(self.send_test(request).await?))
+    }
+
+    async fn list_webhook_deliveries(
+        &self,
+        request: Request<pb::ListWebhookDeliveriesRequest>,
+    ) -> Result<Response<pb::ListWebhookDeliveriesResponse>, Status> {
+        Ok(Response::new(self.list_attempts(request).await?))
     }
 }

@@ -499,3 +499,83 @@ impl Store {
         .await
     }
 }
+
+impl Store {
+    /// Queues `event` for `owner`'s endpoint `id` alone, whatever the
+    /// event types it asked for. `None` if `owner` has no such endpoint;
+    /// `Some(false)` if it is disabled.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub(crate) async fn queue_test_delivery(
+        &self,
+        owner: Uuid,
+        id: Uuid,
+        event: Owed,
+    ) -> Result<Option<bool>, DbErr> {
+        let Some(endpoint) = self.endpoint(owner, id).await? else {
+            return Ok(None);
+        };
+        if !endpoint.enabled {
+            return Ok(Some(false));
+        }
+        self.bounded(async {
+            let at = now();
+            delivery::ActiveModel {
+                endpoint_id: Set(endpoint.id),
+                event_id: Set(event.event_id),
+                event_type: Set(event.event_type),
+                payload: Set(event.payload),
+                state: Set(PENDING.into()),
+                attempts: Set(0),
+                next_attempt_at: Set(at),
+                lease_until: Set(None),
+                created_at: Set(at),
+                ..Default::default()
+            }
+            .insert(&self.db)
+            .await?;
+            self.deliveries_queued.notify_one();
+            Ok(Some(true))
+        })
+        .await
+    }
+
+    /// The newest `limit` attempts to `owner`'s endpoint `id`, newest
+    /// first; `None` if `owner` has no such endpoint.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub(crate) async fn attempts(
+        &self,
+        owner: Uuid,
+        id: Uuid,
+        limit: u64,
+    ) -> Result<Option<Vec<attempt::Model>>, DbErr> {
+        use sea_orm::QuerySelect;
+        if self.endpoint(owner, id).await?.is_none() {
+            return Ok(None);
+        }
+        self.bounded(async {
+            attempt::Entity::find()
+                .filter(attempt::Column::EndpointId.eq(id))
+                .order_by_desc(attempt::Column::Id)
+                .limit(limit)
+                .all(&self.db)
+                .await
+                .map(Some)
+        })
+        .await
+    }
+
+    /// `owner`'s endpoint `id`, if they have one.
+    async fn endpoint(&self, owner: Uuid, id: Uuid) -> Result<Option<WebhookEndpoint>, DbErr> {
+        self.bounded(async {
+            Entity::find_by_id(id)
+                .filter(Column::OwnerUserId.eq(owner))
+                .one(&self.db)
+                .await
+        })
+        .await
+    }
+}

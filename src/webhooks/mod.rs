@@ -29,6 +29,27 @@ pub const EVENT_TYPES: [&str; 5] = [
     "voicehub.voice.deleted.v1",
 ];
 
+/// The type of the event SendTestWebhook sends.
+pub const TEST_EVENT_TYPE: &str = "voicehub.webhook.test.v1";
+
+/// A test event for endpoint `endpoint_id`, from `source`: its id and its
+/// CloudEvents document.
+#[must_use]
+pub fn test_event(source: &str, endpoint_id: uuid::Uuid) -> (String, String) {
+    let id = format!("test:{}", uuid::Uuid::now_v7());
+    let document = serde_json::json!({
+        "specversion": "1.0",
+        "id": id,
+        "source": source,
+        "type": TEST_EVENT_TYPE,
+        "subject": endpoint_id.to_string(),
+        "time": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "datacontenttype": "application/json",
+        "data": { "endpoint_id": endpoint_id.to_string() },
+    });
+    (id, document.to_string())
+}
+
 /// Random bytes in a signing secret (Standard Webhooks asks for 24 to 64).
 const SECRET_BYTES: usize = 32;
 

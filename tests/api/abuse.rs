@@ -43,6 +43,8 @@ enum Call {
     UpdateEndpoint(pb::UpdateWebhookEndpointRequest),
     DeleteEndpoint(pb::DeleteWebhookEndpointRequest),
     RotateSecret(pb::RotateWebhookSecretRequest),
+    SendTest(pb::SendTestWebhookRequest),
+    ListAttempts(pb::ListWebhookDeliveriesRequest),
 }
 
 /// One caller's clients of both services.
@@ -92,6 +94,8 @@ impl Call {
             Call::UpdateEndpoint(r) => webhooks.update_webhook_endpoint(r).await.err(),
             Call::DeleteEndpoint(r) => webhooks.delete_webhook_endpoint(r).await.err(),
             Call::RotateSecret(r) => webhooks.rotate_webhook_secret(r).await.err(),
+            Call::SendTest(r) => webhooks.send_test_webhook(r).await.err(),
+            Call::ListAttempts(r) => webhooks.list_webhook_deliveries(r).await.err(),
         }
     }
 }
@@ -597,6 +601,21 @@ fn bad_webhook_calls(id: &str) -> Vec<Case> {
             "endpoint_id",
         ),
         (
+            "SendTestWebhook id not a UUID",
+            Call::SendTest(pb::SendTestWebhookRequest {
+                endpoint_id: "test".into(),
+            }),
+            "endpoint_id",
+        ),
+        (
+            "ListWebhookDeliveries of 101",
+            Call::ListAttempts(pb::ListWebhookDeliveriesRequest {
+                endpoint_id: id.to_owned(),
+                page_size: 101,
+            }),
+            "page_size",
+        ),
+        (
             "RotateWebhookSecret id not a UUID",
             Call::RotateSecret(pb::RotateWebhookSecretRequest {
                 endpoint_id: "x".into(),
@@ -737,7 +756,7 @@ async fn every_malformed_request_is_refused_naming_the_field_and_nothing_is_writ
         bad_webhook_calls(&endpoint),
     ]
     .concat();
-    assert!(cases.len() >= 85, "{} cases", cases.len());
+    assert!(cases.len() >= 87, "{} cases", cases.len());
     for (case, call, field) in cases {
         let status = call
             .run(&mut client)
@@ -866,6 +885,13 @@ fn a_call_of_every_rpc(private: &str) -> Vec<Call> {
             endpoint_id: Uuid::new_v4().to_string(),
         }),
         Call::UpdateEndpoint(pb::UpdateWebhookEndpointRequest::default()),
+        Call::SendTest(pb::SendTestWebhookRequest {
+            endpoint_id: Uuid::new_v4().to_string(),
+        }),
+        Call::ListAttempts(pb::ListWebhookDeliveriesRequest {
+            endpoint_id: Uuid::new_v4().to_string(),
+            page_size: 0,
+        }),
     ]
 }
 

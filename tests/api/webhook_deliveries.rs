@@ -372,3 +372,69 @@ fn bearer(user: Uuid) -> String {
         .unwrap();
     format!("Bearer {token}")
 }
+
+#[tokio::test]
+async fn a_test_event_is_delivered_and_every_attempt_is_listed_newest_first() {
+    let app = app_for_webhooks(&[0, 100, 100]).await;
+    let receiver = Receiver::default();
+    let user = Uuid::new_v4();
+    let mut webhooks = app.webhooks(user);
+    // Only completions: a test event is sent whatever the endpoint asked for.
+    let (id, secret) = endpoint(
+        &mut webhooks,
+        &receiver.start().await,
+        &["voicehub.voice.completed.v1"],
+    )
+    .await;
+    receiver.knows(&secret);
+    receiver.answer(&[502]);
+    let event_id = webhooks
+        .send_test_webhook(pb::SendTestWebhookRequest {
+            endpoint_id: id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .event_id;
+    wait_for(Duration::from_secs(10), || receiver.received().len() >= 2).await;
+    let seen = receiver.received();
+    assert_eq!(seen.len(), 2);
+    assert!(
+        seen.iter()
+            .all(|r| r.id == event_id && r.verified == [true])
+    );
+    assert_eq!(seen[1].body["type"], "voicehub.webhook.test.v1");
+    assert_eq!(seen[1].body["data"]["endpoint_id"], id);
+    until_settled(&app).await;
+
+    let listed = webhooks
+        .list_webhook_deliveries(pb::ListWebhookDeliveriesRequest {
+            endpoint_id: id.clone(),
+            page_size: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .attempts;
+    println!("{listed:#?}");
+    let statuses: Vec<i32> = listed.iter().map(|a| a.http_status).collect();
+    assert_eq!(statuses, [200, 502], "newest first");
+    assert!(listed.iter().all(|a| a.event_id == event_id));
+    assert_eq!(listed[1].error, "answered 502 Bad Gateway");
+    // Another user sees neither the endpoint's attempts nor may test it.
+    let mut other = app.webhooks(Uuid::new_v4());
+    let listing = other
+        .list_webhook_deliveries(pb::ListWebhookDeliveriesRequest {
+            endpoint_id: id.clone(),
+            page_size: 0,
+        })
+        .await
+        .unwrap_err();
+    let testing = other
+        .send_test_webhook(pb::SendTestWebhookRequest { endpoint_id: id })
+        .await
+        .unwrap_err();
+    for status in [listing, testing] {
+        assert_eq!(status.code(), tonic::Code::NotFound, "{status:?}");
+    }
+}
