@@ -223,6 +223,11 @@ pub struct Metrics {
     pub(crate) limit_refusals: Family<LimitLabel, Counter>,
     /// Webhook delivery attempts, by what followed.
     pub(crate) webhook_deliveries: Family<DeliveryLabel, Counter>,
+    /// Webhook deliveries pending, as of the deliverer's last look.
+    pub(crate) webhook_backlog: Gauge,
+    /// Webhook endpoints voicehub disabled (410 Gone, failing too long, a
+    /// URL no longer allowed).
+    pub(crate) webhook_endpoints_disabled: Counter,
     /// Unary calls in progress.
     pub(crate) rpcs_in_flight: Gauge,
     /// CreateVoiceClone calls in progress.
@@ -281,6 +286,8 @@ impl Metrics {
             watch_recheck_catches: Counter::default(),
             limit_refusals: Family::default(),
             webhook_deliveries: Family::default(),
+            webhook_backlog: Gauge::default(),
+            webhook_endpoints_disabled: Counter::default(),
             rpcs_in_flight: Gauge::default(),
             uploads_in_flight: Gauge::default(),
             quota_unchecked: Counter::default(),
@@ -403,6 +410,16 @@ impl Metrics {
             "webhook_deliveries",
             "Webhook delivery attempts, by what followed: delivered, retried, given_up, disabled",
             m.webhook_deliveries.clone(),
+        );
+        r.register(
+            "webhook_backlog",
+            "Webhook deliveries pending, as of the deliverer's last look",
+            m.webhook_backlog.clone(),
+        );
+        r.register(
+            "webhook_endpoints_disabled",
+            "Webhook endpoints voicehub disabled: 410 Gone, failing too long, or a URL no longer allowed",
+            m.webhook_endpoints_disabled.clone(),
         );
         r.register(
             "limit_refusals",

@@ -20,6 +20,7 @@ mod m20261201_000005_add_provider_push;
 mod m20261206_000006_provider_safety;
 mod m20261206_000007_create_webhook_endpoints;
 mod m20261206_000008_create_webhook_deliveries;
+mod m20261206_000009_add_webhook_failing_since;
 
 /// Advisory lock key held while migrating ("voicehub" in ASCII, as an i64).
 const MIGRATION_LOCK_KEY: i64 = 0x766f_6963_6568_7562;
@@ -39,6 +40,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261206_000006_provider_safety::Migration),
             Box::new(m20261206_000007_create_webhook_endpoints::Migration),
             Box::new(m20261206_000008_create_webhook_deliveries::Migration),
+            Box::new(m20261206_000009_add_webhook_failing_since::Migration),
         ]
     }
 }

@@ -192,6 +192,10 @@ pub struct WebhookArgs {
     /// the delivery is given up.
     #[arg(long, env = "VOICEHUB_WEBHOOK_RETRY_SCHEDULE", default_value = "0s,5s,5m,30m,2h,5h,10h,10h", value_parser = retry_schedule)]
     pub webhook_retry_schedule: RetrySchedule,
+    /// An endpoint whose attempts have all failed for this long is disabled,
+    /// with that reason.
+    #[arg(long, env = "VOICEHUB_WEBHOOK_DISABLE_AFTER", default_value = "5days", value_parser = humantime::parse_duration)]
+    pub webhook_disable_after: Duration,
 }
 
 /// A comma-separated list of durations.
@@ -217,6 +221,7 @@ impl WebhookArgs {
             secret_overlap: self.webhook_secret_overlap,
             timeout: self.webhook_timeout,
             retry_schedule: self.webhook_retry_schedule.0,
+            disable_after: self.webhook_disable_after,
         }
     }
 }

@@ -98,6 +98,7 @@ impl Store {
                 previous_secret_until: Set(None),
                 enabled: Set(true),
                 disabled_reason: Set(String::new()),
+                failing_since: Set(None),
                 created_at: Set(at),
                 updated_at: Set(at),
             }
@@ -153,7 +154,8 @@ impl Store {
             if let Some(enabled) = patch.enabled {
                 update = update
                     .col_expr(Column::Enabled, enabled.into())
-                    .col_expr(Column::DisabledReason, String::new().into());
+                    .col_expr(Column::DisabledReason, String::new().into())
+                    .col_expr(Column::FailingSince, Option::<DateTime<Utc>>::None.into());
             }
             let rows = update.exec_with_returning(&self.db).await?;
             Ok(rows.into_iter().next())
@@ -417,7 +419,9 @@ impl Store {
     }
 
     /// Stores how an attempt of `due` ended, and what follows, in one
-    /// transaction.
+    /// transaction; an endpoint whose attempts have all failed for longer
+    /// than `disable_after` is disabled. Why the endpoint was disabled, if
+    /// it was.
     ///
     /// # Errors
     /// A database failure: the delivery's lease runs out and it is sent
@@ -426,7 +430,8 @@ impl Store {
         &self,
         due: &Due,
         attempted: Attempted,
-    ) -> Result<(), DbErr> {
+        disable_after: chrono::Duration,
+    ) -> Result<Option<String>, DbErr> {
         use sea_orm::sea_query::Expr;
         self.bounded(async {
             let at = now();
@@ -463,38 +468,68 @@ impl Store {
                 .filter(delivery::Column::Id.eq(due.delivery.id))
                 .exec(&txn)
                 .await?;
-            if let Next::GiveUp {
-                disable: Some(reason),
-            } = attempted.next
-            {
+            // The endpoint's run of failures: cleared by a 2xx, started by
+            // the first failure after one.
+            let failing = Entity::update_many()
+                .col_expr(
+                    Column::FailingSince,
+                    if attempted.next == Next::Delivered {
+                        Expr::value(Option::<DateTime<Utc>>::None)
+                    } else {
+                        Expr::col(Column::FailingSince).if_null(at)
+                    },
+                )
+                .filter(Column::Id.eq(due.endpoint.id))
+                .exec_with_returning(&txn)
+                .await?;
+            let failing_since = failing.first().and_then(|e| e.failing_since);
+            let reason = match attempted.next {
+                Next::GiveUp {
+                    disable: Some(reason),
+                } => Some(reason),
+                _ => failing_since
+                    .filter(|since| at - *since > disable_after)
+                    .map(|since| {
+                        format!(
+                            "every attempt failed since {}",
+                            since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                        )
+                    }),
+            };
+            if let Some(reason) = &reason {
                 Entity::update_many()
                     .col_expr(Column::Enabled, Expr::value(false))
-                    .col_expr(Column::DisabledReason, Expr::value(reason))
+                    .col_expr(Column::DisabledReason, Expr::value(reason.clone()))
                     .col_expr(Column::UpdatedAt, Expr::value(at))
                     .filter(Column::Id.eq(due.endpoint.id))
+                    .filter(Column::Enabled.eq(true))
                     .exec(&txn)
                     .await?;
             }
-            txn.commit().await
+            txn.commit().await?;
+            Ok(reason)
         })
         .await
     }
 
-    /// When the next pending delivery is due, if one is.
+    /// How many deliveries are pending, and when the next is due.
     ///
     /// # Errors
     /// A database failure.
-    pub(crate) async fn next_delivery_due(&self) -> Result<Option<DateTime<Utc>>, DbErr> {
+    pub(crate) async fn pending_deliveries(&self) -> Result<(u64, Option<DateTime<Utc>>), DbErr> {
         use sea_orm::QuerySelect;
         self.bounded(async {
-            delivery::Entity::find()
+            let row = delivery::Entity::find()
                 .select_only()
+                .column_as(delivery::Column::Id.count(), "pending")
                 .column_as(delivery::Column::NextAttemptAt.min(), "next")
                 .filter(delivery::Column::State.eq(PENDING))
-                .into_tuple::<Option<DateTime<Utc>>>()
+                .into_tuple::<(i64, Option<DateTime<Utc>>)>()
                 .one(&self.db)
-                .await
-                .map(Option::flatten)
+                .await?;
+            Ok(row.map_or((0, None), |(pending, next)| {
+                (u64::try_from(pending).unwrap_or_default(), next)
+            }))
         })
         .await
     }

@@ -17,7 +17,8 @@
 //!   goes to the addresses checked, so DNS cannot swap them in between.
 //! - **Retries** follow `VOICEHUB_WEBHOOK_RETRY_SCHEDULE`, with up to 10 %
 //!   jitter; a `Retry-After` is honoured within the schedule's bounds. 410
-//!   Gone disables the endpoint, with that reason.
+//!   Gone disables the endpoint, with that reason, and so does failing
+//!   every attempt for `VOICEHUB_WEBHOOK_DISABLE_AFTER`.
 //!
 //! [`Deliverer::run_once`] is one step; [`Deliverer::run`] owns waiting
 //! (woken when this replica queues deliveries, otherwise at the next due
@@ -30,7 +31,7 @@ use std::{
 };
 
 use futures_util::{StreamExt, stream};
-use prometheus_client::metrics::{counter::Counter, family::Family};
+use prometheus_client::metrics::{counter::Counter, family::Family, gauge::Gauge};
 use reqwest::{
     StatusCode,
     dns::{Addrs, Name, Resolve, Resolving},
@@ -59,6 +60,8 @@ pub struct Deliverer {
     http: reqwest::Client,
     settings: WebhookSettings,
     outcomes: Family<DeliveryLabel, Counter>,
+    backlog: Gauge,
+    disabled: Counter,
 }
 
 impl Deliverer {
@@ -84,6 +87,8 @@ impl Deliverer {
             http,
             settings,
             outcomes: metrics.webhook_deliveries.clone(),
+            backlog: metrics.webhook_backlog.clone(),
+            disabled: metrics.webhook_endpoints_disabled.clone(),
         })
     }
 
@@ -103,7 +108,17 @@ impl Deliverer {
                         outcome: outcome(&attempted),
                     })
                     .inc();
-                self.store.record_attempt(&due, attempted).await
+                let disable_after = chrono::Duration::from_std(self.settings.disable_after)
+                    .unwrap_or(chrono::Duration::MAX);
+                let disabled = self
+                    .store
+                    .record_attempt(&due, attempted, disable_after)
+                    .await?;
+                if let Some(reason) = disabled {
+                    self.disabled.inc();
+                    tracing::info!(endpoint = %due.endpoint.id, reason, "webhook endpoint disabled");
+                }
+                Ok(())
             })
             .buffer_unordered(8)
             .collect()
@@ -132,11 +147,17 @@ impl Deliverer {
         }
     }
 
-    /// How long until the next pending delivery is due, at most [`IDLE_CHECK`].
+    /// How long until the next pending delivery is due, at most
+    /// [`IDLE_CHECK`]; keeps the backlog gauge.
     async fn until_next_due(&self) -> Duration {
-        match self.store.next_delivery_due().await {
-            Ok(Some(at)) => (at - now()).to_std().unwrap_or_default().min(IDLE_CHECK),
-            Ok(None) | Err(_) => IDLE_CHECK,
+        match self.store.pending_deliveries().await {
+            Ok((pending, next)) => {
+                self.backlog.set(i64::try_from(pending).unwrap_or(i64::MAX));
+                next.map_or(IDLE_CHECK, |at| {
+                    (at - now()).to_std().unwrap_or_default().min(IDLE_CHECK)
+                })
+            }
+            Err(_) => IDLE_CHECK,
         }
     }
 

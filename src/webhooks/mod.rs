@@ -68,6 +68,8 @@ pub struct WebhookSettings {
     /// The delay before each attempt: the first (usually zero), then each
     /// retry; used up, the delivery is given up.
     pub retry_schedule: Vec<Duration>,
+    /// An endpoint whose attempts have all failed for this long is disabled.
+    pub disable_after: Duration,
 }
 
 impl WebhookSettings {
@@ -80,6 +82,7 @@ impl WebhookSettings {
             secret_overlap: Duration::from_hours(24),
             timeout: Duration::from_secs(10),
             retry_schedule: DEFAULT_RETRY_SCHEDULE.to_vec(),
+            disable_after: Duration::from_hours(24 * 5),
         }
     }
 }

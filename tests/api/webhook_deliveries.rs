@@ -438,3 +438,58 @@ async fn a_test_event_is_delivered_and_every_attempt_is_listed_newest_first() {
         assert_eq!(status.code(), tonic::Code::NotFound, "{status:?}");
     }
 }
+
+#[tokio::test]
+async fn an_endpoint_failing_every_attempt_for_too_long_is_disabled_with_that_reason() {
+    let app = spawn_app_with(Backend::Postgres, |c| {
+        c.webhooks.allow_private = true;
+        c.webhooks.retry_schedule = vec![Duration::ZERO, Duration::from_millis(300)];
+        c.webhooks.disable_after = Duration::from_millis(200);
+    })
+    .await;
+    let receiver = Receiver::default();
+    let user = Uuid::new_v4();
+    let mut webhooks = app.webhooks(user);
+    endpoint(&mut webhooks, &receiver.start().await, &[]).await;
+    receiver.answer(&[500, 500]);
+    create_voice(&mut app.client(user), "Failing").await;
+    wait_for(Duration::from_secs(10), || receiver.received().len() >= 2).await;
+    let mut listed = Vec::new();
+    for _ in 0..200 {
+        listed = webhooks
+            .list_webhook_endpoints(pb::ListWebhookEndpointsRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .endpoints;
+        if !listed[0].enabled {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    println!("{:?}", listed[0].disabled_reason);
+    assert!(!listed[0].enabled, "disabled after failing for 200 ms");
+    assert!(
+        listed[0]
+            .disabled_reason
+            .starts_with("every attempt failed since "),
+        "{}",
+        listed[0].disabled_reason
+    );
+    assert_eq!(app.metric("voicehub_webhook_endpoints_disabled_total"), 1);
+    // Enabling it again starts afresh.
+    let mut enabled = listed[0].clone();
+    enabled.enabled = true;
+    let enabled = webhooks
+        .update_webhook_endpoint(pb::UpdateWebhookEndpointRequest {
+            endpoint: Some(enabled),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["enabled".into()],
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(enabled.enabled);
+    assert!(enabled.disabled_reason.is_empty());
+}

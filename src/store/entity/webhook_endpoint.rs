@@ -29,6 +29,8 @@ pub struct Model {
     pub enabled: bool,
     /// Why voicehub disabled it; empty otherwise.
     pub disabled_reason: String,
+    /// When its current run of failed attempts began; `None` after a 2xx.
+    pub failing_since: Option<DateTimeUtc>,
     /// When it was made.
     pub created_at: DateTimeUtc,
     /// When it last changed.
