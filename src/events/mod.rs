@@ -43,7 +43,7 @@ pub use public::{EVENT_FIELD, PublicEvent, PublicEvents, document};
 pub use redis::stream_key;
 pub(crate) use redis::{READ_BLOCK, RedisBus};
 pub use relay::Relay;
-pub use wire::{DecodeError, STREAM_FIELD, VoiceEvent};
+pub use wire::{DecodeError, EventSummary, STREAM_FIELD, VoiceEvent};
 
 use crate::{
     metrics::Metrics,

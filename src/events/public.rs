@@ -22,9 +22,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use fred::{prelude::*, types::scripts::Script};
-use serde_json::json;
+use serde::Serialize;
 
-use super::{PublishError, VoiceEvent};
+use super::{EventSummary, PublishError};
 use crate::{pb, store::Change};
 
 /// The stream field that holds the CloudEvents document.
@@ -72,36 +72,64 @@ pub struct PublicEvent {
 
 /// The public form of `event`, committed at `time`, from `source`.
 #[must_use]
-pub fn document(source: &str, event: &VoiceEvent, time: DateTime<Utc>) -> PublicEvent {
-    let voice = &event.voice;
+pub fn document(source: &str, event: &EventSummary, time: DateTime<Utc>) -> PublicEvent {
+    let status = pb::VoiceStatus::try_from(event.status).unwrap_or_default();
+    let visibility = pb::Visibility::try_from(event.visibility).unwrap_or_default();
     let id = format!("{}:{}", event.voice_id, event.revision);
-    let mut data = json!({
-        "voice_id": event.voice_id.to_string(),
-        "user_id": event.owner.to_string(),
-        "revision": event.revision,
-        "status": voice.status().as_str_name(),
-        "visibility": voice.visibility().as_str_name(),
-    });
-    if voice.status() == pb::VoiceStatus::Failed {
-        data["failure_reason"] = voice.failure_reason.clone().into();
-    }
-    let event_type = event_type(event);
-    let document = json!({
-        "specversion": "1.0",
-        "id": id,
-        "source": source,
-        "type": event_type,
-        "subject": event.voice_id.to_string(),
-        "time": time.to_rfc3339_opts(SecondsFormat::Millis, true),
-        "datacontenttype": "application/json",
-        "data": data,
-    });
+    let event_type = event_type(event.change, status);
+    let failed = status == pb::VoiceStatus::Failed;
+    // Serialized from borrowed fields: one string, no intermediate tree
+    // (the relay makes one per stored change).
+    let document = serde_json::to_string(&Envelope {
+        specversion: "1.0",
+        id: &id,
+        source,
+        kind: event_type,
+        subject: &event.voice_id,
+        time: time.to_rfc3339_opts(SecondsFormat::Millis, true),
+        datacontenttype: "application/json",
+        data: Data {
+            voice_id: &event.voice_id,
+            user_id: &event.owner.to_string(),
+            revision: event.revision,
+            status: status.as_str_name(),
+            visibility: visibility.as_str_name(),
+            failure_reason: failed.then_some(event.failure_reason.as_str()),
+        },
+    })
+    .unwrap_or_default();
     PublicEvent {
         id,
         event_type,
         revision: event.revision,
-        document: document.to_string(),
+        document,
     }
+}
+
+/// The CloudEvents envelope, in structured mode.
+#[derive(Serialize)]
+struct Envelope<'a> {
+    specversion: &'static str,
+    id: &'a str,
+    source: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    subject: &'a str,
+    time: String,
+    datacontenttype: &'static str,
+    data: Data<'a>,
+}
+
+/// `data` of every `voicehub.voice.*.v1` event.
+#[derive(Serialize)]
+struct Data<'a> {
+    voice_id: &'a str,
+    user_id: &'a str,
+    revision: i64,
+    status: &'static str,
+    visibility: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    failure_reason: Option<&'a str>,
 }
 
 impl PublicEvents {
@@ -111,10 +139,10 @@ impl PublicEvents {
     }
 }
 
-/// The CloudEvents `type` of `event`. An event of a build that did not say
-/// what the change was is named by the status it left.
-fn event_type(event: &VoiceEvent) -> &'static str {
-    let change = event.change.unwrap_or(match event.voice.status() {
+/// The CloudEvents `type` of a change. An event of a build that did not
+/// say what the change was is named by the status it left.
+fn event_type(change: Option<Change>, status: pb::VoiceStatus) -> &'static str {
+    let change = change.unwrap_or(match status {
         pb::VoiceStatus::Completed => Change::Completed,
         pb::VoiceStatus::Failed => Change::Failed,
         pb::VoiceStatus::Deleted => Change::Deleted,
@@ -145,15 +173,15 @@ impl PublicStream {
         }
     }
 
-    /// Appends `events` (each with its voice id) in order, in one round
-    /// trip; those not newer than their voice's last are dropped.
+    /// Appends `events` (each with its voice's owner and id) in order, in
+    /// one round trip; those not newer than their voice's last are dropped.
     ///
     /// # Errors
     /// Redis did not run the script: none or some were appended, and the
     /// caller publishes them all again.
     pub(crate) async fn publish(
         &self,
-        events: &[(String, PublicEvent)],
+        events: &[(uuid::Uuid, String, PublicEvent)],
     ) -> Result<(), PublishError> {
         if events.is_empty() {
             return Ok(());
@@ -161,11 +189,10 @@ impl PublicStream {
         let mut keys = Vec::with_capacity(events.len() + 1);
         keys.push(self.events.stream.clone());
         let lifetime = self.events.retention.as_secs().max(1);
-        let mut args: Vec<Value> = vec![
-            retained_from(SystemTime::now(), self.events.retention).into(),
-            i64::try_from(lifetime).unwrap_or(i64::MAX).into(),
-        ];
-        for (voice_id, event) in events {
+        let mut args: Vec<Value> = Vec::with_capacity(2 * events.len() + 2);
+        args.push(retained_from(SystemTime::now(), self.events.retention).into());
+        args.push(i64::try_from(lifetime).unwrap_or(i64::MAX).into());
+        for (_, voice_id, event) in events {
             keys.push(self.events.last_revision_key(voice_id));
             args.push(event.revision.into());
             args.push(event.document.as_str().into());
@@ -190,7 +217,10 @@ fn retained_from(now: SystemTime, retention: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{Visibility, VoiceStatus, test_voice};
+    use crate::{
+        events::VoiceEvent,
+        store::{Visibility, VoiceStatus, test_voice},
+    };
 
     /// The ```json blocks of `docs/events.md`, parsed.
     fn documented() -> Vec<serde_json::Value> {
@@ -236,7 +266,9 @@ mod tests {
             voice.revision = data["revision"].as_i64().unwrap();
             voice.failure_reason = data["failure_reason"].as_str().map(str::to_owned);
             let time = example["time"].as_str().unwrap().parse().unwrap();
-            let published = document("voicehub", &VoiceEvent::stored(&voice, change), time);
+            let encoded = VoiceEvent::stored(&voice, change).encode();
+            let summary = EventSummary::decode(&encoded).unwrap();
+            let published = document("voicehub", &summary, time);
             let published: serde_json::Value = serde_json::from_str(&published.document).unwrap();
             assert_eq!(published, example, "{}", example["type"]);
         }
@@ -251,6 +283,15 @@ mod tests {
         );
         let mut event = VoiceEvent::stored(&voice, Change::Failed);
         event.change = None;
-        assert_eq!(event_type(&event), "voicehub.voice.failed.v1");
+        let summary = EventSummary::decode(&event.encode()).unwrap();
+        assert_eq!(summary.change, None);
+        assert_eq!(
+            event_type(summary.change, pb::VoiceStatus::Failed),
+            "voicehub.voice.failed.v1"
+        );
+        assert_eq!(
+            event_type(None, pb::VoiceStatus::Processing),
+            "voicehub.voice.created.v1"
+        );
     }
 }

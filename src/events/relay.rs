@@ -38,7 +38,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::{DynBus, PublicEvent, PublicStream, PublishError, VoiceEvent, public::document};
+use super::{DynBus, EventSummary, PublicEvent, PublicStream, PublishError, public::document};
 use crate::{
     error::chain,
     store::{EventNotifications, Notified, Owed, Pending, Store, StoredEvent},
@@ -137,11 +137,7 @@ impl Relay {
         // stay, and the next pass publishes both again (replicas drop what
         // they already have).
         if let Some(stream) = &self.public {
-            let public: Vec<(String, PublicEvent)> = documents
-                .iter()
-                .map(|(_, voice_id, document)| (voice_id.clone(), document.clone()))
-                .collect();
-            stream.publish(&public).await?;
+            stream.publish(&documents).await?;
         }
         self.published.inc_by(events.len() as u64);
         // The webhook deliveries are queued in the transaction that takes
@@ -338,12 +334,13 @@ impl Relay {
 fn documents(source: &str, stored: &[StoredEvent]) -> Vec<(Uuid, String, PublicEvent)> {
     stored
         .iter()
-        .filter_map(|row| match VoiceEvent::decode(&row.payload) {
+        .filter_map(|row| match EventSummary::decode(&row.payload) {
             Ok(event) => Some((
                 event.owner,
-                event.voice_id.to_string(),
                 document(source, &event, row.created_at),
-            )),
+                event.voice_id,
+            ))
+            .map(|(owner, document, voice_id)| (owner, voice_id, document)),
             Err(e) => {
                 tracing::error!(outbox_id = row.id, error = %e, "an outbox event cannot be read; it is left out of the public stream and webhooks");
                 None

@@ -124,6 +124,81 @@ impl VoiceEvent {
     }
 }
 
+/// What the public stream and webhooks need of an event, read without the
+/// rest of the voice (names, labels and timestamps are skipped unparsed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventSummary {
+    /// The voice's id, as the contract spells it.
+    pub voice_id: String,
+    /// Its owner.
+    pub owner: Uuid,
+    /// `voicehub.v1.Visibility`, as a number.
+    pub visibility: i32,
+    /// `voicehub.v1.VoiceStatus`, as a number.
+    pub status: i32,
+    /// Why it failed, when it did.
+    pub failure_reason: String,
+    /// Its revision after the change.
+    pub revision: i64,
+    /// What the change was; `None` in events of builds that did not say.
+    pub change: Option<Change>,
+}
+
+impl EventSummary {
+    /// Reads the summary of an encoded `VoiceChanged`.
+    ///
+    /// # Errors
+    /// The bytes are not a `VoiceChanged`, or lack the voice's id, owner or revision.
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let changed = ChangedSummary::decode(bytes)?;
+        let change = from_wire(WireChange::try_from(changed.change).unwrap_or_default());
+        let voice = changed.voice.ok_or(DecodeError::Field("voice"))?;
+        let owner = Uuid::parse_str(&voice.owner_user_id)
+            .map_err(|_| DecodeError::Field("voice.owner_user_id"))?;
+        if voice.voice_id.is_empty() {
+            return Err(DecodeError::Field("voice.voice_id"));
+        }
+        if voice.revision < 1 {
+            return Err(DecodeError::Field("voice.revision"));
+        }
+        Ok(EventSummary {
+            voice_id: voice.voice_id,
+            owner,
+            visibility: voice.visibility,
+            status: voice.status,
+            failure_reason: voice.failure_reason,
+            revision: voice.revision,
+            change,
+        })
+    }
+}
+
+/// `VoiceChanged` with only the fields [`EventSummary`] needs.
+#[derive(Clone, PartialEq, prost::Message)]
+struct ChangedSummary {
+    #[prost(message, optional, tag = "1")]
+    voice: Option<VoiceSummary>,
+    #[prost(int32, tag = "2")]
+    change: i32,
+}
+
+/// `voicehub.v1.Voice` with only the fields [`EventSummary`] needs.
+#[derive(Clone, PartialEq, prost::Message)]
+struct VoiceSummary {
+    #[prost(string, tag = "1")]
+    voice_id: String,
+    #[prost(string, tag = "2")]
+    owner_user_id: String,
+    #[prost(int32, tag = "9")]
+    visibility: i32,
+    #[prost(int32, tag = "10")]
+    status: i32,
+    #[prost(string, tag = "11")]
+    failure_reason: String,
+    #[prost(int64, tag = "17")]
+    revision: i64,
+}
+
 fn to_wire(change: Change) -> WireChange {
     match change {
         Change::Created => WireChange::Created,

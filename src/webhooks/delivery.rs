@@ -236,16 +236,34 @@ impl Deliverer {
     /// The retry after attempt number `attempts` failed, or giving up when
     /// the schedule is used up.
     fn retry(&self, attempts: usize, retry_after: Option<Duration>) -> Next {
-        let schedule = &self.settings.retry_schedule;
-        let Some(delay) = schedule.get(attempts) else {
-            return Next::GiveUp { disable: None };
-        };
-        let longest = schedule.iter().max().copied().unwrap_or_default();
-        let delay = retry_after.map_or(*delay, |asked| asked.clamp(*delay, longest.max(*delay)));
-        let jitter = delay.mul_f64(f64::from(jitter_percent()) / 100.0);
-        let delay = chrono::Duration::from_std(delay + jitter).unwrap_or(chrono::Duration::MAX);
-        Next::RetryAt(now() + delay)
+        match retry_delay(&self.settings.retry_schedule, attempts, retry_after) {
+            Some(delay) => {
+                let jitter = delay.mul_f64(f64::from(jitter_percent()) / 100.0);
+                let delay =
+                    chrono::Duration::from_std(delay + jitter).unwrap_or(chrono::Duration::MAX);
+                Next::RetryAt(now() + delay)
+            }
+            None => Next::GiveUp { disable: None },
+        }
     }
+}
+
+/// The delay before the attempt after attempt number `attempts` (jitter
+/// aside): the schedule's, or the endpoint's `Retry-After` kept between it
+/// and the schedule's longest; `None` when the schedule is used up.
+fn retry_delay(
+    schedule: &[Duration],
+    attempts: usize,
+    retry_after: Option<Duration>,
+) -> Option<Duration> {
+    let delay = *schedule.get(attempts)?;
+    let longest = schedule
+        .iter()
+        .max()
+        .copied()
+        .unwrap_or_default()
+        .max(delay);
+    Some(retry_after.map_or(delay, |asked| asked.clamp(delay, longest)))
 }
 
 /// 0 to 10, from the clock's nanoseconds: spreads retries, needs no generator.
@@ -323,5 +341,40 @@ impl Resolve for PublicOnly {
             let addrs: Addrs = Box::new(public.into_iter());
             Ok(addrs)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_follow_the_schedule_and_retry_after_within_its_bounds() {
+        let schedule = [
+            Duration::ZERO,
+            Duration::from_secs(5),
+            Duration::from_mins(5),
+        ];
+        assert_eq!(
+            retry_delay(&schedule, 1, None),
+            Some(Duration::from_secs(5))
+        );
+        assert_eq!(
+            retry_delay(&schedule, 2, None),
+            Some(Duration::from_mins(5))
+        );
+        assert_eq!(retry_delay(&schedule, 3, None), None, "used up");
+        // Asked for a minute: granted.
+        let minute = Some(Duration::from_mins(1));
+        assert_eq!(retry_delay(&schedule, 1, minute), minute);
+        // Sooner than the schedule: the schedule's delay.
+        let soon = Some(Duration::from_secs(1));
+        assert_eq!(
+            retry_delay(&schedule, 1, soon),
+            Some(Duration::from_secs(5))
+        );
+        // Later than the schedule's longest: its longest.
+        let day = Some(Duration::from_hours(24));
+        assert_eq!(retry_delay(&schedule, 1, day), Some(Duration::from_mins(5)));
     }
 }

@@ -493,3 +493,48 @@ async fn an_endpoint_failing_every_attempt_for_too_long_is_disabled_with_that_re
     assert!(enabled.enabled);
     assert!(enabled.disabled_reason.is_empty());
 }
+
+#[tokio::test]
+async fn two_replicas_deliver_each_event_once() {
+    let a = app_for_webhooks(&[0, 100]).await;
+    let b = crate::helpers::replica_of(
+        &a,
+        &crate::fake_elevenlabs::FakeElevenLabs::start().await,
+        |c| {
+            c.webhooks.allow_private = true;
+            c.webhooks.timeout = Duration::from_secs(2);
+        },
+    )
+    .await;
+    let receiver = Receiver::default();
+    let user = Uuid::new_v4();
+    let (_, secret) = endpoint(&mut a.webhooks(user), &receiver.start().await, &[]).await;
+    receiver.knows(&secret);
+    // Changes stored on both replicas; both replicas' deliverers run.
+    for i in 0..10 {
+        let on = if i % 2 == 0 { &a } else { &b };
+        create_voice(&mut on.client(user), &format!("Twice {i}")).await;
+    }
+    a.until_published().await;
+    wait_for(Duration::from_secs(10), || receiver.received().len() >= 10).await;
+    let settled = until_settled(&a).await;
+    let seen = receiver.received();
+    let mut ids: Vec<&str> = seen.iter().map(|r| r.id.as_str()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    println!(
+        "{} deliveries, {} requests, {} distinct webhook-ids",
+        settled.len(),
+        seen.len(),
+        ids.len()
+    );
+    assert_eq!(settled.len(), 10);
+    assert!(
+        settled
+            .iter()
+            .all(|d| d.state == "delivered" && d.attempts == 1)
+    );
+    assert_eq!(seen.len(), 10, "each event once");
+    assert_eq!(ids.len(), 10);
+    assert!(seen.iter().all(|r| r.verified == [true]));
+}
