@@ -244,20 +244,39 @@ const UPDATE_PATHS: [&str; 4] = ["name", "description", "visibility", "labels"];
 
 /// # Errors
 /// INVALID_ARGUMENT naming the first bad field (`update_mask`, `voice.*`).
+/// The paths of an update's mask, which must name at least one of `allowed`.
+pub(crate) fn mask_paths(
+    mask: Option<prost_types::FieldMask>,
+    allowed: &[&str],
+) -> Result<Vec<String>, Error> {
+    let paths = mask.map(|m| m.paths).unwrap_or_default();
+    if paths.is_empty() {
+        return Err(Error::invalid(
+            "update_mask",
+            format!("must name at least one of {}", allowed.join(", ")),
+        ));
+    }
+    Ok(paths)
+}
+
+/// The refusal of a mask path that is not one of `allowed`.
+pub(crate) fn unknown_path(path: &str, allowed: &[&str]) -> Error {
+    Error::invalid(
+        "update_mask",
+        format!(
+            "path {path:?} cannot be updated; allowed: {}",
+            allowed.join(", ")
+        ),
+    )
+}
+
 pub(crate) fn update_request(request: pb::UpdateVoiceRequest) -> Result<(Uuid, VoicePatch), Error> {
     let voice = request
         .voice
         .ok_or_else(|| Error::invalid("voice", "is required"))?;
     let id = voice_id("voice.voice_id", &voice.voice_id)?;
-    let paths = request.update_mask.map(|m| m.paths).unwrap_or_default();
-    if paths.is_empty() {
-        return Err(Error::invalid(
-            "update_mask",
-            format!("must name at least one of {}", UPDATE_PATHS.join(", ")),
-        ));
-    }
     let mut patch = VoicePatch::default();
-    for path in paths {
+    for path in mask_paths(request.update_mask, &UPDATE_PATHS)? {
         match path.as_str() {
             "name" => patch.name = Some(name("voice.name", &voice.name)?),
             "description" => {
@@ -276,15 +295,7 @@ pub(crate) fn update_request(request: pb::UpdateVoiceRequest) -> Result<(Uuid, V
                 });
             }
             "labels" => patch.labels = Some(labels("voice.labels", voice.labels.clone())?),
-            other => {
-                return Err(Error::invalid(
-                    "update_mask",
-                    format!(
-                        "path {other:?} cannot be updated; allowed: {}",
-                        UPDATE_PATHS.join(", ")
-                    ),
-                ));
-            }
+            other => return Err(unknown_path(other, &UPDATE_PATHS)),
         }
     }
     Ok((id, patch))

@@ -94,15 +94,8 @@ impl WebhookApi {
             .endpoint
             .ok_or_else(|| Error::invalid("endpoint", "is required"))?;
         let id = endpoint_id("endpoint.endpoint_id", &endpoint.endpoint_id)?;
-        let paths = request.update_mask.map(|m| m.paths).unwrap_or_default();
-        if paths.is_empty() {
-            return Err(Error::invalid(
-                "update_mask",
-                format!("must name at least one of {}", UPDATE_PATHS.join(", ")),
-            ));
-        }
         let mut patch = EndpointPatch::default();
-        for path in paths {
+        for path in validate::mask_paths(request.update_mask, &UPDATE_PATHS)? {
             match path.as_str() {
                 "url" => patch.url = Some(self.url("endpoint.url", &endpoint.url)?),
                 "description" => {
@@ -118,15 +111,7 @@ impl WebhookApi {
                     )?);
                 }
                 "enabled" => patch.enabled = Some(endpoint.enabled),
-                other => {
-                    return Err(Error::invalid(
-                        "update_mask",
-                        format!(
-                            "path {other:?} cannot be updated; allowed: {}",
-                            UPDATE_PATHS.join(", ")
-                        ),
-                    ));
-                }
+                other => return Err(validate::unknown_path(other, &UPDATE_PATHS)),
             }
         }
         let updated = self.store.update_endpoint(user.0, id, patch).await?;

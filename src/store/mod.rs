@@ -259,6 +259,45 @@ pub fn unavailable(err: &DbErr) -> bool {
     }
 }
 
+/// What a per-owner transaction serialises: one owner's creates of voices,
+/// or of webhook endpoints (each its own lock, so neither waits for the other).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum OwnerLock {
+    Voices = 0,
+    Endpoints = 1,
+}
+
+impl Store {
+    /// A transaction in which one owner's count-then-insert cannot race
+    /// another's: on PostgreSQL it holds a per-owner advisory lock until it
+    /// ends; on SQLite it takes the write lock up front (BEGIN IMMEDIATE),
+    /// since a deferred transaction that reads, then writes, fails with
+    /// SQLITE_BUSY under a race.
+    pub(crate) async fn begin_for_owner(
+        &self,
+        owner: uuid::Uuid,
+        lock: OwnerLock,
+    ) -> Result<sea_orm::DatabaseTransaction, DbErr> {
+        use sea_orm::{ConnectionTrait, DbBackend, TransactionTrait};
+        let txn = self
+            .db
+            .begin_with_options(sea_orm::TransactionOptions {
+                sqlite_transaction_mode: Some(sea_orm::SqliteTransactionMode::Immediate),
+                ..sea_orm::TransactionOptions::default()
+            })
+            .await?;
+        if txn.get_database_backend() == DbBackend::Postgres {
+            txn.execute_raw(sea_orm::Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "SELECT pg_advisory_xact_lock(hashtextextended($1, $2))",
+                [owner.to_string().into(), (lock as i64).into()],
+            ))
+            .await?;
+        }
+        Ok(txn)
+    }
+}
+
 fn count(statements: &Family<StatementLabels, Counter>, sql: &str) {
     let sql = sql.trim_start();
     let read = sql

@@ -7,14 +7,13 @@
 
 use chrono::{DateTime, Utc};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait, ExprTrait,
-    PaginatorTrait, QueryFilter, QueryOrder, Set, SqliteTransactionMode, TransactionOptions,
-    TransactionTrait,
+    ActiveModelTrait, ColumnTrait, DbErr, EntityTrait, ExprTrait, PaginatorTrait, QueryFilter,
+    QueryOrder, Set, TransactionTrait,
 };
 use uuid::Uuid;
 
 use super::{
-    Store,
+    OwnerLock, Store,
     entity::{
         webhook_attempt as attempt,
         webhook_delivery::{self as delivery, Model as WebhookDelivery},
@@ -64,21 +63,7 @@ impl Store {
         max: u64,
     ) -> Result<EndpointCreated, DbErr> {
         self.bounded(async {
-            let txn = self
-                .db
-                .begin_with_options(TransactionOptions {
-                    sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
-                    ..TransactionOptions::default()
-                })
-                .await?;
-            if txn.get_database_backend() == DbBackend::Postgres {
-                txn.execute_raw(sea_orm::Statement::from_sql_and_values(
-                    DbBackend::Postgres,
-                    "SELECT pg_advisory_xact_lock(hashtextextended($1, 1))",
-                    [owner.to_string().into()],
-                ))
-                .await?;
-            }
+            let txn = self.begin_for_owner(owner, OwnerLock::Endpoints).await?;
             let held = Entity::find()
                 .filter(Column::OwnerUserId.eq(owner))
                 .count(&txn)
@@ -326,18 +311,7 @@ impl Store {
                         .split_whitespace()
                         .any(|t| t == event.event_type);
                 if wanted {
-                    rows.push(delivery::ActiveModel {
-                        endpoint_id: Set(endpoint.id),
-                        event_id: Set(event.event_id.clone()),
-                        event_type: Set(event.event_type.clone()),
-                        payload: Set(event.payload.clone()),
-                        state: Set(PENDING.into()),
-                        attempts: Set(0),
-                        next_attempt_at: Set(at),
-                        lease_until: Set(None),
-                        created_at: Set(at),
-                        ..Default::default()
-                    });
+                    rows.push(pending(endpoint.id, event.clone(), at));
                 }
             }
         }
@@ -555,21 +529,7 @@ impl Store {
             return Ok(Some(false));
         }
         self.bounded(async {
-            let at = now();
-            delivery::ActiveModel {
-                endpoint_id: Set(endpoint.id),
-                event_id: Set(event.event_id),
-                event_type: Set(event.event_type),
-                payload: Set(event.payload),
-                state: Set(PENDING.into()),
-                attempts: Set(0),
-                next_attempt_at: Set(at),
-                lease_until: Set(None),
-                created_at: Set(at),
-                ..Default::default()
-            }
-            .insert(&self.db)
-            .await?;
+            pending(endpoint.id, event, now()).insert(&self.db).await?;
             self.deliveries_queued.notify_one();
             Ok(Some(true))
         })
@@ -612,5 +572,22 @@ impl Store {
                 .await
         })
         .await
+    }
+}
+
+/// A delivery of `event` to endpoint `endpoint_id`, queued at `at` and due
+/// at once.
+fn pending(endpoint_id: Uuid, event: Owed, at: DateTime<Utc>) -> delivery::ActiveModel {
+    delivery::ActiveModel {
+        endpoint_id: Set(endpoint_id),
+        event_id: Set(event.event_id),
+        event_type: Set(event.event_type),
+        payload: Set(event.payload),
+        state: Set(PENDING.into()),
+        attempts: Set(0),
+        next_attempt_at: Set(at),
+        lease_until: Set(None),
+        created_at: Set(at),
+        ..Default::default()
     }
 }

@@ -9,15 +9,14 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait, IntoActiveModel,
-    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, SqlErr, SqliteTransactionMode,
-    TransactionOptions, TransactionTrait, UpdateMany,
+    ActiveModelTrait, ColumnTrait, DbBackend, DbErr, EntityTrait, IntoActiveModel, PaginatorTrait,
+    QueryFilter, QueryOrder, QuerySelect, SqlErr, TransactionTrait, UpdateMany,
     sea_query::{CaseStatement, Expr, ExprTrait},
 };
 use uuid::Uuid;
 
 use super::{
-    Change, Store,
+    Change, OwnerLock, Store,
     entity::{
         provider_orphan,
         voice::{Column, Entity, Labels, Model as Voice, VoiceStatus},
@@ -46,23 +45,7 @@ impl Store {
     pub(crate) async fn reserve(&self, voice: Voice, max: u64) -> Result<Reservation, DbErr> {
         self.bounded(async {
             let (owner, request_id) = (voice.owner_user_id, voice.request_id.clone());
-            // SQLite: take the write lock up front (BEGIN IMMEDIATE); a deferred
-            // transaction that reads, then writes, fails with SQLITE_BUSY under a race.
-            let txn = self
-                .db
-                .begin_with_options(TransactionOptions {
-                    sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
-                    ..TransactionOptions::default()
-                })
-                .await?;
-            if txn.get_database_backend() == DbBackend::Postgres {
-                txn.execute_raw(sea_orm::Statement::from_sql_and_values(
-                    DbBackend::Postgres,
-                    "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
-                    [owner.to_string().into()],
-                ))
-                .await?;
-            }
+            let txn = self.begin_for_owner(owner, OwnerLock::Voices).await?;
             let live = Entity::find()
                 .filter(Column::OwnerUserId.eq(owner))
                 .filter(Column::Status.ne(VoiceStatus::Deleted))

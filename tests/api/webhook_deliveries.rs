@@ -134,6 +134,24 @@ async fn app_for_webhooks(schedule: &[u64]) -> TestApp {
     .await
 }
 
+/// The caller's endpoints, once the first is disabled (or after 5 s).
+async fn until_disabled(webhooks: &mut WebhookClient) -> Vec<pb::WebhookEndpoint> {
+    let mut listed = Vec::new();
+    for _ in 0..200 {
+        listed = webhooks
+            .list_webhook_endpoints(pb::ListWebhookEndpointsRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .endpoints;
+        if !listed[0].enabled {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    listed
+}
+
 async fn deliveries(app: &TestApp) -> Vec<webhook_delivery::Model> {
     use sea_orm::EntityTrait;
     webhook_delivery::Entity::find().all(&app.db).await.unwrap()
@@ -231,19 +249,7 @@ async fn an_endpoint_answering_410_is_disabled_with_that_reason() {
     receiver.answer(&[410]);
     create_voice(&mut app.client(user), "Gone").await;
     wait_for(Duration::from_secs(10), || !receiver.received().is_empty()).await;
-    let mut listed = Vec::new();
-    for _ in 0..100 {
-        listed = webhooks
-            .list_webhook_endpoints(pb::ListWebhookEndpointsRequest {})
-            .await
-            .unwrap()
-            .into_inner()
-            .endpoints;
-        if !listed[0].enabled {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let listed = until_disabled(&mut webhooks).await;
     assert!(!listed[0].enabled);
     assert_eq!(listed[0].disabled_reason, "the endpoint answered 410 Gone");
     assert_eq!(receiver.received().len(), 1, "no retry after 410");
@@ -454,19 +460,7 @@ async fn an_endpoint_failing_every_attempt_for_too_long_is_disabled_with_that_re
     receiver.answer(&[500, 500]);
     create_voice(&mut app.client(user), "Failing").await;
     wait_for(Duration::from_secs(10), || receiver.received().len() >= 2).await;
-    let mut listed = Vec::new();
-    for _ in 0..200 {
-        listed = webhooks
-            .list_webhook_endpoints(pb::ListWebhookEndpointsRequest {})
-            .await
-            .unwrap()
-            .into_inner()
-            .endpoints;
-        if !listed[0].enabled {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    let listed = until_disabled(&mut webhooks).await;
     println!("{:?}", listed[0].disabled_reason);
     assert!(!listed[0].enabled, "disabled after failing for 200 ms");
     assert!(
