@@ -14,7 +14,7 @@ use std::{
 use axum::{
     Router,
     extract::State,
-    http::{HeaderMap, StatusCode},
+    http::{HeaderMap, StatusCode, header},
     routing::post,
 };
 use serde_json::Value;
@@ -57,6 +57,16 @@ impl Receiver {
     async fn start(&self) -> String {
         let app = Router::new()
             .route("/hook", post(receive))
+            // Sends the caller on to /hook: voicehub must not follow.
+            .route(
+                "/moved",
+                post(|| async {
+                    (
+                        StatusCode::TEMPORARY_REDIRECT,
+                        [(header::LOCATION, "/hook")],
+                    )
+                }),
+            )
             .with_state(self.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -531,4 +541,27 @@ async fn two_replicas_deliver_each_event_once() {
     assert_eq!(seen.len(), 10, "each event once");
     assert_eq!(ids.len(), 10);
     assert!(seen.iter().all(|r| r.verified == [true]));
+}
+
+#[tokio::test]
+async fn a_redirect_is_not_followed() {
+    let app = app_for_webhooks(&[0]).await;
+    let receiver = Receiver::default();
+    let user = Uuid::new_v4();
+    let moved = receiver.start().await.replace("/hook", "/moved");
+    endpoint(&mut app.webhooks(user), &moved, &[]).await;
+    create_voice(&mut app.client(user), "Moved").await;
+    let settled = until_settled(&app).await;
+    assert_eq!(settled.len(), 1);
+    assert_eq!(
+        settled[0].state, "failed",
+        "given up: the schedule has one attempt"
+    );
+    let tried = attempts(&app).await;
+    println!("{tried:?}");
+    assert_eq!(tried[0].http_status, Some(307));
+    assert!(
+        receiver.received().is_empty(),
+        "the redirect's target was never called"
+    );
 }
