@@ -369,6 +369,30 @@ pub(crate) async fn replica_of(
     .await
 }
 
+/// A `voicehub serve` process sharing `app`'s database, Redis, prefix and
+/// public stream (its status engine on), calling `fake`, with `extra`
+/// settings; and the directory it runs in, to keep while it lives.
+pub(crate) fn serve_replica_of(
+    app: &TestApp,
+    fake: &crate::fake_elevenlabs::FakeElevenLabs,
+    extra: &[(&str, &str)],
+) -> (Server, tempfile::TempDir) {
+    let (redis_url, prefix) = app.redis.clone().expect("a Redis-backed app");
+    let database_url = app.database.url.expose_secret().to_owned();
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = vec![
+        ("DATABASE_URL", database_url.as_str()),
+        ("REDIS_URL", redis_url.as_str()),
+        ("VOICEHUB_REDIS_PREFIX", prefix.as_str()),
+        ("VOICEHUB_EVENTS_STREAM", app.public_stream.as_str()),
+        ("ELEVENLABS_BASE_URL", fake.url.as_str()),
+        ("ELEVENLABS_API_KEY", crate::fake_elevenlabs::API_KEY),
+        ("VOICEHUB_JWT_SECRET", JWT_SECRET),
+    ];
+    env.extend_from_slice(extra);
+    (serve(dir.path(), &env), dir)
+}
+
 /// The ElevenLabs settings inside a test configuration.
 pub(crate) fn elevenlabs(config: &mut Config) -> &mut voicehub::provider::ElevenLabsConfig {
     match &mut config.provider {

@@ -6,15 +6,14 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use fred::prelude::*;
-use secrecy::ExposeSecret;
 use serde_json::Value;
 use uuid::Uuid;
 use voicehub::pb::{self, DeleteVoiceRequest, UpdateVoiceRequest};
 
 use crate::{
-    fake_elevenlabs::{API_KEY, Report},
+    fake_elevenlabs::Report,
     helpers::{
-        Backend, Client, JWT_SECRET, TestApp, create_voice, redis_of, serve, spawn_app_with_fake,
+        Backend, Client, TestApp, create_voice, redis_of, serve_replica_of, spawn_app_with_fake,
     },
     redis_server::RedisServer,
 };
@@ -225,21 +224,7 @@ async fn changes_of_a_process_killed_before_publishing_appear_once_each_in_revis
     // the public stream refuses them, and is killed with the changes
     // committed and unpublished.
     refuse_public(&b).await;
-    let (redis_url, prefix) = b.redis.clone().unwrap();
-    let database_url = b.database.url.expose_secret().to_owned();
-    let dir = tempfile::tempdir().unwrap();
-    let a = serve(
-        dir.path(),
-        &[
-            ("DATABASE_URL", database_url.as_str()),
-            ("REDIS_URL", redis_url.as_str()),
-            ("VOICEHUB_REDIS_PREFIX", prefix.as_str()),
-            ("VOICEHUB_EVENTS_STREAM", b.public_stream.as_str()),
-            ("ELEVENLABS_BASE_URL", fake.url.as_str()),
-            ("ELEVENLABS_API_KEY", API_KEY),
-            ("VOICEHUB_JWT_SECRET", JWT_SECRET),
-        ],
-    );
+    let (a, _dir) = serve_replica_of(&b, &fake, &[]);
     let mut on_a = a.client(user);
     for voice in &voices {
         rename(&mut on_a, voice, "Renamed on A").await;

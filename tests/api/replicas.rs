@@ -5,7 +5,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use fred::prelude::*;
 use sea_orm::EntityTrait;
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use uuid::Uuid;
 use voicehub::{
     events::{self, STREAM_FIELD, VoiceEvent},
@@ -15,10 +15,10 @@ use voicehub::{
 };
 
 use crate::{
-    fake_elevenlabs::{API_KEY, FakeElevenLabs, Fault, Report, Route},
+    fake_elevenlabs::{FakeElevenLabs, Fault, Report, Route},
     helpers::{
-        Backend, JWT_SECRET, TestApp, create_request, create_voice, next, queue_of, redis_of,
-        replica_of, serve, spawn_app_with_fake, wait_for, watch,
+        Backend, TestApp, create_request, create_voice, next, queue_of, redis_of, replica_of,
+        serve_replica_of, spawn_app_with_fake, wait_for, watch,
     },
     redis_server::RedisServer,
 };
@@ -452,20 +452,7 @@ async fn a_change_whose_process_is_killed_between_commit_and_publish_reaches_a_w
     // worker on) settles the voice while the bus refuses events, and is
     // killed with the change committed and its event unpublished.
     refuse_events(&b).await;
-    let (redis_url, prefix) = b.redis.clone().unwrap();
-    let database_url = b.database.url.expose_secret().to_owned();
-    let dir = tempfile::tempdir().unwrap();
-    let a = serve(
-        dir.path(),
-        &[
-            ("DATABASE_URL", database_url.as_str()),
-            ("REDIS_URL", redis_url.as_str()),
-            ("VOICEHUB_REDIS_PREFIX", prefix.as_str()),
-            ("ELEVENLABS_BASE_URL", fake.url.as_str()),
-            ("ELEVENLABS_API_KEY", API_KEY),
-            ("VOICEHUB_JWT_SECRET", JWT_SECRET),
-        ],
-    );
+    let (a, _dir) = serve_replica_of(&b, &fake, &[]);
     fake.set_report(&voice.provider_voice_id, Report::default());
     let id: Uuid = voice.voice_id.parse().unwrap();
     for _ in 0..200 {
