@@ -99,6 +99,8 @@ impl Activity {
 #[derive(Debug, Clone)]
 pub(crate) struct ConnectionInfo {
     activity: Arc<Activity>,
+    /// The peer's address, as accepted (a load balancer's, behind one).
+    peer: Option<std::net::SocketAddr>,
 }
 
 impl ConnectionInfo {
@@ -123,15 +125,21 @@ impl Drop for CallOnConnection {
 
 /// The call guard of a request's connection, whether plaintext or TLS.
 pub(crate) fn call_on_connection(extensions: &http::Extensions) -> Option<CallOnConnection> {
+    info_of(extensions).map(ConnectionInfo::call)
+}
+
+/// The peer address of a request's connection, whether plaintext or TLS.
+pub(crate) fn peer_of(extensions: &http::Extensions) -> Option<std::net::SocketAddr> {
+    info_of(extensions).and_then(|info| info.peer)
+}
+
+fn info_of(extensions: &http::Extensions) -> Option<&ConnectionInfo> {
     use tonic::transport::server::TlsConnectInfo;
-    extensions
-        .get::<ConnectionInfo>()
-        .or_else(|| {
-            extensions
-                .get::<TlsConnectInfo<ConnectionInfo>>()
-                .map(TlsConnectInfo::get_ref)
-        })
-        .map(ConnectionInfo::call)
+    extensions.get::<ConnectionInfo>().or_else(|| {
+        extensions
+            .get::<TlsConnectInfo<ConnectionInfo>>()
+            .map(TlsConnectInfo::get_ref)
+    })
 }
 
 /// An accepted connection that closes itself when idle or too old.
@@ -333,9 +341,11 @@ fn guard(
         .min()
         .unwrap_or(born + LONGEST);
     open.inc();
+    let peer = stream.peer_addr().ok();
     Connection {
         io: stream,
         info: ConnectionInfo {
+            peer,
             activity: Arc::new(Activity {
                 calls: AtomicUsize::new(0),
                 idle_since_ms: AtomicU64::new(0),

@@ -10,7 +10,8 @@
 use chrono::{DateTime, Utc};
 
 use crate::store::{
-    Visibility as StoredVisibility, Voice as StoredVoice, VoiceStatus as StoredStatus,
+    Intake as StoredIntake, Visibility as StoredVisibility, Voice as StoredVoice,
+    VoiceStatus as StoredStatus,
 };
 
 /// Generated code: documented by the proto's comments, linted by `buf` rather than here.
@@ -127,6 +128,7 @@ impl From<StoredVoice> for Voice {
             push_lease_until: _,
             provider_missing_since: _,
             create_lease_until: _,
+            consent_recorded,
         } = v;
         Voice {
             voice_id: id.to_string(),
@@ -147,6 +149,42 @@ impl From<StoredVoice> for Voice {
             updated_at: Some(timestamp(updated_at)),
             completed_at: completed_at.map(timestamp),
             revision,
+            consent_recorded,
+            // The owner's alone: added by `with_intake`.
+            consent: None,
+            sample_report: None,
         }
     }
+}
+
+/// The stored name of each consent basis.
+pub(crate) const CONSENT_BASES: [(ConsentBasis, &str); 3] = [
+    (ConsentBasis::SpeakerIsCaller, "speaker_is_caller"),
+    (ConsentBasis::SpeakerPermission, "speaker_permission"),
+    (ConsentBasis::Licensed, "licensed"),
+];
+
+/// The consent `intake` records, if it records one.
+#[must_use]
+pub(crate) fn consent_of(intake: &StoredIntake) -> Option<Consent> {
+    let speaker_name = intake.consent_speaker_name.clone()?;
+    let basis = CONSENT_BASES
+        .iter()
+        .find(|(_, name)| Some(*name) == intake.consent_basis.as_deref())
+        .map_or(ConsentBasis::Unspecified, |(basis, _)| *basis);
+    let statement = match (&intake.consent_statement_text, &intake.consent_statement_id) {
+        (Some(text), _) => Some(consent::Statement::StatementText(text.clone())),
+        (None, Some(id)) => Some(consent::Statement::StatementRef(ConsentStatementRef {
+            id: id.clone(),
+            version: intake.consent_statement_version.clone().unwrap_or_default(),
+        })),
+        (None, None) => None,
+    };
+    Some(Consent {
+        speaker_name,
+        basis: basis.into(),
+        statement,
+        evidence_sha256: intake.consent_evidence_sha256.clone().unwrap_or_default(),
+        recorded_at: Some(timestamp(intake.recorded_at)),
+    })
 }

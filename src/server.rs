@@ -29,7 +29,7 @@ use crate::{
     config::{self, Config},
     connections::{self, ConnectionLimits},
     events::{self, DynBus, LocalBus, PublicStream, RedisBus, Relay},
-    grpc::{DoorLimits, LimitLayer, ObserveLayer, VoiceApi, Watches, WebhookApi},
+    grpc::{DoorLimits, IntakePolicy, LimitLayer, ObserveLayer, VoiceApi, Watches, WebhookApi},
     health::{self, StorageHealth},
     metrics::{self, Metrics, PoolLabel},
     pb,
@@ -72,6 +72,8 @@ pub struct Application {
     auth: Authenticator,
     writes: WritePath,
     audio: Arc<audio::Checker>,
+    /// What a create must bring besides its samples.
+    intake: IntakePolicy,
     worker: Worker,
     sweeper: Sweeper,
     relay: Arc<Relay>,
@@ -186,6 +188,10 @@ impl Application {
             auth: Authenticator::new(&config.auth),
             writes,
             audio,
+            intake: IntakePolicy {
+                require_consent: config.require_consent,
+                quality: config.sample_quality,
+            },
             worker,
             sweeper,
             relay,
@@ -257,6 +263,7 @@ impl Application {
             auth,
             writes,
             audio,
+            intake,
             worker,
             sweeper,
             relay,
@@ -316,6 +323,7 @@ impl Application {
             bus.hub().clone(),
             watches,
             shutdown.clone(),
+            intake,
         );
         tracing::info!(%local_addr, "voicehub serving gRPC");
         let stopping = shutdown.clone();

@@ -44,6 +44,7 @@ use std::{collections::BTreeMap, sync::Arc, time::Duration};
 use uuid::Uuid;
 
 use crate::{
+    audio,
     error::{Error, chain},
     provider::{AudioFile, CloneRequest, DynProvider, INSTANT_CLONE, ProviderError, labels_sent},
     quota::CreateQuota,
@@ -72,6 +73,51 @@ pub(crate) struct NewVoice {
     pub(crate) samples: Vec<AudioFile>,
     /// Ask the provider to remove background noise.
     pub(crate) remove_background_noise: bool,
+    /// What is recorded beside the voice, in the same transaction.
+    pub(crate) intake: NewIntake,
+}
+
+/// What CreateVoiceClone records beside the voice (`voice_intakes`).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct NewIntake {
+    /// The consent the user attested; `None` when none was required or given.
+    pub(crate) consent: Option<AttestedConsent>,
+    /// The sample quality report; `None` only before the samples are checked.
+    pub(crate) report: Option<audio::Report>,
+    /// The caller's address, as this replica saw it.
+    pub(crate) caller_address: Option<String>,
+    /// The caller's `user-agent`.
+    pub(crate) user_agent: Option<String>,
+}
+
+/// A consent, as the user attested it (validated).
+#[derive(Debug, Clone)]
+pub(crate) struct AttestedConsent {
+    pub(crate) speaker_name: String,
+    /// Its stored name (`speaker_is_caller`, `speaker_permission`, `licensed`).
+    pub(crate) basis: &'static str,
+    pub(crate) statement: Statement,
+    /// Lowercase hexadecimal.
+    pub(crate) evidence_sha256: Option<String>,
+}
+
+/// The consent statement the user confirmed.
+#[derive(Debug, Clone)]
+pub(crate) enum Statement {
+    /// Its text.
+    Text(String),
+    /// A statement the operator publishes.
+    Published { id: String, version: String },
+}
+
+/// A create's answer.
+#[derive(Debug)]
+pub(crate) struct CreateAnswer {
+    /// The voice.
+    pub(crate) voice: Voice,
+    /// Its intake record, when this call wrote it; `None` when the call
+    /// repeated an earlier one's `request_id` (that call's record stands).
+    pub(crate) intake: Option<store::Intake>,
 }
 
 /// A validated UpdateVoice request: new values for the fields it may
@@ -191,12 +237,16 @@ impl WritePath {
     /// # Errors
     /// RESOURCE_EXHAUSTED at the per-user limit or creation rate, a provider
     /// failure, or a storage failure (after compensation).
-    pub(crate) async fn create(&self, owner: Uuid, new: NewVoice) -> Result<Voice, Error> {
+    pub(crate) async fn create(&self, owner: Uuid, new: NewVoice) -> Result<CreateAnswer, Error> {
+        let repeated = |voice| CreateAnswer {
+            voice,
+            intake: None,
+        };
         if let Some(request_id) = &new.request_id
             && let Some(existing) = self.store.find_by_request_id(owner, request_id).await?
         {
             tracing::info!(voice_id = %existing.id, request_id, "repeated request_id: returning the same voice");
-            return Ok(existing);
+            return Ok(repeated(existing));
         }
         // Counted before anything is written: a refused create leaves nothing.
         if let Err(exceeded) = self.quota.take(owner).await {
@@ -205,13 +255,14 @@ impl WritePath {
                 retry_after: exceeded.retry_after,
             });
         }
+        let (voice, intake) = self.reservation(owner, &new);
         let reserved = match self
             .store
-            .reserve(self.reservation(owner, &new), self.limits.max_per_user)
+            .reserve(voice, intake.clone(), self.limits.max_per_user)
             .await?
         {
             Reservation::Reserved(voice) => voice,
-            Reservation::Existing(voice) => return Ok(voice),
+            Reservation::Existing(voice) => return Ok(repeated(voice)),
             Reservation::LimitReached => {
                 return Err(Error::ResourceExhausted(format!(
                     "voice limit reached: a user may have at most {} voices; delete one first",
@@ -230,7 +281,10 @@ impl WritePath {
         // the create in half: it finishes, or is handed to the engine.
         let this = self.clone();
         match tokio::spawn(async move { this.clone_reserved(reserved, new).await }).await {
-            Ok(result) => result,
+            Ok(result) => result.map(|voice| CreateAnswer {
+                voice,
+                intake: Some(intake),
+            }),
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
             Err(_) => Err(Error::ShuttingDown),
         }
@@ -400,10 +454,38 @@ impl WritePath {
         }
     }
 
-    fn reservation(&self, owner: Uuid, new: &NewVoice) -> Voice {
+    fn reservation(&self, owner: Uuid, new: &NewVoice) -> (Voice, store::Intake) {
         let now = store::now();
-        Voice {
-            id: Uuid::now_v7(),
+        let id = Uuid::now_v7();
+        let consent = new.intake.consent.as_ref();
+        let (text, published) = match consent.map(|c| &c.statement) {
+            Some(Statement::Text(text)) => (Some(text.clone()), None),
+            Some(Statement::Published { id, version }) => {
+                (None, Some((id.clone(), version.clone())))
+            }
+            None => (None, None),
+        };
+        let intake = store::Intake {
+            voice_id: id,
+            owner_user_id: owner,
+            recorded_at: now,
+            request_id: new.request_id.clone(),
+            caller_address: new.intake.caller_address.clone(),
+            user_agent: new.intake.user_agent.clone(),
+            consent_speaker_name: consent.map(|c| c.speaker_name.clone()),
+            consent_basis: consent.map(|c| c.basis.to_owned()),
+            consent_statement_text: text,
+            consent_statement_id: published.as_ref().map(|p| p.0.clone()),
+            consent_statement_version: published.map(|p| p.1),
+            consent_evidence_sha256: consent.and_then(|c| c.evidence_sha256.clone()),
+            sample_report: new
+                .intake
+                .report
+                .as_ref()
+                .and_then(|r| serde_json::to_value(r).ok()),
+        };
+        let voice = Voice {
+            id,
             owner_user_id: owner,
             provider_voice_id: None,
             name: new.name.clone(),
@@ -430,7 +512,9 @@ impl WritePath {
             push_pending: false,
             push_lease_until: None,
             provider_missing_since: None,
-        }
+            consent_recorded: consent.is_some(),
+        };
+        (voice, intake)
     }
 
     async fn release(&self, id: Uuid) {

@@ -168,6 +168,8 @@ impl Server {
             .env("VOICEHUB_LOG_FORMAT", "json")
             .env("VOICEHUB_LISTEN", "127.0.0.1:0")
             .env("VOICEHUB_JWT_SECRET", JWT_SECRET)
+            // The benchmark's samples are short tones, not speech.
+            .env("VOICEHUB_MIN_SPEECH_SECONDS", "0")
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(Stdio::null())
             .stderr(Stdio::piped());

@@ -21,6 +21,7 @@ mod m20261206_000006_provider_safety;
 mod m20261206_000007_create_webhook_endpoints;
 mod m20261206_000008_create_webhook_deliveries;
 mod m20261206_000009_add_webhook_failing_since;
+mod m20261207_000010_create_voice_intakes;
 
 /// Advisory lock key held while migrating ("voicehub" in ASCII, as an i64).
 const MIGRATION_LOCK_KEY: i64 = 0x766f_6963_6568_7562;
@@ -41,6 +42,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261206_000007_create_webhook_endpoints::Migration),
             Box::new(m20261206_000008_create_webhook_deliveries::Migration),
             Box::new(m20261206_000009_add_webhook_failing_since::Migration),
+            Box::new(m20261207_000010_create_voice_intakes::Migration),
         ]
     }
 }

@@ -23,7 +23,7 @@ use tokio::{
     sync::Semaphore,
 };
 
-use super::Format;
+use super::{Figures, Format};
 use crate::metrics::{AudioBoundLabel, AudioCheckLabel, Metrics};
 
 /// Memory a child may use beyond the samples it was sent: far above what
@@ -91,12 +91,12 @@ impl Checker {
         }
     }
 
-    /// The duration of each sample, in order.
+    /// The figures of each sample, in order.
     ///
     /// # Errors
     /// [`CheckError::Refused`] for the first sample that is not audio or
     /// breaks a bound; [`CheckError::Failed`] if the check could not run.
-    pub(crate) async fn check(&self, samples: &[Sample]) -> Result<Vec<Duration>, CheckError> {
+    pub(crate) async fn check(&self, samples: &[Sample]) -> Result<Vec<Figures>, CheckError> {
         let outcome = self.run(samples).await;
         self.count(match &outcome {
             Ok(_) => "accepted",
@@ -115,7 +115,7 @@ impl Checker {
         self.run(&[]).await.map(drop)
     }
 
-    async fn run(&self, samples: &[Sample]) -> Result<Vec<Duration>, CheckError> {
+    async fn run(&self, samples: &[Sample]) -> Result<Vec<Figures>, CheckError> {
         let _turn = self
             .children
             .acquire()
@@ -179,22 +179,22 @@ impl Checker {
         out: &[u8],
         status: ExitStatus,
         stderr: &str,
-    ) -> Result<Vec<Duration>, CheckError> {
+    ) -> Result<Vec<Figures>, CheckError> {
         let text = std::str::from_utf8(out)
             .map_err(|_| CheckError::Failed("the child wrote something other than text".into()))?;
-        let mut durations = Vec::with_capacity(count);
+        let mut verdicts = Vec::with_capacity(count);
         for line in text.lines() {
-            let index = durations.len();
+            let index = verdicts.len();
             if index == count {
                 return Err(CheckError::Failed(
                     "the child gave too many verdicts".into(),
                 ));
             }
-            if let Some(nanos) = line.strip_prefix("ok ") {
-                let nanos: u64 = nanos.parse().map_err(|_| {
+            if let Some(figures) = line.strip_prefix("ok ") {
+                let figures = serde_json::from_str(figures).map_err(|_| {
                     CheckError::Failed(format!("a verdict the checker does not know: {line:?}"))
                 })?;
-                durations.push(Duration::from_nanos(nanos));
+                verdicts.push(figures);
             } else if let Some(why) = line.strip_prefix("no ") {
                 return Err(CheckError::Refused {
                     index,
@@ -206,10 +206,10 @@ impl Checker {
                 )));
             }
         }
-        if durations.len() == count && status.success() {
-            return Ok(durations);
+        if verdicts.len() == count && status.success() {
+            return Ok(verdicts);
         }
-        let index = durations.len();
+        let index = verdicts.len();
         if index == count || status.code().is_some() {
             // It exited by itself without a verdict for each sample: it
             // refused its input, which is this server's doing.

@@ -4,8 +4,9 @@
 //! Protocol: standard input holds the samples, each as one format byte, a
 //! little-endian `u32` length and that many bytes, until end of input.
 //! Standard output gets one line per sample, in order, written as soon as
-//! it is known: `ok <duration in nanoseconds>` or `no <why, for the
-//! caller>`. Exit status 0 after the last verdict; 2 if the input breaks
+//! it is known: `ok <the sample's figures as JSON>` or `no <why, for the
+//! caller>`. At most [`ANALYSED_AUDIO`] of the samples' audio is analysed,
+//! in order; the rest is measured for its duration only. Exit status 0 after the last verdict; 2 if the input breaks
 //! the protocol.
 //!
 //! Guarantees: before it reads a byte, the process forbids itself core
@@ -19,12 +20,13 @@ use std::{
     io::{BufWriter, Read, Write},
     panic::AssertUnwindSafe,
     process::ExitCode,
+    time::Duration,
 };
 
 use bytes::Bytes;
 use rustix::process::{Resource, Rlimit, setrlimit};
 
-use super::{CPU_BOUND, Format, MEMORY_BOUND, probe};
+use super::{ANALYSED_AUDIO, CPU_BOUND, Format, MEMORY_BOUND, analysis::analyse};
 
 /// The most samples one input holds (a call carries at most 25).
 const MAX_SAMPLES: usize = 32;
@@ -54,11 +56,17 @@ pub fn main() -> ExitCode {
     // Panics are verdicts, not noise on standard error.
     std::panic::set_hook(Box::new(|_| {}));
     let mut out = BufWriter::new(std::io::stdout().lock());
+    let mut budget = ANALYSED_AUDIO;
     for (format, data) in samples {
-        let verdict = std::panic::catch_unwind(AssertUnwindSafe(|| probe(format, data)))
+        let verdict = std::panic::catch_unwind(AssertUnwindSafe(|| analyse(format, data, budget)))
             .unwrap_or_else(|_| Err("its audio is damaged (the parser failed on it)".into()));
         let written = match verdict {
-            Ok(duration) => writeln!(out, "ok {}", duration.as_nanos()),
+            Ok(figures) => {
+                budget = budget.saturating_sub(Duration::from_secs_f64(figures.analysed_seconds));
+                serde_json::to_string(&figures)
+                    .map_err(std::io::Error::other)
+                    .and_then(|json| writeln!(out, "ok {json}"))
+            }
             Err(why) => writeln!(out, "no {}", why.replace('\n', " ")),
         };
         // The server stops listening after a refusal; nothing more to say.

@@ -4,9 +4,11 @@
 //! and by its magic bytes (via `infer`), so a sample whose bytes and label
 //! disagree is refused before it reaches the provider ([`Format`]). Then it
 //! is parsed (symphonia): its container must open, hold an audio track, and
-//! its first packets decode; its duration is returned. A signature followed
-//! by anything else (a bare `RIFF....WAVE`, `ID3` or `OggS` with text after
-//! it) is refused.
+//! its first packets decode. A signature followed by anything else (a bare
+//! `RIFF....WAVE`, `ID3` or `OggS` with text after it) is refused. Then it
+//! is measured for the sample quality report ([`Figures`], `analysis.rs`),
+//! and the figures are judged against the operator's thresholds
+//! (`report.rs`).
 //!
 //! Guarantee: the serving process never parses uploaded audio. A container
 //! header may declare terabytes (a WebM element, an MP4 sample table), and a
@@ -18,31 +20,28 @@
 //! per CPU at a time. A sample that breaks a bound is refused, naming it; the
 //! server, and every other call, carry on.
 
-use std::{io::Cursor, time::Duration};
+use std::time::Duration;
 
-use bytes::Bytes;
-use symphonia::core::{
-    codecs::{CODEC_TYPE_NULL, CODEC_TYPE_OPUS, DecoderOptions},
-    errors::Error as ParseError,
-    formats::FormatOptions,
-    io::{MediaSourceStream, MediaSourceStreamOptions},
-    meta::MetadataOptions,
-    probe::Hint,
-    units::TimeBase,
-};
-
+mod analysis;
 mod check;
 pub mod child;
+mod report;
 
+pub(crate) use analysis::Figures;
 pub use check::{CPU_BOUND, CheckerConfig, MEMORY_BOUND, WALL_BOUND};
 pub(crate) use check::{CheckError, Checker, Sample};
+pub use report::QualityThresholds;
+pub(crate) use report::{Report, Severity, Verdict, judge};
 
 /// The shortest sample accepted: less than a second of speech carries no
 /// voice worth cloning.
 pub const MIN_SAMPLE_DURATION: Duration = Duration::from_secs(1);
 
-/// Packets decoded to show that a sample is audio and not just a header.
-const PACKETS_DECODED: usize = 4;
+/// The most audio one call's samples are analysed for, in order: past it,
+/// a sample is only measured for its duration. Ten minutes is more than
+/// three times what a clone gains from, and its analysis fits the check's
+/// CPU bound with room to spare.
+pub const ANALYSED_AUDIO: Duration = Duration::from_mins(10);
 
 /// An accepted audio format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,93 +145,13 @@ impl Format {
     }
 }
 
-/// Parses `data` as audio: opens its container, takes its first audio
-/// track, decodes its first packets (Opus, which has no decoder here, is
-/// only demuxed), and returns how long it lasts.
-///
-/// # Errors
-/// What made it not audio, in words for the caller.
-fn probe(format: Format, data: Bytes) -> Result<Duration, String> {
-    let source = MediaSourceStream::new(
-        Box::new(Cursor::new(data)),
-        MediaSourceStreamOptions::default(),
-    );
-    let mut hint = Hint::new();
-    hint.with_extension(format.extension());
-    let probed = symphonia::default::get_probe()
-        .format(
-            &hint,
-            source,
-            &FormatOptions::default(),
-            &MetadataOptions::default(),
-        )
-        .map_err(|e| format!("its container does not open ({})", reason(&e)))?;
-    let mut reader = probed.format;
-    let track = reader
-        .tracks()
-        .iter()
-        .find(|t| t.codec_params.codec != CODEC_TYPE_NULL)
-        .ok_or("it holds no audio track")?;
-    let (track_id, params) = (track.id, track.codec_params.clone());
-    let time_base = params
-        .time_base
-        .or_else(|| params.sample_rate.map(|rate| TimeBase::new(1, rate)))
-        .ok_or("its audio has no sample rate")?;
-    let mut decoder = if params.codec == CODEC_TYPE_OPUS {
-        None
-    } else {
-        Some(
-            symphonia::default::get_codecs()
-                .make(&params, &DecoderOptions::default())
-                .map_err(|e| format!("its codec is not supported ({})", reason(&e)))?,
-        )
-    };
-    let mut frames = 0u64;
-    let mut packets = 0;
-    loop {
-        let packet = match reader.next_packet() {
-            Ok(packet) => packet,
-            Err(ParseError::IoError(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
-            Err(e) => return Err(format!("its audio is damaged ({})", reason(&e))),
-        };
-        if packet.track_id() != track_id {
-            continue;
-        }
-        if packets < PACKETS_DECODED {
-            if let Some(decoder) = &mut decoder {
-                decoder
-                    .decode(&packet)
-                    .map_err(|e| format!("its audio does not decode ({})", reason(&e)))?;
-            }
-            packets += 1;
-        } else if let Some(n_frames) = params.n_frames {
-            // The container says how long it is, and the start decodes.
-            frames = n_frames;
-            break;
-        }
-        frames += packet.dur;
-    }
-    if packets == 0 {
-        return Err("it holds no audio".into());
-    }
-    let time = time_base.calc_time(frames);
-    Ok(Duration::from_secs(time.seconds) + Duration::from_secs_f64(time.frac))
-}
-
-/// A parse error in words, without symphonia's internals.
-fn reason(e: &ParseError) -> String {
-    match e {
-        ParseError::IoError(_) => "it ends too soon".into(),
-        ParseError::DecodeError(what) | ParseError::Unsupported(what) => (*what).to_owned(),
-        ParseError::SeekError(_) => "it cannot be read through".into(),
-        ParseError::LimitError(what) => format!("a limit was hit: {what}"),
-        ParseError::ResetRequired => "its stream changes midway".into(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use bytes::Bytes;
+
+    use super::{analysis::analyse, *};
+
+    const BUDGET: Duration = ANALYSED_AUDIO;
 
     #[test]
     fn magic_bytes_and_content_types_agree_per_format() {
@@ -290,10 +209,14 @@ mod tests {
 
     #[test]
     fn real_audio_parses_with_its_duration() {
-        let wav = probe(Format::Wav, wav(1_500)).unwrap();
-        assert!((wav.as_secs_f64() - 1.5).abs() < 0.01, "{wav:?}");
-        let mp3 = probe(Format::Mp3, mp3(40)).unwrap();
-        assert!((mp3.as_secs_f64() - 1.045).abs() < 0.03, "{mp3:?}");
+        let wav = analyse(Format::Wav, wav(1_500), BUDGET)
+            .unwrap()
+            .duration_seconds;
+        assert!((wav - 1.5).abs() < 0.01, "{wav:?}");
+        let mp3 = analyse(Format::Mp3, mp3(40), BUDGET)
+            .unwrap()
+            .duration_seconds;
+        assert!((mp3 - 1.045).abs() < 0.03, "{mp3:?}");
     }
 
     #[test]
@@ -314,7 +237,7 @@ mod tests {
         for (format, data) in cases {
             let mut data = data.to_vec();
             data.extend(std::iter::repeat_n(b'x', 600));
-            let why = probe(format, data.into()).unwrap_err();
+            let why = analyse(format, data.into(), BUDGET).unwrap_err();
             assert!(!why.is_empty(), "{format:?}");
         }
     }

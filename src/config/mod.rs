@@ -23,9 +23,11 @@ use secrecy::SecretString;
 use uuid::Uuid;
 
 mod auth;
+mod intake;
 mod provider;
 
 pub use auth::{AuthArgs, DEV_SECRET_FILE};
+pub use intake::IntakeArgs;
 pub use provider::{ProviderArgs, ProviderConfig, ProviderKind};
 
 use crate::{
@@ -438,6 +440,9 @@ pub struct ServeArgs {
     /// The voice provider.
     #[command(flatten)]
     pub provider: ProviderArgs,
+    /// What a create must bring and how its samples are judged.
+    #[command(flatten)]
+    pub intake: IntakeArgs,
 }
 
 /// The database flags (`serve` and `migrate`).
@@ -596,6 +601,10 @@ pub struct Config {
     pub provider: ProviderConfig,
     /// How uploaded samples are parsed: in a bounded child process.
     pub audio_check: audio::CheckerConfig,
+    /// A create without a consent is refused.
+    pub require_consent: bool,
+    /// What the sample quality report judges against.
+    pub sample_quality: audio::QualityThresholds,
 }
 
 impl ServeArgs {
@@ -685,24 +694,7 @@ impl ServeArgs {
         let claim_lease = self.claim_lease();
         let provider = self.provider.into_config()?;
         let auth = self.auth.into_config(Path::new("."))?;
-        if auth.development && matches!(provider, ProviderConfig::ElevenLabs(_)) {
-            bail!(
-                "VOICEHUB_JWT_SECRET must be set with the ElevenLabs provider: a generated \
-                 development secret is only for the simulated provider"
-            );
-        }
-        if let ProviderConfig::ElevenLabs(elevenlabs) = &provider {
-            // A create may take its retry budget plus one last attempt; an
-            // adoption before then could fail a voice whose create still runs.
-            let longest = elevenlabs.timeout + elevenlabs.retry.budget;
-            if self.sync_adopt_after <= longest {
-                bail!(
-                    "VOICEHUB_SYNC_ADOPT_AFTER ({}) must exceed the longest create, ELEVENLABS_TIMEOUT + ELEVENLABS_RETRY_BUDGET ({})",
-                    humantime::format_duration(self.sync_adopt_after),
-                    humantime::format_duration(longest)
-                );
-            }
-        }
+        check_provider(&provider, &auth, self.sync_adopt_after)?;
         Ok(Config {
             listen: self.listen,
             metrics_listen: self.metrics_listen,
@@ -781,8 +773,37 @@ impl ServeArgs {
                 program: own_executable()?,
                 wall: audio::WALL_BOUND,
             },
+            require_consent: self.intake.require_consent,
+            sample_quality: self.intake.thresholds()?,
         })
     }
+}
+
+/// Provider settings that do not fit the rest, named by their variables.
+fn check_provider(
+    provider: &ProviderConfig,
+    auth: &AuthConfig,
+    adopt_after: Duration,
+) -> anyhow::Result<()> {
+    if auth.development && matches!(provider, ProviderConfig::ElevenLabs(_)) {
+        bail!(
+            "VOICEHUB_JWT_SECRET must be set with the ElevenLabs provider: a generated \
+             development secret is only for the simulated provider"
+        );
+    }
+    if let ProviderConfig::ElevenLabs(elevenlabs) = &provider {
+        // A create may take its retry budget plus one last attempt; an
+        // adoption before then could fail a voice whose create still runs.
+        let longest = elevenlabs.timeout + elevenlabs.retry.budget;
+        if adopt_after <= longest {
+            bail!(
+                "VOICEHUB_SYNC_ADOPT_AFTER ({}) must exceed the longest create, ELEVENLABS_TIMEOUT + ELEVENLABS_RETRY_BUDGET ({})",
+                humantime::format_duration(adopt_after),
+                humantime::format_duration(longest)
+            );
+        }
+    }
+    Ok(())
 }
 
 impl DatabaseArgs {

@@ -4,7 +4,8 @@
 //! - `VOICEHUB_MAX_CONCURRENT_RPCS`: unary calls in progress (streams, which
 //!   may stay open for hours, have their own limits in `watch.rs`; health
 //!   checks are never refused);
-//! - `VOICEHUB_MAX_CONCURRENT_UPLOADS`: CreateVoiceClone calls in progress.
+//! - `VOICEHUB_MAX_CONCURRENT_UPLOADS`: CreateVoiceClone and AnalyzeSamples
+//!   calls in progress (both carry samples).
 //!   Each holds up to 50 MiB of samples, so the refusal comes before the
 //!   request's body is read.
 //! - `…_PER_USER` of both: one user's share, taken before a place among all,
@@ -16,7 +17,7 @@
 //!   DEADLINE_EXCEEDED and gives its places back: a trickled body cannot
 //!   hold them.
 //!
-//! - request size: every call but CreateVoiceClone (whose samples have
+//! - request size: every call but the uploads (whose samples have
 //!   their own limits) carries at most [`MAX_SMALL_REQUEST_BYTES`] of
 //!   request body; the call ends with OUT_OF_RANGE as soon as more arrives,
 //!   before the rest is buffered (every field of those requests is far
@@ -56,8 +57,11 @@ use crate::{
     metrics::{LimitLabel, Metrics},
 };
 
-/// The path of the call that uploads samples.
-const CREATE: &str = "/voicehub.v1.VoiceService/CreateVoiceClone";
+/// The paths of the calls that upload samples.
+const UPLOADS: [&str; 2] = [
+    "/voicehub.v1.VoiceService/CreateVoiceClone",
+    "/voicehub.v1.VoiceService/AnalyzeSamples",
+];
 
 /// The health service's paths.
 const HEALTH: &str = "/grpc.health.v1.Health/";
@@ -357,7 +361,7 @@ impl LimitLayer {
                 limits.uploads.0,
                 &metrics.uploads_in_flight,
                 &refused("concurrent_uploads"),
-                "this server is at its limit of CreateVoiceClone uploads in progress; retry with backoff",
+                "this server is at its limit of uploads (CreateVoiceClone, AnalyzeSamples) in progress; retry with backoff",
             ),
             calls_per_user: PerUser::new(
                 limits.calls.1,
@@ -367,7 +371,7 @@ impl LimitLayer {
             uploads_per_user: PerUser::new(
                 limits.uploads.1,
                 &refused("concurrent_uploads_per_user"),
-                "CreateVoiceClone uploads",
+                "uploads (CreateVoiceClone, AnalyzeSamples)",
             ),
             arrival: limits.arrival,
         }
@@ -415,7 +419,7 @@ where
         // Health must answer when the server is busiest, or load balancers
         // would take a loaded replica for a dead one.
         let health = path.starts_with(HEALTH);
-        let (unary, upload) = (!streaming && !health, path == CREATE);
+        let (unary, upload) = (!streaming && !health, UPLOADS.contains(&path));
         let limits = &self.limits;
         let shares = [
             limits.calls_per_user.as_ref().filter(|_| unary),

@@ -7,6 +7,7 @@
 //! read or one write-path operation, and converts the answer. Every failure
 //! is an [`Error`] turned into a `Status` in one place (`error.rs`).
 
+mod intake;
 mod limits;
 mod methods;
 mod observe;
@@ -48,7 +49,21 @@ pub(crate) struct VoiceApi {
     watches: Arc<Watches>,
     /// Ends every watch stream (with UNAVAILABLE) when the server stops.
     shutdown: CancellationToken,
+    /// What a create must bring besides its samples.
+    intake: IntakePolicy,
 }
+
+/// What CreateVoiceClone requires and reports besides the audio check.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct IntakePolicy {
+    /// A create without a consent is INVALID_ARGUMENT.
+    pub(crate) require_consent: bool,
+    /// What the sample quality report judges against.
+    pub(crate) quality: audio::QualityThresholds,
+}
+
+/// The most bytes of a caller's `user-agent` recorded.
+const MAX_USER_AGENT_BYTES: usize = 512;
 
 /// The service as mounted on the server: every call passes the authenticator first.
 pub(crate) type AuthenticatedVoiceService =
@@ -65,6 +80,7 @@ impl VoiceApi {
         hub: Arc<Hub>,
         watches: Arc<Watches>,
         shutdown: CancellationToken,
+        intake: IntakePolicy,
     ) -> Self {
         VoiceApi {
             store,
@@ -73,6 +89,7 @@ impl VoiceApi {
             hub,
             watches,
             shutdown,
+            intake,
         }
     }
 
@@ -89,9 +106,56 @@ impl VoiceApi {
         request: Request<pb::CreateVoiceCloneRequest>,
     ) -> Result<pb::Voice, Error> {
         let user = caller(&request)?;
-        let (new, samples) = validate::create_request(request.into_inner())?;
-        validate::audio_verdicts(&samples, self.audio.check(&samples).await)?;
-        Ok(self.writes.create(user.0, new).await?.into())
+        let caller_address =
+            crate::connections::peer_of(request.extensions()).map(|a| a.to_string());
+        let user_agent = request
+            .metadata()
+            .get("user-agent")
+            .map(|v| String::from_utf8_lossy(v.as_bytes()))
+            .map(|v| truncated(&v, MAX_USER_AGENT_BYTES).to_owned());
+        let (mut new, samples) =
+            validate::create_request(request.into_inner(), self.intake.require_consent)?;
+        let filenames = new.samples.iter().map(|s| s.filename.clone()).collect();
+        let report = self.report(filenames, &samples).await?;
+        if let Some(refusal) = report.refusal() {
+            return Err(Error::invalid("samples", refusal.message.clone()));
+        }
+        new.intake.report = Some(report);
+        new.intake.caller_address = caller_address;
+        new.intake.user_agent = user_agent;
+        let answer = self.writes.create(user.0, new).await?;
+        let intake = match answer.intake {
+            Some(intake) => Some(intake),
+            // A repeated request_id: the first call's record stands.
+            None => self.store.intake(answer.voice.id).await?,
+        };
+        let voice = pb::Voice::from(answer.voice);
+        Ok(match intake {
+            Some(intake) => intake::with_intake(voice, &intake),
+            None => voice,
+        })
+    }
+
+    /// The quality report on `samples`, after the audio check.
+    async fn report(
+        &self,
+        filenames: Vec<String>,
+        samples: &[audio::Sample],
+    ) -> Result<audio::Report, Error> {
+        let figures = validate::audio_verdicts(samples, self.audio.check(samples).await)?;
+        Ok(audio::judge(filenames, figures, &self.intake.quality))
+    }
+
+    async fn analyze(
+        &self,
+        request: Request<pb::AnalyzeSamplesRequest>,
+    ) -> Result<pb::AnalyzeSamplesResponse, Error> {
+        caller(&request)?;
+        let (filenames, samples) = validate::analyze_request(request.into_inner())?;
+        let report = self.report(filenames, &samples).await?;
+        Ok(pb::AnalyzeSamplesResponse {
+            report: Some((&report).into()),
+        })
     }
 
     async fn update(&self, request: Request<pb::UpdateVoiceRequest>) -> Result<pb::Voice, Error> {
@@ -113,8 +177,22 @@ impl VoiceApi {
     async fn get(&self, request: Request<pb::GetVoiceRequest>) -> Result<pb::Voice, Error> {
         let user = caller(&request)?;
         let id = validate::voice_id("voice_id", &request.get_ref().voice_id)?;
-        let voice = self.store.get_visible(user.0, id).await?;
-        voice.map(Into::into).ok_or(Error::NotFound("voice"))
+        let voice = self
+            .store
+            .get_visible(user.0, id)
+            .await?
+            .ok_or(Error::NotFound("voice"))?;
+        // The consent and the report are the owner's to read.
+        let intake = if voice.owner_user_id == user.0 {
+            self.store.intake(id).await?
+        } else {
+            None
+        };
+        let voice = pb::Voice::from(voice);
+        Ok(match intake {
+            Some(intake) => intake::with_intake(voice, &intake),
+            None => voice,
+        })
     }
 
     async fn list(
@@ -194,4 +272,20 @@ impl pb::voice_service_server::VoiceService for VoiceApi {
     ) -> Result<Response<Self::WatchVoiceStatusStream>, Status> {
         Ok(Response::new(self.watch(request).await?))
     }
+
+    async fn analyze_samples(
+        &self,
+        request: Request<pb::AnalyzeSamplesRequest>,
+    ) -> Result<Response<pb::AnalyzeSamplesResponse>, Status> {
+        Ok(Response::new(self.analyze(request).await?))
+    }
+}
+
+/// `value` cut to at most `max` bytes, at a character boundary.
+fn truncated(value: &str, max: usize) -> &str {
+    let mut end = value.len().min(max);
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    &value[..end]
 }

@@ -32,7 +32,7 @@ use crate::{
     pb,
     provider::{AudioFile, RESERVED_LABELS},
     store::{ListQuery, Scope, Visibility, VoiceStatus},
-    write_path::{NewVoice, VoicePatch},
+    write_path::{AttestedConsent, NewIntake, NewVoice, Statement, VoicePatch},
 };
 
 pub(crate) const MAX_NAME_CHARS: usize = 100;
@@ -167,6 +167,7 @@ pub(crate) fn watch_request(request: pb::WatchVoiceStatusRequest) -> Result<Vec<
 /// [`audio_verdicts`].
 pub(crate) fn create_request(
     request: pb::CreateVoiceCloneRequest,
+    require_consent: bool,
 ) -> Result<(NewVoice, Vec<audio::Sample>), Error> {
     let pb::CreateVoiceCloneRequest {
         name,
@@ -178,8 +179,19 @@ pub(crate) fn create_request(
         gender,
         request_id,
         remove_background_noise,
+        consent,
     } = request;
     let (samples, to_check) = self::samples(samples)?;
+    let consent = match consent {
+        Some(consent) => Some(self::consent(consent)?),
+        None if require_consent => {
+            return Err(Error::invalid(
+                "consent",
+                "is required: the speaker's name, the basis and the statement the user confirmed",
+            ));
+        }
+        None => None,
+    };
     let new = NewVoice {
         name: self::name("name", &name)?,
         description: self::description("description", &description)?,
@@ -199,8 +211,118 @@ pub(crate) fn create_request(
         request_id: self::request_id(&request_id)?,
         samples,
         remove_background_noise,
+        intake: NewIntake {
+            consent,
+            ..NewIntake::default()
+        },
     };
     Ok((new, to_check))
+}
+
+/// The most characters of a consent's speaker name.
+const MAX_SPEAKER_NAME_CHARS: usize = 200;
+/// The most characters of a consent statement's text.
+const MAX_STATEMENT_CHARS: usize = 4000;
+
+/// # Errors
+/// INVALID_ARGUMENT naming the first bad field of `consent`.
+fn consent(consent: pb::Consent) -> Result<AttestedConsent, Error> {
+    let speaker_name = text(
+        "consent.speaker_name",
+        &consent.speaker_name,
+        MAX_SPEAKER_NAME_CHARS,
+    )?;
+    let basis = pb::ConsentBasis::try_from(consent.basis)
+        .ok()
+        .and_then(|basis| pb::CONSENT_BASES.iter().find(|(b, _)| *b == basis))
+        .map(|(_, name)| *name)
+        .ok_or_else(|| {
+            Error::invalid(
+                "consent.basis",
+                "is required: SPEAKER_IS_CALLER, SPEAKER_PERMISSION or LICENSED",
+            )
+        })?;
+    let statement = match consent.statement {
+        Some(pb::consent::Statement::StatementText(value)) => {
+            Statement::Text(text("consent.statement_text", &value, MAX_STATEMENT_CHARS)?)
+        }
+        Some(pb::consent::Statement::StatementRef(reference)) => Statement::Published {
+            id: token("consent.statement_ref.id", &reference.id, 100)?,
+            version: token("consent.statement_ref.version", &reference.version, 50)?,
+        },
+        None => {
+            return Err(Error::invalid(
+                "consent.statement",
+                "is required: statement_text or statement_ref",
+            ));
+        }
+    };
+    let evidence = consent.evidence_sha256.trim().to_ascii_lowercase();
+    let evidence_sha256 = if evidence.is_empty() {
+        None
+    } else if evidence.len() == 64 && evidence.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Some(evidence)
+    } else {
+        return Err(Error::invalid(
+            "consent.evidence_sha256",
+            "must be a SHA-256: 64 hexadecimal digits",
+        ));
+    };
+    if consent.recorded_at.is_some() {
+        return Err(Error::invalid(
+            "consent.recorded_at",
+            "is output only: voicehub sets it",
+        ));
+    }
+    Ok(AttestedConsent {
+        speaker_name,
+        basis,
+        statement,
+        evidence_sha256,
+    })
+}
+
+/// Free text of 1 to `max` characters after trimming, no control characters.
+fn text(field: &'static str, value: &str, max: usize) -> Result<String, Error> {
+    let trimmed = value.trim();
+    let chars = trimmed.chars().count();
+    if chars == 0 || chars > max {
+        return Err(Error::invalid(
+            field,
+            format!("must be 1 to {max} characters"),
+        ));
+    }
+    if trimmed.chars().any(|c| c.is_control() && c != '\n') {
+        return Err(Error::invalid(field, "must not hold control characters"));
+    }
+    Ok(trimmed.to_owned())
+}
+
+/// 1 to `max` of `[A-Za-z0-9._-]`.
+fn token(field: &'static str, value: &str, max: usize) -> Result<String, Error> {
+    let ok = (1..=max).contains(&value.len())
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(value.to_owned())
+    } else {
+        Err(Error::invalid(
+            field,
+            format!("must be 1 to {max} of A-Z, a-z, 0-9, '.', '_' and '-'"),
+        ))
+    }
+}
+
+/// # Errors
+/// INVALID_ARGUMENT naming the first bad sample field.
+/// The samples of an AnalyzeSamples request: their filenames, and the
+/// samples as handed to the check.
+pub(crate) fn analyze_request(
+    request: pb::AnalyzeSamplesRequest,
+) -> Result<(Vec<String>, Vec<audio::Sample>), Error> {
+    let (files, samples) = samples(request.samples)?;
+    Ok((files.into_iter().map(|f| f.filename).collect(), samples))
 }
 
 /// The audio check's answer for `samples`, as the caller should hear it.
@@ -211,10 +333,10 @@ pub(crate) fn create_request(
 /// could not run.
 pub(crate) fn audio_verdicts(
     samples: &[audio::Sample],
-    verdicts: Result<Vec<std::time::Duration>, CheckError>,
-) -> Result<(), Error> {
+    verdicts: Result<Vec<audio::Figures>, CheckError>,
+) -> Result<Vec<audio::Figures>, Error> {
     let field = |i: usize| format!("samples[{i}].data");
-    let durations = verdicts.map_err(|e| match e {
+    let figures = verdicts.map_err(|e| match e {
         CheckError::Refused { index, why } => Error::invalid(
             field(index),
             format!("is not {} audio: {why}", samples[index].format.name()),
@@ -224,7 +346,8 @@ pub(crate) fn audio_verdicts(
             detail,
         },
     })?;
-    for (i, duration) in durations.into_iter().enumerate() {
+    for (i, figures) in figures.iter().enumerate() {
+        let duration = std::time::Duration::from_secs_f64(figures.duration_seconds);
         if duration < MIN_SAMPLE_DURATION {
             return Err(Error::invalid(
                 field(i),
@@ -236,7 +359,7 @@ pub(crate) fn audio_verdicts(
             ));
         }
     }
-    Ok(())
+    Ok(figures)
 }
 
 /// The update paths UpdateVoice accepts.

@@ -48,6 +48,7 @@ use secrecy::{ExposeSecret, SecretString};
 
 pub use entity::voice::{Labels, Model as Voice, Visibility, VoiceStatus};
 pub use entity::voice_event::Model as StoredEvent;
+pub use entity::voice_intake::Model as Intake;
 pub use entity::webhook_endpoint::Model as WebhookEndpoint;
 pub use outbox::{Change, EventEncoder};
 pub(crate) use outbox::{EventNotifications, Notified, Pending};
@@ -346,6 +347,7 @@ pub(crate) fn test_voice(owner: uuid::Uuid, visibility: Visibility, status: Voic
         push_pending: false,
         push_lease_until: None,
         provider_missing_since: None,
+        consent_recorded: false,
         create_lease_until: None,
     }
 }

@@ -9,8 +9,11 @@ use sea_orm::{
 use uuid::Uuid;
 
 use super::{
-    Store,
-    entity::voice::{Column, Entity, Model as Voice, Visibility, VoiceStatus},
+    Intake, Store,
+    entity::{
+        voice::{Column, Entity, Model as Voice, Visibility, VoiceStatus},
+        voice_intake,
+    },
     visibility::visible_to,
 };
 
@@ -81,6 +84,16 @@ impl Store {
                 .await
         })
         .await
+    }
+
+    /// The intake record of voice `id` (its consent and sample report),
+    /// whatever became of the voice.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub(crate) async fn intake(&self, id: Uuid) -> Result<Option<Intake>, DbErr> {
+        self.bounded(async { voice_intake::Entity::find_by_id(id).one(&self.db).await })
+            .await
     }
 
     /// The voices among `ids` that `caller` may see (never DELETED), in one query.

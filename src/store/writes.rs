@@ -16,7 +16,7 @@ use sea_orm::{
 use uuid::Uuid;
 
 use super::{
-    Change, OwnerLock, Store,
+    Change, Intake, OwnerLock, Store,
     entity::{
         provider_orphan,
         voice::{Column, Entity, Labels, Model as Voice, VoiceStatus},
@@ -42,7 +42,12 @@ impl Store {
     ///
     /// # Errors
     /// A database failure.
-    pub(crate) async fn reserve(&self, voice: Voice, max: u64) -> Result<Reservation, DbErr> {
+    pub(crate) async fn reserve(
+        &self,
+        voice: Voice,
+        intake: Intake,
+        max: u64,
+    ) -> Result<Reservation, DbErr> {
         self.bounded(async {
             let (owner, request_id) = (voice.owner_user_id, voice.request_id.clone());
             let txn = self.begin_for_owner(owner, OwnerLock::Voices).await?;
@@ -56,6 +61,8 @@ impl Store {
             }
             match voice.into_active_model().insert(&txn).await {
                 Ok(voice) => {
+                    // With the voice or not at all: the audit trail has no gaps.
+                    intake.into_active_model().insert(&txn).await?;
                     txn.commit().await?;
                     self.count_transition(&voice);
                     Ok(Reservation::Reserved(voice))

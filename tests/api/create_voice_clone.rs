@@ -5,7 +5,8 @@ use voicehub::pb::{self, AudioSample, CreateVoiceCloneRequest, ListUserVoicesReq
 use crate::{
     fake_elevenlabs::{API_KEY, FakeVoice, Fault, Report, Route},
     helpers::{
-        Backend, TestApp, create_request, create_voice, get_voice, mp3, spawn_app_with_fake, wav,
+        Backend, TestApp, basic, create_request, create_voice, get_voice, mp3, spawn_app_with_fake,
+        wav,
     },
     on_both_backends,
 };
@@ -37,7 +38,8 @@ async fn create_then_get_and_list_show_the_processing_voice(backend: Backend) {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(listed.voices, vec![voice.clone()]);
+    // A listing carries the consent flag, not the owner's intake record.
+    assert_eq!(listed.voices, vec![basic(voice.clone())]);
 
     // What ElevenLabs received: one multipart POST /v1/voices/add, as its API expects.
     let requests = fake.requests();

@@ -20,7 +20,7 @@ use crate::{
     fake_elevenlabs::{Fault, Report, Route},
     helpers::{
         Backend, Client, create_request, create_voice, elevenlabs, next, serving_status,
-        spawn_app_with, spawn_app_with_fake, voice, watch,
+        spawn_app_with, spawn_app_with_fake, voice, wait_for, watch,
     },
     pg_server::PgServer,
     redis_server::RedisServer,
@@ -298,6 +298,9 @@ async fn a_clone_storage_does_not_answer_for_is_kept_and_adopted_never_deleted()
         created.provider_voice_id
     );
     assert_eq!(created.status(), pb::VoiceStatus::Processing);
+    // The answer may leave before the provider's (slow) clone does: the
+    // clone runs on, detached from the call.
+    wait_for(Duration::from_secs(10), || fake.voice_count() == 1).await;
     assert_eq!(fake.voice_count(), 1, "the provider voice is kept");
     assert_eq!(fake.calls(Route::Delete), 0);
 

@@ -47,6 +47,10 @@ async fn owner_gets_every_field_of_their_private_voice(backend: Backend) {
         updated_at: Some(timestamp(stored.updated_at)),
         completed_at: Some(timestamp(stored.created_at)),
         revision: 1,
+        // Seeded as a voice from before intake records: none to show.
+        consent: None,
+        consent_recorded: false,
+        sample_report: None,
     };
     assert_eq!(voice, expected);
 }

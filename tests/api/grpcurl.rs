@@ -11,8 +11,27 @@ use voicehub::store::{self, Visibility, VoiceStatus};
 
 use crate::{
     fake_elevenlabs::{API_KEY, FakeElevenLabs, Route},
-    helpers::{JWT_SECRET, Server, insert, serve, voice, voicehub},
+    helpers::{JWT_SECRET, Server, insert, serve, speech, voice, voicehub, wav_of},
 };
+
+/// As in the README: speech from espeak-ng, enough for the default minimum.
+fn readme_speech() -> Vec<u8> {
+    let (speech, rate) = speech(
+        "Hello, this is my voice. I am reading a few sentences aloud, at an even pace, so that \
+         a clone can learn how I sound. The weather is mild today, and the trains run on time. \
+         I like long walks by the river, and I read the news every morning.",
+    );
+    wav_of(&speech, rate)
+}
+
+/// A consent as a grpcurl user writes it (the README's walk has the same).
+static CONSENT: std::sync::LazyLock<serde_json::Value> = std::sync::LazyLock::new(|| {
+    serde_json::json!({
+        "speaker_name": "Ada Lovelace",
+        "basis": "CONSENT_BASIS_SPEAKER_IS_CALLER",
+        "statement_text": "I am the speaker, and I agree to the cloning of my voice.",
+    })
+});
 
 fn grpcurl(args: &[&str]) -> Output {
     let program = std::env::var("VOICEHUB_GRPCURL").unwrap_or_else(|_| "grpcurl".into());
@@ -199,16 +218,26 @@ fn token(dir: &Path, user: Uuid, secret: Option<&str>) -> String {
     format!("authorization: Bearer {}", stdout_of(&out).trim())
 }
 
+/// Calls `method` with `body` on standard input (`-d @`, as the README
+/// does: a sample's base64 is too long for an argument).
 fn call(addr: &str, auth: &str, method: &str, body: &str) -> serde_json::Value {
-    let out = grpcurl(&[
-        "-plaintext",
-        "-H",
-        auth,
-        "-d",
-        body,
-        addr,
-        &format!("voicehub.v1.VoiceService/{method}"),
-    ]);
+    use std::io::Write;
+    let program = std::env::var("VOICEHUB_GRPCURL").unwrap_or_else(|_| "grpcurl".into());
+    let mut child = Command::new(&program)
+        .args(["-plaintext", "-H", auth, "-d", "@", addr])
+        .arg(format!("voicehub.v1.VoiceService/{method}"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run grpcurl ({program}): {e}"));
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
     serde_json::from_str(&stdout_of(&out)).unwrap()
 }
 
@@ -217,7 +246,7 @@ fn call(addr: &str, auth: &str, method: &str, body: &str) -> serde_json::Value {
 fn write_path_through_grpcurl(dir: &Path, addr: &str, secret: Option<&str>) -> String {
     use base64::Engine;
     let auth = token(dir, Uuid::new_v4(), secret);
-    let wav = base64::engine::general_purpose::STANDARD.encode(crate::helpers::wav(1_000));
+    let wav = base64::engine::general_purpose::STANDARD.encode(readme_speech());
     let create = serde_json::json!({
         "name": "Narrator",
         "description": "made with grpcurl",
@@ -225,10 +254,20 @@ fn write_path_through_grpcurl(dir: &Path, addr: &str, secret: Option<&str>) -> S
         "labels": {"accent": "british"},
         "language": "en",
         "request_id": "e2e-create-1",
+        "consent": CONSENT.clone(),
     });
     let created = call(addr, &auth, "CreateVoiceClone", &create.to_string());
     println!("grpcurl CreateVoiceClone:\n{created:#}");
     assert_eq!(created["status"], "VOICE_STATUS_PROCESSING", "{created}");
+    assert_eq!(created["consentRecorded"], true, "{created}");
+    assert_eq!(
+        created["consent"]["speakerName"], "Ada Lovelace",
+        "{created}"
+    );
+    let speech_seconds = created["sampleReport"]["totalSpeechSeconds"]
+        .as_f64()
+        .unwrap();
+    assert!(speech_seconds >= 10.0, "{created}");
     let voice_id = created["voiceId"].as_str().unwrap().to_owned();
     let provider_voice_id = created["providerVoiceId"].as_str().unwrap().to_owned();
     assert!(!provider_voice_id.is_empty());
@@ -276,10 +315,11 @@ fn write_path_through_grpcurl(dir: &Path, addr: &str, secret: Option<&str>) -> S
 fn watch_through_grpcurl(dir: &Path, addr: &str) {
     use base64::Engine;
     let auth = token(dir, Uuid::new_v4(), None);
-    let wav = base64::engine::general_purpose::STANDARD.encode(crate::helpers::wav(1_000));
+    let wav = base64::engine::general_purpose::STANDARD.encode(readme_speech());
     let create = serde_json::json!({
         "name": "Watched",
         "samples": [{"filename": "hello.wav", "content_type": "audio/wav", "data": wav}],
+        "consent": CONSENT.clone(),
     });
     let created = call(addr, &auth, "CreateVoiceClone", &create.to_string());
     let voice_id = created["voiceId"].as_str().unwrap();
@@ -327,7 +367,14 @@ fn watch_through_grpcurl(dir: &Path, addr: &str) {
 async fn grpcurl_creates_updates_and_deletes_a_voice_with_the_simulated_provider() {
     let dir = tempfile::tempdir().unwrap();
     // Long enough for the watch to open before the clone is ready.
-    let server = serve(dir.path(), &[("VOICEHUB_SIMULATED_READY_AFTER", "2s")]);
+    // The README's settings: the default speech minimum included.
+    let server = serve(
+        dir.path(),
+        &[
+            ("VOICEHUB_SIMULATED_READY_AFTER", "2s"),
+            ("VOICEHUB_MIN_SPEECH_SECONDS", "10"),
+        ],
+    );
     write_path_through_grpcurl(dir.path(), &server.addr, None);
     watch_through_grpcurl(dir.path(), &server.addr);
     let logs = server.logs.lock().unwrap().join("\n");

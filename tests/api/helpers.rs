@@ -25,7 +25,7 @@ use voicehub::{
     config::{Config, Limits, ProviderConfig},
     metrics::Metrics,
     pb::{
-        self, CreateVoiceCloneRequest, VoiceStatusEvent, WatchVoiceStatusRequest,
+        self, Consent, CreateVoiceCloneRequest, VoiceStatusEvent, WatchVoiceStatusRequest,
         voice_service_client::VoiceServiceClient, webhook_service_client::WebhookServiceClient,
     },
     status_engine::{EngineConfig, Sweeper, Worker},
@@ -242,6 +242,13 @@ pub(crate) fn test_config(backend: Backend, db: &TestDatabase) -> Config {
             program: BIN.into(),
             wall: voicehub::audio::WALL_BOUND,
         },
+        require_consent: true,
+        // The tests' samples are short tones (fast to check); the tests of
+        // the speech minimum set it back.
+        sample_quality: voicehub::audio::QualityThresholds {
+            min_speech_seconds: 0.0,
+            ..voicehub::audio::QualityThresholds::DEFAULT
+        },
     }
 }
 
@@ -441,6 +448,56 @@ pub(crate) fn mp3() -> Vec<u8> {
     out
 }
 
+/// Speech: `text` read by espeak-ng (22,050 Hz mono), as samples in −1..1.
+pub(crate) fn speech(text: &str) -> (Vec<f32>, u32) {
+    let program = std::env::var("VOICEHUB_ESPEAK").unwrap_or_else(|_| "espeak-ng".into());
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("speech.wav");
+    let status = Command::new(&program)
+        .arg("-w")
+        .arg(&path)
+        .arg(text)
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run espeak-ng ({program}): {e}; run scripts/test"));
+    assert!(status.success(), "espeak-ng failed");
+    let mut reader = hound::WavReader::open(&path).unwrap();
+    let rate = reader.spec().sample_rate;
+    let samples = reader
+        .samples::<i16>()
+        .map(|s| f32::from(s.unwrap()) / 32_768.0)
+        .collect();
+    (samples, rate)
+}
+
+/// A 16-bit mono WAV of `samples` (−1..1, clipped beyond) at `rate`.
+pub(crate) fn wav_of(samples: &[f32], rate: u32) -> Vec<u8> {
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: rate,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut out = std::io::Cursor::new(Vec::new());
+    let mut writer = hound::WavWriter::new(&mut out, spec).unwrap();
+    for v in samples {
+        #[allow(clippy::cast_possible_truncation)]
+        writer
+            .write_sample((v.clamp(-1.0, 1.0) * 32_767.0).round() as i16)
+            .unwrap();
+    }
+    writer.finalize().unwrap();
+    out.into_inner()
+}
+
+/// A WAV sample for a request.
+pub(crate) fn sample(filename: &str, data: Vec<u8>) -> pb::AudioSample {
+    pb::AudioSample {
+        filename: filename.into(),
+        content_type: "audio/wav".into(),
+        data: data.into(),
+    }
+}
+
 /// A valid request with one WAV and one MP3 sample.
 pub(crate) fn create_request(name: &str) -> CreateVoiceCloneRequest {
     use voicehub::pb::{AudioSample, Visibility};
@@ -465,6 +522,31 @@ pub(crate) fn create_request(name: &str) -> CreateVoiceCloneRequest {
         gender: "female".into(),
         request_id: String::new(),
         remove_background_noise: true,
+        consent: Some(consent()),
+    }
+}
+
+/// `voice` as listings, updates and events carry it: without the owner's
+/// intake record (consent and sample report), which only CreateVoiceClone
+/// and GetVoice return.
+pub(crate) fn basic(mut voice: pb::Voice) -> pb::Voice {
+    voice.consent = None;
+    voice.sample_report = None;
+    voice
+}
+
+/// A complete consent: the caller is the speaker, confirming a published statement.
+pub(crate) fn consent() -> Consent {
+    use voicehub::pb::{ConsentBasis, ConsentStatementRef, consent::Statement};
+    Consent {
+        speaker_name: "Ada Lovelace".into(),
+        basis: ConsentBasis::SpeakerIsCaller.into(),
+        statement: Some(Statement::StatementRef(ConsentStatementRef {
+            id: "voice-clone-consent".into(),
+            version: "2026-12".into(),
+        })),
+        evidence_sha256: String::new(),
+        recorded_at: None,
     }
 }
 
@@ -661,6 +743,9 @@ pub(crate) fn serve(dir: &Path, env: &[(&str, &str)]) -> Server {
         .arg("serve")
         .env("VOICEHUB_LISTEN", "127.0.0.1:0")
         .env("VOICEHUB_LOG_FORMAT", "json")
+        // The tests' samples are short tones (fast to check); the tests of
+        // the speech minimum set it back.
+        .env("VOICEHUB_MIN_SPEECH_SECONDS", "0")
         .envs(env.iter().copied())
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
@@ -841,6 +926,7 @@ pub(crate) fn voice(
         push_pending: false,
         push_lease_until: None,
         provider_missing_since: None,
+        consent_recorded: false,
         create_lease_until: None,
     }
 }

@@ -14,8 +14,8 @@ use uuid::Uuid;
 use voicehub::pb::{AudioSample, CreateVoiceCloneRequest, ListUserVoicesRequest};
 
 use crate::helpers::{
-    BIN, Backend, Client, JWT_SECRET, Server, TestDatabase, assert_invalid_field, create_request,
-    create_voice, serve, spawn_app_with, test_config, wait_for, wav,
+    BIN, Backend, Client, JWT_SECRET, Server, TestDatabase, assert_invalid_field, consent,
+    create_request, create_voice, serve, spawn_app_with, test_config, wait_for, wav,
 };
 
 /// Two seconds of speech in every accepted container (`scripts/audio-fixtures`).
@@ -402,6 +402,7 @@ fn request(name: &str, content_type: &str, data: Vec<u8>) -> CreateVoiceCloneReq
                 data: data.into(),
             },
         ],
+        consent: Some(consent()),
         ..Default::default()
     }
 }

@@ -193,7 +193,7 @@ async fn an_upload_beyond_the_limit_is_refused_before_it_is_read_and_others_stil
         .create_voice_clone(create_request("Second upload"))
         .await
         .unwrap_err();
-    assert_exhausted(&refused, "CreateVoiceClone uploads");
+    assert_exhausted(&refused, "uploads (CreateVoiceClone, AnalyzeSamples)");
     assert_eq!(retry_after(&refused), Duration::from_secs(1));
     let got = app
         .client(user)

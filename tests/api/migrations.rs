@@ -18,7 +18,7 @@ use crate::{
 };
 
 /// How many migrations the schema has.
-const MIGRATIONS: i64 = 9;
+const MIGRATIONS: i64 = 10;
 
 async fn applied_migrations(db: &DatabaseConnection) -> i64 {
     let row = db

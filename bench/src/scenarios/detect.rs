@@ -30,8 +30,8 @@ use serde::Serialize;
 use tonic::{Request, transport::Channel};
 use uuid::Uuid;
 use voicehub::pb::{
-    AudioSample, CreateVoiceCloneRequest, VoiceStatus, WatchVoiceStatusRequest,
-    voice_service_client::VoiceServiceClient,
+    AudioSample, Consent, ConsentBasis, CreateVoiceCloneRequest, VoiceStatus,
+    WatchVoiceStatusRequest, consent, voice_service_client::VoiceServiceClient,
 };
 
 use crate::{
@@ -210,6 +210,14 @@ async fn create_all(channel: &Channel, users: &[Token], voices: usize) -> anyhow
                         content_type: "audio/mpeg".into(),
                         data: mp3().into(),
                     }],
+                    consent: Some(Consent {
+                        speaker_name: "Benchmark speaker".into(),
+                        basis: ConsentBasis::SpeakerIsCaller.into(),
+                        statement: Some(consent::Statement::StatementText(
+                            "I am the speaker and agree to this clone.".into(),
+                        )),
+                        ..Consent::default()
+                    }),
                     ..CreateVoiceCloneRequest::default()
                 });
                 request.metadata_mut().insert("authorization", token);

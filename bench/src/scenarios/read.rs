@@ -258,6 +258,7 @@ pub(crate) fn catalogue_voice(owner: Uuid, i: u64, at: DateTime<Utc>) -> Voice {
         push_pending: false,
         push_lease_until: None,
         provider_missing_since: None,
+        consent_recorded: false,
         create_lease_until: None,
     }
 }

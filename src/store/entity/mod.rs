@@ -4,6 +4,7 @@
 pub mod provider_orphan;
 pub mod voice;
 pub mod voice_event;
+pub mod voice_intake;
 pub mod webhook_attempt;
 pub mod webhook_delivery;
 pub mod webhook_endpoint;

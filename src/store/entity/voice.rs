@@ -77,6 +77,8 @@ pub struct Model {
     /// while the create waits for the provider or runs): before then nobody
     /// else fails the voice. `None` once the provider accepted it.
     pub create_lease_until: Option<DateTimeUtc>,
+    /// A consent was recorded with the voice (in `voice_intakes`).
+    pub consent_recorded: bool,
 }
 
 /// The table has no relations.
