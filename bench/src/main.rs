@@ -48,6 +48,8 @@ enum Scenario {
     Detect(scenarios::detect::DetectArgs),
     /// Memory per open WatchVoiceStatus stream and the latency of a burst of completions.
     Fanout(scenarios::fanout::FanoutArgs),
+    /// CreateVoiceClone's latency and CPU (server and audio check), beside AnalyzeSamples.
+    Create(scenarios::create::CreateArgs),
 }
 
 #[tokio::main]
@@ -65,5 +67,6 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Sync(args) => scenarios::sync::run(&binary, &out, args).await,
         Scenario::Detect(args) => scenarios::detect::run(&binary, &out, args).await,
         Scenario::Fanout(args) => scenarios::fanout::run(&binary, &out, args).await,
+        Scenario::Create(args) => scenarios::create::run(&binary, &out, args).await,
     }
 }

@@ -223,6 +223,17 @@ impl Server {
         cpu_of(self.child.id())
     }
 
+    /// The CPU time (user + system) of its children that have exited: its
+    /// audio checks.
+    pub(crate) fn children_cpu(&self) -> anyhow::Result<Duration> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))?;
+        let after = stat.rsplit_once(')').context("a /proc stat line")?.1;
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        // cutime and cstime are fields 16 and 17 of the line: 14 and 15 after ')'.
+        let ticks: u64 = fields[13].parse::<u64>()? + fields[14].parse::<u64>()?;
+        Ok(Duration::from_micros(ticks * 1_000_000 / clock_ticks()))
+    }
+
     /// The process's resident memory now, in bytes.
     pub(crate) fn rss(&self) -> anyhow::Result<u64> {
         rss_of(self.child.id())

@@ -1,6 +1,7 @@
 //! One module per scenario; each measures voicehub beside a ceiling taken in
 //! the same run, prints a table and writes its JSON and chart.
 
+pub(crate) mod create;
 pub(crate) mod detect;
 pub(crate) mod fanout;
 pub(crate) mod idle;
