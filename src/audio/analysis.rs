@@ -11,7 +11,8 @@
 //! `f32` per 16-ms frame (the frame powers the noise estimate needs); at
 //! most the analysis budget of audio is decoded, the rest is only demuxed
 //! for its duration, and the figures say how much was analysed. Runs only in
-//! the `check-audio` child, under its bounds.
+//! the `check-audio` child, under its bounds. The budget is in seconds of
+//! 48 kHz stereo: more channels or a higher rate get proportionally less.
 //!
 //! Definitions (also in `docs/sample-quality.md`):
 //! - a *frame* is 16 ms of the 16 kHz mono copy (256 samples, the voice
@@ -73,6 +74,10 @@ pub(crate) const MAX_SNR_DB: f64 = 100.0;
 pub(crate) const SAMPLE_RATES: std::ops::RangeInclusive<u32> = 8_000..=192_000;
 /// Packets that must decode for a sample to count as audio.
 const PACKETS_DECODED: usize = 4;
+/// The budget's samples per second of it (all channels): 48 kHz stereo.
+/// A sample of more channels or a higher rate is analysed for less time,
+/// so its cost stays that of the budget in 48 kHz stereo.
+pub(crate) const BUDGET_SAMPLES_PER_SECOND: f64 = 96_000.0;
 /// Frames the resampler takes per call.
 const RESAMPLER_CHUNK: usize = 1_024;
 
@@ -155,9 +160,7 @@ pub(crate) fn analyse(format: Format, data: Bytes, budget: Duration) -> Result<F
         if packet.track_id() != track_id {
             continue;
         }
-        let within_budget = meter
-            .as_ref()
-            .is_none_or(|m| m.analysed() < budget.as_secs_f64());
+        let within_budget = meter.as_ref().is_none_or(|m| m.within(budget));
         if let Some(decoder) = decoder.as_mut().filter(|_| within_budget) {
             match decoder.decode(&packet) {
                 Ok(audio) => {
@@ -248,6 +251,18 @@ pub(super) fn reason(e: &ParseError) -> String {
 }
 
 impl Figures {
+    /// How much of the analysis budget this sample used (see
+    /// [`BUDGET_SAMPLES_PER_SECOND`]).
+    pub(crate) fn budget_used(&self) -> Duration {
+        let samples =
+            self.analysed_seconds * f64::from(self.sample_rate) * f64::from(self.channels);
+        Duration::from_secs_f64(
+            self.analysed_seconds
+                .max(samples / BUDGET_SAMPLES_PER_SECOND)
+                .max(0.0),
+        )
+    }
+
     /// The figures of a sample that was not decoded (Opus).
     fn unanalysed(rate: u32, channels: usize) -> Self {
         Figures {
@@ -334,6 +349,13 @@ impl Meter {
             power_sum: 0.0,
             power_samples: 0,
         })
+    }
+
+    /// Whether less than `budget` has been measured (see [`BUDGET_SAMPLES_PER_SECOND`]).
+    #[allow(clippy::cast_precision_loss)] // exact below 2^53 samples
+    fn within(&self, budget: Duration) -> bool {
+        let seconds = budget.as_secs_f64();
+        self.analysed() < seconds && (self.samples as f64) < seconds * BUDGET_SAMPLES_PER_SECOND
     }
 
     /// Seconds of audio measured so far.
@@ -600,6 +622,30 @@ mod tests {
         assert!(
             cut.analysed_seconds >= 3.0 && cut.analysed_seconds < 3.5,
             "{cut:?}"
+        );
+    }
+
+    #[test]
+    fn a_higher_rate_gets_proportionally_less_of_the_budget() {
+        // 192 kHz mono is two 48 kHz stereo's samples per second: a 3 s
+        // budget covers 1.5 s of it, and uses all 3 s.
+        let mut samples = Vec::new();
+        let rate = 192_000;
+        for i in 0..rate * 4 {
+            #[allow(clippy::cast_precision_loss)]
+            let t = i as f32 / rate as f32;
+            samples.push(0.3 * (2.0 * std::f32::consts::PI * 1_000.0 * t).sin());
+        }
+        let f = analyse(Format::Wav, wav(&samples, rate), Duration::from_secs(3)).unwrap();
+        assert!((f.duration_seconds - 4.0).abs() < 0.01, "{f:?}");
+        assert!(
+            f.analysed_seconds >= 1.5 && f.analysed_seconds < 1.7,
+            "{f:?}"
+        );
+        assert!(
+            f.budget_used() >= Duration::from_secs(3),
+            "{:?}",
+            f.budget_used()
         );
     }
 

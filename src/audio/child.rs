@@ -5,7 +5,8 @@
 //! little-endian `u32` length and that many bytes, until end of input.
 //! Standard output gets one line per sample, in order, written as soon as
 //! it is known: `ok <the sample's figures as JSON>` or `no <why, for the
-//! caller>`. At most [`ANALYSED_AUDIO`] of the samples' audio is analysed,
+//! caller>`. At most [`ANALYSED_AUDIO`] of the samples' audio (of 48 kHz
+//! stereo, proportionally less at more channels or higher rates) is analysed,
 //! in order; the rest is measured for its duration only. Exit status 0 after the last verdict; 2 if the input breaks
 //! the protocol.
 //!
@@ -20,7 +21,6 @@ use std::{
     io::{BufWriter, Read, Write},
     panic::AssertUnwindSafe,
     process::ExitCode,
-    time::Duration,
 };
 
 use bytes::Bytes;
@@ -62,7 +62,7 @@ pub fn main() -> ExitCode {
             .unwrap_or_else(|_| Err("its audio is damaged (the parser failed on it)".into()));
         let written = match verdict {
             Ok(figures) => {
-                budget = budget.saturating_sub(Duration::from_secs_f64(figures.analysed_seconds));
+                budget = budget.saturating_sub(figures.budget_used());
                 serde_json::to_string(&figures)
                     .map_err(std::io::Error::other)
                     .and_then(|json| writeln!(out, "ok {json}"))

@@ -38,9 +38,11 @@ pub(crate) use report::{Report, Severity, Verdict, judge};
 pub const MIN_SAMPLE_DURATION: Duration = Duration::from_secs(1);
 
 /// The most audio one call's samples are analysed for, in order: past it,
-/// a sample is only measured for its duration. Ten minutes is more than
-/// three times what a clone gains from, and its analysis fits the check's
-/// CPU bound with room to spare.
+/// a sample is only measured for its duration. In seconds of 48 kHz
+/// stereo: more channels or a higher rate get proportionally less, so no
+/// format costs more. Ten minutes is more than three times what a clone
+/// gains from, and its analysis fits the check's CPU bound with room to
+/// spare.
 pub const ANALYSED_AUDIO: Duration = Duration::from_mins(10);
 
 /// An accepted audio format.

@@ -1,4 +1,4 @@
-//! The abuse suite: malformed requests across all six RPCs, and one user
+//! The abuse suite: malformed requests across every RPC, and one user
 //! reaching for another's voices with every field that takes a voice id,
 //! and with every kind of bad token. Each case asserts the documented code
 //! (naming the field) and that nothing was written, changed or sent to the
@@ -38,6 +38,7 @@ enum Call {
     Update(UpdateVoiceRequest),
     Delete(DeleteVoiceRequest),
     Watch(WatchVoiceStatusRequest),
+    Analyze(pb::AnalyzeSamplesRequest),
     CreateEndpoint(pb::CreateWebhookEndpointRequest),
     ListEndpoints,
     UpdateEndpoint(pb::UpdateWebhookEndpointRequest),
@@ -86,6 +87,7 @@ impl Call {
             Call::Update(r) => voices.update_voice(r).await.err(),
             Call::Delete(r) => voices.delete_voice(r).await.err(),
             Call::Watch(r) => voices.watch_voice_status(r).await.err(),
+            Call::Analyze(r) => voices.analyze_samples(r).await.err(),
             Call::CreateEndpoint(r) => webhooks.create_webhook_endpoint(r).await.err(),
             Call::ListEndpoints => webhooks
                 .list_webhook_endpoints(pb::ListWebhookEndpointsRequest {})
@@ -412,6 +414,38 @@ fn bad_creates() -> Vec<Case> {
             "65-character request_id",
             create(|r| r.request_id = "r".repeat(65)),
             "request_id",
+        ),
+    ])
+}
+
+/// Malformed AnalyzeSamples requests: its samples are checked as a create's.
+fn bad_analyses() -> Vec<Case> {
+    let analyze = |samples: Vec<AudioSample>| Call::Analyze(pb::AnalyzeSamplesRequest { samples });
+    cases(vec![
+        ("analysis of no samples", analyze(vec![]), "samples"),
+        (
+            "analysis of 26 samples",
+            analyze(vec![sample("a.wav", "audio/wav", wav(1_000)); 26]),
+            "samples",
+        ),
+        (
+            "analysis of a sample labelled MP3 holding a WAV",
+            analyze(vec![sample("a.mp3", "audio/mpeg", wav(1_000))]),
+            "samples[0].content_type",
+        ),
+        (
+            "analysis of a PDF",
+            analyze(vec![sample(
+                "a.wav",
+                "audio/wav",
+                b"%PDF-1.7 not audio".to_vec(),
+            )]),
+            "samples[0].data",
+        ),
+        (
+            "analysis of a sample without a filename",
+            analyze(vec![sample("", "audio/mpeg", mp3())]),
+            "samples[0].filename",
         ),
     ])
 }
@@ -754,9 +788,10 @@ async fn every_malformed_request_is_refused_naming_the_field_and_nothing_is_writ
         bad_lists(&others_token, &tampered),
         bad_updates_and_watches(&mine),
         bad_webhook_calls(&endpoint),
+        bad_analyses(),
     ]
     .concat();
-    assert!(cases.len() >= 87, "{} cases", cases.len());
+    assert!(cases.len() >= 92, "{} cases", cases.len());
     for (case, call, field) in cases {
         let status = call
             .run(&mut client)
@@ -873,6 +908,9 @@ fn a_call_of_every_rpc(private: &str) -> Vec<Call> {
             voice_id: private.to_owned(),
         }),
         watch(vec![private.to_owned()]),
+        Call::Analyze(pb::AnalyzeSamplesRequest {
+            samples: create_request("Forged").samples,
+        }),
         Call::CreateEndpoint(pb::CreateWebhookEndpointRequest {
             url: "https://hooks.example.com/".into(),
             ..Default::default()

@@ -254,6 +254,10 @@ async fn every_rpc_needs_a_token() {
             .watch_voice_status(WatchVoiceStatusRequest::default())
             .await
             .map(drop),
+        anonymous
+            .analyze_samples(voicehub::pb::AnalyzeSamplesRequest::default())
+            .await
+            .map(drop),
     ];
     for result in refused {
         assert_eq!(result.unwrap_err().code(), Code::Unauthenticated);
