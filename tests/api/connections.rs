@@ -136,9 +136,10 @@ async fn an_aged_connection_is_asked_to_go_away_then_cut_after_its_grace() {
     })
     .await;
     let user = Uuid::new_v4();
-    let mut client = app.client(user);
     let voice = create_voice(&mut app.client(user), "Aging").await;
+    // Before the stream's connection is made: its age counts from then.
     let started = Instant::now();
+    let mut client = app.client(user);
     let mut stream = watch(&mut client, &[]).await;
     assert!(next(&mut stream).await.unwrap().snapshot);
 

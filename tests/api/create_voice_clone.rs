@@ -479,18 +479,26 @@ async fn a_create_whose_caller_gives_up_still_finishes_and_a_retry_returns_it(ba
     let mut client = app.client(Uuid::new_v4());
     let request = with(|r| r.request_id = "impatient".into());
     // The provider answers in 300 ms, within voicehub's timeout; the caller
-    // gives up after 100 ms.
+    // gives up as soon as the provider has the request (the call is dropped,
+    // which resets its HTTP/2 stream).
     fake.inject(
         Route::Add,
         1,
         Fault::Slow(std::time::Duration::from_millis(300)),
     );
-    let mut call = tonic::Request::new(request.clone());
-    call.set_timeout(std::time::Duration::from_millis(100));
-    let status = client.create_voice_clone(call).await.unwrap_err();
+    let mut impatient = client.clone();
+    let call = tokio::spawn({
+        let request = request.clone();
+        async move { impatient.create_voice_clone(request).await }
+    });
+    crate::helpers::wait_for(std::time::Duration::from_secs(10), || {
+        fake.calls(Route::Add) == 1
+    })
+    .await;
+    call.abort();
     assert!(
-        matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled),
-        "{status:?}"
+        call.await.unwrap_err().is_cancelled(),
+        "the caller went away first"
     );
     eventually("the create finished without its caller", async || {
         app.voice_rows().await == 1 && fake.voice_count() == 1 && {
