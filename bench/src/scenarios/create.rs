@@ -6,7 +6,7 @@
 //! Sets of samples, all speech read by espeak-ng (22,050 Hz mono WAV):
 //! - `one`: one sample of about 14 s (the README's);
 //! - `slowest test sample`: the longest of the quality tests' samples,
-//!   speech after 20 s of silence (about 43 s);
+//!   their reading after 20 s of silence and before 5 s (about 43 s);
 //! - `25 at the limit`: 25 samples of 2 MiB each, 50 MiB in all (about 20
 //!   minutes of audio, of which the first 10 are analysed).
 //!
@@ -48,6 +48,13 @@ const READING: &str = "Hello, this is my voice. I am reading a few sentences alo
     pace, so that a clone can learn how I sound. The weather is mild today, and the trains run \
     on time. I like long walks by the river, and I read the news every morning.";
 
+/// The quality tests' reading (about 17.7 s read); after 20 s of silence
+/// and followed by 5 s, it is their longest sample.
+const TEST_READING: &str = "The quick brown fox jumps over the lazy dog. A voice sample should \
+    hold clean speech, recorded close to the microphone in a quiet room. Read a page of a book \
+    aloud, at an even pace, with natural pauses between the sentences. Then listen to it before \
+    you upload it, and record it again if it sounds wrong.";
+
 /// The upload limit: 50 MiB in all, 25 samples.
 const LIMIT_BYTES: usize = 50 * 1024 * 1024;
 const LIMIT_SAMPLES: usize = 25;
@@ -77,7 +84,8 @@ pub(crate) async fn run(binary: &Path, out: &Path, args: CreateArgs) -> anyhow::
         Duration::from_hours(1)..Duration::from_hours(2),
     )
     .await?;
-    let (url, _name, _pool) = new_postgres_database().await?;
+    let (_, url, pool) = new_postgres_database().await?;
+    pool.close().await;
     let mut env = production_env("create", url)?;
     env.extend(fake.env());
     env.extend([
@@ -90,8 +98,10 @@ pub(crate) async fn run(binary: &Path, out: &Path, args: CreateArgs) -> anyhow::
     let dir = tempfile::tempdir()?;
     let server = Server::start(binary, dir.path(), &env).await?;
     let (reading, rate) = speech(READING)?;
+    let (test_reading, test_rate) = speech(TEST_READING)?;
+    ensure!(rate == test_rate, "espeak-ng changed its rate");
     let mut padded = vec![0i16; rate as usize * 20];
-    padded.extend(&reading);
+    padded.extend(&test_reading);
     padded.extend(vec![0i16; rate as usize * 5]);
     let sets = [
         ("one", vec![wav(&reading, rate)], args.calls),
