@@ -40,6 +40,19 @@ pub(crate) fn bearer(
     Ok(format!("Bearer {}", auth.mint(user, Duration::from_hours(4))?).parse()?)
 }
 
+/// The consent every benchmark create attests (one is required by default).
+pub(crate) fn consent() -> voicehub::pb::Consent {
+    use voicehub::pb::{Consent, ConsentBasis, consent::Statement};
+    Consent {
+        speaker_name: "Benchmark speaker".into(),
+        basis: ConsentBasis::SpeakerIsCaller.into(),
+        statement: Some(Statement::StatementText(
+            "I am the speaker and agree to this clone.".into(),
+        )),
+        ..Consent::default()
+    }
+}
+
 /// The URL of the services `scripts/bench` started: `VOICEHUB_BENCH_PG_URL`
 /// or `VOICEHUB_BENCH_REDIS_URL`.
 pub(crate) fn service_url(variable: &str) -> anyhow::Result<String> {

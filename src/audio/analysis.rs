@@ -540,27 +540,22 @@ mod tests {
     const RATE: u32 = 44_100;
 
     /// A 16-bit PCM WAV of `samples` (−1..1) at `rate`, mono.
-    pub(crate) fn wav(samples: &[f32], rate: u32) -> Bytes {
-        let data_len = u32::try_from(samples.len() * 2).unwrap();
-        let mut out = Vec::new();
-        out.extend_from_slice(b"RIFF");
-        out.extend_from_slice(&(36 + data_len).to_le_bytes());
-        out.extend_from_slice(b"WAVEfmt ");
-        out.extend_from_slice(&16u32.to_le_bytes());
-        out.extend_from_slice(&1u16.to_le_bytes());
-        out.extend_from_slice(&1u16.to_le_bytes());
-        out.extend_from_slice(&rate.to_le_bytes());
-        out.extend_from_slice(&(rate * 2).to_le_bytes());
-        out.extend_from_slice(&2u16.to_le_bytes());
-        out.extend_from_slice(&16u16.to_le_bytes());
-        out.extend_from_slice(b"data");
-        out.extend_from_slice(&data_len.to_le_bytes());
+    fn wav(samples: &[f32], rate: u32) -> Bytes {
+        let spec = hound::WavSpec {
+            channels: 1,
+            sample_rate: rate,
+            bits_per_sample: 16,
+            sample_format: hound::SampleFormat::Int,
+        };
+        let mut out = Cursor::new(Vec::new());
+        let mut writer = hound::WavWriter::new(&mut out, spec).unwrap();
         for v in samples {
             #[allow(clippy::cast_possible_truncation)]
             let v = (v.clamp(-1.0, 1.0) * 32_767.0).round() as i16;
-            out.extend_from_slice(&v.to_le_bytes());
+            writer.write_sample(v).unwrap();
         }
-        out.into()
+        writer.finalize().unwrap();
+        out.into_inner().into()
     }
 
     fn sine(seconds: f32, amplitude: f32) -> Vec<f32> {

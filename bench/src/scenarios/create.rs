@@ -25,14 +25,14 @@ use serde::Serialize;
 use tonic::Request;
 use uuid::Uuid;
 use voicehub::pb::{
-    AnalyzeSamplesRequest, AudioSample, Consent, ConsentBasis, CreateVoiceCloneRequest, consent,
+    AnalyzeSamplesRequest, AudioSample, CreateVoiceCloneRequest,
     voice_service_client::VoiceServiceClient,
 };
 
 use crate::{
     fake_provider::FakeProvider,
     report::{Panel, Series, Table, write_chart, write_json},
-    server::{Server, authenticator, bearer, new_postgres_database, production_env},
+    server::{Server, authenticator, bearer, consent, new_postgres_database, production_env},
 };
 
 /// The settings of one `create` run.
@@ -209,14 +209,7 @@ async fn measure(
     let request = |samples: &[AudioSample]| CreateVoiceCloneRequest {
         name: "Benchmark".into(),
         samples: samples.to_vec(),
-        consent: Some(Consent {
-            speaker_name: "Benchmark speaker".into(),
-            basis: ConsentBasis::SpeakerIsCaller.into(),
-            statement: Some(consent::Statement::StatementText(
-                "I am the speaker and agree to this clone.".into(),
-            )),
-            ..Consent::default()
-        }),
+        consent: Some(consent()),
         ..CreateVoiceCloneRequest::default()
     };
     let token = bearer(&auth, Uuid::new_v4())?;
@@ -301,47 +294,30 @@ fn speech(text: &str) -> anyhow::Result<(Vec<i16>, u32)> {
         .status()
         .context("running espeak-ng (scripts/bench installs it)")?;
     ensure!(status.success(), "espeak-ng failed");
-    let data = std::fs::read(&path)?;
-    // espeak-ng writes a canonical 44-byte header: PCM, mono, 16-bit.
-    ensure!(
-        data.len() > 44 && &data[..4] == b"RIFF",
-        "espeak-ng wrote no WAV"
-    );
-    let rate = u32::from_le_bytes(data[24..28].try_into()?);
-    let samples = data[44..]
-        .chunks_exact(2)
-        .map(|b| i16::from_le_bytes([b[0], b[1]]))
-        .collect();
+    let mut reader = hound::WavReader::open(&path)?;
+    let rate = reader.spec().sample_rate;
+    let samples = reader.samples::<i16>().collect::<Result<_, _>>()?;
     Ok((samples, rate))
 }
 
-/// A 16-bit mono PCM WAV of `samples` at `rate`.
-fn wav_bytes(samples: &[i16], rate: u32) -> Vec<u8> {
-    let data = u32::try_from(samples.len() * 2).unwrap_or(u32::MAX);
-    let mut out = Vec::with_capacity(44 + samples.len() * 2);
-    out.extend_from_slice(b"RIFF");
-    out.extend_from_slice(&(36 + data).to_le_bytes());
-    out.extend_from_slice(b"WAVEfmt ");
-    out.extend_from_slice(&16u32.to_le_bytes());
-    out.extend_from_slice(&1u16.to_le_bytes());
-    out.extend_from_slice(&1u16.to_le_bytes());
-    out.extend_from_slice(&rate.to_le_bytes());
-    out.extend_from_slice(&(rate * 2).to_le_bytes());
-    out.extend_from_slice(&2u16.to_le_bytes());
-    out.extend_from_slice(&16u16.to_le_bytes());
-    out.extend_from_slice(b"data");
-    out.extend_from_slice(&data.to_le_bytes());
-    for s in samples {
-        out.extend_from_slice(&s.to_le_bytes());
-    }
-    out
-}
-
+/// A 16-bit mono PCM WAV sample of `samples` at `rate`.
 fn wav(samples: &[i16], rate: u32) -> AudioSample {
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: rate,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut out = std::io::Cursor::new(Vec::with_capacity(44 + samples.len() * 2));
+    let mut writer = hound::WavWriter::new(&mut out, spec).expect("a WAV in memory");
+    for s in samples {
+        writer.write_sample(*s).expect("a WAV in memory");
+    }
+    writer.finalize().expect("a WAV in memory");
     AudioSample {
         filename: "speech.wav".into(),
         content_type: "audio/wav".into(),
-        data: wav_bytes(samples, rate).into(),
+        data: out.into_inner().into(),
     }
 }
 

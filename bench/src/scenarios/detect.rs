@@ -30,15 +30,16 @@ use serde::Serialize;
 use tonic::{Request, transport::Channel};
 use uuid::Uuid;
 use voicehub::pb::{
-    AudioSample, Consent, ConsentBasis, CreateVoiceCloneRequest, VoiceStatus,
-    WatchVoiceStatusRequest, consent, voice_service_client::VoiceServiceClient,
+    AudioSample, CreateVoiceCloneRequest, VoiceStatus, WatchVoiceStatusRequest,
+    voice_service_client::VoiceServiceClient,
 };
 
 use crate::{
     fake_provider::FakeProvider,
     report::{Panel, Series, Table, write_chart, write_json},
     server::{
-        Server, Token, authenticator, bearer, new_postgres_database, production_env, wait_until,
+        Server, Token, authenticator, bearer, consent, new_postgres_database, production_env,
+        wait_until,
     },
 };
 
@@ -210,14 +211,7 @@ async fn create_all(channel: &Channel, users: &[Token], voices: usize) -> anyhow
                         content_type: "audio/mpeg".into(),
                         data: mp3().into(),
                     }],
-                    consent: Some(Consent {
-                        speaker_name: "Benchmark speaker".into(),
-                        basis: ConsentBasis::SpeakerIsCaller.into(),
-                        statement: Some(consent::Statement::StatementText(
-                            "I am the speaker and agree to this clone.".into(),
-                        )),
-                        ..Consent::default()
-                    }),
+                    consent: Some(consent()),
                     ..CreateVoiceCloneRequest::default()
                 });
                 request.metadata_mut().insert("authorization", token);
