@@ -218,7 +218,7 @@ fn sample_findings(i: usize, f: &Figures, limits: &QualityThresholds, out: &mut 
         warn(
             "no_speech",
             format!(
-                "{:.1} s of speech; it may not hold a voice",
+                "{:.2} s of speech; it may not hold a voice",
                 f.speech_seconds
             ),
         );

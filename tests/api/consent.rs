@@ -10,7 +10,7 @@ use voicehub::{
 };
 
 use crate::{
-    fake_elevenlabs::FakeElevenLabs,
+    fake_elevenlabs::{FakeElevenLabs, Fault, Route},
     helpers::{
         Backend, TestApp, assert_invalid_field, consent, create_request, create_voice, get_voice,
         spawn_app_with_fake,
@@ -156,6 +156,23 @@ async fn the_record_outlives_the_voice_and_cannot_be_changed(backend: Backend) {
     assert_eq!(after, kept);
 }
 
+async fn a_create_the_provider_refuses_leaves_its_record_and_no_voice(backend: Backend) {
+    let (app, fake) = spawn_app_with_fake(backend, |_| {}).await;
+    fake.inject(Route::Add, 1, Fault::voice_limit());
+    let mut request = create_request("Refused at the provider");
+    request.request_id = "refused-1".into();
+    let refused = app
+        .client(Uuid::new_v4())
+        .create_voice_clone(request)
+        .await
+        .unwrap_err();
+    println!("refused by the provider: {refused:?}");
+    assert_eq!(app.voice_rows().await, 0, "the reservation is released");
+    let records = voice_intake::Entity::find().all(&app.db).await.unwrap();
+    assert_eq!(records.len(), 1, "the attempt stays on record");
+    assert_eq!(records[0].request_id.as_deref(), Some("refused-1"));
+}
+
 async fn with_consent_not_required_a_create_without_it_records_none(backend: Backend) {
     let (app, _fake) = spawn_app_with_fake(backend, |c| c.require_consent = false).await;
     let mut client = app.client(Uuid::new_v4());
@@ -174,5 +191,6 @@ on_both_backends!(
     a_create_without_consent_or_with_a_part_missing_is_refused_naming_it,
     the_consent_is_recorded_with_the_caller_and_shown_to_the_owner_only,
     the_record_outlives_the_voice_and_cannot_be_changed,
+    a_create_the_provider_refuses_leaves_its_record_and_no_voice,
     with_consent_not_required_a_create_without_it_records_none,
 );

@@ -222,7 +222,7 @@ async fn too_little_speech_is_refused_before_the_provider_and_analysis_writes_no
     backend: Backend,
 ) {
     let (app, fake) = spawn_app_with_fake(backend, default_quality).await;
-    let (hello, rate) = speech("Hello there, my friend.");
+    let (hello, rate) = speech("Hello there, my friend, how are you today?");
     let (again, _) = speech("Good morning to you.");
     let short = vec![
         sample("hello.wav", wav_of(&hello, rate)),
