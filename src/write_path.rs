@@ -39,7 +39,7 @@
 //!   event is stored with it (the outbox, whose commit wakes the relay);
 //!   a new voice is handed to the status engine.
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{collections::BTreeMap, future::Future, pin::Pin, sync::Arc, time::Duration};
 
 use uuid::Uuid;
 
@@ -294,6 +294,11 @@ impl WritePath {
     /// id, holding the voice's create lease all the while (renewed every
     /// third of it), so no other replica fails the voice while this create
     /// waits for a provider slot or runs.
+    ///
+    /// A renewal runs beside the work, never instead of it: the record's
+    /// transaction holds the voice's row, so a renewal that stopped the work
+    /// until it finished would wait for a lock its own task holds (until the
+    /// statement timeout).
     async fn clone_reserved(&self, reserved: Voice, new: NewVoice) -> Result<Voice, Error> {
         let lease = self.scheduler.create_lease();
         let id = reserved.id;
@@ -303,24 +308,36 @@ impl WritePath {
             tokio::time::Instant::now() + lease / 3,
             (lease / 3).max(MIN_RENEWAL),
         );
+        let mut renewal: Option<Pin<Box<dyn Future<Output = ()> + Send + '_>>> = None;
         loop {
             tokio::select! {
                 result = &mut work => {
                     // After the last renewal, so none can follow the end.
+                    if let Some(last) = renewal.take() {
+                        last.await;
+                    }
                     if let Ok(Created::HandedOver(_)) = &result {
                         self.hand_over(id).await;
                     }
                     return result.map(Created::into_voice);
                 }
-                _ = renew.tick() => {
-                    let until = store::now() + chrono::Duration::from_std(lease).unwrap_or_default();
-                    if let Err(e) = self.store.renew_create_lease(id, until).await {
-                        // The lease runs out; another replica may then look
-                        // the voice up by its tag, which is harmless.
-                        tracing::warn!(voice_id = %id, error = %chain(&e), "could not renew a create's lease");
-                    }
+                () = async { renewal.as_mut().expect("guarded").await }, if renewal.is_some() => {
+                    renewal = None;
+                }
+                _ = renew.tick(), if renewal.is_none() => {
+                    renewal = Some(Box::pin(self.renew_lease(id, lease)));
                 }
             }
+        }
+    }
+
+    /// Extends the create lease of voice `id` by `lease` from now.
+    async fn renew_lease(&self, id: Uuid, lease: Duration) {
+        let until = store::now() + chrono::Duration::from_std(lease).unwrap_or_default();
+        if let Err(e) = self.store.renew_create_lease(id, until).await {
+            // The lease runs out; another replica may then look the voice
+            // up by its tag, which is harmless.
+            tracing::warn!(voice_id = %id, error = %chain(&e), "could not renew a create's lease");
         }
     }
 
