@@ -6,7 +6,10 @@
 //! `VOICEHUB_HEALTH_INTERVAL` (1 s) and flips both to NOT_SERVING when a
 //! ping fails or takes over 750 ms (and back at the first that succeeds).
 //! The ping is the database protocol's own (PostgreSQL: a Sync message), not
-//! SQL: an idle server still runs no statement and no transaction. On shutdown the server marks them NOT_SERVING
+//! SQL: an idle server still runs no statement and no transaction. It goes
+//! over a connection of its own, not the serving pool: a replica whose pool
+//! is saturated (a burst of streams opening) still answers health truthfully,
+//! since the database does answer. On shutdown the server marks them NOT_SERVING
 //! before it stops accepting calls, so load balancers drain it first.
 
 use std::time::Duration;
@@ -17,7 +20,7 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 use crate::{
     error::chain,
     pb::{voice_service_server, webhook_service_server},
-    store::Store,
+    store::{Probe, Store},
 };
 
 /// How long a ping may take before storage counts as unreachable. With the
@@ -39,7 +42,8 @@ pub(crate) async fn set_all(reporter: &HealthReporter, status: ServingStatus) {
 
 /// Watches storage and reports it through the health service.
 pub(crate) struct StorageHealth {
-    store: Store,
+    /// Storage's own connection for pings, apart from the serving pool.
+    probe: Probe,
     reporter: HealthReporter,
     interval: Duration,
     healthy: bool,
@@ -48,13 +52,13 @@ pub(crate) struct StorageHealth {
 impl StorageHealth {
     /// Starts from the state the caller established (SERVING after migration).
     pub(crate) fn new(
-        store: Store,
+        store: &Store,
         reporter: HealthReporter,
         interval: Duration,
         healthy: bool,
     ) -> Self {
         StorageHealth {
-            store,
+            probe: store.probe(),
             reporter,
             interval,
             healthy,
@@ -63,7 +67,10 @@ impl StorageHealth {
 
     /// One check: pings storage and reports a change. Returns whether storage answered.
     pub(crate) async fn run_once(&mut self) -> bool {
-        let result = tokio::time::timeout(PING_TIMEOUT, self.store.ping()).await;
+        let result = tokio::time::timeout(PING_TIMEOUT, self.probe.ping()).await;
+        if result.is_err() {
+            self.probe.reset();
+        }
         let healthy = matches!(result, Ok(Ok(())));
         if healthy != self.healthy {
             match &result {

@@ -289,7 +289,7 @@ impl Application {
         let tasks = TaskTracker::new();
         tasks.spawn(allocator::run(allocator::INTERVAL, shutdown.clone()));
         tasks.spawn(
-            StorageHealth::new(store.clone(), reporter.clone(), health_interval, true)
+            StorageHealth::new(&store, reporter.clone(), health_interval, true)
                 .run(shutdown.clone()),
         );
         // Every replica relays (its own writes' events, and others'

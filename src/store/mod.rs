@@ -78,6 +78,76 @@ pub struct DatabaseConfig {
     pub call_timeout: Duration,
 }
 
+/// A database connection apart from the serving pool, for health: a pool
+/// saturated by calls (a burst of watch streams opening, slow statements)
+/// must not make a database that answers look down, or a load balancer
+/// that trusts health would take a healthy replica out when it is busiest.
+pub(crate) struct Probe {
+    /// The pool, for its connect options.
+    db: DatabaseConnection,
+    connection: Option<ProbeConnection>,
+}
+
+enum ProbeConnection {
+    Postgres(sqlx::PgConnection),
+    Sqlite(sqlx::SqliteConnection),
+}
+
+impl Probe {
+    /// One round trip on the probe's own connection (the protocol's ping,
+    /// not SQL), connecting first if it has none; an error at once if the
+    /// serving pool was closed.
+    ///
+    /// # Errors
+    /// The database cannot be reached; the connection is dropped, and the
+    /// next ping connects again.
+    pub(crate) async fn ping(&mut self) -> Result<(), DbErr> {
+        use sqlx::Connection as _;
+        // A closed pool serves nothing, however well the database answers.
+        let closed = if self.db.get_database_backend() == sea_orm::DbBackend::Postgres {
+            self.db.get_postgres_connection_pool().is_closed()
+        } else {
+            self.db.get_sqlite_connection_pool().is_closed()
+        };
+        if closed {
+            self.connection = None;
+            return Err(sqlx_error(sqlx::Error::PoolClosed));
+        }
+        let mut connection = match self.connection.take() {
+            Some(connection) => connection,
+            None => self.connect().await.map_err(sqlx_error)?,
+        };
+        let pinged = match &mut connection {
+            ProbeConnection::Postgres(c) => c.ping().await,
+            ProbeConnection::Sqlite(c) => c.ping().await,
+        };
+        pinged.map_err(sqlx_error)?;
+        self.connection = Some(connection);
+        Ok(())
+    }
+
+    /// Forgets the connection (after a ping that did not finish in time,
+    /// whose connection is in an unknown state).
+    pub(crate) fn reset(&mut self) {
+        self.connection = None;
+    }
+
+    async fn connect(&self) -> Result<ProbeConnection, sqlx::Error> {
+        use sqlx::ConnectOptions as _;
+        if self.db.get_database_backend() == sea_orm::DbBackend::Postgres {
+            let options = self.db.get_postgres_connection_pool().connect_options();
+            Ok(ProbeConnection::Postgres(options.connect().await?))
+        } else {
+            let options = self.db.get_sqlite_connection_pool().connect_options();
+            Ok(ProbeConnection::Sqlite(options.connect().await?))
+        }
+    }
+}
+
+fn sqlx_error(e: sqlx::Error) -> DbErr {
+    DbErr::Conn(sea_orm::RuntimeErr::SqlxError(Arc::new(e)))
+}
+
 /// How long a SQLite write waits for another writer. SQLite is a local
 /// file, never unreachable: a wait here is contention, not an outage.
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -167,6 +237,16 @@ impl Store {
     /// The database is unreachable.
     pub async fn ping(&self) -> Result<(), DbErr> {
         self.db.ping().await
+    }
+
+    /// A connection of its own for health pings, outside the serving pool
+    /// (made at the first ping, and again after one fails).
+    #[must_use]
+    pub(crate) fn probe(&self) -> Probe {
+        Probe {
+            db: self.db.clone(),
+            connection: None,
+        }
     }
 
     /// Connections of the pool: (open, idle).

@@ -123,3 +123,68 @@ async fn server_stops_cleanly_on_shutdown() {
 fn take_server(mut app: crate::helpers::TestApp) -> tokio::task::JoinHandle<anyhow::Result<()>> {
     std::mem::replace(&mut app.server, tokio::spawn(async { Ok(()) }))
 }
+
+/// Server connections of the test's database that wait for a lock.
+async fn lock_waiters(db: &sea_orm::DatabaseConnection) -> i64 {
+    use sea_orm::{ConnectionTrait, Statement};
+    let row = db
+        .query_one_raw(Statement::from_string(
+            db.get_database_backend(),
+            "SELECT count(*) AS n FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    row.try_get("", "n").unwrap()
+}
+
+#[tokio::test]
+async fn health_stays_serving_while_the_serving_pool_is_saturated() {
+    use sea_orm::{ConnectionTrait, TransactionTrait};
+    let app = spawn_app_with(Backend::Postgres, |c| {
+        // One connection for LISTEN, one to serve: easy to saturate.
+        c.database.max_connections = 2;
+        c.health_interval = Duration::from_millis(100);
+    })
+    .await;
+    let user = uuid::Uuid::new_v4();
+    let voice = crate::helpers::create_voice(&mut app.client(user), "Locked out").await;
+    // The test's own connection locks the voices table: a read of it holds
+    // the serving connection while it waits, and the next reads wait for
+    // the pool.
+    let txn = app.db.begin().await.unwrap();
+    txn.execute_unprepared("LOCK TABLE voices IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let readers: Vec<_> = (0..4)
+        .map(|_| {
+            let mut client = app.client(user);
+            let voice_id = voice.voice_id.clone();
+            tokio::spawn(async move {
+                client
+                    .get_voice(voicehub::pb::GetVoiceRequest { voice_id })
+                    .await
+                    .map(drop)
+            })
+        })
+        .collect();
+    while lock_waiters(&app.db).await == 0 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Fifteen checks, 100 ms apart: past the ping's 750 ms bound several times.
+    let mut health = app.health();
+    for _ in 0..15 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let status = crate::helpers::serving_status(&mut health).await;
+        assert_eq!(status, ServingStatus::Serving, "the database answers");
+    }
+    assert!(
+        lock_waiters(&app.db).await > 0,
+        "still saturated throughout"
+    );
+    txn.rollback().await.unwrap();
+    for reader in readers {
+        reader.await.unwrap().expect("served once the lock is gone");
+    }
+}
