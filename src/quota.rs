@@ -28,23 +28,21 @@ use crate::metrics::{LimitLabel, Metrics};
 const WINDOWS: [(u64, &str); 2] = [(3_600, "hour"), (86_400, "day")];
 
 /// Checks every limit, then counts the create in every window, atomically.
+/// `KEYS`: the user's hour and day counters (one hash tag, so one slot on a
+/// Redis Cluster); `ARGV`: the two limits, then now in Unix seconds.
 /// Returns `{0, 0}` when counted, else `{window, seconds until it ends}`.
-const TAKE: &str = "local now = tonumber(redis.call('TIME')[1])
+const TAKE: &str = "local now = tonumber(ARGV[3])
 local spans = {3600, 86400}
 for i = 1, 2 do
   local limit = tonumber(ARGV[i])
-  if limit > 0 then
-    local key = KEYS[1] .. ':' .. spans[i] .. ':' .. math.floor(now / spans[i])
-    if tonumber(redis.call('GET', key) or '0') >= limit then
-      return {i, spans[i] - now % spans[i]}
-    end
+  if limit > 0 and tonumber(redis.call('GET', KEYS[i]) or '0') >= limit then
+    return {i, spans[i] - now % spans[i]}
   end
 end
 for i = 1, 2 do
   if tonumber(ARGV[i]) > 0 then
-    local key = KEYS[1] .. ':' .. spans[i] .. ':' .. math.floor(now / spans[i])
-    redis.call('INCR', key)
-    redis.call('EXPIRE', key, spans[i])
+    redis.call('INCR', KEYS[i])
+    redis.call('EXPIRE', KEYS[i], spans[i])
   end
 end
 return {0, 0}";
@@ -133,11 +131,17 @@ impl CreateQuota {
                 prefix,
                 take,
             } => {
-                let args: Vec<Value> = self.limits.iter().map(|l| i64::from(*l).into()).collect();
-                let key = format!("{prefix}:{user}");
+                // The windows are this replica's clock's: replicas' clocks
+                // agree to well within a window, and Redis's own time
+                // (`TIME`) would leave the keys undeclared.
+                let now = unix_now();
+                let keys = counters(prefix, user, now);
+                let mut args: Vec<Value> =
+                    self.limits.iter().map(|l| i64::from(*l).into()).collect();
+                args.push(i64::try_from(now).unwrap_or(i64::MAX).into());
                 // Not connected: fail open at once rather than after the timeout.
                 let asked = if client.is_connected() {
-                    take.evalsha_with_reload::<Vec<i64>, _, _>(client, vec![key], args)
+                    take.evalsha_with_reload::<Vec<i64>, _, _>(client, keys.to_vec(), args)
                         .await
                 } else {
                     Err(Error::new(ErrorKind::IO, "Redis is not connected"))
@@ -201,6 +205,12 @@ impl CreateQuota {
     }
 }
 
+/// The counters of `user`'s hour and day windows at `now`, one hash tag
+/// for both (`{<prefix>:<user>}:<span>:<window>`).
+fn counters(prefix: &str, user: Uuid, now: u64) -> [String; 2] {
+    WINDOWS.map(|(span, _)| format!("{{{prefix}:{user}}}:{span}:{}", now / span))
+}
+
 fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -210,6 +220,21 @@ fn unix_now() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_users_counters_share_a_cluster_slot() {
+        use fred::util::redis_keyslot;
+        let user = Uuid::new_v4();
+        let [hour, day] = counters("voicehub:quota:create", user, 1_796_600_000);
+        assert_eq!(
+            redis_keyslot(hour.as_bytes()),
+            redis_keyslot(day.as_bytes())
+        );
+        assert!(
+            hour.starts_with(&format!("{{voicehub:quota:create:{user}}}:3600:")),
+            "{hour}"
+        );
+    }
 
     #[test]
     fn local_windows_refuse_past_their_limit_and_say_when_they_end() {

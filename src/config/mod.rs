@@ -673,6 +673,19 @@ impl ServeArgs {
         if self.redis_prefix.is_empty() || self.redis_prefix.contains(char::is_whitespace) {
             bail!("VOICEHUB_REDIS_PREFIX must be a non-empty word");
         }
+        // voicehub puts its own hash tags (`{…}`) around names so that keys
+        // used together share a Redis Cluster slot; braces in a name would
+        // move them.
+        for (variable, name) in [
+            ("VOICEHUB_REDIS_PREFIX", Some(&self.redis_prefix)),
+            ("VOICEHUB_EVENTS_STREAM", self.events_stream.as_ref()),
+        ] {
+            if name.is_some_and(|n| n.contains(['{', '}'])) {
+                bail!(
+                    "{variable} must not contain braces: voicehub adds its own hash tags ({{…}}) so that keys used together share a Redis Cluster slot"
+                );
+            }
+        }
         if self
             .events_stream
             .as_ref()

@@ -133,9 +133,12 @@ struct Data<'a> {
 }
 
 impl PublicEvents {
-    /// The key that remembers the last revision of `voice_id` appended.
+    /// The key that remembers the last revision of `voice_id` appended:
+    /// hash-tagged with the stream's name, so the append script's keys
+    /// share the stream's slot on a Redis Cluster (a key without braces
+    /// hashes by its whole name).
     fn last_revision_key(&self, voice_id: &str) -> String {
-        format!("{}:revision:{voice_id}", self.stream)
+        format!("{{{}}}:revision:{voice_id}", self.stream)
     }
 }
 
@@ -232,6 +235,22 @@ mod tests {
                 serde_json::from_str(json).expect("each example is JSON")
             })
             .collect()
+    }
+
+    #[test]
+    fn revision_keys_share_the_streams_cluster_slot() {
+        use fred::util::redis_keyslot;
+        let events = PublicEvents {
+            stream: "voicehub:voice-events".into(),
+            retention: Duration::from_mins(1),
+        };
+        let stream = redis_keyslot(events.stream.as_bytes());
+        for voice in ["01a24dde-9f52-709a-a198-bae76425961e", "another"] {
+            assert_eq!(
+                redis_keyslot(events.last_revision_key(voice).as_bytes()),
+                stream
+            );
+        }
     }
 
     #[test]

@@ -84,7 +84,10 @@ impl RedisQueue {
         RedisQueue {
             client,
             queue_key: format!("{prefix}:sync:due"),
-            marker_key: format!("{prefix}:sync:marker"),
+            // Hash-tagged with the queue's name: the scripts that use both
+            // keys run on a Redis Cluster only when they share a slot (a
+            // key without braces hashes by its whole name).
+            marker_key: format!("{{{prefix}:sync:due}}:marker"),
             channel: format!("{prefix}:sync:wake"),
             claim: script(CLAIM),
             enqueue: script(ENQUEUE),
@@ -268,5 +271,29 @@ impl DueQueue for RedisQueue {
 
     fn wakeup(&self) -> Arc<Notify> {
         self.wakeup.clone()
+    }
+}
+
+#[cfg(test)]
+mod slot_tests {
+    use fred::util::redis_keyslot;
+
+    #[test]
+    fn the_keys_a_script_uses_together_share_a_cluster_slot() {
+        let queue = super::RedisQueue::new(
+            fred::prelude::Builder::default_centralized()
+                .build()
+                .unwrap(),
+            "voicehub",
+            prometheus_client::metrics::counter::Counter::default(),
+        );
+        assert_eq!(
+            queue.queue_key, "voicehub:sync:due",
+            "the queue keeps its name"
+        );
+        assert_eq!(
+            redis_keyslot(queue.queue_key.as_bytes()),
+            redis_keyslot(queue.marker_key.as_bytes())
+        );
     }
 }

@@ -95,10 +95,10 @@ fn token_refuses_a_user_that_is_not_a_uuid_or_is_nil() {
     }
 }
 
-#[test]
-fn serve_refuses_bad_configuration_with_the_variable_named() {
-    let dir = tempfile::tempdir().unwrap();
-    let cases: [(&[(&str, &str)], &str); 21] = [
+/// Settings `serve` must refuse, and what its error must name.
+#[allow(clippy::too_many_lines)] // a table, one entry per case
+fn bad_configurations() -> Vec<(&'static [(&'static str, &'static str)], &'static str)> {
+    vec![
         (&[("VOICEHUB_JWT_SECRET", "short")], "VOICEHUB_JWT_SECRET"),
         (&[("DATABASE_URL", "mysql://localhost/x")], "DATABASE_URL"),
         // Refused by the parser: named by their variables too.
@@ -129,6 +129,24 @@ fn serve_refuses_bad_configuration_with_the_variable_named() {
             "VOICEHUB_DB_MAX_CONNECTIONS must be at least 2",
         ),
         (&[("REDIS_URL", "http://localhost")], "REDIS_URL"),
+        // voicehub's own hash tags must stay its own.
+        (
+            &[("VOICEHUB_REDIS_PREFIX", "{voicehub}")],
+            "VOICEHUB_REDIS_PREFIX must not contain braces",
+        ),
+        (
+            &[("VOICEHUB_EVENTS_STREAM", "events{1}")],
+            "VOICEHUB_EVENTS_STREAM must not contain braces",
+        ),
+        // Sample quality thresholds that cannot work (issue 22).
+        (
+            &[("VOICEHUB_SAMPLE_MIN_LOUDNESS_LUFS", "-10")],
+            "VOICEHUB_SAMPLE_MIN_LOUDNESS_LUFS must be below",
+        ),
+        (
+            &[("VOICEHUB_SAMPLE_MAX_CLIPPED_FRACTION", "2")],
+            "VOICEHUB_SAMPLE_MAX_CLIPPED_FRACTION",
+        ),
         // The bounds of issue 19's hostile clients.
         (
             &[("VOICEHUB_WATCH_RECHECK_INTERVAL", "10ms")],
@@ -185,8 +203,13 @@ fn serve_refuses_bad_configuration_with_the_variable_named() {
             ],
             "VOICEHUB_SYNC_ADOPT_AFTER",
         ),
-    ];
-    for (env, needle) in cases {
+    ]
+}
+
+#[test]
+fn serve_refuses_bad_configuration_with_the_variable_named() {
+    let dir = tempfile::tempdir().unwrap();
+    for (env, needle) in bad_configurations() {
         let out = voicehub(dir.path())
             .arg("serve")
             .envs(env.iter().copied())
