@@ -22,8 +22,65 @@ install_services() {
   fi
 }
 
+# A free port whose cluster bus port (+10000) is free too.
+free_cluster_port() {
+  python3 -c '
+import socket
+while True:
+    a, b = socket.socket(), socket.socket()
+    a.bind(("127.0.0.1", 0))
+    port = a.getsockname()[1]
+    if port + 10000 < 65536:
+        try:
+            b.bind(("127.0.0.1", port + 10000))
+            print(port)
+            break
+        except OSError:
+            pass
+    a.close(); b.close()
+'
+}
+
+# A private Redis Cluster on loopback: 3 primaries with a replica each,
+# joined with `redis-cli --cluster create`. Exports SERVICES_REDIS_CLUSTER_URL
+# (fred's form: redis-cluster://first?node=second&node=…); stopped with the rest.
+start_redis_cluster() {
+  local ports=() nodes=() port
+  for _ in 1 2 3 4 5 6; do
+    port=$(free_cluster_port)
+    mkdir -p "$SERVICES_BASE/cluster/$port"
+    redis-server --port "$port" --bind 127.0.0.1 --cluster-enabled yes \
+      --cluster-config-file "$SERVICES_BASE/cluster/$port/nodes.conf" --cluster-node-timeout 2000 \
+      --save '' --appendonly no --daemonize yes --dir "$SERVICES_BASE/cluster/$port" \
+      --pidfile "$SERVICES_BASE/cluster/$port/redis.pid" --logfile "$SERVICES_BASE/cluster/$port/redis.log"
+    ports+=("$port")
+    nodes+=("127.0.0.1:$port")
+  done
+  for port in "${ports[@]}"; do
+    for _ in $(seq 200); do
+      redis-cli -p "$port" ping 2>/dev/null | grep -q PONG && break
+      sleep 0.05
+    done
+  done
+  redis-cli --cluster create "${nodes[@]}" --cluster-replicas 1 --cluster-yes >"$SERVICES_BASE/cluster/create.log" 2>&1 || {
+    services_log "the Redis Cluster did not form"
+    cat "$SERVICES_BASE/cluster/create.log"
+    exit 1
+  }
+  for _ in $(seq 200); do
+    redis-cli -p "${ports[0]}" cluster info 2>/dev/null | grep -q cluster_state:ok && break
+    sleep 0.05
+  done
+  local url="redis-cluster://${nodes[0]}?node=${nodes[1]}&node=${nodes[2]}"
+  export SERVICES_REDIS_CLUSTER_URL="$url"
+  services_log "Redis Cluster on ${nodes[*]}"
+}
+
 stop_services() {
   set +e
+  for pid in "$SERVICES_BASE"/cluster/*/redis.pid; do
+    [ -f "$pid" ] && kill "$(cat "$pid")" 2>/dev/null
+  done
   [ -f "$SERVICES_PGDIR/data/postmaster.pid" ] &&
     (cd /tmp && runuser -u postgres -- "$SERVICES_PGBIN/pg_ctl" -D "$SERVICES_PGDIR/data" -m fast -w stop >/dev/null)
   [ -f "$SERVICES_BASE/redis.pid" ] && kill "$(cat "$SERVICES_BASE/redis.pid")" 2>/dev/null

@@ -45,6 +45,15 @@ use crate::{
 /// for LISTEN by the event relay, the rest serve calls and the engine.
 const MIN_POSTGRES_CONNECTIONS: u32 = 2;
 
+/// The forms of `REDIS_URL` voicehub accepts: one server, or a Redis
+/// Cluster (fred's URL forms; the cluster's nodes after `?node=`).
+const REDIS_SCHEMES: [&str; 4] = [
+    "redis://",
+    "rediss://",
+    "redis-cluster://",
+    "rediss-cluster://",
+];
+
 /// The default database: a SQLite file in the working directory, created if missing.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://voicehub.db?mode=rwc";
 #[derive(Debug, Parser)]
@@ -636,9 +645,12 @@ impl ServeArgs {
     /// Settings that parse but cannot work, named by their variables.
     fn check_ranges(&self) -> anyhow::Result<()> {
         if let Some(url) = &self.redis_url
-            && !(url.starts_with("redis://") || url.starts_with("rediss://"))
+            && !REDIS_SCHEMES.iter().any(|scheme| url.starts_with(scheme))
         {
-            bail!("REDIS_URL must start with redis:// or rediss://");
+            bail!(
+                "REDIS_URL must start with redis:// or rediss:// (one server), or redis-cluster:// \
+                 or rediss-cluster:// (a Redis Cluster: host:port?node=host:port&node=…)"
+            );
         }
         if self.health_interval.is_zero() {
             bail!("VOICEHUB_HEALTH_INTERVAL must be above zero");
