@@ -5,10 +5,17 @@
 //! with their whole cause chain and reach the caller only as a generic
 //! message, so no internal detail (SQL, hostnames, secrets) leaks out.
 
+use std::time::Duration;
+
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::provider::ProviderError;
+
+/// The window over which the callers of a stopping replica are told to come
+/// back (each a random moment in it): reconnects arrive spread out, not as
+/// one burst on the remaining replicas.
+pub const RECONNECT_SPREAD: Duration = Duration::from_secs(5);
 
 /// Everything that can go wrong while serving a request.
 #[derive(Debug, thiserror::Error)]
@@ -38,7 +45,7 @@ pub enum Error {
         /// The limit, e.g. "20 voice creations per hour".
         limit: String,
         /// When the caller may try again.
-        retry_after: std::time::Duration,
+        retry_after: Duration,
     },
     /// A concurrent change got in the way; retrying is safe.
     #[error("{0}")]
@@ -54,7 +61,7 @@ pub enum Error {
         /// Which limit, for the caller.
         message: String,
         /// When trying again makes sense.
-        retry_after: std::time::Duration,
+        retry_after: Duration,
     },
     /// The request is larger than the method accepts.
     #[error("the request is larger than this method accepts ({limit} bytes)")]
@@ -66,7 +73,7 @@ pub enum Error {
     #[error("the request did not arrive within {} s of its headers", .within.as_secs_f64())]
     ArrivedTooSlowly {
         /// How long it had.
-        within: std::time::Duration,
+        within: Duration,
     },
     /// The server is stopping: the caller retries on another replica (a
     /// watch stream reconnects, and its snapshot makes that lossless).
@@ -197,9 +204,20 @@ impl From<Error> for Status {
             }
             e @ Error::TooLarge { .. } => Status::out_of_range(e.to_string()),
             e @ Error::ArrivedTooSlowly { .. } => Status::deadline_exceeded(e.to_string()),
-            Error::ShuttingDown => Status::unavailable(
-                "the server is shutting down; retry on another replica (a watch: reconnect to continue watching)",
-            ),
+            Error::ShuttingDown => {
+                // Each caller is told its own moment within the spread, so
+                // the streams of a stopping replica do not all reconnect to
+                // the others in one instant.
+                let spread = u64::try_from(RECONNECT_SPREAD.as_millis()).unwrap_or(u64::MAX);
+                let delay = Duration::from_millis(
+                    u64::from(getrandom::u32().unwrap_or_default()) % spread.max(1),
+                );
+                Status::with_error_details(
+                    Code::Unavailable,
+                    "the server is shutting down; retry on another replica after the RetryInfo delay (a watch: reconnect to continue watching)",
+                    ErrorDetails::with_retry_info(Some(delay)),
+                )
+            }
             Error::Unavailable { what, detail } => {
                 tracing::error!(%what, %detail, "cannot serve a call");
                 Status::unavailable(format!("{what} is unavailable, try again later"))

@@ -98,21 +98,39 @@ async fn sigterm_with_a_thousand_watch_streams_ends_each_with_unavailable_and_ex
         .map(|mut stream| tokio::spawn(async move { stream.message().await }))
         .collect();
     let mut unavailable = 0;
+    let mut come_back = Vec::new();
     for end in ends {
         let end = tokio::time::timeout(Duration::from_secs(10), end)
             .await
             .expect("each stream ends within the grace period")
             .unwrap();
         match end {
-            Err(status) if status.code() == Code::Unavailable => unavailable += 1,
+            Err(status) if status.code() == Code::Unavailable => {
+                unavailable += 1;
+                let retry = tonic_types::StatusExt::get_details_retry_info(&status)
+                    .and_then(|info| info.retry_delay)
+                    .expect("the stream says when to come back");
+                come_back.push(retry);
+            }
             other => panic!("a stream ended otherwise: {other:?}"),
         }
     }
+    come_back.sort();
     println!(
-        "1000 streams ended UNAVAILABLE {:?} after SIGTERM",
-        signalled.elapsed()
+        "1000 streams ended UNAVAILABLE {:?} after SIGTERM, told to come back in {:?} to {:?}",
+        signalled.elapsed(),
+        come_back[0],
+        come_back[come_back.len() - 1]
     );
     assert_eq!(unavailable, 1_000);
+    // Spread over the window, not one instant: the quickest and slowest
+    // tenths are seconds apart.
+    assert!(
+        come_back
+            .iter()
+            .all(|d| *d < voicehub::error::RECONNECT_SPREAD)
+    );
+    assert!(come_back[900].saturating_sub(come_back[100]) > voicehub::error::RECONNECT_SPREAD / 2);
     let status = tokio::task::spawn_blocking(move || {
         let status = server.child.wait().unwrap();
         (status, server)
