@@ -288,10 +288,11 @@ impl Application {
 
         let tasks = TaskTracker::new();
         tasks.spawn(allocator::run(allocator::INTERVAL, shutdown.clone()));
-        tasks.spawn(
-            StorageHealth::new(&store, reporter.clone(), health_interval, true)
-                .run(shutdown.clone()),
-        );
+        let mut health = StorageHealth::new(&store, reporter.clone(), health_interval, true);
+        // Its own connection is made now, before the first call is accepted:
+        // a replica that later runs out of descriptors keeps it.
+        health.run_once().await;
+        tasks.spawn(health.run(shutdown.clone()));
         // Every replica relays (its own writes' events, and others'
         // leftovers) and sends webhook deliveries.
         tasks.spawn(relay.clone().run(shutdown.clone()));
