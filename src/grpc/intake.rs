@@ -4,8 +4,11 @@
 
 use crate::{audio, pb, store::Intake};
 
-/// `voice` with what only its owner reads, from `intake`.
-pub(super) fn with_intake(mut voice: pb::Voice, intake: &Intake) -> pb::Voice {
+/// `voice` with what only its owner reads, from `intake` (none: as it is).
+pub(super) fn with_intake(mut voice: pb::Voice, intake: Option<&Intake>) -> pb::Voice {
+    let Some(intake) = intake else {
+        return voice;
+    };
     voice.consent = pb::consent_of(intake);
     voice.sample_report = intake.sample_report.as_ref().and_then(|json| {
         serde_json::from_value::<audio::Report>(json.clone())

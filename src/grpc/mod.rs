@@ -129,11 +129,7 @@ impl VoiceApi {
             // A repeated request_id: the first call's record stands.
             None => self.store.intake(answer.voice.id).await?,
         };
-        let voice = pb::Voice::from(answer.voice);
-        Ok(match intake {
-            Some(intake) => intake::with_intake(voice, &intake),
-            None => voice,
-        })
+        Ok(intake::with_intake(answer.voice.into(), intake.as_ref()))
     }
 
     /// The quality report on `samples`, after the audio check.
@@ -188,11 +184,7 @@ impl VoiceApi {
         } else {
             None
         };
-        let voice = pb::Voice::from(voice);
-        Ok(match intake {
-            Some(intake) => intake::with_intake(voice, &intake),
-            None => voice,
-        })
+        Ok(intake::with_intake(voice.into(), intake.as_ref()))
     }
 
     async fn list(

@@ -231,14 +231,6 @@ impl Store {
         migration::run(&self.db).await
     }
 
-    /// One round trip to the database, for health checks.
-    ///
-    /// # Errors
-    /// The database is unreachable.
-    pub async fn ping(&self) -> Result<(), DbErr> {
-        self.db.ping().await
-    }
-
     /// A connection of its own for health pings, outside the serving pool
     /// (made at the first ping, and again after one fails).
     #[must_use]
