@@ -163,6 +163,14 @@ pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
     out
 }
 
+/// A random delay below `within` (zero if it is), for callers told to come
+/// back: spread, so they do not all come back in the same instant.
+#[must_use]
+pub(crate) fn jitter(within: Duration) -> Duration {
+    let millis = u64::try_from(within.as_millis()).unwrap_or(u64::MAX);
+    Duration::from_millis(u64::from(getrandom::u32().unwrap_or_default()) % millis.max(1))
+}
+
 impl From<Error> for Status {
     fn from(err: Error) -> Self {
         match err {
@@ -208,10 +216,7 @@ impl From<Error> for Status {
                 // Each caller is told its own moment within the spread, so
                 // the streams of a stopping replica do not all reconnect to
                 // the others in one instant.
-                let spread = u64::try_from(RECONNECT_SPREAD.as_millis()).unwrap_or(u64::MAX);
-                let delay = Duration::from_millis(
-                    u64::from(getrandom::u32().unwrap_or_default()) % spread.max(1),
-                );
+                let delay = jitter(RECONNECT_SPREAD);
                 Status::with_error_details(
                     Code::Unavailable,
                     "the server is shutting down; retry on another replica after the RetryInfo delay (a watch: reconnect to continue watching)",

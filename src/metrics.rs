@@ -219,6 +219,12 @@ pub struct Metrics {
     pub(crate) watch_resyncs: Counter,
     /// Changes a watch stream's periodic recheck found that no event delivered.
     pub(crate) watch_recheck_catches: Counter,
+    /// Watch streams' re-reads that failed (tried again shortly).
+    pub(crate) watch_reread_failures: Counter,
+    /// Batches of watch streams' storage reads (each at most two queries).
+    pub(crate) snapshot_batches: Counter,
+    /// Watch streams' storage reads, answered by those batches.
+    pub(crate) snapshot_reads: Counter,
     /// Calls refused at a limit, by limit.
     pub(crate) limit_refusals: Family<LimitLabel, Counter>,
     /// Webhook delivery attempts, by what followed.
@@ -284,6 +290,9 @@ impl Metrics {
             outbox_backlog: Gauge::default(),
             watch_resyncs: Counter::default(),
             watch_recheck_catches: Counter::default(),
+            snapshot_batches: Counter::default(),
+            watch_reread_failures: Counter::default(),
+            snapshot_reads: Counter::default(),
             limit_refusals: Family::default(),
             webhook_deliveries: Family::default(),
             webhook_backlog: Gauge::default(),
@@ -405,6 +414,21 @@ impl Metrics {
             "watch_recheck_catches",
             "Changes a watch stream's periodic recheck of its processing voices found that no event had delivered (a lost event)",
             m.watch_recheck_catches.clone(),
+        );
+        r.register(
+            "watch_reread_failures",
+            "Watch streams' re-reads of their voices that failed (storage busy or away); the stream stays open and reads again 1 to 2 s later",
+            m.watch_reread_failures.clone(),
+        );
+        r.register(
+            "watch_snapshot_batches",
+            "Batches of watch streams' storage reads (a snapshot, a re-read), each at most two queries however many streams it serves",
+            m.snapshot_batches.clone(),
+        );
+        r.register(
+            "watch_snapshot_reads",
+            "Watch streams' storage reads (a snapshot, a re-read), served by the batches",
+            m.snapshot_reads.clone(),
         );
         r.register(
             "webhook_deliveries",

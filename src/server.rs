@@ -26,7 +26,7 @@ use tonic_health::ServingStatus;
 use crate::{
     allocator, audio,
     auth::Authenticator,
-    config::{self, Config},
+    config::{self, Config, TlsFiles},
     connections::{self, ConnectionLimits},
     events::{self, DynBus, LocalBus, PublicStream, RedisBus, Relay},
     grpc::{DoorLimits, IntakePolicy, LimitLayer, ObserveLayer, VoiceApi, Watches, WebhookApi},
@@ -157,6 +157,7 @@ impl Application {
             .context("the webhooks' HTTP client")?;
 
         let watches = Watches::new(
+            store.clone(),
             (config.limits.watches_per_user, config.limits.watches),
             config.watch_recheck,
             &metrics,
@@ -166,19 +167,7 @@ impl Application {
             .await
             .with_context(|| format!("binding {} (VOICEHUB_LISTEN)", config.listen))?;
         let local_addr = listener.local_addr()?;
-        let tls = config.tls.as_ref().map(|files| {
-            use secrecy::ExposeSecret;
-            ServerTlsConfig::new().identity(Identity::from_pem(
-                &files.cert,
-                files.key.expose_secret().as_bytes(),
-            ))
-        });
-        if let Some(tls) = &tls {
-            // Refused now, at start-up, rather than when serving begins.
-            Server::builder()
-                .tls_config(tls.clone())
-                .context(TLS_FILES)?;
-        }
+        let tls = tls_config(config.tls.as_ref())?;
         let metrics_listener = metrics_listener(config.metrics_listen).await?;
         Ok(Application {
             listener,
@@ -402,6 +391,23 @@ fn server_builder(
         // into a GOAWAY that kills every call on the connection; up to
         // this size the call alone is refused (see auth).
         .http2_max_header_list_size(Some(MAX_HEADER_LIST_BYTES)))
+}
+
+/// The listener's TLS settings from `files`, checked now: bad files are
+/// refused at start-up rather than when serving begins.
+fn tls_config(files: Option<&TlsFiles>) -> anyhow::Result<Option<ServerTlsConfig>> {
+    use secrecy::ExposeSecret;
+    let Some(files) = files else {
+        return Ok(None);
+    };
+    let tls = ServerTlsConfig::new().identity(Identity::from_pem(
+        &files.cert,
+        files.key.expose_secret().as_bytes(),
+    ));
+    Server::builder()
+        .tls_config(tls.clone())
+        .context(TLS_FILES)?;
+    Ok(Some(tls))
 }
 
 /// The audio checker, proven to run: a broken one is found at start-up,

@@ -12,11 +12,12 @@ mod limits;
 mod methods;
 mod observe;
 mod page_token;
+mod snapshots;
 mod validate;
 mod watch;
 mod webhooks;
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, service::interceptor::InterceptedService};
@@ -30,7 +31,7 @@ pub(crate) use webhooks::WebhookApi;
 use crate::{
     audio,
     auth::{Authenticator, ValidUntil, caller},
-    error::Error,
+    error::{Error, jitter},
     events::Hub,
     pb::{self, voice_service_server::VoiceServiceServer},
     store::Store,
@@ -208,7 +209,6 @@ impl VoiceApi {
         let until = request.extensions().get::<ValidUntil>().map(|v| v.0);
         let ids = validate::watch_request(request.into_inner())?;
         watch::open(
-            self.store.clone(),
             &self.hub,
             &self.watches,
             self.shutdown.clone(),
@@ -225,35 +225,35 @@ impl pb::voice_service_server::VoiceService for VoiceApi {
         &self,
         request: Request<pb::CreateVoiceCloneRequest>,
     ) -> Result<Response<pb::Voice>, Status> {
-        Ok(Response::new(self.create(request).await?))
+        answer(&self.store, self.create(request).await)
     }
 
     async fn get_voice(
         &self,
         request: Request<pb::GetVoiceRequest>,
     ) -> Result<Response<pb::Voice>, Status> {
-        Ok(Response::new(self.get(request).await?))
+        answer(&self.store, self.get(request).await)
     }
 
     async fn list_user_voices(
         &self,
         request: Request<pb::ListUserVoicesRequest>,
     ) -> Result<Response<pb::ListUserVoicesResponse>, Status> {
-        Ok(Response::new(self.list(request).await?))
+        answer(&self.store, self.list(request).await)
     }
 
     async fn update_voice(
         &self,
         request: Request<pb::UpdateVoiceRequest>,
     ) -> Result<Response<pb::Voice>, Status> {
-        Ok(Response::new(self.update(request).await?))
+        answer(&self.store, self.update(request).await)
     }
 
     async fn delete_voice(
         &self,
         request: Request<pb::DeleteVoiceRequest>,
     ) -> Result<Response<pb::DeleteVoiceResponse>, Status> {
-        Ok(Response::new(self.delete(request).await?))
+        answer(&self.store, self.delete(request).await)
     }
 
     type WatchVoiceStatusStream = watch::EventStream;
@@ -262,14 +262,44 @@ impl pb::voice_service_server::VoiceService for VoiceApi {
         &self,
         request: Request<pb::WatchVoiceStatusRequest>,
     ) -> Result<Response<Self::WatchVoiceStatusStream>, Status> {
-        Ok(Response::new(self.watch(request).await?))
+        answer(&self.store, self.watch(request).await)
     }
 
     async fn analyze_samples(
         &self,
         request: Request<pb::AnalyzeSamplesRequest>,
     ) -> Result<Response<pb::AnalyzeSamplesResponse>, Status> {
-        Ok(Response::new(self.analyze(request).await?))
+        answer(&self.store, self.analyze(request).await)
+    }
+}
+
+/// A handler's result as the call's answer: a storage failure that is only
+/// every pool connection being busy while the database answers is shed
+/// (RESOURCE_EXHAUSTED, come back in a moment), not reported as storage
+/// down: a load balancer or client that backs off on UNAVAILABLE would
+/// treat a busy replica as a broken one.
+fn answer<T>(store: &Store, result: Result<T, Error>) -> Result<Response<T>, Status> {
+    result
+        .map(Response::new)
+        .map_err(|e| Status::from(shed_saturated(store, e)))
+}
+
+/// `err`, or RESOURCE_EXHAUSTED with a RetryInfo if it is a saturated pool.
+pub(crate) fn shed_saturated(store: &Store, err: Error) -> Error {
+    match err {
+        Error::Storage(e) if store.saturated(&e) => {
+            shed("every storage connection of this replica is busy")
+        }
+        other => other,
+    }
+}
+
+/// RESOURCE_EXHAUSTED with a retry a moment from now (spread, so shed
+/// callers do not all come back at once).
+pub(crate) fn shed(why: &str) -> Error {
+    Error::Busy {
+        message: format!("{why}; retry after the RetryInfo delay, here or on another replica"),
+        retry_after: Duration::from_millis(100) + jitter(Duration::from_millis(900)),
     }
 }
 

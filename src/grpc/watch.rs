@@ -16,13 +16,19 @@
 //!   and watches again, and the snapshot makes that lossless.
 //! - When events may have been lost (the event reader reconnected, or found
 //!   entries trimmed before it read them), the stream re-reads its voices
-//!   from storage and sends what changed.
+//!   from storage and sends what changed. A re-read that fails (storage
+//!   busy or away) does not end the stream: it is tried again 1 to 2 s
+//!   later, while events go on flowing.
 //! - Whatever the event reader knows, a stream with voices still processing
 //!   re-reads them every `VOICEHUB_WATCH_RECHECK_INTERVAL` (its first time
 //!   at a random point within it, so streams opened together spread out): a
 //!   lost event delays a terminal state by at most that much, never for
 //!   ever. A recheck that finds a change no event brought is counted
 //!   (`voicehub_watch_recheck_catches_total`) and logged.
+//! - Every storage read of a stream (its snapshot, a resync, a recheck)
+//!   goes through the replica's shared [`Snapshots`]: streams opening
+//!   together cost a few queries, not one each, and past its bound a
+//!   stream is shed with RESOURCE_EXHAUSTED and a RetryInfo.
 //! - Open streams are bounded on each replica, per user
 //!   (`VOICEHUB_MAX_WATCHES_PER_USER`) and in all (`VOICEHUB_MAX_WATCHES`):
 //!   one more is RESOURCE_EXHAUSTED before anything is read (see [`Watches`]).
@@ -42,12 +48,14 @@ use tonic::Status;
 use uuid::Uuid;
 
 use crate::{
-    error::Error,
+    error::{Error, jitter},
     events::{Hub, Interest, Subscription, VoiceEvent},
     metrics::{LimitLabel, Metrics},
     pb::{self, timestamp},
-    store::{Store, Voice, may_see},
+    store::{Store, Voice, VoiceStatus, may_see},
 };
+
+use super::snapshots::{Read, Snapshots};
 
 /// The stream of one WatchVoiceStatus call.
 pub(crate) type EventStream =
@@ -62,8 +70,9 @@ fn message(voice: pb::Voice, snapshot: bool) -> pb::VoiceStatusEvent {
 }
 
 /// The open watch streams of one replica, by user, within their limits
-/// (`0`: no limit).
+/// (`0`: no limit), and their shared storage reads.
 pub(crate) struct Watches {
+    snapshots: Arc<Snapshots>,
     per_user: usize,
     total: usize,
     /// How often a stream re-reads its processing voices.
@@ -72,12 +81,14 @@ pub(crate) struct Watches {
     refused_per_user: Counter,
     refused_total: Counter,
     recheck_catches: Counter,
+    reread_failures: Counter,
 }
 
 impl Watches {
     /// At most `per_user` streams of one user and `total` in all, each
-    /// re-reading its processing voices every `recheck_every`.
+    /// re-reading its processing voices every `recheck_every`, reading from `store`.
     pub(crate) fn new(
+        store: Store,
         (per_user, total): (usize, usize),
         recheck_every: Duration,
         metrics: &Metrics,
@@ -89,6 +100,7 @@ impl Watches {
                 .clone()
         };
         Arc::new(Watches {
+            snapshots: Snapshots::new(store, metrics),
             per_user,
             total,
             recheck_every,
@@ -96,6 +108,7 @@ impl Watches {
             refused_per_user: refused("watches_per_user"),
             refused_total: refused("watches"),
             recheck_catches: metrics.watch_recheck_catches.clone(),
+            reread_failures: metrics.watch_reread_failures.clone(),
         })
     }
 
@@ -149,12 +162,19 @@ impl Drop for WatchSlot {
 
 /// What woke a stream.
 enum Next {
-    ShuttingDown,
-    Expired,
+    /// The server is stopping, or the token expired.
+    End(Error),
     Resync,
     Recheck,
     Event(Arc<VoiceEvent>),
 }
+
+/// Why a stream ends when its token expires.
+const TOKEN_EXPIRED: &str = "token has expired: re-authenticate and watch again (the new stream starts with the current state)";
+
+/// How soon a stream reads again after a re-read failed (plus up to as
+/// much again at random).
+const RETRY_READ: Duration = Duration::from_secs(1);
 
 /// When a stream first rechecks: at a random point of the interval.
 fn first_recheck(every: Duration) -> Duration {
@@ -179,13 +199,17 @@ struct Change {
 /// # Errors
 /// NOT_FOUND if an explicitly watched voice is no longer visible; storage.
 async fn resync(
-    store: &Store,
+    snapshots: &Arc<Snapshots>,
     user: Uuid,
     explicit: bool,
     open: &HashSet<Uuid>,
 ) -> Result<Vec<Change>, Error> {
     let ids: Vec<Uuid> = open.iter().copied().collect();
-    let mut voices = store.get_many(&ids).await?;
+    let mut voices = if ids.is_empty() {
+        Vec::new()
+    } else {
+        snapshots.read(Read::Voices(ids.clone())).await?
+    };
     if let Some(hidden) = voices
         .iter()
         .find(|v| !may_see(user, v.owner_user_id, v.visibility))
@@ -198,8 +222,8 @@ async fn resync(
     }
     if !explicit {
         voices.extend(
-            store
-                .processing_of(user)
+            snapshots
+                .read(Read::ProcessingOf(user))
                 .await?
                 .into_iter()
                 .filter(|v| !open.contains(&v.id)),
@@ -222,21 +246,27 @@ async fn resync(
 /// # Errors
 /// NOT_FOUND if any id is not a voice the user may see; storage.
 async fn subscribe(
-    store: &Store,
+    snapshots: &Arc<Snapshots>,
     hub: &Arc<Hub>,
     user: Uuid,
     ids: Vec<Uuid>,
 ) -> Result<(Subscription, Vec<Voice>), Error> {
     if ids.is_empty() {
         let subscription = hub.subscribe(Interest::Owner(user));
-        return Ok((subscription, store.processing_of(user).await?));
+        return Ok((
+            subscription,
+            snapshots.read(Read::ProcessingOf(user)).await?,
+        ));
     }
     let subscription = hub.subscribe(Interest::Voices(ids.clone()));
-    let mut found = store.get_visible_many(user, &ids).await?;
-    if found.len() != ids.len() {
+    // In the order of `ids`.
+    let found = snapshots.read(Read::Voices(ids.clone())).await?;
+    let visible = |v: &Voice| {
+        v.status != VoiceStatus::Deleted && may_see(user, v.owner_user_id, v.visibility)
+    };
+    if found.len() != ids.len() || !found.iter().all(visible) {
         return Err(Error::NotFound("voice"));
     }
-    found.sort_by_key(|v| ids.iter().position(|id| *id == v.id));
     Ok((subscription, found))
 }
 
@@ -248,7 +278,6 @@ async fn subscribe(
 /// stream starts) if any id is not a voice the user may see. The stream of
 /// `user` ends when `valid_until` (the token's end) passes.
 pub(super) async fn open(
-    store: Store,
     hub: &Arc<Hub>,
     watches: &Arc<Watches>,
     shutdown: CancellationToken,
@@ -263,9 +292,14 @@ pub(super) async fn open(
             .unwrap_or(Duration::ZERO)
     });
     let explicit = !ids.is_empty();
-    let (subscription, snapshot) = subscribe(&store, hub, user, ids).await?;
+    let snapshots = watches.snapshots.clone();
+    let (subscription, snapshot) = subscribe(&snapshots, hub, user, ids).await?;
 
-    let (recheck_every, recheck_catches) = (watches.recheck_every, watches.recheck_catches.clone());
+    let recheck_every = watches.recheck_every;
+    let (recheck_catches, reread_failures) = (
+        watches.recheck_catches.clone(),
+        watches.reread_failures.clone(),
+    );
     Ok(Box::pin(async_stream::try_stream! {
         let _slot = slot;
         let mut sent: HashMap<Uuid, i64> = HashMap::new();
@@ -288,8 +322,8 @@ pub(super) async fn open(
         loop {
             let next = tokio::select! {
                 biased;
-                () = shutdown.cancelled() => Next::ShuttingDown,
-                () = &mut expiry => Next::Expired,
+                () = shutdown.cancelled() => Next::End(Error::ShuttingDown),
+                () = &mut expiry => Next::End(Error::Unauthenticated(TOKEN_EXPIRED)),
                 () = resyncs.requested() => Next::Resync,
                 event = subscription.next() => Next::Event(event),
                 () = &mut recheck, if !open.is_empty() => Next::Recheck,
@@ -299,16 +333,7 @@ pub(super) async fn open(
                 recheck.as_mut().reset(tokio::time::Instant::now() + recheck_every);
             }
             let changes = match next {
-                Next::ShuttingDown => {
-                    Err(Status::from(Error::ShuttingDown))?;
-                    return;
-                }
-                Next::Expired => {
-                    Err(Status::from(Error::Unauthenticated(
-                        "token has expired: re-authenticate and watch again (the new stream starts with the current state)",
-                    )))?;
-                    return;
-                }
+                Next::End(e) => Err(Status::from(e))?,
                 Next::Event(event) => {
                     if sent.get(&event.voice_id).is_some_and(|revision| event.revision <= *revision) {
                         continue;
@@ -325,9 +350,18 @@ pub(super) async fn open(
                         voice: event.voice.clone(),
                     }]
                 }
-                Next::Resync | Next::Recheck => resync(&store, user, explicit, &open)
-                    .await
-                    .map_err(Status::from)?,
+                Next::Resync | Next::Recheck => match resync(&snapshots, user, explicit, &open).await {
+                    Ok(changes) => changes,
+                    Err(e @ Error::NotFound(_)) => Err(Status::from(e))?,
+                    Err(e) => {
+                        // Storage busy or away: the stream stays open (its
+                        // events still flow) and reads again shortly.
+                        reread_failures.inc();
+                        tracing::warn!(error = %e, "a watch stream could not re-read its voices; trying again shortly");
+                        recheck.as_mut().reset(tokio::time::Instant::now() + RETRY_READ + jitter(RETRY_READ));
+                        continue;
+                    }
+                },
             };
             for change in changes {
                 if sent.get(&change.id).is_some_and(|revision| change.revision <= *revision) {
@@ -355,10 +389,11 @@ pub(super) async fn open(
 mod tests {
     use super::*;
 
-    #[test]
-    fn streams_are_admitted_within_both_limits_and_leaving_frees_a_place() {
+    #[tokio::test]
+    async fn streams_are_admitted_within_both_limits_and_leaving_frees_a_place() {
         let metrics = Metrics::new();
-        let watches = Watches::new((2, 3), Duration::from_mins(1), &metrics);
+        let store = crate::store::test_store(&metrics).await;
+        let watches = Watches::new(store.clone(), (2, 3), Duration::from_mins(1), &metrics);
         let (alice, bob) = (Uuid::new_v4(), Uuid::new_v4());
         let a1 = watches.admit(alice).unwrap();
         let _a2 = watches.admit(alice).unwrap();
@@ -376,7 +411,7 @@ mod tests {
                 .get()
         };
         assert_eq!((refused("watches_per_user"), refused("watches")), (1, 1));
-        let unlimited = Watches::new((0, 0), Duration::from_mins(1), &metrics);
+        let unlimited = Watches::new(store, (0, 0), Duration::from_mins(1), &metrics);
         let many: Vec<_> = (0..50).map(|_| unlimited.admit(alice).unwrap()).collect();
         drop(many);
         assert!(unlimited.open.lock().1.is_empty());

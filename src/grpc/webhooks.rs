@@ -9,7 +9,7 @@
 use tonic::{Request, Response, Status, service::interceptor::InterceptedService};
 use uuid::Uuid;
 
-use super::validate;
+use super::{answer, validate};
 use crate::{
     auth::{Authenticator, caller},
     error::Error,
@@ -270,48 +270,48 @@ impl pb::webhook_service_server::WebhookService for WebhookApi {
         &self,
         request: Request<pb::CreateWebhookEndpointRequest>,
     ) -> Result<Response<pb::CreateWebhookEndpointResponse>, Status> {
-        Ok(Response::new(self.create(request).await?))
+        answer(&self.store, self.create(request).await)
     }
 
     async fn list_webhook_endpoints(
         &self,
         request: Request<pb::ListWebhookEndpointsRequest>,
     ) -> Result<Response<pb::ListWebhookEndpointsResponse>, Status> {
-        Ok(Response::new(self.list(request).await?))
+        answer(&self.store, self.list(request).await)
     }
 
     async fn update_webhook_endpoint(
         &self,
         request: Request<pb::UpdateWebhookEndpointRequest>,
     ) -> Result<Response<pb::WebhookEndpoint>, Status> {
-        Ok(Response::new(self.update(request).await?))
+        answer(&self.store, self.update(request).await)
     }
 
     async fn delete_webhook_endpoint(
         &self,
         request: Request<pb::DeleteWebhookEndpointRequest>,
     ) -> Result<Response<pb::DeleteWebhookEndpointResponse>, Status> {
-        Ok(Response::new(self.delete(request).await?))
+        answer(&self.store, self.delete(request).await)
     }
 
     async fn rotate_webhook_secret(
         &self,
         request: Request<pb::RotateWebhookSecretRequest>,
     ) -> Result<Response<pb::RotateWebhookSecretResponse>, Status> {
-        Ok(Response::new(self.rotate(request).await?))
+        answer(&self.store, self.rotate(request).await)
     }
 
     async fn send_test_webhook(
         &self,
         request: Request<pb::SendTestWebhookRequest>,
     ) -> Result<Response<pb::SendTestWebhookResponse>, Status> {
-        Ok(Response::new(self.send_test(request).await?))
+        answer(&self.store, self.send_test(request).await)
     }
 
     async fn list_webhook_deliveries(
         &self,
         request: Request<pb::ListWebhookDeliveriesRequest>,
     ) -> Result<Response<pb::ListWebhookDeliveriesResponse>, Status> {
-        Ok(Response::new(self.list_attempts(request).await?))
+        answer(&self.store, self.list_attempts(request).await)
     }
 }

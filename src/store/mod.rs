@@ -39,7 +39,13 @@ mod visibility;
 mod webhooks;
 mod writes;
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
 
 use chrono::{DateTime, SubsecRound, Utc};
 use prometheus_client::metrics::{counter::Counter, family::Family};
@@ -59,7 +65,7 @@ pub(crate) use webhooks::{
 };
 pub(crate) use writes::{Reservation, Settlement};
 
-use crate::metrics::{Metrics, StatementKind, StatementLabels, TransitionLabel};
+use crate::metrics::{LimitLabel, Metrics, StatementKind, StatementLabels, TransitionLabel};
 
 /// Where the database is and how many connections to open.
 #[derive(Debug, Clone)]
@@ -86,6 +92,38 @@ pub(crate) struct Probe {
     /// The pool, for its connect options.
     db: DatabaseConnection,
     connection: Option<ProbeConnection>,
+    /// Marked at each ping that succeeds.
+    answered: Arc<Answered>,
+}
+
+/// When the database last answered (a statement that succeeded, a health
+/// ping): a pool timeout soon after an answer means the pool is saturated
+/// (the database answers, every connection is busy), not an outage.
+#[derive(Debug)]
+struct Answered {
+    origin: Instant,
+    /// Milliseconds from `origin` to the last answer.
+    at_millis: AtomicU64,
+}
+
+impl Answered {
+    fn new() -> Self {
+        Answered {
+            origin: Instant::now(),
+            at_millis: AtomicU64::new(0),
+        }
+    }
+
+    fn mark(&self) {
+        let millis = u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.at_millis.fetch_max(millis, Ordering::Relaxed);
+    }
+
+    /// Whether the last answer came within `window` of now.
+    fn within(&self, window: Duration) -> bool {
+        let last = Duration::from_millis(self.at_millis.load(Ordering::Relaxed));
+        self.origin.elapsed().saturating_sub(last) <= window
+    }
 }
 
 enum ProbeConnection {
@@ -122,6 +160,7 @@ impl Probe {
             ProbeConnection::Sqlite(c) => c.ping().await,
         };
         pinged.map_err(sqlx_error)?;
+        self.answered.mark();
         self.connection = Some(connection);
         Ok(())
     }
@@ -163,6 +202,12 @@ pub struct Store {
     transitions: Family<TransitionLabel, Counter>,
     /// The client-side bound of one call; `None` on SQLite.
     call_timeout: Option<Duration>,
+    /// The longest wait for a pool connection.
+    acquire_timeout: Duration,
+    /// When the database last answered.
+    answered: Arc<Answered>,
+    /// Calls shed because every pool connection was busy.
+    shed: Counter,
     /// Notified after every commit that wrote events to the outbox: the
     /// relay waits on it, so no writer has to remember to wake it.
     events_committed: Arc<tokio::sync::Notify>,
@@ -206,8 +251,13 @@ impl Store {
         let call_timeout = (db.get_database_backend() == sea_orm::DbBackend::Postgres)
             .then_some(config.call_timeout);
         let statements = metrics.sql_statements.clone();
+        let answered = Arc::new(Answered::new());
+        let marks = answered.clone();
         db.set_metric_callback(move |info| {
             count(&statements, &info.statement.sql);
+            if !info.failed {
+                marks.mark();
+            }
             if info.elapsed > Duration::from_secs(1) {
                 tracing::warn!(elapsed = ?info.elapsed, sql = %info.statement.sql, "slow SQL statement");
             }
@@ -217,7 +267,15 @@ impl Store {
             encode_event,
             writer: uuid::Uuid::now_v7(),
             transitions: metrics.transitions.clone(),
+            shed: metrics
+                .limit_refusals
+                .get_or_create(&LimitLabel {
+                    limit: "storage_pool",
+                })
+                .clone(),
             call_timeout,
+            acquire_timeout: config.acquire_timeout,
+            answered,
             events_committed: Arc::default(),
             deliveries_queued: Arc::default(),
         })
@@ -238,7 +296,32 @@ impl Store {
         Probe {
             db: self.db.clone(),
             connection: None,
+            answered: self.answered.clone(),
         }
+    }
+
+    /// Whether `err` is a wait for a pool connection that timed out while
+    /// the database answered: every connection busy, the database fine.
+    /// The caller sheds the call (come back shortly) rather than report
+    /// storage down, which a wait alone cannot tell from an outage (sqlx
+    /// also times out a wait while it cannot connect). Counted as a
+    /// refusal at the limit `storage_pool`.
+    #[must_use]
+    pub(crate) fn saturated(&self, err: &DbErr) -> bool {
+        let pool_wait = match err {
+            DbErr::ConnectionAcquire(sea_orm::ConnAcquireErr::Timeout) => true,
+            DbErr::Conn(sea_orm::RuntimeErr::SqlxError(e))
+            | DbErr::Exec(sea_orm::RuntimeErr::SqlxError(e))
+            | DbErr::Query(sea_orm::RuntimeErr::SqlxError(e)) => {
+                matches!(**e, sqlx::Error::PoolTimedOut)
+            }
+            _ => false,
+        };
+        let saturated = pool_wait && self.answered.within(self.acquire_timeout);
+        if saturated {
+            self.shed.inc();
+        }
+        saturated
     }
 
     /// Connections of the pool: (open, idle).
@@ -386,6 +469,21 @@ fn count(statements: &Family<StatementLabels, Counter>, sql: &str) {
         StatementKind::Write
     };
     statements.get_or_create(&StatementLabels { kind }).inc();
+}
+
+/// A store over an empty in-memory SQLite database, not migrated, for unit
+/// tests of what holds a store without reading it.
+#[cfg(test)]
+pub(crate) async fn test_store(metrics: &Metrics) -> Store {
+    let config = DatabaseConfig {
+        url: "sqlite::memory:".to_owned().into(),
+        max_connections: 1,
+        acquire_timeout: Duration::from_secs(1),
+        statement_timeout: Duration::from_secs(1),
+        call_timeout: Duration::from_secs(1),
+    };
+    let encode: EventEncoder = |_, _| Vec::new();
+    Store::connect(&config, metrics, encode).await.unwrap()
 }
 
 /// A fully populated voice for unit tests (integration tests have their own

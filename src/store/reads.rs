@@ -96,25 +96,6 @@ impl Store {
             .await
     }
 
-    /// The voices among `ids` that `caller` may see (never DELETED), in one query.
-    ///
-    /// # Errors
-    /// A database failure.
-    pub(crate) async fn get_visible_many(
-        &self,
-        caller: Uuid,
-        ids: &[Uuid],
-    ) -> Result<Vec<Voice>, DbErr> {
-        self.bounded(async {
-            Entity::find()
-                .filter(Column::Id.is_in(ids.iter().copied()))
-                .filter(visible_to(caller))
-                .all(&self.db)
-                .await
-        })
-        .await
-    }
-
     /// The owner's voice `id`, unless it is DELETED.
     ///
     /// # Errors
@@ -259,14 +240,18 @@ impl Store {
         .await
     }
 
-    /// The owner's PROCESSING voices, oldest first (a watch's snapshot).
+    /// The PROCESSING voices of each of `owners`, oldest first, in one
+    /// query (the snapshots of watch streams opening together).
     ///
     /// # Errors
     /// A database failure.
-    pub(crate) async fn processing_of(&self, owner: Uuid) -> Result<Vec<Voice>, DbErr> {
+    pub(crate) async fn processing_of_many(&self, owners: &[Uuid]) -> Result<Vec<Voice>, DbErr> {
         self.bounded(async {
+            if owners.is_empty() {
+                return Ok(Vec::new());
+            }
             Entity::find()
-                .filter(Column::OwnerUserId.eq(owner))
+                .filter(Column::OwnerUserId.is_in(owners.iter().copied()))
                 .filter(Column::Status.eq(VoiceStatus::Processing))
                 .order_by_asc(Column::CreatedAt)
                 .order_by_asc(Column::Id)

@@ -107,6 +107,59 @@ async fn a_replica_paused_while_its_unread_entries_are_trimmed_still_tells_its_w
 }
 
 #[tokio::test]
+async fn a_recheck_storage_cannot_answer_leaves_the_stream_open_and_the_next_one_finds_the_change()
+{
+    use sea_orm::{ConnectionTrait, TransactionTrait};
+    let app = spawn_app_with(Backend::Postgres, |c| {
+        c.watch_recheck = Duration::from_secs(1);
+        c.database.statement_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let user = Uuid::new_v4();
+    let voice = create_voice(&mut app.client(user), "Reread in a lock").await;
+    app.until_published().await;
+    let mut stream = watch(&mut app.client(user), &[&voice.voice_id]).await;
+    assert!(next(&mut stream).await.unwrap().snapshot);
+    // The test holds the table, and changes the voice without an event:
+    // every read of it times out until the commit.
+    let txn = app.db.begin().await.unwrap();
+    txn.execute_unprepared("LOCK TABLE voices IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let id: Uuid = voice.voice_id.parse().unwrap();
+    voice::Entity::update_many()
+        .col_expr(voice::Column::Status, Expr::value("completed"))
+        .col_expr(
+            voice::Column::Revision,
+            Expr::col(voice::Column::Revision).add(1),
+        )
+        .filter(voice::Column::Id.eq(id))
+        .exec(&txn)
+        .await
+        .unwrap();
+    crate::helpers::wait_for(Duration::from_secs(10), || {
+        app.metric("voicehub_watch_reread_failures_total") >= 1
+    })
+    .await;
+    assert!(
+        app.metric("voicehub_watch_reread_failures_total") >= 1,
+        "a recheck failed while the table was held"
+    );
+    txn.commit().await.unwrap();
+    let event = tokio::time::timeout(Duration::from_secs(10), next(&mut stream))
+        .await
+        .expect("the next recheck finds it")
+        .expect("the stream stayed open");
+    assert_eq!(event.voice.unwrap().status(), VoiceStatus::Completed);
+    println!(
+        "{} re-reads failed while the table was held; the stream stayed open and got COMPLETED",
+        app.metric("voicehub_watch_reread_failures_total")
+    );
+    assert_eq!(app.metric("voicehub_watch_recheck_catches_total"), 1);
+    assert!(next(&mut stream).await.is_none(), "then ends: all terminal");
+}
+
+#[tokio::test]
 async fn a_change_no_event_announces_reaches_a_processing_watch_within_the_recheck_interval() {
     for backend in [Backend::Sqlite, Backend::Postgres] {
         let app = spawn_app_with(backend, |c| c.watch_recheck = Duration::from_secs(1)).await;

@@ -140,11 +140,13 @@ async fn lock_waiters(db: &sea_orm::DatabaseConnection) -> i64 {
 }
 
 #[tokio::test]
-async fn health_stays_serving_while_the_serving_pool_is_saturated() {
+async fn health_stays_serving_and_calls_are_shed_while_the_serving_pool_is_saturated() {
     use sea_orm::{ConnectionTrait, TransactionTrait};
     let app = spawn_app_with(Backend::Postgres, |c| {
         // One connection for LISTEN, one to serve: easy to saturate.
         c.database.max_connections = 2;
+        // The production default: waits for a connection end within the checks below.
+        c.database.acquire_timeout = Duration::from_secs(1);
         c.health_interval = Duration::from_millis(100);
     })
     .await;
@@ -184,7 +186,25 @@ async fn health_stays_serving_while_the_serving_pool_is_saturated() {
         "still saturated throughout"
     );
     txn.rollback().await.unwrap();
+    // The reader holding the connection is served once the lock is gone;
+    // those that waited for the pool past its timeout were shed, told when
+    // to come back: RESOURCE_EXHAUSTED, never UNAVAILABLE (the database
+    // answered throughout).
+    let (mut served, mut shed) = (0, 0);
     for reader in readers {
-        reader.await.unwrap().expect("served once the lock is gone");
+        match reader.await.unwrap() {
+            Ok(()) => served += 1,
+            Err(status) if status.code() == tonic::Code::ResourceExhausted => {
+                let retry = tonic_types::StatusExt::get_details_retry_info(&status)
+                    .and_then(|info| info.retry_delay)
+                    .expect("a shed call says when to come back");
+                assert!(retry <= Duration::from_secs(1), "{retry:?}");
+                assert!(status.message().contains("busy"), "{status:?}");
+                shed += 1;
+            }
+            Err(status) => panic!("a reader failed otherwise: {status:?}"),
+        }
     }
+    println!("{served} readers served, {shed} shed while the pool was saturated");
+    assert!(served >= 1 && shed >= 1, "{served} served, {shed} shed");
 }

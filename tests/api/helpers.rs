@@ -845,6 +845,16 @@ impl TestApp {
         self.with_authorization(&format!("Bearer {token}"))
     }
 
+    /// A client acting as `user` over a connection of its own (made at its
+    /// first call), not the app's shared one.
+    pub(crate) fn client_on_own_connection(&self, user: Uuid) -> Client {
+        let token = self.auth.mint(user, Duration::from_mins(10)).unwrap();
+        let channel = Endpoint::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .connect_lazy();
+        VoiceServiceClient::with_interceptor(channel, Bearer(format!("Bearer {token}")))
+    }
+
     /// A WebhookService client acting as `user`.
     pub(crate) fn webhooks(&self, user: Uuid) -> WebhookClient {
         let token = self.auth.mint(user, Duration::from_mins(10)).unwrap();

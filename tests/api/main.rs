@@ -37,6 +37,7 @@ mod sample_quality;
 mod shutdown;
 mod soak;
 mod status_engine;
+mod storms;
 mod sweep;
 mod transport;
 mod update_delete_voice;
