@@ -697,6 +697,47 @@ async fn redis_killed_restarted_and_flushed_mid_run_still_ends_every_voice_and_t
 }
 
 #[tokio::test]
+async fn a_reschedule_a_frozen_redis_cut_off_is_handed_back_when_it_answers_again() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let (app, fake) = spawn_app_with_fake(Backend::Postgres, move |c| {
+        c.redis_url = Some(url.into());
+        // Longer than the test: only a hand-back makes the voice due again.
+        c.engine.claim_lease = Duration::from_mins(10);
+    })
+    .await;
+    fake.set_default_report(Report::awaiting_verification());
+    let voice = create_voice(&mut app.client(Uuid::new_v4()), "Cut off").await;
+    // The step waits at the provider; Redis freezes meanwhile, so the
+    // step's reschedule (still PROCESSING) cannot reach it.
+    fake.inject(Route::Lookup, 1, Fault::Slow(Duration::from_secs(2)));
+    fake.inject(Route::Get, 1, Fault::Slow(Duration::from_secs(2)));
+    let worker = app.worker.clone();
+    let step = tokio::spawn(async move { worker.run_once().await });
+    wait_for(Duration::from_secs(10), || {
+        fake.calls(Route::Lookup) + fake.calls(Route::Get) > 0
+    })
+    .await;
+    redis.freeze();
+    let step = step.await.unwrap().expect("the step itself succeeds");
+    assert_eq!((step.claimed, step.rescheduled), (1, 1), "{step:?}");
+    redis.thaw();
+    // The next step that reaches Redis hands it back: due now, claimed now,
+    // not ten minutes later.
+    let mut claimed = 0;
+    for _ in 0..50 {
+        if let Ok(step) = app.worker.run_once().await {
+            claimed = step.claimed;
+            if claimed > 0 {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(claimed, 1, "voice {} is due again", voice.voice_id);
+}
+
+#[tokio::test]
 async fn a_provider_storm_while_thirty_voices_are_created_and_watched_ends_each_once() {
     use std::collections::{BTreeMap, BTreeSet};
     let (app, fake) = spawn_app_with_fake(Backend::Postgres, |c| c.run_worker = true).await;

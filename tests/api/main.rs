@@ -9,6 +9,7 @@ mod helpers;
 mod abuse;
 mod auth;
 mod cli;
+mod cluster;
 mod connections;
 mod consent;
 mod contract;

@@ -95,6 +95,24 @@ impl Worker {
         self.claimed_per_step.observe(claimed as f64);
     }
 
+    /// Reschedules what an earlier step could not (their delays count
+    /// again from now); kept for the next step if the queue still fails.
+    async fn hand_back_unscheduled(&self) -> Result<(), EngineError> {
+        let pending = std::mem::take(&mut *self.unscheduled.lock());
+        if pending.is_empty() {
+            return Ok(());
+        }
+        if let Err(e) = self.queue.reschedule(&pending).await {
+            self.unscheduled.lock().extend(pending);
+            return Err(e.into());
+        }
+        tracing::info!(
+            voices = pending.len(),
+            "voices a failed reschedule had left leased are due again"
+        );
+        Ok(())
+    }
+
     /// The first half of a step: claims what is due, reads it, and asks the
     /// provider about each voice. Nothing is written yet; the claimed voices
     /// stay leased to this replica until [`Worker::settle`] finishes them.
@@ -105,6 +123,7 @@ impl Worker {
             self.reconcile().await?;
             step.reconciled = true;
         }
+        self.hand_back_unscheduled().await?;
         let Some(ids) = self.claim(step).await? else {
             return Ok(checked);
         };

@@ -137,6 +137,10 @@ pub struct Worker {
     /// Voices this replica has claimed and not yet handed back: on shutdown
     /// they are made due again at once, for another replica.
     held: Arc<Mutex<HashSet<Uuid>>>,
+    /// Voices whose reschedule failed (Redis away, a failover): handed back
+    /// by the next step that reaches the queue, rather than left leased
+    /// until their leases expire.
+    unscheduled: Arc<Mutex<Vec<(Uuid, Duration)>>>,
     /// Claimed ids unknown to storage (see `report_unknown`): counted, and
     /// the ones already logged.
     unknown_ids: Counter,
@@ -165,6 +169,7 @@ impl Worker {
             store,
             provider,
             held: Arc::default(),
+            unscheduled: Arc::default(),
             unknown_ids: metrics.sync_unknown_ids.clone(),
             unknown_reported: Arc::default(),
             completed_marked: Arc::default(),

@@ -87,10 +87,12 @@ impl Worker {
                 held.remove(id);
             }
         }
-        // One round trip for the whole batch. A failed reschedule is covered
-        // by the leases running out.
+        // One round trip for the whole batch. A failed one is tried again
+        // by the next step (the leases running out cover a process that
+        // stops meanwhile).
         if let Err(e) = self.queue.reschedule(&again).await {
-            tracing::debug!(voices = again.len(), error = %e, "reschedule failed; the leases will expire instead");
+            tracing::debug!(voices = again.len(), error = %e, "reschedule failed; the next step tries again");
+            self.unscheduled.lock().extend(again);
         }
         self.queue.finish(&done).await?;
         Ok(step)
