@@ -213,6 +213,8 @@ struct Inner {
     /// The account's custom voice slots: a create beyond them is refused
     /// with `voice_limit_reached`, as ElevenLabs does.
     voice_limit: Option<usize>,
+    /// Every voice ever created here: its id and its `voicehub_id` label.
+    created: Vec<(String, Option<String>)>,
 }
 
 impl Inner {
@@ -339,6 +341,19 @@ impl FakeElevenLabs {
             .get_mut(id)
             .expect("fake voice")
             .report = report;
+    }
+
+    /// As [`FakeElevenLabs::set_report`], for a voice that may be gone.
+    pub(crate) fn set_report_if_held(&self, id: &str, report: Report) {
+        if let Some(voice) = self.inner.lock().unwrap().voices.get_mut(id) {
+            voice.report = report;
+        }
+    }
+
+    /// Every voice ever created here, deleted ones included: its id and the
+    /// voicehub voice its `voicehub_id` label names.
+    pub(crate) fn created(&self) -> Vec<(String, Option<String>)> {
+        self.inner.lock().unwrap().created.clone()
     }
 
     /// The account holds at most `limit` voices from now on.
@@ -528,6 +543,8 @@ async fn add_received(
     }
     inner.next_id += 1;
     let voice_id = format!("FakeVoice{:011}", inner.next_id);
+    let tag = voice.labels.get("voicehub_id").cloned();
+    inner.created.push((voice_id.clone(), tag));
     inner.voices.insert(voice_id.clone(), voice);
     ok(json!({"voice_id": voice_id, "requires_verification": false}))
 }

@@ -791,10 +791,7 @@ impl Server {
     /// own (clones share it). The process must have been started with
     /// `VOICEHUB_JWT_SECRET` set to [`JWT_SECRET`].
     pub(crate) fn client(&self, user: Uuid) -> Client {
-        let token = Authenticator::new(&auth_config())
-            .mint(user, Duration::from_hours(2))
-            .unwrap();
-        VoiceServiceClient::with_interceptor(self.channel(), Bearer(format!("Bearer {token}")))
+        client_at(&self.addr, user)
     }
 
     /// A new connection to this process (made on its first call).
@@ -810,6 +807,19 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A client of the `voicehub serve` at `addr` calling as `user`, on a
+/// connection of its own (made at its first call). The process must have
+/// been started with `VOICEHUB_JWT_SECRET` set to [`JWT_SECRET`].
+pub(crate) fn client_at(addr: &str, user: Uuid) -> Client {
+    let token = Authenticator::new(&auth_config())
+        .mint(user, Duration::from_hours(2))
+        .unwrap();
+    let channel = Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect_lazy();
+    VoiceServiceClient::with_interceptor(channel, Bearer(format!("Bearer {token}")))
 }
 
 /// Adds a fixed `authorization` header to every call.

@@ -8,6 +8,7 @@ mod helpers;
 
 mod abuse;
 mod auth;
+mod chaos;
 mod cli;
 mod cluster;
 mod connections;

@@ -257,6 +257,51 @@ impl RedisCluster {
             .stop();
     }
 
+    /// Starts the killed node on `port` again, with its cluster state: it
+    /// rejoins (as a replica of whoever took its slots).
+    pub(crate) fn restart(&mut self, port: u16) {
+        let node = self
+            .nodes
+            .iter_mut()
+            .find(|n| n.port == port)
+            .expect("a node of this cluster");
+        node.stop();
+        node.launch();
+    }
+
+    /// The ports of the primaries serving slots now, lowest first.
+    pub(crate) fn primaries(&self) -> Vec<u16> {
+        let mut ports: Vec<u16> = self
+            .nodes()
+            .lines()
+            .filter_map(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                let serving =
+                    fields[2].contains("master") && !fields[2].contains("fail") && fields.len() > 8;
+                let addr = fields[1].split('@').next()?;
+                serving.then(|| addr.rsplit_once(':')?.1.parse().ok())?
+            })
+            .collect();
+        ports.sort_unstable();
+        ports
+    }
+
+    /// Whether every slot is served and every primary has a synced replica.
+    pub(crate) fn whole(&self) -> bool {
+        let info = self.live().cli(&["CLUSTER", "INFO"]);
+        info.contains("cluster_state:ok")
+            && self
+                .nodes
+                .iter()
+                .filter(|n| n.child.is_some())
+                .filter(|n| {
+                    n.cli(&["INFO", "replication"])
+                        .contains("master_link_status:up")
+                })
+                .count()
+                == 3
+    }
+
     /// Waits until every slot is served again (`cluster_state:ok` on a live node).
     pub(crate) fn until_ok(&self) {
         for _ in 0..600 {
