@@ -50,6 +50,8 @@ enum Scenario {
     Fanout(scenarios::fanout::FanoutArgs),
     /// CreateVoiceClone's latency and CPU (server and audio check), beside AnalyzeSamples.
     Create(scenarios::create::CreateArgs),
+    /// The read path on 1, 2 and 3 replicas sharing one PostgreSQL: rate, ratio to one, CPU per call.
+    Scale(scenarios::scale::ScaleArgs),
 }
 
 #[tokio::main]
@@ -68,5 +70,6 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Detect(args) => scenarios::detect::run(&binary, &out, args).await,
         Scenario::Fanout(args) => scenarios::fanout::run(&binary, &out, args).await,
         Scenario::Create(args) => scenarios::create::run(&binary, &out, args).await,
+        Scenario::Scale(args) => scenarios::scale::run(&binary, &out, args).await,
     }
 }

@@ -6,5 +6,6 @@ pub(crate) mod detect;
 pub(crate) mod fanout;
 pub(crate) mod idle;
 pub(crate) mod read;
+pub(crate) mod scale;
 pub(crate) mod startup;
 pub(crate) mod sync;

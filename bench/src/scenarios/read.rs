@@ -174,11 +174,11 @@ impl BenchDatabase {
 }
 
 /// The voices and users the load picks from.
-struct Catalogue {
+pub(crate) struct Catalogue {
     /// (voice id, its owner), a sample of the catalogue.
-    voices: Vec<(Uuid, Uuid)>,
+    pub(crate) voices: Vec<(Uuid, Uuid)>,
     /// A sample of the owners.
-    users: Vec<Uuid>,
+    pub(crate) users: Vec<Uuid>,
 }
 
 fn owner(user: u64) -> Uuid {
@@ -188,7 +188,7 @@ fn owner(user: u64) -> Uuid {
 /// Stores `voices` completed voices of `users` owners (every tenth public),
 /// created one millisecond apart, through SeaORM, so they are encoded
 /// exactly as the server writes them.
-async fn seed(url: &str, voices: u64, users: u64) -> anyhow::Result<Catalogue> {
+pub(crate) async fn seed(url: &str, voices: u64, users: u64) -> anyhow::Result<Catalogue> {
     const BATCH: u64 = 1_000;
     let started = Instant::now();
     let db = Database::connect(url).await?;
@@ -265,7 +265,7 @@ pub(crate) fn catalogue_voice(owner: Uuid, i: u64, at: DateTime<Utc>) -> Voice {
 
 /// The three RPCs of the scenario.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Rpc {
+pub(crate) enum Rpc {
     GetVoice,
     ListAll,
     ListOwned,
@@ -274,7 +274,7 @@ enum Rpc {
 impl Rpc {
     const ALL: [Rpc; 3] = [Rpc::GetVoice, Rpc::ListAll, Rpc::ListOwned];
 
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Rpc::GetVoice => "GetVoice",
             Rpc::ListAll => "ListUserVoices(20, ALL)",
@@ -389,7 +389,7 @@ fn health_call(channels: &Arc<Vec<Channel>>) -> Call {
     })
 }
 
-fn rpc_call(
+pub(crate) fn rpc_call(
     rpc: Rpc,
     channels: &Arc<Vec<Channel>>,
     voices: &Arc<Vec<(Uuid, Uuid, Token)>>,
