@@ -6,7 +6,9 @@
 //!   owner) *before* the provider is called, so two requests with one key —
 //!   sequential or racing, on any replica — make one provider call and return
 //!   one voice. A provider failure that surely made nothing releases the
-//!   reservation, so a retry with the same key can succeed.
+//!   reservation, so a retry with the same key can succeed; a repeat that
+//!   arrives while the first create still runs waits for its outcome, so
+//!   it never answers with a reservation that is then released.
 //! - **A create is never cut in half.** The reserved voice is on the
 //!   due-queue from the start; the provider call runs in a task of its own,
 //!   so a caller who goes away does not stop it. While it runs (waiting for
@@ -194,6 +196,9 @@ const UNKNOWN_OUTCOME_RETRIES: u32 = 2;
 /// The pause before such a retry, times the retry's number.
 const UNKNOWN_OUTCOME_PAUSE: Duration = Duration::from_millis(500);
 
+/// How often a repeated `request_id` looks again at a create still running.
+const CREATE_RUNNING_POLL: Duration = Duration::from_millis(100);
+
 /// Creates, updates and deletes voices across the provider and storage.
 #[derive(Clone)]
 pub(crate) struct WritePath {
@@ -244,9 +249,10 @@ impl WritePath {
         };
         if let Some(request_id) = &new.request_id
             && let Some(existing) = self.store.find_by_request_id(owner, request_id).await?
+            && let Some(voice) = self.outcome_of(owner, request_id, existing).await?
         {
-            tracing::info!(voice_id = %existing.id, request_id, "repeated request_id: returning the same voice");
-            return Ok(repeated(existing));
+            tracing::info!(voice_id = %voice.id, request_id, "repeated request_id: returning the same voice");
+            return Ok(repeated(voice));
         }
         // Counted before anything is written: a refused create leaves nothing.
         if let Err(exceeded) = self.quota.take(owner).await {
@@ -262,7 +268,16 @@ impl WritePath {
             .await?
         {
             Reservation::Reserved(voice) => voice,
-            Reservation::Existing(voice) => return Ok(repeated(voice)),
+            Reservation::Existing(voice) => {
+                // A create of the same request_id got there first.
+                let request_id = new.request_id.as_deref().unwrap_or_default();
+                return match self.outcome_of(owner, request_id, voice).await? {
+                    Some(voice) => Ok(repeated(voice)),
+                    None => Err(Error::Aborted(
+                        "a create with this request_id was refused by the voice provider meanwhile; retry with the same request_id",
+                    )),
+                };
+            }
             Reservation::LimitReached => {
                 return Err(Error::ResourceExhausted(format!(
                     "voice limit reached: a user may have at most {} voices; delete one first",
@@ -287,6 +302,39 @@ impl WritePath {
             }),
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
             Err(_) => Err(Error::ShuttingDown),
+        }
+    }
+
+    /// The voice an earlier create of `request_id` made, once that create is
+    /// no longer running: accepted, or handed over (kept until the status
+    /// engine adopts or fails it). `None` if it was released (the provider
+    /// surely made nothing): this call may create it anew. While it runs
+    /// (its reservation's create lease is live) this waits, polling storage:
+    /// answering with the reservation at once would hand the caller a voice
+    /// that a refusal may yet remove.
+    ///
+    /// # Errors
+    /// Storage.
+    async fn outcome_of(
+        &self,
+        owner: Uuid,
+        request_id: &str,
+        mut existing: Voice,
+    ) -> Result<Option<Voice>, Error> {
+        loop {
+            let running = existing.provider_voice_id.is_none()
+                && existing.status == VoiceStatus::Processing
+                && existing
+                    .create_lease_until
+                    .is_some_and(|until| until > store::now());
+            if !running {
+                return Ok(Some(existing));
+            }
+            tokio::time::sleep(CREATE_RUNNING_POLL).await;
+            match self.store.find_by_request_id(owner, request_id).await? {
+                Some(voice) => existing = voice,
+                None => return Ok(None),
+            }
         }
     }
 

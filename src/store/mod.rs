@@ -102,7 +102,7 @@ pub(crate) struct Probe {
 #[derive(Debug)]
 struct Answered {
     origin: Instant,
-    /// Milliseconds from `origin` to the last answer.
+    /// Milliseconds from `origin` to the last answer, plus one; 0: none yet.
     at_millis: AtomicU64,
 }
 
@@ -115,14 +115,21 @@ impl Answered {
     }
 
     fn mark(&self) {
-        let millis = u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.at_millis.fetch_max(millis, Ordering::Relaxed);
+        let millis = u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
+        self.at_millis.fetch_max(millis + 1, Ordering::Relaxed);
     }
 
     /// Whether the last answer came within `window` of now.
     fn within(&self, window: Duration) -> bool {
-        let last = Duration::from_millis(self.at_millis.load(Ordering::Relaxed));
-        self.origin.elapsed().saturating_sub(last) <= window
+        match self.at_millis.load(Ordering::Relaxed) {
+            0 => false,
+            at => {
+                self.origin
+                    .elapsed()
+                    .saturating_sub(Duration::from_millis(at - 1))
+                    <= window
+            }
+        }
     }
 }
 
@@ -526,4 +533,22 @@ pub(crate) fn test_voice(owner: uuid::Uuid, visibility: Visibility, status: Voic
 #[must_use]
 pub fn now() -> DateTime<Utc> {
     Utc::now().trunc_subsecs(6)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_database_that_never_answered_is_not_busy_and_an_answer_lasts_its_window() {
+        let answered = Answered::new();
+        assert!(!answered.within(Duration::from_hours(1)), "no answer yet");
+        answered.mark();
+        assert!(answered.within(Duration::from_secs(1)));
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(
+            !answered.within(Duration::from_millis(5)),
+            "that answer is older"
+        );
+    }
 }

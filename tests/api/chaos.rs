@@ -1,7 +1,7 @@
 //! The randomized fault soak: three `voicehub serve` replicas on one
 //! PostgreSQL and a Redis Cluster (private ones: the faults touch no other
 //! test), under a workload of creates (retried with their `request_id`),
-//! updates, deletes, watches on every replica, the public event stream and
+//! updates, deletes, watches on every replica, the public stream and
 //! a webhook endpoint per user, while faults drawn from a seeded schedule
 //! arrive, together as often as not: a replica SIGKILLed and restarted,
 //! PostgreSQL frozen, a Redis primary killed (its replica takes over; it
@@ -13,8 +13,8 @@
 //! provider holds exactly the live rows' voices after a final sweep; no
 //! `request_id` (no row) made two provider voices; every watcher saw the
 //! terminal state of the voice it watched; revisions only increase, per
-//! voice, on every stream and on the event stream; every stored change
-//! reached the event stream and its owner's webhook endpoint.
+//! voice, on every watch stream and on the public stream; every stored
+//! change reached the public stream and its owner's webhook endpoint.
 //!
 //! `VOICEHUB_CHAOS_SECS` (120 in the test command) sets the length and
 //! `VOICEHUB_CHAOS_SEED` replays a schedule (the seed is printed).
@@ -42,7 +42,7 @@ use voicehub::pb::{self, CreateWebhookEndpointRequest, WatchVoiceStatusRequest};
 
 use crate::{
     fake_elevenlabs::{API_KEY, FakeElevenLabs, Fault as ProviderFault, Report, Route},
-    helpers::{Bearer, Client, JWT_SECRET, Server, client_at, create_request, serve},
+    helpers::{Bearer, Client, JWT_SECRET, Server, client_at, create_request, try_serve},
     pg_server::PgServer,
     redis_server::RedisCluster,
 };
@@ -170,8 +170,8 @@ const PROVIDER: &str = "provider voices = live rows' voices, after a sweep";
 const ONE_CLONE: &str = "no request_id (row) made two provider voices";
 const WATCHERS: &str = "every watcher saw its voice's terminal state";
 const STREAM_ORDER: &str = "revisions only increase, per voice, on each watch stream";
-const EVENT_ORDER: &str = "revisions only increase, per voice, on the event stream";
-const ON_STREAM: &str = "every stored change on the event stream";
+const EVENT_ORDER: &str = "revisions only increase, per voice, on the public stream";
+const ON_STREAM: &str = "every stored change on the public stream";
 const AT_WEBHOOKS: &str = "every stored change at its owner's webhook endpoint";
 const CALLS: &str = "calls fail only as faults explain (retryable codes)";
 
@@ -300,16 +300,35 @@ impl Rig {
         rig
     }
 
-    /// Starts replica `replica` (again) and publishes its address.
+    /// Starts replica `replica` (again) and publishes its address; as a
+    /// supervisor would, starts it again while it exits at start-up
+    /// (storage or Redis unreachable: a fault in progress).
     fn launch(&self, replica: usize) {
         let env: Vec<(&str, &str)> = self
             .env
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
-        let server = serve(self.dirs[replica].path(), &env);
-        self.addrs.lock().unwrap()[replica] = Some(server.addr.clone());
-        self.replicas.lock().unwrap()[replica] = Some(server);
+        for _ in 0..60 {
+            match try_serve(self.dirs[replica].path(), &env) {
+                Ok(server) => {
+                    self.addrs.lock().unwrap()[replica] = Some(server.addr.clone());
+                    self.replicas.lock().unwrap()[replica] = Some(server);
+                    return;
+                }
+                Err(logs) => {
+                    let last = logs.last().cloned().unwrap_or_default();
+                    println!("replica {replica} did not start, starting it again: {last}");
+                    self.ledger()
+                        .op("replica start refused (a fault in progress), started again");
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            }
+        }
+        self.ledger().violation(
+            CALLS,
+            format!("replica {replica} did not start in 60 tries"),
+        );
     }
 
     /// SIGKILLs replica `replica`.
@@ -783,7 +802,7 @@ async fn eventually(within: Duration, mut done: impl AsyncFnMut() -> bool) -> bo
     }
 }
 
-/// Every voice's (type, revision) on the public event stream, in order.
+/// Every voice's (type, revision) on the public stream, in order.
 async fn event_stream(rig: &Rig) -> BTreeMap<String, Vec<(String, i64)>> {
     use fred::prelude::*;
     let config = Config::from_url(&rig.cluster_url).unwrap();
@@ -853,8 +872,8 @@ async fn check_provider(rig: &Rig) {
     }
 }
 
-/// Each stored change on the event stream and at its owner's endpoint,
-/// revisions only increasing on the stream; each watcher saw its terminal state.
+/// Each stored change on the public stream and at its owner's endpoint,
+/// revisions only increasing on it; each watcher saw its terminal state.
 async fn check_changes(rig: &Rig) {
     let rows = rows(&rig.db).await;
     let stream = event_stream(rig).await;

@@ -194,6 +194,52 @@ async fn a_retry_after_a_transient_failure_succeeds_with_the_same_request_id(bac
     );
 }
 
+async fn a_repeat_waits_for_the_create_still_running_and_never_gets_a_voice_then_released(
+    backend: Backend,
+) {
+    let (app, fake) = spawn_app_with_fake(backend, |_| {}).await;
+    let mut client = app.client(Uuid::new_v4());
+    let request = with(|r| r.request_id = "refused-meanwhile".into());
+    // Every attempt of the first create is a 429 whose Retry-After keeps it
+    // running for about 3 s: then the provider surely made nothing, and
+    // the reservation is released.
+    let Fault::Respond { status, body, .. } = Fault::too_many_concurrent() else {
+        unreachable!("a status")
+    };
+    let busy = Fault::Respond {
+        status,
+        body,
+        headers: vec![("retry-after", "1".to_owned())],
+    };
+    fake.inject(Route::Add, 4, busy);
+    let mut first_client = client.clone();
+    let first = tokio::spawn({
+        let request = request.clone();
+        async move { first_client.create_voice_clone(request).await }
+    });
+    crate::helpers::wait_for(std::time::Duration::from_secs(10), || {
+        fake.calls(Route::Add) >= 1
+    })
+    .await;
+    // The repeat arrives while the first create runs: it waits for the
+    // outcome (a release), then creates the voice itself.
+    let repeat = client.create_voice_clone(request.clone()).await;
+    let first = first.await.unwrap().unwrap_err();
+    assert_eq!(first.code(), Code::Unavailable, "{first:?}");
+    let repeat = repeat.expect("the repeat is answered").into_inner();
+    let stored = get_voice(&mut client, &repeat.voice_id).await;
+    assert!(
+        !stored.provider_voice_id.is_empty(),
+        "the voice it answered with exists, at the provider too"
+    );
+    assert_eq!(app.voice_rows().await, 1);
+    assert_eq!(
+        fake.calls(Route::Add),
+        5,
+        "four refused attempts, then one create"
+    );
+}
+
 async fn the_per_user_voice_limit_is_resource_exhausted_and_freed_by_delete(backend: Backend) {
     let (app, fake) = spawn_app_with_fake(backend, |c| c.max_voices_per_user = 2).await;
     let mut client = app.client(Uuid::new_v4());
@@ -530,6 +576,7 @@ on_both_backends!(
     concurrent_requests_with_one_request_id_make_one_voice,
     emoji_sequences_and_tag_flags_are_names_like_any_other,
     a_retry_after_a_transient_failure_succeeds_with_the_same_request_id,
+    a_repeat_waits_for_the_create_still_running_and_never_gets_a_voice_then_released,
     the_per_user_voice_limit_is_resource_exhausted_and_freed_by_delete,
     a_provider_voice_that_cannot_be_recorded_is_deleted_again,
     an_orphan_is_recorded_when_compensation_fails_too,

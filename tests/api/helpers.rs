@@ -739,6 +739,12 @@ pub(crate) struct Server {
 /// Starts `voicehub serve` with zero configuration except a free port (and
 /// `env`), and returns once it logged its bound address (no sleeping).
 pub(crate) fn serve(dir: &Path, env: &[(&str, &str)]) -> Server {
+    try_serve(dir, env).unwrap_or_else(|logs| panic!("voicehub serve did not start: {logs:?}"))
+}
+
+/// As [`serve`], or the log of a process that exited first (or did not
+/// report its address within a minute; it is killed).
+pub(crate) fn try_serve(dir: &Path, env: &[(&str, &str)]) -> Result<Server, Vec<String>> {
     let mut child = voicehub(dir)
         .arg("serve")
         .env("VOICEHUB_LISTEN", "127.0.0.1:0")
@@ -765,15 +771,18 @@ pub(crate) fn serve(dir: &Path, env: &[(&str, &str)]) -> Server {
             sink.lock().unwrap().push(line);
         }
     });
-    let addr = rx
-        .recv_timeout(Duration::from_mins(1))
-        .unwrap_or_else(|_| panic!("voicehub serve did not start: {:?}", logs.lock().unwrap()));
-    Server {
+    let Ok(addr) = rx.recv_timeout(Duration::from_mins(1)) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        let _ = reader.join();
+        return Err(logs.lock().unwrap().clone());
+    };
+    Ok(Server {
         child,
         addr,
         logs,
         reader: Some(reader),
-    }
+    })
 }
 
 impl Server {

@@ -95,12 +95,19 @@ impl Worker {
     /// replica takes them at once instead of after the lease.
     pub(super) async fn stop(&self, mut steps: JoinSet<Result<Step, EngineError>>) {
         steps.shutdown().await;
-        let held: Vec<(Uuid, Duration)> = self
+        // What it holds, and what a failed reschedule left leased.
+        let mut held: Vec<(Uuid, Duration)> = self
             .held
             .lock()
             .drain()
             .map(|id| (id, Duration::ZERO))
             .collect();
+        held.extend(
+            self.unscheduled
+                .lock()
+                .drain(..)
+                .map(|(id, _)| (id, Duration::ZERO)),
+        );
         if held.is_empty() {
             return;
         }
