@@ -470,6 +470,7 @@ async fn queue_and_bus(
             &config.redis_prefix,
             metrics.queue_round_trips.clone(),
         ));
+        queue.notice_reconnects();
         let bus = Arc::new(RedisBus::new(
             redis.commands.clone(),
             &config.redis_prefix,

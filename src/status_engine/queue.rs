@@ -59,6 +59,14 @@ pub trait DueQueue: Send + Sync + 'static {
 
     /// Notified when work was enqueued, here or on another replica.
     fn wakeup(&self) -> Arc<Notify>;
+
+    /// Whether the queue's store reconnected (or its cluster's layout
+    /// changed) since the last call: writes it acknowledged may be lost (a
+    /// failover loses what the old primary had not yet copied), so the
+    /// worker reconciles with storage.
+    fn take_reconnected(&self) -> bool {
+        false
+    }
 }
 
 /// The configured due-queue, shared.

@@ -12,7 +12,13 @@
 //! - Wake-ups are at-most-once pub/sub messages; a lost one only delays a
 //!   check until the worker's next timed wake-up.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use fred::{clients::SubscriberClient, prelude::*, types::scripts::Script};
 use prometheus_client::metrics::counter::Counter;
@@ -69,6 +75,8 @@ pub struct RedisQueue {
     restore: Script,
     wakeup: Arc<Notify>,
     round_trips: Counter,
+    /// Set at each reconnection or cluster change (see `notice_reconnects`).
+    reconnected: Arc<AtomicBool>,
 }
 
 #[allow(clippy::needless_pass_by_value)] // shaped for `map_err`
@@ -95,7 +103,24 @@ impl RedisQueue {
             restore: script(RESTORE),
             wakeup: Arc::new(Notify::new()),
             round_trips,
+            reconnected: Arc::default(),
         }
+    }
+
+    /// From now on, notes each reconnection of the command connection and
+    /// each change of the cluster's layout (a failover), for
+    /// [`DueQueue::take_reconnected`]. Needs a Tokio runtime.
+    pub fn notice_reconnects(&self) {
+        let flag = self.reconnected.clone();
+        self.client.on_reconnect(move |_| {
+            flag.store(true, Ordering::Relaxed);
+            std::future::ready(Ok(()))
+        });
+        let flag = self.reconnected.clone();
+        self.client.on_cluster_change(move |_| {
+            flag.store(true, Ordering::Relaxed);
+            std::future::ready(Ok(()))
+        });
     }
 
     /// Forwards wake-ups published by any replica to this replica's worker
@@ -271,6 +296,10 @@ impl DueQueue for RedisQueue {
 
     fn wakeup(&self) -> Arc<Notify> {
         self.wakeup.clone()
+    }
+
+    fn take_reconnected(&self) -> bool {
+        self.reconnected.swap(false, Ordering::Relaxed)
     }
 }
 

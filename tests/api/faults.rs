@@ -738,6 +738,54 @@ async fn a_reschedule_a_frozen_redis_cut_off_is_handed_back_when_it_answers_agai
 }
 
 #[tokio::test]
+async fn after_redis_reconnects_the_engine_puts_back_queue_entries_it_lost() {
+    use voicehub::status_engine::DueQueue;
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let (app, fake) = spawn_app_with_fake(Backend::Postgres, move |c| {
+        c.redis_url = Some(url.into());
+    })
+    .await;
+    fake.set_default_report(Report::awaiting_verification());
+    let voice = create_voice(&mut app.client(Uuid::new_v4()), "Lost in a failover").await;
+    assert_eq!(app.worker.run_once().await.unwrap().claimed, 1);
+    // The queue loses the entry, as when a primary dies before its replica
+    // has the last writes: nothing tells voicehub but the reconnection.
+    let (client, queue) = crate::helpers::queue_of(&app).await;
+    queue
+        .finish(&[voice.voice_id.parse().unwrap()])
+        .await
+        .unwrap();
+    client.quit().await;
+    let step = app.worker.run_once().await.unwrap();
+    assert_eq!(step.claimed, 0, "lost: {step:?}");
+    assert!(
+        redis
+            .cli(&["CLIENT", "KILL", "TYPE", "normal"])
+            .trim()
+            .parse::<u32>()
+            .unwrap()
+            > 0
+    );
+    wait_for(Duration::from_secs(10), || {
+        app.metric("voicehub_redis_reconnects_total{connection=\"commands\"}") >= 1
+    })
+    .await;
+    // The next step reconciles with storage, and the voice is due again.
+    let mut step = app.worker.run_once().await;
+    for _ in 0..50 {
+        if step.as_ref().is_ok_and(|s| s.claimed > 0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        step = app.worker.run_once().await;
+    }
+    let step = step.unwrap();
+    assert!(step.reconciled, "{step:?}");
+    assert_eq!(step.claimed, 1, "{step:?}");
+}
+
+#[tokio::test]
 async fn a_provider_storm_while_thirty_voices_are_created_and_watched_ends_each_once() {
     use std::collections::{BTreeMap, BTreeSet};
     let (app, fake) = spawn_app_with_fake(Backend::Postgres, |c| c.run_worker = true).await;

@@ -111,6 +111,12 @@ impl Worker {
     }
 
     pub(super) fn reconcile_due(&self) -> bool {
+        if self.queue.take_reconnected() {
+            tracing::info!(
+                "the due-queue's Redis reconnected: reconciling it with storage (entries a failover lost come back)"
+            );
+            self.reconcile_needed.store(true, Ordering::Relaxed);
+        }
         let mut next = self.next_reconcile.lock();
         let now = Instant::now();
         if self.reconcile_needed.load(Ordering::Relaxed) || now >= *next {
