@@ -143,6 +143,10 @@ struct Ledger {
     /// Per invariant: things checked, and each violation found.
     checked: BTreeMap<&'static str, u64>,
     violations: BTreeMap<&'static str, Vec<String>>,
+    /// When each fault began, and its kind.
+    fault_log: Vec<(chrono::DateTime<chrono::Utc>, &'static str)>,
+    /// Rows seen PROCESSING past their deadline and the slack.
+    overdue: BTreeSet<Uuid>,
     /// The voices the workload made: owner, and whether it deleted them.
     voices: BTreeMap<Uuid, (usize, bool)>,
     /// Per explicit watcher: the terminal state it saw, if any.
@@ -390,7 +394,11 @@ fn retryable(code: Code) -> bool {
 
 /// Runs `fault`, restoring what it broke before it returns.
 async fn inject(rig: Arc<Rig>, fault: Fault) {
-    rig.ledger().faults.entry(fault.kind()).or_default();
+    {
+        let mut ledger = rig.ledger();
+        ledger.faults.entry(fault.kind()).or_default();
+        ledger.fault_log.push((chrono::Utc::now(), fault.kind()));
+    }
     match fault {
         Fault::KillReplica { replica, down } => {
             rig.kill(replica);
@@ -754,6 +762,7 @@ async fn check_ages(rig: Arc<Rig>, until: Instant) {
             let mut ledger = rig.ledger();
             ledger.check(AGES, 1);
             for id in late {
+                ledger.overdue.insert(id.parse().unwrap());
                 if reported.insert(id.clone()) {
                     ledger.violation(AGES, format!("{id} still PROCESSING past its deadline"));
                 }
@@ -767,13 +776,15 @@ async fn check_ages(rig: Arc<Rig>, until: Instant) {
 struct Row {
     id: Uuid,
     owner: Uuid,
+    created_at: chrono::DateTime<chrono::Utc>,
     status: String,
     revision: i64,
     provider_voice_id: Option<String>,
 }
 
 async fn rows(db: &DatabaseConnection) -> Vec<Row> {
-    let sql = "SELECT id, owner_user_id, status, revision, provider_voice_id FROM voices";
+    let sql =
+        "SELECT id, owner_user_id, created_at, status, revision, provider_voice_id FROM voices";
     db.query_all_raw(Statement::from_string(db.get_database_backend(), sql))
         .await
         .unwrap()
@@ -781,6 +792,7 @@ async fn rows(db: &DatabaseConnection) -> Vec<Row> {
         .map(|r| Row {
             id: r.try_get("", "id").unwrap(),
             owner: r.try_get("", "owner_user_id").unwrap(),
+            created_at: r.try_get("", "created_at").unwrap(),
             status: r.try_get("", "status").unwrap(),
             revision: r.try_get("", "revision").unwrap(),
             provider_voice_id: r.try_get("", "provider_voice_id").unwrap(),
@@ -802,8 +814,8 @@ async fn eventually(within: Duration, mut done: impl AsyncFnMut() -> bool) -> bo
     }
 }
 
-/// Every voice's (type, revision) on the public stream, in order.
-async fn event_stream(rig: &Rig) -> BTreeMap<String, Vec<(String, i64)>> {
+/// Every voice's (type, revision, time) on the public stream, in order.
+async fn event_stream(rig: &Rig) -> BTreeMap<String, Vec<(String, i64, String)>> {
     use fred::prelude::*;
     let config = Config::from_url(&rig.cluster_url).unwrap();
     let client = Builder::from_config(config).build().unwrap();
@@ -811,7 +823,7 @@ async fn event_stream(rig: &Rig) -> BTreeMap<String, Vec<(String, i64)>> {
     let entries: Vec<(String, HashMap<String, String>)> =
         client.xrange(&rig.stream, "-", "+", None).await.unwrap();
     client.quit().await.unwrap();
-    let mut by_voice: BTreeMap<String, Vec<(String, i64)>> = BTreeMap::new();
+    let mut by_voice: BTreeMap<String, Vec<(String, i64, String)>> = BTreeMap::new();
     for (_, fields) in entries {
         let event: serde_json::Value = serde_json::from_str(&fields["event"]).unwrap();
         by_voice
@@ -820,6 +832,7 @@ async fn event_stream(rig: &Rig) -> BTreeMap<String, Vec<(String, i64)>> {
             .push((
                 event["type"].as_str().unwrap().to_owned(),
                 event["data"]["revision"].as_i64().unwrap(),
+                event["time"].as_str().unwrap_or_default().to_owned(),
             ));
     }
     by_voice
@@ -877,6 +890,7 @@ async fn check_provider(rig: &Rig) {
 async fn check_changes(rig: &Rig) {
     let rows = rows(&rig.db).await;
     let stream = event_stream(rig).await;
+    explain_overdue(&rig.ledger(), &rows, &stream);
     let expected: Vec<(usize, Uuid, Vec<i64>)> = {
         let mut ledger = rig.ledger();
         let mut expected = Vec::new();
@@ -906,7 +920,7 @@ async fn check_changes(rig: &Rig) {
             }
             let changes: Vec<i64> = (first.1..=row.revision).collect();
             ledger.check(ON_STREAM, changes.len() as u64);
-            let on_stream: BTreeSet<i64> = seen.iter().map(|(_, r)| *r).collect();
+            let on_stream: BTreeSet<i64> = seen.iter().map(|(_, r, _)| *r).collect();
             for missing in changes.iter().filter(|r| !on_stream.contains(r)) {
                 ledger.violation(ON_STREAM, format!("{} revision {missing}", row.id));
             }
@@ -951,6 +965,49 @@ async fn check_changes(rig: &Rig) {
             ),
         }
     }
+}
+
+/// For each row once seen PROCESSING past its deadline (and the slack):
+/// how long past its deadline its terminal event came, and which faults
+/// began in the minute before that deadline.
+fn explain_overdue(
+    ledger: &Ledger,
+    rows: &[Row],
+    stream: &BTreeMap<String, Vec<(String, i64, String)>>,
+) {
+    if ledger.overdue.is_empty() {
+        return;
+    }
+    let mut late_by = Vec::new();
+    let mut before: BTreeMap<&str, u64> = BTreeMap::new();
+    for row in rows.iter().filter(|r| ledger.overdue.contains(&r.id)) {
+        let deadline = row.created_at + chrono::Duration::from_std(MAX_AGE).unwrap();
+        let terminal = stream.get(&row.id.to_string()).and_then(|events| {
+            events
+                .iter()
+                .find(|(kind, _, _)| {
+                    kind.ends_with(".failed.v1")
+                        || kind.ends_with(".completed.v1")
+                        || kind.ends_with(".deleted.v1")
+                })
+                .and_then(|(_, _, time)| chrono::DateTime::parse_from_rfc3339(time).ok())
+        });
+        if let Some(terminal) = terminal {
+            late_by.push((terminal.with_timezone(&chrono::Utc) - deadline).num_milliseconds());
+        }
+        for (at, kind) in &ledger.fault_log {
+            if *at <= deadline && deadline - *at <= chrono::Duration::minutes(1) {
+                *before.entry(kind).or_default() += 1;
+            }
+        }
+    }
+    late_by.sort_unstable();
+    println!(
+        "{} rows were seen PROCESSING past their deadline + {} s; terminal event past the deadline (ms): {late_by:?}",
+        ledger.overdue.len(),
+        AGE_SLACK.as_secs()
+    );
+    println!("faults that began in the minute before those deadlines, by kind: {before:?}");
 }
 
 /// Prints what ran, what broke and what held; the count of violations.
