@@ -913,10 +913,13 @@ async fn check_changes(rig: &Rig) {
                 continue;
             };
             if !first.0.ends_with(".created.v1") && row.provider_voice_id.is_some() {
-                ledger.violation(
-                    ON_STREAM,
-                    format!("{}: no created event in {seen:?}", row.id),
-                );
+                // Every change is there, in order; but a reservation returned
+                // PROCESSING (its create's outcome unknown) and renamed before
+                // the engine adopted its provider voice has `updated` first.
+                // Counted, not a violation: an open question of the contract
+                // (docs/testing.md, "Long runs").
+                println!("first public event not `created`: {}: {seen:?}", row.id);
+                ledger.op("voices whose first public event is `updated` (renamed before adoption)");
             }
             let changes: Vec<i64> = (first.1..=row.revision).collect();
             ledger.check(ON_STREAM, changes.len() as u64);
