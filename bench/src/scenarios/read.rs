@@ -185,6 +185,27 @@ fn owner(user: u64) -> Uuid {
     Uuid::from_u128(0x0b5e_55ed_0000_7000_8000_0000_0000_0000 | u128::from(user))
 }
 
+/// The voices and users the load picks from, with each owner's bearer token.
+pub(crate) type Tokened = (Arc<Vec<(Uuid, Uuid, Token)>>, Arc<Vec<(Uuid, Token)>>);
+
+impl Catalogue {
+    /// The sample's voices and users with a bearer token for each owner.
+    pub(crate) fn with_tokens(&self) -> anyhow::Result<Tokened> {
+        let auth = authenticator();
+        let voices = self
+            .voices
+            .iter()
+            .map(|(id, owner)| Ok((*id, *owner, bearer(&auth, *owner)?)))
+            .collect::<anyhow::Result<_>>()?;
+        let users = self
+            .users
+            .iter()
+            .map(|user| Ok((*user, bearer(&auth, *user)?)))
+            .collect::<anyhow::Result<_>>()?;
+        Ok((Arc::new(voices), Arc::new(users)))
+    }
+}
+
 /// Stores `voices` completed voices of `users` owners (every tenth public),
 /// created one millisecond apart, through SeaORM, so they are encoded
 /// exactly as the server writes them.
@@ -290,21 +311,7 @@ async fn measure(
     catalogue: &Catalogue,
     args: &ReadArgs,
 ) -> anyhow::Result<Vec<Point>> {
-    let auth = authenticator();
-    let voices: Arc<Vec<(Uuid, Uuid, Token)>> = Arc::new(
-        catalogue
-            .voices
-            .iter()
-            .map(|(id, owner)| Ok((*id, *owner, bearer(&auth, *owner)?)))
-            .collect::<anyhow::Result<_>>()?,
-    );
-    let users: Arc<Vec<(Uuid, Token)>> = Arc::new(
-        catalogue
-            .users
-            .iter()
-            .map(|user| Ok((*user, bearer(&auth, *user)?)))
-            .collect::<anyhow::Result<_>>()?,
-    );
+    let (voices, users) = catalogue.with_tokens()?;
     let direct = Arc::new(Direct::connect(&db.url).await?);
     let measure = Duration::from_secs_f64(args.seconds);
     let warmup = measure / 5;

@@ -10,13 +10,12 @@ use std::{path::Path, sync::Arc, time::Duration};
 
 use serde::Serialize;
 use tonic::transport::Channel;
-use uuid::Uuid;
 
 use super::read::{Rpc, rpc_call, seed};
 use crate::{
     load::closed_loop,
     report::{Panel, Series, Table, write_chart, write_json},
-    server::{Server, Token, authenticator, bearer, cpu_of, new_postgres_database, production_env},
+    server::{Server, cpu_of, new_postgres_database, production_env},
 };
 
 /// The settings of one `scale` run.
@@ -84,21 +83,7 @@ pub(crate) async fn run(binary: &Path, out: &Path, args: ScaleArgs) -> anyhow::R
     for dir in &dirs[1..] {
         servers.push(Server::start(binary, dir.path(), &env).await?);
     }
-    let auth = authenticator();
-    let voices: Arc<Vec<(Uuid, Uuid, Token)>> = Arc::new(
-        catalogue
-            .voices
-            .iter()
-            .map(|(id, owner)| Ok((*id, *owner, bearer(&auth, *owner)?)))
-            .collect::<anyhow::Result<_>>()?,
-    );
-    let users: Arc<Vec<(Uuid, Token)>> = Arc::new(
-        catalogue
-            .users
-            .iter()
-            .map(|user| Ok((*user, bearer(&auth, *user)?)))
-            .collect::<anyhow::Result<_>>()?,
-    );
+    let (voices, users) = catalogue.with_tokens()?;
     let measure = Duration::from_secs_f64(args.seconds);
     let mut points: Vec<Point> = Vec::new();
     for replicas in 1..=3 {
