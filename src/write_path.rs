@@ -252,7 +252,7 @@ impl WritePath {
             && let Some(voice) = self.outcome_of(owner, request_id, existing).await?
         {
             tracing::info!(voice_id = %voice.id, request_id, "repeated request_id: returning the same voice");
-            return Ok(repeated(voice));
+            return Ok(repeated(Box::pin(self.announced(voice)).await));
         }
         // Counted before anything is written: a refused create leaves nothing.
         if let Err(exceeded) = self.quota.take(owner).await {
@@ -272,7 +272,7 @@ impl WritePath {
                 // A create of the same request_id got there first.
                 let request_id = new.request_id.as_deref().unwrap_or_default();
                 return match self.outcome_of(owner, request_id, voice).await? {
-                    Some(voice) => Ok(repeated(voice)),
+                    Some(voice) => Ok(repeated(Box::pin(self.announced(voice)).await)),
                     None => Err(Error::Aborted(
                         "a create with this request_id was refused by the voice provider meanwhile; retry with the same request_id",
                     )),
@@ -364,10 +364,10 @@ impl WritePath {
                     if let Some(last) = renewal.take() {
                         last.await;
                     }
-                    if let Ok(Created::HandedOver(_)) = &result {
-                        self.hand_over(id).await;
-                    }
-                    return result.map(Created::into_voice);
+                    return match result {
+                        Ok(Created::HandedOver(voice)) => Ok(Box::pin(self.hand_over(voice)).await),
+                        other => other.map(Created::into_voice),
+                    };
                 }
                 () = async { renewal.as_mut().expect("guarded").await }, if renewal.is_some() => {
                     renewal = None;
@@ -463,13 +463,39 @@ impl WritePath {
         Cloned::Unknown(ambiguous.unwrap_or_default())
     }
 
-    /// Ends this replica's create of voice `id` with an unknown outcome: its
-    /// lease ends now and the status engine looks for it by its tag at once.
-    async fn hand_over(&self, id: Uuid) {
+    /// Ends this replica's create of `reserved` with an unknown outcome: it
+    /// is announced (the caller is handed it), its lease ends now and the
+    /// status engine looks for it by its tag at once. The voice as answered.
+    async fn hand_over(&self, reserved: Voice) -> Voice {
+        let id = reserved.id;
+        let voice = self.announced(reserved).await;
         if let Err(e) = self.store.renew_create_lease(id, store::now()).await {
             tracing::warn!(voice_id = %id, error = %chain(&e), "could not end a create's lease; the engine waits for it to run out");
         }
         self.scheduler.schedule(id).await;
+        voice
+    }
+
+    /// `voice`, announced if it was not: a caller is about to be handed it,
+    /// and its first event must be `created`, before any change the caller
+    /// makes. Best effort: unannounced, it cannot be updated until the
+    /// status engine adopts it (which announces it).
+    async fn announced(&self, voice: Voice) -> Voice {
+        if !voice.is_unannounced() {
+            return voice;
+        }
+        match self.store.announce(voice.id).await {
+            Ok(Some(announced)) => announced,
+            // Moved on meanwhile (adopted, settled): its current state.
+            Ok(None) => match self.store.get_many(&[voice.id]).await {
+                Ok(found) => found.into_iter().next().unwrap_or(voice),
+                Err(_) => voice,
+            },
+            Err(e) => {
+                tracing::warn!(voice_id = %voice.id, error = %chain(&e), "could not announce a voice handed over to its caller; it is announced when adopted");
+                voice
+            }
+        }
     }
 
     /// Records the provider voice `provider_voice_id` made for `reserved`.
@@ -616,7 +642,9 @@ impl WritePath {
     ///
     /// # Errors
     /// NOT_FOUND unless the caller owns the live voice; ABORTED when the
-    /// voice changed meanwhile. Either way nothing changed anywhere.
+    /// voice changed meanwhile, or while it is an unannounced reservation
+    /// (its create still running: a conflict that ends by itself). Either
+    /// way nothing changed anywhere.
     pub(crate) async fn update(
         &self,
         owner: Uuid,
@@ -628,6 +656,13 @@ impl WritePath {
             .get_owned(owner, id)
             .await?
             .ok_or(Error::NotFound("voice"))?;
+        if current.is_unannounced() {
+            // Seen in a listing while its create runs: an update now would
+            // be published before the voice's `created`.
+            return Err(Error::Aborted(
+                "voice_id: the voice is still being created; retry once CreateVoiceClone has answered",
+            ));
+        }
         let next = patch.applied_to(&current);
         // A FAILED voice's provider voice is deleted: its metadata is ours alone.
         let push = patch.reaches_provider()

@@ -19,7 +19,7 @@ use super::{
     Change, Intake, OwnerLock, Store,
     entity::{
         provider_orphan,
-        voice::{Column, Entity, Labels, Model as Voice, VoiceStatus},
+        voice::{Column, Entity, Labels, Model as Voice, RESERVED_REVISION, VoiceStatus},
     },
     now,
 };
@@ -106,8 +106,22 @@ impl Store {
                 )
                 .filter(Column::ProviderVoiceId.is_null())
                 .filter(Column::Status.eq(VoiceStatus::Processing));
-            if let Some(accepted) = self.revise(id, now(), update, Change::Created).await? {
+            // Unannounced, accepting is its `created`; announced already
+            // (handed to a caller before its provider voice was known),
+            // the provider id is bookkeeping: no revision, no event.
+            let first = update
+                .clone()
+                .filter(Column::Revision.eq(RESERVED_REVISION));
+            if let Some(accepted) = self.revise(id, now(), first, Change::Created).await? {
                 return Ok(Some(accepted));
+            }
+            let adopted = update
+                .filter(Column::Id.eq(id))
+                .filter(Column::Revision.gt(RESERVED_REVISION))
+                .exec(&self.db)
+                .await?;
+            if adopted.rows_affected > 0 {
+                return Ok(self.get_many(&[id]).await?.into_iter().next());
             }
             // Accepted already with this very provider voice: the status engine
             // adopted it while its create was still running. Same outcome.
@@ -115,6 +129,24 @@ impl Store {
                 v.provider_voice_id.as_deref() == Some(provider_voice_id)
                     && v.status != VoiceStatus::Deleted
             }))
+        })
+        .await
+    }
+
+    /// Publishes reserved voice `id`'s `created` before its provider voice
+    /// is known, because a caller is being handed it: every later change
+    /// then follows its `created`. `None` if it is no longer unannounced
+    /// (accepted, updated or settled meanwhile).
+    ///
+    /// # Errors
+    /// A database failure.
+    pub(crate) async fn announce(&self, id: Uuid) -> Result<Option<Voice>, DbErr> {
+        self.bounded(async {
+            let update = Entity::update_many()
+                .filter(Column::ProviderVoiceId.is_null())
+                .filter(Column::Status.eq(VoiceStatus::Processing))
+                .filter(Column::Revision.eq(RESERVED_REVISION));
+            self.revise(id, now(), update, Change::Created).await
         })
         .await
     }

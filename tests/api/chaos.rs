@@ -177,6 +177,8 @@ const STREAM_ORDER: &str = "revisions only increase, per voice, on each watch st
 const EVENT_ORDER: &str = "revisions only increase, per voice, on the public stream";
 const ON_STREAM: &str = "every stored change on the public stream";
 const AT_WEBHOOKS: &str = "every stored change at its owner's webhook endpoint";
+const CREATED_FIRST: &str =
+    "a voice's first public event is its creation (or, never accepted, its end)";
 const CALLS: &str = "calls fail only as faults explain (retryable codes)";
 
 /// The webhook endpoint of every user: records `webhook-id`s it accepted.
@@ -912,14 +914,11 @@ async fn check_changes(rig: &Rig) {
                 ledger.violation(ON_STREAM, format!("{}: no event at all", row.id));
                 continue;
             };
-            if !first.0.ends_with(".created.v1") && row.provider_voice_id.is_some() {
-                // Every change is there, in order; but a reservation returned
-                // PROCESSING (its create's outcome unknown) and renamed before
-                // the engine adopted its provider voice has `updated` first.
-                // Counted, not a violation: an open question of the contract
-                // (docs/testing.md, "Long runs").
-                println!("first public event not `created`: {}: {seen:?}", row.id);
-                ledger.op("voices whose first public event is `updated` (renamed before adoption)");
+            ledger.check(CREATED_FIRST, 1);
+            let created = first.0.ends_with(".created.v1");
+            let ended = first.0.ends_with(".failed.v1") || first.0.ends_with(".deleted.v1");
+            if !(created || ended && row.provider_voice_id.is_none()) {
+                ledger.violation(CREATED_FIRST, format!("{}: {seen:?}", row.id));
             }
             let changes: Vec<i64> = (first.1..=row.revision).collect();
             ledger.check(ON_STREAM, changes.len() as u64);

@@ -11,7 +11,7 @@ use uuid::Uuid;
 use voicehub::pb::{self, DeleteVoiceRequest, UpdateVoiceRequest};
 
 use crate::{
-    fake_elevenlabs::Report,
+    fake_elevenlabs::{Fault, Report, Route},
     helpers::{
         Backend, Client, TestApp, create_voice, redis_of, serve_replica_of, spawn_app_with_fake,
     },
@@ -206,6 +206,50 @@ async fn until_completed(app: &TestApp, voices: &[pb::Voice]) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("the voices were not completed within 15 s");
+}
+
+/// A create whose provider answer was lost hands its caller a voice whose
+/// provider voice is not yet known. Its `created` comes first, before a
+/// rename its owner makes at once, and the status engine's adoption of the
+/// provider voice later adds no event of its own.
+#[tokio::test]
+async fn a_voice_handed_over_before_its_provider_voice_is_known_is_created_first() {
+    let (app, fake) = spawn_app_with_fake(Backend::Postgres, |c| {
+        c.engine.adopt_after = Duration::ZERO;
+    })
+    .await;
+    let mut client = app.client(Uuid::new_v4());
+    // Past the provider timeout: the answer is lost, the voice still made.
+    fake.inject(Route::Add, 1, Fault::Slow(Duration::from_secs(1)));
+    let handed = create_voice(&mut client, "Handed over").await;
+    assert!(handed.provider_voice_id.is_empty(), "the answer was lost");
+    let renamed = rename(&mut client, &handed, "Renamed before adoption").await;
+    for _ in 0..200 {
+        if fake.voice_count() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(fake.voice_count(), 1, "the provider made the voice");
+    let adopted = app.worker.run_once().await.unwrap();
+    assert_eq!(adopted.claimed, 1, "{adopted:?}");
+    assert_eq!(app.worker.run_once().await.unwrap().completed, 1);
+    app.until_published().await;
+
+    let seen = of_voice(&public_documents(&app).await, &handed.voice_id);
+    println!("{seen:?}");
+    assert_eq!(
+        seen,
+        [
+            ("voicehub.voice.created.v1".to_owned(), handed.revision),
+            ("voicehub.voice.updated.v1".to_owned(), renamed.revision),
+            (
+                "voicehub.voice.completed.v1".to_owned(),
+                renamed.revision + 1
+            ),
+        ]
+    );
+    assert_eq!(fake.calls(Route::Add), 1, "cloned once");
 }
 
 #[tokio::test]

@@ -1,6 +1,7 @@
 //! UpdateVoice stores first and the status engine pushes the stored name,
 //! description and labels to the provider until it holds them: while the
-//! provider fails, while the voice is still being created, and when updates
+//! provider fails, before a voice handed over unfinished is adopted (an update
+//! while its create still runs is ABORTED), and when updates
 //! race (the provider ends with the winning revision's values; a call that
 //! got ABORTED changed nothing anywhere).
 
@@ -86,14 +87,18 @@ async fn an_update_while_the_provider_fails_is_stored_and_pushed_once_it_answers
     assert_eq!(app.worker.run_once().await.unwrap().claimed, 0, "done");
 }
 
-async fn an_update_during_a_create_reaches_the_provider_once_the_create_lands(backend: Backend) {
+/// A voice seen in a listing while its create is still at the provider has
+/// not been announced: an update then would be published before its
+/// `created`, so it is ABORTED (a conflict that ends by itself), naming the
+/// field, and changes nothing; once the create has answered it goes through.
+async fn an_update_while_the_create_still_runs_is_aborted_and_changes_nothing(backend: Backend) {
     let (app, fake) = spawn_app_with_fake(backend, |_| {}).await;
     // The provider takes 300 ms to clone (inside the 400 ms timeout).
     fake.inject(Route::Add, 1, Fault::Slow(Duration::from_millis(300)));
     let mut client = app.client(Uuid::new_v4());
     let create = {
         let mut client = client.clone();
-        tokio::spawn(async move { client.create_voice_clone(create_request("Draft")).await })
+        tokio::spawn(async move { create_voice(&mut client, create_request("Draft")).await })
     };
     let reserved = loop {
         let listed = client
@@ -111,31 +116,81 @@ async fn an_update_during_a_create_reaches_the_provider_once_the_create_lands(ba
         reserved.provider_voice_id.is_empty(),
         "still at the provider"
     );
+    let status = client
+        .update_voice(rename(&reserved, "Too early"))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Aborted, "{status:?}");
+    assert!(status.message().starts_with("voice_id:"), "{status:?}");
+
+    let created = create.await.unwrap();
+    assert_eq!(created.name, "Draft", "the refused update changed nothing");
+    assert_eq!(created.revision, reserved.revision + 1, "only its creation");
     let updated = client
-        .update_voice(rename(&reserved, "Final title"))
+        .update_voice(rename(&created, "Final title"))
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(updated.name, "Final title");
-
-    let created = create.await.unwrap().unwrap().into_inner();
     assert_eq!(
-        created.name, "Final title",
-        "the create returns what is stored"
-    );
-    assert_eq!(
-        fake.voice(&created.provider_voice_id).unwrap().name,
-        "Draft",
-        "cloned with the name it was created with"
+        (updated.name.as_str(), updated.revision),
+        ("Final title", created.revision + 1)
     );
     app.worker.run_once().await.unwrap();
     assert_eq!(
         fake.voice(&created.provider_voice_id).unwrap().name,
-        "Final title",
-        "pushed once the provider voice existed"
+        "Final title"
     );
     assert_eq!(fake.calls(Route::Edit), 1);
-    assert!(!stored(&app, &created.voice_id).await.push_pending);
+}
+
+/// A create whose provider answer was lost hands its caller the voice
+/// before its provider voice is known; an update then is stored at once and
+/// reaches the provider voice once the status engine has adopted it.
+async fn an_update_before_adoption_reaches_the_provider_once_adopted(backend: Backend) {
+    let (app, fake) = spawn_app_with_fake(backend, |c| {
+        c.engine.adopt_after = Duration::ZERO;
+    })
+    .await;
+    // Past the 400 ms timeout: the answer is lost, the voice still made.
+    fake.inject(Route::Add, 1, Fault::Slow(Duration::from_secs(1)));
+    let mut client = app.client(Uuid::new_v4());
+    let handed = create_voice(&mut client, create_request("Draft")).await;
+    assert!(handed.provider_voice_id.is_empty(), "the answer was lost");
+    let updated = client
+        .update_voice(rename(&handed, "Final title"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(updated.name, "Final title");
+    for _ in 0..200 {
+        if fake.voice_count() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let made = fake.voice_ids();
+    assert_eq!(made.len(), 1, "the provider made the voice");
+    assert_eq!(
+        fake.voice(&made[0]).unwrap().name,
+        "Draft",
+        "cloned with the name it was created with"
+    );
+    app.worker.run_once().await.unwrap();
+    app.worker.run_once().await.unwrap();
+    let adopted = stored(&app, &handed.voice_id).await;
+    assert_eq!(adopted.provider_voice_id.as_ref(), Some(&made[0]));
+    assert_eq!(
+        fake.voice(&made[0]).unwrap().name,
+        "Final title",
+        "pushed once the provider voice was adopted"
+    );
+    assert_eq!(fake.calls(Route::Edit), 1);
+    assert!(!adopted.push_pending);
+    assert_eq!(
+        adopted.revision,
+        updated.revision + 1,
+        "adoption is no change; completion is"
+    );
 }
 
 async fn racing_renames_leave_the_provider_with_the_winning_revision(backend: Backend) {
@@ -266,7 +321,8 @@ async fn values_the_provider_refuses_are_not_pushed_again(backend: Backend) {
 
 on_both_backends!(
     an_update_while_the_provider_fails_is_stored_and_pushed_once_it_answers,
-    an_update_during_a_create_reaches_the_provider_once_the_create_lands,
+    an_update_while_the_create_still_runs_is_aborted_and_changes_nothing,
+    an_update_before_adoption_reaches_the_provider_once_adopted,
     racing_renames_leave_the_provider_with_the_winning_revision,
     a_push_under_way_is_not_crossed_by_the_push_of_a_newer_revision,
     values_the_provider_refuses_are_not_pushed_again,

@@ -87,6 +87,23 @@ pub enum Relation {}
 
 impl ActiveModelBehavior for ActiveModel {}
 
+/// The revision of a reserved voice that nothing has published yet: every
+/// published change raises it, so a higher one has been announced.
+pub(crate) const RESERVED_REVISION: i64 = 1;
+
+impl Model {
+    /// A reservation no event has announced yet: its create is still
+    /// running, or ended without an answer nobody has been handed. Its first
+    /// event must be `created` (or `failed`, should the create never land),
+    /// so it is not open to updates.
+    #[must_use]
+    pub(crate) fn is_unannounced(&self) -> bool {
+        self.provider_voice_id.is_none()
+            && self.status == VoiceStatus::Processing
+            && self.revision == RESERVED_REVISION
+    }
+}
+
 /// Caller-defined labels, stored as a JSON object; a sorted map so they are
 /// written the same way every time.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, FromJsonQueryResult)]
