@@ -527,6 +527,53 @@ async fn an_entry_of_another_deployment_on_the_same_prefix_is_reported_and_left_
     assert_eq!(claimed, vec![foreign]);
 }
 
+/// A step that runs longer than its claim lease (the provider is slow)
+/// keeps its voice: the worker renews the leases of what it holds, so
+/// another replica claims nothing meanwhile and the voice is checked once.
+/// Without the renewal the 600-ms lease runs out mid-step and the other
+/// replica takes the voice too.
+#[tokio::test]
+async fn a_step_longer_than_its_claim_lease_keeps_its_voices_by_renewing_them() {
+    let lease = Duration::from_millis(600);
+    let (app, fake) = spawn_app_with_fake(Backend::Postgres, |c| {
+        c.engine.claim_lease = lease;
+        if let voicehub::config::ProviderConfig::ElevenLabs(provider) = &mut c.provider {
+            provider.timeout = Duration::from_secs(10);
+        }
+    })
+    .await;
+    let user = Uuid::new_v4();
+    let voice = create_voice(&mut app.client(user), "Slow to check").await;
+    fake.inject(Route::Get, 1, Fault::Slow(Duration::from_secs(3)));
+    let step = tokio::spawn({
+        let worker = app.worker.clone();
+        async move { worker.run_once().await }
+    });
+    // Another replica: the same queue, as another process sees it.
+    let (_redis, other) = queue_of(&app).await;
+    let (mut renewed, mut taken) = (0, Vec::new());
+    let until = tokio::time::Instant::now() + Duration::from_secs(2);
+    while tokio::time::Instant::now() < until {
+        tokio::time::sleep(lease / 4).await;
+        renewed += app.worker.renew_claims().await.unwrap();
+        if let Claim::Claimed { ids, .. } = other.claim(10, Duration::from_secs(30)).await.unwrap()
+        {
+            taken.extend(ids);
+        }
+    }
+    let step = step.await.unwrap().unwrap();
+    println!("{renewed} renewals while the step ran; taken by the other replica: {taken:?}");
+    assert!(taken.is_empty(), "the other replica took {taken:?}");
+    assert!(renewed >= 2, "renewed {renewed} times");
+    assert_eq!(step.completed, 1, "{step:?}");
+    assert_eq!(fake.calls(Route::Get), 1, "checked once");
+    assert_eq!(
+        status_of(&app, user, &voice.voice_id).await,
+        pb::VoiceStatus::Completed
+    );
+    assert_eq!(app.worker.renew_claims().await.unwrap(), 0, "nothing held");
+}
+
 #[tokio::test]
 async fn a_create_the_provider_refuses_leaves_no_queue_entry_behind() {
     let (app, fake) = spawn_app_with_fake(Backend::Postgres, |_| {}).await;

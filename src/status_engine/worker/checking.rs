@@ -95,6 +95,44 @@ impl Worker {
         self.claimed_per_step.observe(claimed as f64);
     }
 
+    /// Stops holding `ids` (claimed by a step that failed before deciding
+    /// them): the next step makes them due again after `delay`.
+    fn release_held(&self, ids: &[Uuid], delay: Duration) {
+        {
+            let mut held = self.held.lock();
+            for id in ids {
+                held.remove(id);
+            }
+        }
+        self.unscheduled
+            .lock()
+            .extend(ids.iter().map(|id| (*id, delay)));
+    }
+
+    /// Extends the lease of every voice this replica holds to a whole claim
+    /// lease from now, so a step that runs long (a slow provider) keeps its
+    /// voices, and the lease can be short: a replica that dies holding
+    /// voices leaves them for at most one lease. The number renewed.
+    ///
+    /// # Errors
+    /// The queue failed (the leases run out as they would have).
+    pub async fn renew_claims(&self) -> Result<usize, EngineError> {
+        // Ordered with settling's hand-back, so a renewal never lands after
+        // a voice's reschedule and pushes its next check back.
+        let _ordered = self.claims.lock().await;
+        let held: Vec<(Uuid, Duration)> = self
+            .held
+            .lock()
+            .iter()
+            .map(|id| (*id, self.config.claim_lease))
+            .collect();
+        if held.is_empty() {
+            return Ok(0);
+        }
+        self.queue.reschedule(&held).await?;
+        Ok(held.len())
+    }
+
     /// Reschedules what an earlier step could not (their delays count
     /// again from now); kept for the next step if the queue still fails.
     async fn hand_back_unscheduled(&self) -> Result<(), EngineError> {
@@ -135,7 +173,15 @@ impl Worker {
         // Delays count from the claim, not from the answer: a voice checked
         // every half second is asked twice a second, however long the step takes.
         let claimed_at = Instant::now();
-        let voices = self.store.get_many(&ids).await?;
+        let voices = match self.store.get_many(&ids).await {
+            Ok(voices) => voices,
+            Err(e) => {
+                // Not held any more (no renewal keeps them from others):
+                // handed back by the next step that reaches the queue.
+                self.release_held(&ids, self.after_failure());
+                return Err(e.into());
+            }
+        };
         let known: HashSet<Uuid> = voices.iter().map(|v| v.id).collect();
         let pushes: Vec<Voice> = voices.iter().filter(|v| push_due(v)).cloned().collect();
         let processing: Vec<Voice> = voices
@@ -149,7 +195,20 @@ impl Worker {
             .copied()
             .filter(|id| !to_check.contains(id) && known.contains(id))
             .collect();
-        self.report_unknown(ids.iter().filter(|id| !known.contains(id)));
+        // Another deployment's: left for its owner once this lease ends,
+        // never renewed.
+        let unknown: Vec<Uuid> = ids
+            .iter()
+            .filter(|id| !known.contains(id))
+            .copied()
+            .collect();
+        self.report_unknown(unknown.iter());
+        {
+            let mut held = self.held.lock();
+            for id in &unknown {
+                held.remove(id);
+            }
+        }
         // Stored metadata the provider does not hold yet, pushed beside the checks.
         let mut pushing = JoinSet::new();
         for voice in pushes {

@@ -137,6 +137,9 @@ pub struct Worker {
     /// Voices this replica has claimed and not yet handed back: on shutdown
     /// they are made due again at once, for another replica.
     held: Arc<Mutex<HashSet<Uuid>>>,
+    /// Held while renewing the held voices' leases or handing them back, so
+    /// the queue sees the two in the order they were decided.
+    claims: Arc<tokio::sync::Mutex<()>>,
     /// Voices whose reschedule failed (Redis away, a failover): handed back
     /// by the next step that reaches the queue, rather than left leased
     /// until their leases expire.
@@ -169,6 +172,7 @@ impl Worker {
             store,
             provider,
             held: Arc::default(),
+            claims: Arc::default(),
             unscheduled: Arc::default(),
             unknown_ids: metrics.sync_unknown_ids.clone(),
             unknown_reported: Arc::default(),

@@ -15,6 +15,10 @@ impl Worker {
     /// Loops until `shutdown`, sleeping between steps as the module says.
     pub(crate) async fn run(self, shutdown: CancellationToken) {
         let wakeup = self.queue.wakeup();
+        // Renewing claims beside the steps, until this loop returns.
+        let renewal = shutdown.child_token();
+        tokio::spawn(self.clone().renew_until(renewal.clone()));
+        let _renewal = renewal.drop_guard();
         let mut failing = false;
         let mut error_delay = self.config.min_backoff;
         // While batches come back full, two steps run at once: while one
@@ -89,12 +93,29 @@ impl Worker {
         }
     }
 
+    /// Renews the held voices' leases every third of a lease until `stop`.
+    async fn renew_until(self, stop: CancellationToken) {
+        let every = (self.config.claim_lease / 3).max(Duration::from_millis(10));
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            if let Err(e) = self.renew_claims().await {
+                tracing::debug!(error = %e, "could not renew claimed voices' leases; they may be checked twice");
+            }
+        }
+    }
+
     /// Stops the steps under way (a check is only a question; a settle cut
     /// short rolls back or is found settled by the next check) and hands
     /// every voice this replica holds back to the queue, due now, so another
     /// replica takes them at once instead of after the lease.
     pub(super) async fn stop(&self, mut steps: JoinSet<Result<Step, EngineError>>) {
         steps.shutdown().await;
+        let _ordered = self.claims.lock().await;
         // What it holds, and what a failed reschedule left leased.
         let mut held: Vec<(Uuid, Duration)> = self
             .held

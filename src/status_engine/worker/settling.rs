@@ -81,6 +81,7 @@ impl Worker {
             step.next_due = Some(step.next_due.map_or(*delay, |d| d.min(*delay)));
         }
         step.rescheduled = again.len();
+        let ordered = self.claims.lock().await;
         {
             let mut held = self.held.lock();
             for id in done.iter().chain(again.iter().map(|(id, _)| id)) {
@@ -94,6 +95,7 @@ impl Worker {
             tracing::debug!(voices = again.len(), error = %e, "reschedule failed; the next step tries again");
             self.unscheduled.lock().extend(again);
         }
+        drop(ordered);
         self.queue.finish(&done).await?;
         Ok(step)
     }
