@@ -40,6 +40,11 @@
 //! - **Every stored change is published** (creation, update, delete): its
 //!   event is stored with it (the outbox, whose commit wakes the relay);
 //!   a new voice is handed to the status engine.
+//! - **`created` comes first.** A voice handed to its caller before its
+//!   provider voice is known is announced then, and its adoption later adds
+//!   no event; an update while its create still runs is ABORTED. So a
+//!   voice's first event is its `created`, or, for one the provider never
+//!   accepted, its failure or deletion.
 
 use std::{collections::BTreeMap, future::Future, pin::Pin, sync::Arc, time::Duration};
 

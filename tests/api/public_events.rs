@@ -14,6 +14,7 @@ use crate::{
     fake_elevenlabs::{Fault, Report, Route},
     helpers::{
         Backend, Client, TestApp, create_voice, redis_of, serve_replica_of, spawn_app_with_fake,
+        wait_for,
     },
     redis_server::RedisServer,
 };
@@ -224,12 +225,7 @@ async fn a_voice_handed_over_before_its_provider_voice_is_known_is_created_first
     let handed = create_voice(&mut client, "Handed over").await;
     assert!(handed.provider_voice_id.is_empty(), "the answer was lost");
     let renamed = rename(&mut client, &handed, "Renamed before adoption").await;
-    for _ in 0..200 {
-        if fake.voice_count() == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for(Duration::from_secs(10), || fake.voice_count() == 1).await;
     assert_eq!(fake.voice_count(), 1, "the provider made the voice");
     let adopted = app.worker.run_once().await.unwrap();
     assert_eq!(adopted.claimed, 1, "{adopted:?}");

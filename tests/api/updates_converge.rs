@@ -20,6 +20,7 @@ use crate::{
     fake_elevenlabs::{Fault, Route},
     helpers::{
         Backend, Client, TestApp, create_request, create_voice, get_voice, spawn_app_with_fake,
+        wait_for,
     },
     on_both_backends,
 };
@@ -162,12 +163,7 @@ async fn an_update_before_adoption_reaches_the_provider_once_adopted(backend: Ba
         .unwrap()
         .into_inner();
     assert_eq!(updated.name, "Final title");
-    for _ in 0..200 {
-        if fake.voice_count() == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for(Duration::from_secs(10), || fake.voice_count() == 1).await;
     let made = fake.voice_ids();
     assert_eq!(made.len(), 1, "the provider made the voice");
     assert_eq!(

@@ -2,7 +2,10 @@
 //! at once, so the provider's concurrency stays busy), otherwise sleeping
 //! until the earliest due entry or a wake-up; backing off while the queue or
 //! storage fail (logged once per outage); on cancellation, handing every
-//! claimed voice back to the queue, due now, for another replica.
+//! claimed voice back to the queue, due now, for another replica. Beside
+//! the steps, a task renews the claim leases of the voices this replica
+//! holds every third of a lease, so a long step keeps its voices and a dead
+//! replica's come back after one (short) lease.
 
 use super::{EngineError, Step, Worker};
 use std::sync::atomic::Ordering;
