@@ -174,17 +174,11 @@ impl VoiceApi {
     async fn get(&self, request: Request<pb::GetVoiceRequest>) -> Result<pb::Voice, Error> {
         let user = caller(&request)?;
         let id = validate::voice_id("voice_id", &request.get_ref().voice_id)?;
-        let voice = self
+        let (voice, intake) = self
             .store
             .get_visible(user.0, id)
             .await?
             .ok_or(Error::NotFound("voice"))?;
-        // The consent and the report are the owner's to read.
-        let intake = if voice.owner_user_id == user.0 {
-            self.store.intake(id).await?
-        } else {
-            None
-        };
         Ok(intake::with_intake(voice.into(), intake.as_ref()))
     }
 

@@ -241,6 +241,12 @@ impl Store {
             .max_connections(config.max_connections)
             .connect_timeout(config.acquire_timeout)
             .acquire_timeout(config.acquire_timeout)
+            // No ping when a connection is handed out: it is a round trip on
+            // every statement's path, and a broken connection shows itself
+            // anyway (its statement fails, sqlx drops it, the caller gets
+            // UNAVAILABLE and may retry), while health pings on a connection
+            // of its own.
+            .test_before_acquire(false)
             // Statements are traced by our own spans; sqlx's per-statement INFO lines are noise.
             .sqlx_logging(false)
             .map_sqlx_postgres_opts(move |opts| {
