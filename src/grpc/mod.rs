@@ -219,7 +219,9 @@ impl pb::voice_service_server::VoiceService for VoiceApi {
         &self,
         request: Request<pb::CreateVoiceCloneRequest>,
     ) -> Result<Response<pb::Voice>, Status> {
-        answer(&self.store, self.create(request).await)
+        // On the heap: the create's future (samples, audio checks, the
+        // write path) is large, and a create is rare beside the allocation.
+        answer(&self.store, Box::pin(self.create(request)).await)
     }
 
     async fn get_voice(

@@ -65,6 +65,7 @@ pub(crate) use webhooks::{
 };
 pub(crate) use writes::{Reservation, Settlement};
 
+use crate::error::chain;
 use crate::metrics::{LimitLabel, Metrics, StatementKind, StatementLabels, TransitionLabel};
 
 /// Where the database is and how many connections to open.
@@ -376,6 +377,31 @@ impl Store {
         })
     }
 
+    /// Runs the read `read` within the call bound, and once more if the
+    /// pooled connection it got turned out broken. The pool hands out
+    /// connections without pinging them (a round trip saved on every
+    /// statement), so after PostgreSQL ended its sessions (a restart, a
+    /// failover, an administrator) each idle pooled connection fails its
+    /// first statement; sqlx then drops it. A read is safe to repeat; a
+    /// write is never repeated here (its first attempt may have committed).
+    async fn read<T, F, Fut>(&self, read: F) -> Result<T, DbErr>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T, DbErr>>,
+    {
+        self.bounded(async {
+            match read().await {
+                Err(e) if broken_connection(&e) => {
+                    tracing::debug!(error = %chain(&e), "a pooled connection was broken; reading again on another");
+                    // On the heap: rare, and the caller's future stays small.
+                    Box::pin(read()).await
+                }
+                other => other,
+            }
+        })
+        .await
+    }
+
     /// Counts a committed move of `voice` to its status.
     fn count_transition(&self, voice: &Voice) {
         let to = match voice.status {
@@ -387,6 +413,28 @@ impl Store {
         self.transitions
             .get_or_create(&TransitionLabel { to })
             .inc();
+    }
+}
+
+/// Whether `err` says the connection itself is gone (its session was ended,
+/// or the socket closed) rather than the statement failing: a read may be
+/// run again on another connection. A timeout is not: it would double the
+/// wait.
+fn broken_connection(err: &DbErr) -> bool {
+    let (DbErr::Conn(sea_orm::RuntimeErr::SqlxError(e))
+    | DbErr::Exec(sea_orm::RuntimeErr::SqlxError(e))
+    | DbErr::Query(sea_orm::RuntimeErr::SqlxError(e))) = err
+    else {
+        return false;
+    };
+    match &**e {
+        sqlx::Error::Io(io) => io.kind() != std::io::ErrorKind::TimedOut,
+        sqlx::Error::Protocol(_) | sqlx::Error::WorkerCrashed => true,
+        // admin_shutdown, crash_shutdown, and the connection exceptions.
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|code| matches!(&*code, "57P01" | "57P02") || code.starts_with("08")),
+        _ => false,
     }
 }
 

@@ -1,5 +1,7 @@
 //! Every query that only reads: single voices, listings, and the batches
-//! the status engine and watch streams need.
+//! the status engine and watch streams need. Each runs through
+//! [`Store::read`]: within the call bound, and once more on a fresh
+//! connection if the first turned out broken.
 
 use chrono::{DateTime, Utc};
 use sea_orm::{
@@ -84,7 +86,7 @@ impl Store {
         caller: Uuid,
         id: Uuid,
     ) -> Result<Option<(Voice, Option<Intake>)>, DbErr> {
-        self.bounded(async {
+        self.read(|| async {
             // The consent and the sample report are the owner's to read.
             let owners_intake = Entity::belongs_to(voice_intake::Entity)
                 .from(Column::Id)
@@ -110,7 +112,7 @@ impl Store {
     /// # Errors
     /// A database failure.
     pub(crate) async fn intake(&self, id: Uuid) -> Result<Option<Intake>, DbErr> {
-        self.bounded(async { voice_intake::Entity::find_by_id(id).one(&self.db).await })
+        self.read(|| async { voice_intake::Entity::find_by_id(id).one(&self.db).await })
             .await
     }
 
@@ -119,7 +121,7 @@ impl Store {
     /// # Errors
     /// A database failure.
     pub(crate) async fn get_owned(&self, owner: Uuid, id: Uuid) -> Result<Option<Voice>, DbErr> {
-        self.bounded(async {
+        self.read(|| async {
             Entity::find_by_id(id)
                 .filter(Column::OwnerUserId.eq(owner))
                 .filter(Column::Status.ne(VoiceStatus::Deleted))
@@ -138,7 +140,7 @@ impl Store {
         owner: Uuid,
         request_id: &str,
     ) -> Result<Option<Voice>, DbErr> {
-        self.bounded(async {
+        self.read(|| async {
             Entity::find()
                 .filter(Column::OwnerUserId.eq(owner))
                 .filter(Column::RequestId.eq(request_id))
@@ -154,7 +156,7 @@ impl Store {
     /// # Errors
     /// A database failure.
     pub(crate) async fn get_many(&self, ids: &[Uuid]) -> Result<Vec<Voice>, DbErr> {
-        self.bounded(async {
+        self.read(|| async {
             if ids.is_empty() {
                 return Ok(Vec::new());
             }
@@ -173,7 +175,7 @@ impl Store {
     /// # Errors
     /// A database failure.
     pub(crate) async fn unfinished_ids(&self) -> Result<Vec<Uuid>, DbErr> {
-        self.bounded(async {
+        self.read(|| async {
             Entity::find()
                 .select_only()
                 .column(Column::Id)
@@ -197,7 +199,7 @@ impl Store {
     /// # Errors
     /// A database failure, or a database not migrated yet.
     pub async fn installation_id(&self) -> Result<Uuid, DbErr> {
-        self.bounded(async {
+        self.read(|| async {
             let row = self
                 .db
                 .query_one_raw(sea_orm::Statement::from_string(
@@ -216,7 +218,7 @@ impl Store {
     /// # Errors
     /// A database failure.
     pub(crate) async fn holders(&self, provider_voice_ids: &[&str]) -> Result<Vec<Voice>, DbErr> {
-        self.bounded(async {
+        self.read(|| async {
             if provider_voice_ids.is_empty() {
                 return Ok(Vec::new());
             }
@@ -238,7 +240,7 @@ impl Store {
         after: Option<&str>,
         limit: u64,
     ) -> Result<Vec<(Uuid, String)>, DbErr> {
-        self.bounded(async {
+        self.read(|| async {
             let mut query = Entity::find()
                 .select_only()
                 .column(Column::Id)
@@ -264,7 +266,7 @@ impl Store {
     /// # Errors
     /// A database failure.
     pub(crate) async fn processing_of_many(&self, owners: &[Uuid]) -> Result<Vec<Voice>, DbErr> {
-        self.bounded(async {
+        self.read(|| async {
             if owners.is_empty() {
                 return Ok(Vec::new());
             }
@@ -284,7 +286,7 @@ impl Store {
     /// # Errors
     /// A database failure.
     pub(crate) async fn list(&self, query: &ListQuery) -> Result<Page, DbErr> {
-        self.bounded(async {
+        self.read(|| async {
             // One row more than asked tells whether another page follows.
             let fetch = query.limit + 1;
             let mut voices = match query.scope {

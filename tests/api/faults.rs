@@ -149,6 +149,50 @@ async fn postgres_stopped_answers_unavailable_within_the_bound_and_health_follow
     assert_eq!(app.voice_rows().await, 2);
 }
 
+/// The pool hands out connections without pinging them first (a round trip
+/// on every statement's path). When PostgreSQL ends every session (a fast
+/// restart, as in a failover), the idle pooled connections are all broken;
+/// a read that meets one is run again on a fresh connection, so no call
+/// after the restart fails. Without the second try, each broken connection
+/// fails one call with UNAVAILABLE.
+#[tokio::test]
+async fn after_postgres_ends_every_session_reads_on_broken_pooled_connections_still_succeed() {
+    let pg = PgServer::start();
+    let url = pg.url();
+    let (app, _fake) = spawn_app_with_fake(Backend::Postgres, |c| {
+        on_private_postgres(c, url);
+        c.database.max_connections = 4;
+    })
+    .await;
+    let mut client = app.client(Uuid::new_v4());
+    let voice = create_voice(&mut client, "Across a restart").await;
+    // Eight reads at once: every connection of the pool is opened and idle.
+    let mut reads = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let (mut client, id) = (client.clone(), voice.voice_id.clone());
+        reads.spawn(async move { client.get_voice(get(&id)).await });
+    }
+    while let Some(read) = reads.join_next().await {
+        read.unwrap().unwrap();
+    }
+    pg.stop();
+    pg.resume();
+    let mut failed = Vec::new();
+    for _ in 0..8 {
+        if let Err(status) = client.get_voice(get(&voice.voice_id)).await {
+            failed.push(status.code());
+        }
+        let list = client
+            .list_user_voices(pb::ListUserVoicesRequest::default())
+            .await;
+        if let Err(status) = list {
+            failed.push(status.code());
+        }
+    }
+    println!("16 reads after the restart, failed: {failed:?}");
+    assert!(failed.is_empty(), "{failed:?}");
+}
+
 #[tokio::test]
 async fn postgres_hung_mid_statement_answers_unavailable_within_the_bound_and_recovers_by_itself() {
     let pg = PgServer::start();
