@@ -65,7 +65,6 @@ pub(crate) use webhooks::{
 };
 pub(crate) use writes::{Reservation, Settlement};
 
-use crate::error::chain;
 use crate::metrics::{LimitLabel, Metrics, StatementKind, StatementLabels, TransitionLabel};
 
 /// Where the database is and how many connections to open.
@@ -212,6 +211,8 @@ pub struct Store {
     call_timeout: Option<Duration>,
     /// The longest wait for a pool connection.
     acquire_timeout: Duration,
+    /// How many connections the pool holds at most.
+    pool_size: u32,
     /// When the database last answered.
     answered: Arc<Answered>,
     /// Calls shed because every pool connection was busy.
@@ -289,6 +290,7 @@ impl Store {
                 .clone(),
             call_timeout,
             acquire_timeout: config.acquire_timeout,
+            pool_size: config.max_connections,
             answered,
             events_committed: Arc::default(),
             deliveries_queued: Arc::default(),
@@ -377,12 +379,13 @@ impl Store {
         })
     }
 
-    /// Runs the read `read` within the call bound, and once more if the
-    /// pooled connection it got turned out broken. The pool hands out
-    /// connections without pinging them (a round trip saved on every
-    /// statement), so after PostgreSQL ended its sessions (a restart, a
-    /// failover, an administrator) each idle pooled connection fails its
-    /// first statement; sqlx then drops it. A read is safe to repeat; a
+    /// Runs the read `read` within the call bound, and again while the
+    /// pooled connection it got turns out broken (at most once per pool
+    /// connection, then on a fresh one). The pool hands out connections
+    /// without pinging them (a round trip saved on every statement), so
+    /// after PostgreSQL ended its sessions (a restart, a failover, an
+    /// administrator) every idle pooled connection fails its first
+    /// statement, at once, and sqlx drops it. A read is safe to repeat; a
     /// write is never repeated here (its first attempt may have committed).
     async fn read<T, F, Fut>(&self, read: F) -> Result<T, DbErr>
     where
@@ -390,16 +393,32 @@ impl Store {
         Fut: Future<Output = Result<T, DbErr>>,
     {
         self.bounded(async {
-            match read().await {
+            let result = read().await;
+            match result {
                 Err(e) if broken_connection(&e) => {
-                    tracing::debug!(error = %chain(&e), "a pooled connection was broken; reading again on another");
+                    tracing::debug!(error = %e, "a pooled connection was broken; reading again on another");
                     // On the heap: rare, and the caller's future stays small.
-                    Box::pin(read()).await
+                    Box::pin(self.read_again(&read)).await
                 }
                 other => other,
             }
         })
         .await
+    }
+
+    /// The retries of [`Store::read`].
+    async fn read_again<T, F, Fut>(&self, read: &F) -> Result<T, DbErr>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T, DbErr>>,
+    {
+        let mut left = self.pool_size;
+        loop {
+            match read().await {
+                Err(e) if broken_connection(&e) && left > 0 => left -= 1,
+                other => return other,
+            }
+        }
     }
 
     /// Counts a committed move of `voice` to its status.

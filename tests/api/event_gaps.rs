@@ -37,8 +37,10 @@ async fn a_replica_paused_while_its_unread_entries_are_trimmed_still_tells_its_w
     let a = spawn_app_with(Backend::Postgres, |_| {}).await;
     let (redis_url, prefix) = a.redis.clone().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    // Replica B, a process of its own, with the default recheck interval (a
-    // minute): what tells its watcher in time is the event reader.
+    // Replica B, a process of its own, rechecking its streams only hourly
+    // (a stream's first recheck comes at a random point of the interval, so
+    // the default minute could answer first): what tells its watcher in
+    // time is the event reader.
     let b = serve(
         dir.path(),
         &[
@@ -47,6 +49,7 @@ async fn a_replica_paused_while_its_unread_entries_are_trimmed_still_tells_its_w
             ("VOICEHUB_REDIS_PREFIX", prefix.as_str()),
             ("VOICEHUB_JWT_SECRET", JWT_SECRET),
             ("VOICEHUB_SYNC_WORKER", "false"),
+            ("VOICEHUB_WATCH_RECHECK_INTERVAL", "1h"),
         ],
     );
     let user = Uuid::new_v4();
