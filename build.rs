@@ -28,6 +28,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Samples (up to 50 MiB) as `Bytes`: sliced from the request buffer and
     // shared with the provider's upload (and its retries) without copying.
     api.bytes([".voicehub.v1.AudioSample.data"]);
+    // Written by hand, so a change going to many watchers is encoded once
+    // (see `pb::status_event`).
+    api.extern_path(
+        ".voicehub.v1.VoiceStatusEvent",
+        "crate::pb::VoiceStatusEvent",
+    );
     tonic_prost_build::configure()
         // Small first buffers for long-lived response streams (see `pb::Codec`).
         .codec_path("crate::pb::Codec")

@@ -22,6 +22,9 @@ mod generated {
 
 pub use generated::*;
 
+mod status_event;
+pub use status_event::{EncodedVoice, VoiceStatusEvent};
+
 /// The contract's codec: prost, with a small first encode buffer.
 ///
 /// tonic's default codec gives every response stream an 8 KiB buffer for

@@ -9,7 +9,8 @@
 //! sees fewer intermediate states but always the latest, so a terminal state
 //! is never lost, and the mailbox's size is bounded by the number of voices
 //! it watches. Events are shared (`Arc`): dispatching to a thousand streams
-//! copies no voice. Dropping a [`Subscription`] unregisters it at once; the
+//! copies no voice, and the voice is encoded for clients once (see
+//! `pb::status_event`). Dropping a [`Subscription`] unregisters it at once; the
 //! `voicehub_watch_streams` gauge counts open subscriptions.
 //!
 //! When events may have been lost (the event reader reconnected), the hub
@@ -279,6 +280,7 @@ mod tests {
                 ..pb::Voice::default()
             },
             change: None,
+            encoded: super::super::wire::EncodeOnce::default(),
         })
     }
 

@@ -6,7 +6,11 @@
 //! internal columns do not travel and a new column changes nothing here.
 //! Readers ignore fields they do not know, so replicas of different builds
 //! run side by side. Inside a replica the converted event is shared behind
-//! an `Arc` by every watch stream, instead of being converted per stream.
+//! an `Arc` by every watch stream, instead of being converted per stream,
+//! and its voice is encoded for clients once, by the first stream that
+//! sends it ([`VoiceEvent::encoded_voice`]).
+
+use std::sync::OnceLock;
 
 use prost::Message;
 use uuid::Uuid;
@@ -45,6 +49,25 @@ pub struct VoiceEvent {
     pub voice: pb::Voice,
     /// What the change was; `None` in events of builds that did not say.
     pub change: Option<Change>,
+    /// `voice` encoded for clients, once.
+    pub(crate) encoded: EncodeOnce,
+}
+
+/// A cache of a voice's encoding: not part of an event's value, so two
+/// events are equal whether or not either was encoded yet.
+#[derive(Default, Clone)]
+pub(crate) struct EncodeOnce(OnceLock<pb::EncodedVoice>);
+
+impl PartialEq for EncodeOnce {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl std::fmt::Debug for EncodeOnce {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EncodeOnce")
+    }
 }
 
 /// Why bytes from the stream are not an event this replica can use.
@@ -69,7 +92,18 @@ impl VoiceEvent {
             revision: voice.revision,
             voice: voice.clone().into(),
             change: Some(change),
+            encoded: EncodeOnce::default(),
         }
+    }
+
+    /// The voice encoded for clients: encoded by the first caller, shared
+    /// by every stream that sends this change.
+    #[must_use]
+    pub fn encoded_voice(&self) -> pb::EncodedVoice {
+        self.encoded
+            .0
+            .get_or_init(|| pb::EncodedVoice::new(&self.voice))
+            .clone()
     }
 
     /// Whether the voice's status will never change again. A status this
@@ -120,6 +154,7 @@ impl VoiceEvent {
             revision: voice.revision,
             voice,
             change,
+            encoded: EncodeOnce::default(),
         })
     }
 }

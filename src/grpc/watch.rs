@@ -61,11 +61,23 @@ use super::snapshots::{Read, Snapshots};
 pub(crate) type EventStream =
     Pin<Box<dyn Stream<Item = Result<pb::VoiceStatusEvent, Status>> + Send>>;
 
-fn message(voice: pb::Voice, snapshot: bool) -> pb::VoiceStatusEvent {
-    pb::VoiceStatusEvent {
-        voice: Some(voice),
-        snapshot,
-        emitted_at: Some(timestamp(chrono::Utc::now())),
+/// A voice as a stream sends it: read from storage for this stream, or a
+/// change's, encoded once for every stream it goes to.
+enum Body {
+    Read(Box<pb::Voice>),
+    Shared(pb::EncodedVoice),
+}
+
+fn message(body: Body, snapshot: bool) -> pb::VoiceStatusEvent {
+    let emitted_at = timestamp(chrono::Utc::now());
+    match body {
+        Body::Read(voice) => pb::VoiceStatusEvent {
+            voice: Some(*voice),
+            snapshot,
+            emitted_at: Some(emitted_at),
+            ..pb::VoiceStatusEvent::default()
+        },
+        Body::Shared(voice) => pb::VoiceStatusEvent::encoded(voice, snapshot, emitted_at),
     }
 }
 
@@ -189,7 +201,7 @@ struct Change {
     id: Uuid,
     revision: i64,
     terminal: bool,
-    voice: pb::Voice,
+    body: Body,
 }
 
 /// The current state of what a stream watches, after events may have been
@@ -235,7 +247,7 @@ async fn resync(
             id: v.id,
             revision: v.revision,
             terminal: v.status.is_terminal(),
-            voice: v.into(),
+            body: Body::Read(Box::new(v.into())),
         })
         .collect())
 }
@@ -309,7 +321,7 @@ pub(super) async fn open(
             if !voice.status.is_terminal() {
                 open.insert(voice.id);
             }
-            yield message(voice.into(), true);
+            yield message(Body::Read(Box::new(voice.into())), true);
         }
         if explicit && open.is_empty() {
             return;
@@ -347,7 +359,7 @@ pub(super) async fn open(
                         id: event.voice_id,
                         revision: event.revision,
                         terminal: event.is_terminal(),
-                        voice: event.voice.clone(),
+                        body: Body::Shared(event.encoded_voice()),
                     }]
                 }
                 Next::Resync | Next::Recheck => match resync(&snapshots, user, explicit, &open).await {
@@ -376,7 +388,7 @@ pub(super) async fn open(
                 if change.terminal {
                     open.remove(&change.id);
                 }
-                yield message(change.voice, false);
+                yield message(change.body, false);
             }
             if explicit && open.is_empty() {
                 return;
