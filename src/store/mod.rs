@@ -245,9 +245,9 @@ impl Store {
             .acquire_timeout(config.acquire_timeout)
             // No ping when a connection is handed out: it is a round trip on
             // every statement's path, and a broken connection shows itself
-            // anyway (its statement fails, sqlx drops it, the caller gets
-            // UNAVAILABLE and may retry), while health pings on a connection
-            // of its own.
+            // anyway (its statement fails and sqlx drops it; a read then runs
+            // again on another connection, see `Store::read`), while health
+            // pings on a connection of its own.
             .test_before_acquire(false)
             // Statements are traced by our own spans; sqlx's per-statement INFO lines are noise.
             .sqlx_logging(false)
