@@ -1,5 +1,7 @@
-//! The contract, `voicehub.v1`, as generated from `proto/voicehub/v1/voice.proto`,
-//! and the one conversion of a stored voice into it.
+//! The contract, `voicehub.v1`, as generated from `proto/voicehub/v1/voice.proto`
+//! (but for `VoiceStatusEvent`, written by hand in [`status_event`] so a
+//! change is encoded once for all its watchers), and the one conversion of
+//! a stored voice into it.
 //!
 //! The conversion lives here, beside the generated types, because two layers
 //! send voices out: the API (`grpc/`) answers with them and the event bus
