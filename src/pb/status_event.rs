@@ -9,7 +9,8 @@
 //! the generated encoder writes, so clients see no difference (the unit
 //! tests below compare them). Decoding is prost's, into `voice`, as before.
 //! `build.rs` maps the proto's type here (`extern_path`); reflection and
-//! the contract still come from the proto.
+//! the contract still come from the proto, and a unit test fails when the
+//! proto's message gains or changes a field, so the two cannot drift.
 
 use bytes::{Buf, BufMut, Bytes};
 use prost::{
@@ -165,6 +166,27 @@ mod tests {
             assert_eq!(shared.encoded_len(), bytes.len());
             assert_eq!(VoiceStatusEvent::decode(bytes.as_slice()).unwrap(), owned);
         }
+    }
+
+    #[test]
+    fn the_proto_has_exactly_the_fields_written_here() {
+        let set = prost_types::FileDescriptorSet::decode(crate::pb::FILE_DESCRIPTOR_SET).unwrap();
+        let message = set
+            .file
+            .iter()
+            .flat_map(|file| &file.message_type)
+            .find(|message| message.name() == "VoiceStatusEvent")
+            .unwrap();
+        let fields: Vec<(i32, &str)> = message
+            .field
+            .iter()
+            .map(|field| (field.number(), field.name()))
+            .collect();
+        assert_eq!(
+            fields,
+            [(1, "voice"), (2, "snapshot"), (3, "emitted_at")],
+            "VoiceStatusEvent changed in the proto: pb::status_event must change with it"
+        );
     }
 
     #[test]
