@@ -20,7 +20,7 @@ fn main() -> ExitCode {
         // A child of `serve`: no runtime, no threads, no logging.
         return voicehub::audio::child::main();
     }
-    telemetry::init(cli.log_format);
+    let _log_writer = telemetry::init(cli.log_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {
