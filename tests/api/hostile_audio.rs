@@ -536,6 +536,12 @@ async fn every_hostile_sample_is_refused_naming_it_and_the_server_lives_and_serv
         "hostile corpus: {accepted} accepted, {refused} refused ({over_memory} over the memory bound)"
     );
     assert_eq!(over_memory, 8);
+    // Log lines are written by a thread of the server's own, so the last
+    // may reach its stderr a moment after its call was answered.
+    wait_for(Duration::from_secs(5), || {
+        bounds_broken(&server, "memory") >= 8
+    })
+    .await;
     assert_eq!(bounds_broken(&server, "memory"), 8, "each logged once");
     // Nothing refused was written, and the server still creates.
     let stored = client
@@ -684,6 +690,10 @@ async fn a_bounded_fuzz_run_of_mutated_samples_never_harms_the_server() {
     }
     assert_alive(&mut server);
     assert_eq!(outcomes.values().sum::<usize>(), FUZZ_CASES);
+    wait_for(Duration::from_secs(5), || {
+        bounds_broken(&server, "memory") > 0
+    })
+    .await;
     let (peak, now) = memory_of(&server);
     println!(
         "fuzz run: {FUZZ_CASES} cases (seed {FUZZ_SEED:#x}): {outcomes:?}; bounds broken: memory {}, cpu {}, stack {}, crash {}; server memory peak {} MiB (before {} MiB), now {} MiB",
