@@ -81,6 +81,16 @@ enum Client {
     Grpcio,
 }
 
+impl Client {
+    /// As `--clients` spells it.
+    fn name(self) -> &'static str {
+        match self {
+            Client::Tonic => "tonic",
+            Client::Grpcio => "grpcio",
+        }
+    }
+}
+
 /// Voices that complete in the burst.
 const VOICES: u64 = 10;
 /// Streams per HTTP/2 connection.
@@ -157,8 +167,10 @@ pub(crate) async fn run(binary: &Path, out: &Path, args: FanoutArgs) -> anyhow::
                 }
                 let point = measure(binary, case, (*streams, *all), client, args.settle).await?;
                 println!(
-                    "run {run}, {case}, {client:?}: {:.1} KiB per stream, {:.2} × a minute after",
-                    point.rss_per_stream_kib, point.rss_settled_vs_before
+                    "run {run}, {case}, {}: {:.1} KiB per stream, {:.2} × a minute after",
+                    client.name(),
+                    point.rss_per_stream_kib,
+                    point.rss_settled_vs_before
                 );
                 points.push(Point { run, ..point });
             }
@@ -219,10 +231,7 @@ async fn measure(
     drop(server);
     Ok(Point {
         case: case.to_owned(),
-        client: match client {
-            Client::Tonic => "tonic",
-            Client::Grpcio => "grpcio",
-        },
+        client: client.name(),
         run: 0,
         streams,
         open_seconds,
