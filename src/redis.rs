@@ -1,7 +1,10 @@
 //! Redis connections, configured for outages: fred has no reconnect policy
 //! and no command timeout unless told, so without this a Redis restart
 //! would hang every caller. Here every command times out, and every
-//! connection reconnects for ever with exponential backoff.
+//! connection reconnects for ever with exponential backoff, the first one
+//! included: fred's default (`fail_fast`) ends a client whose first
+//! connection fails for good, so a replica started while Redis (or one
+//! primary of a cluster) was away would never use it.
 //!
 //! Three connections: commands (queue scripts, XADD), a reader for the event
 //! stream (a blocking XREAD holds its connection), and a subscriber for
@@ -36,7 +39,8 @@ fn builder(
     command_timeout: Duration,
     connect_timeout: Duration,
 ) -> anyhow::Result<Builder> {
-    let config = Config::from_url(url).context("REDIS_URL is not a valid Redis URL")?;
+    let mut config = Config::from_url(url).context("REDIS_URL is not a valid Redis URL")?;
+    config.fail_fast = false;
     let mut builder = Builder::from_config(config);
     builder
         .with_connection_config(|c| {

@@ -385,8 +385,13 @@ pub(super) async fn open(
                     tracing::warn!(voice_id = %change.id, revision = change.revision, "a watch stream's recheck found a change no event delivered");
                 }
                 sent.insert(change.id, change.revision);
+                // A voice first heard of by an event (one created after an
+                // "all my voices" stream opened) is open too: were its end
+                // lost, a resync or recheck must still look for it.
                 if change.terminal {
                     open.remove(&change.id);
+                } else {
+                    open.insert(change.id);
                 }
                 yield message(change.body, false);
             }

@@ -55,6 +55,9 @@ const MAX_AGE: Duration = Duration::from_secs(30);
 /// check (at most the engine's backoff) plus a fault in the way.
 const AGE_SLACK: Duration = Duration::from_secs(45);
 
+/// A replica process's log lines, as its reader collects them.
+type LogLines = Arc<Mutex<Vec<String>>>;
+
 /// One fault of the schedule.
 #[derive(Debug, Clone, Copy)]
 enum Fault {
@@ -224,6 +227,8 @@ struct Rig {
     env: Vec<(String, String)>,
     dirs: Vec<tempfile::TempDir>,
     replicas: Mutex<Vec<Option<Server>>>,
+    /// The log lines of each replica's earlier (killed) runs, by replica.
+    past_logs: Mutex<Vec<(usize, LogLines)>>,
     /// The address of each replica while it runs.
     addrs: Mutex<Vec<Option<String>>>,
     users: Vec<Uuid>,
@@ -294,6 +299,7 @@ impl Rig {
                 .map(|_| tempfile::tempdir().unwrap())
                 .collect(),
             replicas: Mutex::new((0..REPLICAS).map(|_| None).collect()),
+            past_logs: Mutex::default(),
             addrs: Mutex::new(vec![None; REPLICAS]),
             users: (0..USERS).map(|_| Uuid::new_v4()).collect(),
             cancels: AtomicBool::new(false),
@@ -341,7 +347,49 @@ impl Rig {
     fn kill(&self, replica: usize) {
         self.addrs.lock().unwrap()[replica] = None;
         let server = self.replicas.lock().unwrap()[replica].take();
-        drop(server);
+        if let Some(server) = server {
+            let logs = server.logs.clone();
+            drop(server);
+            self.past_logs.lock().unwrap().push((replica, logs));
+        }
+    }
+
+    /// After a violation: every run's log lines into files of a directory
+    /// that outlives the test, and each run's WARN and ERROR messages,
+    /// counted, on the test's output (often all a CI log keeps).
+    fn keep_logs(&self, seed: u64) {
+        let dir = std::env::temp_dir().join(format!("voicehub-chaos-{seed}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut runs = self.past_logs.lock().unwrap().clone();
+        for (replica, server) in self.replicas.lock().unwrap().iter().enumerate() {
+            if let Some(server) = server {
+                runs.push((replica, server.logs.clone()));
+            }
+        }
+        for (n, (replica, logs)) in runs.iter().enumerate() {
+            let lines = logs.lock().unwrap().clone();
+            let path = dir.join(format!("run-{n:02}-replica-{replica}.log"));
+            std::fs::write(&path, lines.join("\n")).unwrap();
+            let mut counted: BTreeMap<(String, String), u64> = BTreeMap::new();
+            for line in &lines {
+                let Ok(json) = serde_json::from_str::<serde_json::Value>(line) else {
+                    continue;
+                };
+                let level = json["level"].as_str().unwrap_or_default();
+                if level == "WARN" || level == "ERROR" {
+                    let message = json["message"].as_str().unwrap_or_default().to_owned();
+                    *counted.entry((level.to_owned(), message)).or_default() += 1;
+                }
+            }
+            println!(
+                "{} ({} lines), WARN and ERROR:",
+                path.display(),
+                lines.len()
+            );
+            for ((level, message), count) in counted {
+                println!("  {count:>6}  {level}  {message}");
+            }
+        }
     }
 
     /// A client of `user` on a running replica (the `nth` running one, wrapping).
@@ -1094,5 +1142,8 @@ async fn a_seeded_fault_soak_keeps_every_invariant() {
     check_provider(&rig).await;
     check_changes(&rig).await;
     let violations = report(&rig, seed, run);
+    if violations > 0 {
+        rig.keep_logs(seed);
+    }
     assert_eq!(violations, 0, "seed {seed}: see VIOLATION lines above");
 }

@@ -93,6 +93,10 @@ async fn a_primary_failed_over_while_voices_are_created_and_watched_loses_nothin
     println!("killing {primary}:\n{}", cluster.nodes());
     let killed = Instant::now();
     cluster.kill(primary);
+    // A third replica starts while the primary is down (a replica restarted
+    // mid-failover): it must use the cluster once it has healed.
+    let c = replica_of(&a, &fake, |_| {}).await;
+    println!("replica C started {:?} after the kill", killed.elapsed());
     let mut on_b_client = b.client(user);
     let mut attempts = Vec::new();
     for i in 0..10 {
@@ -134,16 +138,32 @@ async fn a_primary_failed_over_while_voices_are_created_and_watched_loses_nothin
          every voice COMPLETED heard on A after {heard_on_a:?}, on B after {heard_on_b:?}"
     );
 
+    // The replica started mid-failover queues, checks and tells its own
+    // watcher of the voices created on it.
+    let mut client_of_c = c.client(user);
+    let mut on_c = watch(&mut client_of_c, &[]).await;
+    let mut on_c_ids = BTreeSet::new();
+    for i in 0..2 {
+        let (voice, _) = create_retrying(&mut client_of_c, &format!("on C {i}")).await;
+        on_c_ids.insert(voice.voice_id);
+    }
+    until_completed(&mut on_c, &on_c_ids).await;
+    println!(
+        "the 2 voices created on C COMPLETED and heard on C {:?} after the kill",
+        killed.elapsed()
+    );
+    ids.extend(on_c_ids);
+
     // Storage agrees, and nothing was lost or made twice.
-    assert_eq!(a.voice_rows().await, 20);
+    assert_eq!(a.voice_rows().await, 22);
     for id in &ids {
         let stored = crate::helpers::get_voice(&mut client, id).await;
         assert_eq!(stored.status(), pb::VoiceStatus::Completed);
     }
-    assert_eq!(fake.calls(Route::Add), 20);
+    assert_eq!(fake.calls(Route::Add), 22);
     assert_eq!(
         fake.voice_ids().len(),
-        20,
+        22,
         "no provider voice without a row"
     );
 }

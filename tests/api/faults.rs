@@ -532,6 +532,63 @@ async fn a_create_while_redis_is_down_succeeds_at_once_and_completes_once_redis_
     }
 }
 
+/// The chaos soak of seed 17229510574828378081 found this: fred ends a
+/// client whose first connection fails unless told otherwise, so a replica
+/// started while Redis was away served for good without a queue, events or
+/// wake-ups, and the voices created on it stayed PROCESSING.
+#[tokio::test]
+async fn a_replica_started_while_redis_is_down_uses_it_once_it_is_back() {
+    let mut redis = RedisServer::start();
+    let url = redis.url();
+    redis.stop();
+    let (app, fake) = spawn_app_with_fake(Backend::Postgres, move |c| {
+        c.redis_url = Some(url.into());
+        c.redis_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let mut client = app.client(Uuid::new_v4());
+    let mut watching = watch(&mut client, &[]).await;
+    let created = create_voice(&mut client, "Started without Redis").await;
+    assert!(app.worker.run_once().await.is_err(), "the queue is away");
+
+    redis.restart();
+    let back = Instant::now();
+    let mut completed = 0;
+    while completed < 1 {
+        assert!(
+            back.elapsed() < Duration::from_secs(30),
+            "the replica never used Redis after it came back"
+        );
+        if let Ok(step) = app.worker.run_once().await {
+            completed += step.completed;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!(
+        "a replica started while Redis was down completed its voice {:?} after Redis came back",
+        back.elapsed()
+    );
+    // Its watcher hears it: events pass through the same Redis (generous:
+    // the event reader's blocking read is replayed after the reconnect).
+    loop {
+        let event = tokio::time::timeout(Duration::from_mins(1), watching.message())
+            .await
+            .expect("the watcher hears the voice COMPLETED")
+            .expect("the stream does not fail")
+            .expect("the stream stays open");
+        let voice = event.voice.unwrap();
+        if voice.voice_id == created.voice_id && voice.status() == pb::VoiceStatus::Completed {
+            break;
+        }
+    }
+    println!(
+        "its watcher heard it {:?} after Redis came back",
+        back.elapsed()
+    );
+    assert_eq!(fake.calls(Route::Add), 1);
+    assert!(app.metric("voicehub_redis_reconnects_total{connection=\"commands\"}") >= 1);
+}
+
 #[tokio::test]
 async fn after_the_event_reader_was_away_watch_streams_catch_up_from_storage() {
     let mut redis = RedisServer::start();
@@ -551,13 +608,24 @@ async fn after_the_event_reader_was_away_watch_streams_catch_up_from_storage() {
         assert_eq!(snapshot.voice.unwrap().voice_id, watched.voice_id);
     }
 
-    // Two changes whose events are lost (written to storage alone, as if
+    // A voice created while the streams are open: the all-voices stream
+    // hears of it by its events alone.
+    let later = create_voice(&mut client, "Created while watched").await;
+    loop {
+        let voice = next(&mut all).await.unwrap().voice.unwrap();
+        if voice.voice_id == later.voice_id && voice.revision == later.revision {
+            break;
+        }
+    }
+
+    // Three changes whose events are lost (written to storage alone, as if
     // their entries went with a Redis that died before this replica read them).
-    app.execute(&format!(
-        "UPDATE voices SET status = 'completed', revision = revision + 1 WHERE id = '{}'",
-        watched.voice_id
-    ))
-    .await;
+    for id in [&watched.voice_id, &later.voice_id] {
+        app.execute(&format!(
+            "UPDATE voices SET status = 'completed', revision = revision + 1 WHERE id = '{id}'"
+        ))
+        .await;
+    }
     let new = app
         .insert(voice(
             user,
@@ -584,7 +652,7 @@ async fn after_the_event_reader_was_away_watch_streams_catch_up_from_storage() {
         "then it ends: all terminal"
     );
     let mut seen = Vec::new();
-    while seen.len() < 2 {
+    while seen.len() < 3 {
         let event = tokio::time::timeout(Duration::from_mins(1), all.message())
             .await
             .expect("the all-voices watch catches up")
@@ -596,6 +664,7 @@ async fn after_the_event_reader_was_away_watch_streams_catch_up_from_storage() {
     seen.sort();
     let mut expected = vec![
         (watched.voice_id.clone(), pb::VoiceStatus::Completed),
+        (later.voice_id.clone(), pb::VoiceStatus::Completed),
         (new.id.to_string(), pb::VoiceStatus::Processing),
     ];
     expected.sort();
