@@ -225,6 +225,10 @@ pub struct Metrics {
     pub(crate) snapshot_batches: Counter,
     /// Watch streams' storage reads, answered by those batches.
     pub(crate) snapshot_reads: Counter,
+    /// Batches of GetVoice reads (one query each).
+    pub(crate) lookup_batches: Counter,
+    /// GetVoice reads, answered by those batches.
+    pub(crate) lookup_reads: Counter,
     /// Calls refused at a limit, by limit.
     pub(crate) limit_refusals: Family<LimitLabel, Counter>,
     /// Webhook delivery attempts, by what followed.
@@ -293,6 +297,8 @@ impl Metrics {
             snapshot_batches: Counter::default(),
             watch_reread_failures: Counter::default(),
             snapshot_reads: Counter::default(),
+            lookup_batches: Counter::default(),
+            lookup_reads: Counter::default(),
             limit_refusals: Family::default(),
             webhook_deliveries: Family::default(),
             webhook_backlog: Gauge::default(),
@@ -429,6 +435,16 @@ impl Metrics {
             "watch_snapshot_reads",
             "Watch streams' storage reads (a snapshot, a re-read), served by the batches",
             m.snapshot_reads.clone(),
+        );
+        r.register(
+            "get_voice_batches",
+            "Batches of GetVoice reads: calls in flight together share one query",
+            m.lookup_batches.clone(),
+        );
+        r.register(
+            "get_voice_reads",
+            "GetVoice reads of storage, served by the batches",
+            m.lookup_reads.clone(),
         );
         r.register(
             "webhook_deliveries",

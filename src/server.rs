@@ -308,6 +308,7 @@ impl Application {
 
         let api = VoiceApi::new(
             store.clone(),
+            &metrics,
             writes,
             audio,
             bus.hub().clone(),

@@ -7,8 +7,10 @@
 //! read or one write-path operation, and converts the answer. Every failure
 //! is an [`Error`] turned into a `Status` in one place (`error.rs`).
 
+mod batcher;
 mod intake;
 mod limits;
+mod lookups;
 mod methods;
 mod observe;
 mod page_token;
@@ -46,6 +48,8 @@ pub(crate) struct VoiceApi {
     /// Parses uploaded samples, out of this process.
     audio: Arc<audio::Checker>,
     hub: Arc<Hub>,
+    /// GetVoice's shared reads.
+    lookups: Arc<lookups::Lookups>,
     /// The open watch streams and their limits.
     watches: Arc<Watches>,
     /// Ends every watch stream (with UNAVAILABLE) when the server stops.
@@ -71,11 +75,13 @@ pub(crate) type AuthenticatedVoiceService =
     InterceptedService<VoiceServiceServer<VoiceApi>, Authenticator>;
 
 impl VoiceApi {
-    /// The API over storage (reads), the write path, and this replica's hub
-    /// and open streams (watches).
+    /// The API over storage (reads, counted in `metrics`), the write path,
+    /// and this replica's hub and open streams (watches).
     #[must_use]
+    #[allow(clippy::too_many_arguments)] // the service's parts, each once
     pub(crate) fn new(
         store: Store,
+        metrics: &crate::metrics::Metrics,
         writes: WritePath,
         audio: Arc<audio::Checker>,
         hub: Arc<Hub>,
@@ -84,6 +90,7 @@ impl VoiceApi {
         intake: IntakePolicy,
     ) -> Self {
         VoiceApi {
+            lookups: lookups::lookups(store.clone(), metrics),
             store,
             writes,
             audio,
@@ -175,8 +182,8 @@ impl VoiceApi {
         let user = caller(&request)?;
         let id = validate::voice_id("voice_id", &request.get_ref().voice_id)?;
         let (voice, intake) = self
-            .store
-            .get_visible(user.0, id)
+            .lookups
+            .read(lookups::Lookup { caller: user.0, id })
             .await?
             .ok_or(Error::NotFound("voice"))?;
         Ok(intake::with_intake(voice.into(), intake.as_ref()))

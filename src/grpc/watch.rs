@@ -55,7 +55,7 @@ use crate::{
     store::{Store, Voice, VoiceStatus, may_see},
 };
 
-use super::snapshots::{Read, Snapshots};
+use super::snapshots::{Read, Snapshots, snapshots};
 
 /// The stream of one WatchVoiceStatus call.
 pub(crate) type EventStream =
@@ -112,7 +112,7 @@ impl Watches {
                 .clone()
         };
         Arc::new(Watches {
-            snapshots: Snapshots::new(store, metrics),
+            snapshots: snapshots(store, metrics),
             per_user,
             total,
             recheck_every,

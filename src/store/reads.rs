@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DbErr, EntityTrait, JoinType, QueryFilter, QueryOrder,
     QuerySelect,
-    sea_query::{Expr, ExprTrait, IntoCondition, SimpleExpr},
+    sea_query::{Expr, ExprTrait, SimpleExpr},
 };
 use uuid::Uuid;
 
@@ -17,7 +17,6 @@ use super::{
         voice::{Column, Entity, Model as Voice, Visibility, VoiceStatus},
         voice_intake,
     },
-    visibility::visible_to,
 };
 
 /// Which voices a listing covers.
@@ -74,33 +73,28 @@ pub(crate) struct Page {
 }
 
 impl Store {
-    /// The voice `id` if `caller` may see it (their own in any status but
-    /// DELETED, or anyone's public one), with its intake record if `caller`
-    /// owns it: one statement, the intake joined in, since GetVoice is the
-    /// hottest read and every statement is a round trip.
+    /// The voices of `ids` with their intake records, as stored: DELETED
+    /// and private ones included (GetVoice's shared read applies the rule
+    /// of who may see what per caller).
     ///
     /// # Errors
     /// A database failure.
-    pub(crate) async fn get_visible(
+    pub(crate) async fn get_many_with_intake(
         &self,
-        caller: Uuid,
-        id: Uuid,
-    ) -> Result<Option<(Voice, Option<Intake>)>, DbErr> {
+        ids: &[Uuid],
+    ) -> Result<Vec<(Voice, Option<Intake>)>, DbErr> {
         self.read(|| async {
-            // The consent and the sample report are the owner's to read.
-            let owners_intake = Entity::belongs_to(voice_intake::Entity)
+            if ids.is_empty() {
+                return Ok(Vec::new());
+            }
+            let intake = Entity::belongs_to(voice_intake::Entity)
                 .from(Column::Id)
-                .to(voice_intake::Column::VoiceId)
-                .on_condition(move |_, intake| {
-                    Expr::col((intake, voice_intake::Column::OwnerUserId))
-                        .eq(caller)
-                        .into_condition()
-                });
-            Entity::find_by_id(id)
-                .filter(visible_to(caller))
+                .to(voice_intake::Column::VoiceId);
+            Entity::find()
+                .filter(Column::Id.is_in(ids.iter().copied()))
                 .select_also(voice_intake::Entity)
-                .join(JoinType::LeftJoin, owners_intake.into())
-                .one(&self.db)
+                .join(JoinType::LeftJoin, intake.into())
+                .all(&self.db)
                 .await
         })
         .await

@@ -137,9 +137,10 @@ async fn an_aged_connection_is_asked_to_go_away_then_cut_after_its_grace() {
     .await;
     let user = Uuid::new_v4();
     let voice = create_voice(&mut app.client(user), "Aging").await;
-    // Before the stream's connection is made: its age counts from then.
+    // Before the stream's connection is made: its age counts from then (a
+    // connection of its own: the app's shared one carried the create).
     let started = Instant::now();
-    let mut client = app.client(user);
+    let mut client = app.client_on_own_connection(user);
     let mut stream = watch(&mut client, &[]).await;
     assert!(next(&mut stream).await.unwrap().snapshot);
 

@@ -141,7 +141,78 @@ async fn a_malformed_voice_id_is_invalid_argument_naming_the_field(backend: Back
     }
 }
 
+/// GetVoice calls in flight together share one query per batch; each
+/// caller still gets exactly what the rule lets it see, and callers that
+/// go away mid-batch take nobody else's answer with them.
+async fn calls_in_flight_together_share_queries_and_each_sees_only_its_own(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (alice, bob) = (Uuid::new_v4(), Uuid::new_v4());
+    let private = app
+        .seed(alice, Visibility::Private, VoiceStatus::Completed)
+        .await;
+    let public = app
+        .seed(alice, Visibility::Public, VoiceStatus::Processing)
+        .await;
+    let deleted = app
+        .seed(bob, Visibility::Public, VoiceStatus::Deleted)
+        .await;
+    // (caller, voice, whether the caller may see it)
+    let cases = [
+        (alice, private.id, true),
+        (bob, private.id, false),
+        (bob, public.id, true),
+        (alice, public.id, true),
+        (bob, deleted.id, false),
+        (alice, Uuid::now_v7(), false),
+    ];
+    let (alice_client, bob_client) = (app.client(alice), app.client(bob));
+    let mut calls = Vec::new();
+    // 90 calls per user: within a user's limit of calls in progress.
+    for n in 0..180 {
+        let (caller, id, visible) = cases[n % cases.len()];
+        let mut client = if caller == alice {
+            alice_client.clone()
+        } else {
+            bob_client.clone()
+        };
+        calls.push(tokio::spawn(async move {
+            let answer = client.get_voice(get(id)).await;
+            (id, visible, answer)
+        }));
+    }
+    // Every seventh caller goes away while its call may be in a batch.
+    let mut answered = 0;
+    for (n, call) in calls.into_iter().enumerate() {
+        if n % 7 == 3 {
+            call.abort();
+            continue;
+        }
+        let (id, visible, answer) = call.await.unwrap();
+        match answer {
+            Ok(voice) => {
+                assert!(visible, "{id} was shown to a caller who may not see it");
+                assert_eq!(voice.into_inner().voice_id, id.to_string());
+            }
+            Err(status) => {
+                assert!(!visible, "{id}: {status:?}");
+                assert_eq!(status.code(), Code::NotFound, "{status:?}");
+                assert_eq!(status.message(), "voice not found");
+            }
+        }
+        answered += 1;
+    }
+    assert!(answered >= 150);
+    let (batches, reads) = (
+        app.metric("voicehub_get_voice_batches_total"),
+        app.metric("voicehub_get_voice_reads_total"),
+    );
+    println!("{reads} GetVoice reads in {batches} batches");
+    assert!(reads >= answered, "every answered call was read: {reads}");
+    assert!(batches < reads, "calls in flight together shared queries");
+}
+
 on_both_backends!(
+    calls_in_flight_together_share_queries_and_each_sees_only_its_own,
     owner_gets_every_field_of_their_private_voice,
     another_users_private_voice_is_not_found_exactly_like_a_missing_one,
     another_users_public_voice_is_readable,
