@@ -15,6 +15,7 @@
 use std::{
     future::Future,
     pin::Pin,
+    sync::Arc,
     task::{Context, Poll},
     time::{Duration, Instant},
 };
@@ -35,12 +36,16 @@ use crate::{
 /// Observes every call of the service it wraps.
 #[derive(Clone)]
 pub(crate) struct ObserveLayer {
-    metrics: Metrics,
+    /// Shared by every call: `Metrics` is dozens of handles, too many to
+    /// clone per call (1.2 % of GetVoice's CPU at 64 in flight).
+    metrics: Arc<Metrics>,
 }
 
 impl ObserveLayer {
     pub(crate) fn new(metrics: Metrics) -> Self {
-        ObserveLayer { metrics }
+        ObserveLayer {
+            metrics: Arc::new(metrics),
+        }
     }
 }
 
@@ -59,7 +64,7 @@ impl<S> Layer<S> for ObserveLayer {
 #[derive(Clone)]
 pub(crate) struct Observe<S> {
     inner: S,
-    metrics: Metrics,
+    metrics: Arc<Metrics>,
 }
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Observe<S>
@@ -156,7 +161,7 @@ struct Call {
     started: Instant,
     caller: CallerSlot,
     /// `None` once observed.
-    metrics: Option<Metrics>,
+    metrics: Option<Arc<Metrics>>,
     /// Keeps its connection from being closed as idle while the call lives.
     _on_connection: Option<CallOnConnection>,
 }

@@ -14,7 +14,7 @@ use uuid::Uuid;
 use super::{
     Intake, Store,
     entity::{
-        voice::{Column, Entity, Model as Voice, Visibility, VoiceStatus},
+        voice::{ByPosition, Column, Entity, Model as Voice, Visibility, VoiceStatus},
         voice_intake,
     },
 };
@@ -90,12 +90,14 @@ impl Store {
             let intake = Entity::belongs_to(voice_intake::Entity)
                 .from(Column::Id)
                 .to(voice_intake::Column::VoiceId);
-            Entity::find()
+            let rows = Entity::find()
                 .filter(Column::Id.is_in(ids.iter().copied()))
                 .select_also(voice_intake::Entity)
                 .join(JoinType::LeftJoin, intake.into())
+                .into_model::<ByPosition, voice_intake::Model>()
                 .all(&self.db)
-                .await
+                .await?;
+            Ok(rows.into_iter().map(|(v, i)| (v.0, i)).collect())
         })
         .await
     }
@@ -154,10 +156,12 @@ impl Store {
             if ids.is_empty() {
                 return Ok(Vec::new());
             }
-            Entity::find()
+            let rows = Entity::find()
                 .filter(Column::Id.is_in(ids.iter().copied()))
+                .into_model::<ByPosition>()
                 .all(&self.db)
-                .await
+                .await?;
+            Ok(rows.into_iter().map(|v| v.0).collect())
         })
         .await
     }
@@ -269,8 +273,10 @@ impl Store {
                 .filter(Column::Status.eq(VoiceStatus::Processing))
                 .order_by_asc(Column::CreatedAt)
                 .order_by_asc(Column::Id)
+                .into_model::<ByPosition>()
                 .all(&self.db)
                 .await
+                .map(|rows| rows.into_iter().map(|v| v.0).collect())
         })
         .await
     }
@@ -333,12 +339,14 @@ impl Store {
                 )),
             );
         }
-        select
+        let rows = select
             .order_by_desc(Column::CreatedAt)
             .order_by_desc(Column::Id)
             .limit(fetch)
+            .into_model::<ByPosition>()
             .all(&self.db)
-            .await
+            .await?;
+        Ok(rows.into_iter().map(|v| v.0).collect())
     }
 }
 
