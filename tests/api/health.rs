@@ -151,7 +151,7 @@ async fn health_stays_serving_and_calls_are_shed_while_the_serving_pool_is_satur
     })
     .await;
     let user = uuid::Uuid::new_v4();
-    let voice = crate::helpers::create_voice(&mut app.client(user), "Locked out").await;
+    crate::helpers::create_voice(&mut app.client(user), "Locked out").await;
     // The test's own connection locks the voices table: a read of it holds
     // the serving connection while it waits, and the next reads wait for
     // the pool.
@@ -159,13 +159,17 @@ async fn health_stays_serving_and_calls_are_shed_while_the_serving_pool_is_satur
     txn.execute_unprepared("LOCK TABLE voices IN ACCESS EXCLUSIVE MODE")
         .await
         .unwrap();
+    // Listings: each is a statement of its own (GetVoice calls in flight
+    // together would share one, and one connection).
     let readers: Vec<_> = (0..4)
         .map(|_| {
             let mut client = app.client(user);
-            let voice_id = voice.voice_id.clone();
             tokio::spawn(async move {
                 client
-                    .get_voice(voicehub::pb::GetVoiceRequest { voice_id })
+                    .list_user_voices(voicehub::pb::ListUserVoicesRequest {
+                        scope: voicehub::pb::VoiceScope::Owned as i32,
+                        ..Default::default()
+                    })
                     .await
                     .map(drop)
             })
